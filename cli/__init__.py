@@ -1,0 +1,1 @@
+"""The nrrstore command line (Typer). Installed as the import package `nrrstore_cli`."""

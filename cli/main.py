@@ -1,0 +1,45 @@
+"""The `nrrstore` command: a thin Typer layer over the library's Python API."""
+
+from __future__ import annotations
+
+import typer
+
+from nrrstore import __version__
+
+app = typer.Typer(
+    name="nrrstore",
+    help="Produce, store and stream distilled image datasets (NRR-DD).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"nrrstore {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")) -> None:
+    """nrrstore: distill, inspect, verify and stream distilled datasets."""
+
+
+def _register() -> None:
+    # One module per command group; each exposes `register(app)`.
+    from nrrstore_cli import prepare_cmd, store_cmd
+
+    for module in (prepare_cmd, store_cmd):
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

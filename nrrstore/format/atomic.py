@@ -1,0 +1,61 @@
+"""Atomic file creation: write under a temporary name in the same folder, fsync, then rename.
+
+A reader (or a crash) therefore sees either no file or a complete one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+TMP_PREFIX = ".tmp-"
+
+
+def tmp_name(path: Path) -> Path:
+    return path.with_name(f"{TMP_PREFIX}{path.name}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open ``path`` for binary writing; it appears under its name only if the block completes."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    f = open(tmp, "wb")
+    try:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
+        os.replace(tmp, path)
+    except BaseException:
+        f.close()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename inside ``path`` durable (no-op where directories cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

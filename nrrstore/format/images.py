@@ -1,0 +1,75 @@
+"""Image encoding and guarded decoding.
+
+Encoding is deterministic (no metadata, fixed compressor settings) so stores are byte-reproducible.
+Decoding refuses decompression bombs by checking the header's size *before* pixels are decoded,
+because Pillow's own guard only warns below twice its limit.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from nrrstore.errors import NrrError
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
+#: Largest image nrrstore decodes (pixels). ImageNet's largest is ~ 40 Mpx; larger is a bomb or a mistake.
+MAX_PIXELS = 64 * 1024 * 1024
+
+_PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "png", quality: int | None = None) -> bytes:
+    """Encode an ``HxW`` (grey) or ``HxWx3`` uint8 array. Lossless PNG unless told otherwise."""
+    if pixels.dtype != np.uint8:
+        raise NrrError(None, f"images must be uint8 arrays, got {pixels.dtype}")
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim not in (2, 3) or (pixels.ndim == 3 and pixels.shape[2] != 3):
+        raise NrrError(None, f"images must be HxW or HxWx3, got shape {tuple(pixels.shape)}")
+    fmt = fmt.lower()
+    if fmt not in _PIL_FORMAT:
+        raise NrrError(None, f"unknown image format {fmt!r}; use png, jpg or webp")
+    img = Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB")
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, format="PNG", compress_level=6, optimize=False)
+    elif fmt in ("jpg", "jpeg"):
+        img.save(buf, format="JPEG", quality=quality or 95, subsampling=0, optimize=False)
+    else:
+        lossless = quality is None
+        img.save(buf, format="WEBP", lossless=lossless, quality=quality or 90, method=4, exact=True)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, where: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to a uint8 array (``HxW`` grey or ``HxWx3`` RGB).
+
+    Palette, alpha and 16-bit images are converted to ``L`` or ``RGB``; anything else is refused.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise NrrError(where, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (decompression bomb?)")
+            img.load()
+    except NrrError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise NrrError(where, f"not a decodable image ({type(exc).__name__})") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise NrrError(where, f"corrupt image: {exc}") from None
+    if img.mode not in ("L", "RGB"):
+        img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA", "PA") else "L")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def image_ext(name: str) -> str | None:
+    """The image extension of a webdataset member suffix (``"png"``, ``"jpg"``...), or None."""
+    ext = name.rsplit(".", 1)[-1].lower()
+    return ext if ext in IMAGE_EXTS else None

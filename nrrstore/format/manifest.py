@@ -1,0 +1,171 @@
+"""The store manifest: what a store holds, how it was made, and the checksum of every file.
+
+The manifest is written last, so its presence marks a complete store. Its ``format_version`` is
+``MAJOR.MINOR``: a reader accepts any minor version of its own major (minor versions only add optional
+fields) and refuses other majors with a message naming both versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nrrstore import __version__
+from nrrstore.errors import FormatVersionError, NrrError
+
+FORMAT_NAME = "nrrstore"
+FORMAT_VERSION = "1.0"
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.parquet"
+FILE_KINDS = ("index", "images", "distances", "softlabels", "cams", "meta")
+
+
+@dataclass
+class ImageInfo:
+    height: int
+    width: int
+    channels: int
+    encoding: str  # png | jpg | webp
+    quality: int | None = None
+
+    @property
+    def mode(self) -> str:
+        return "L" if self.channels == 1 else "RGB"
+
+
+@dataclass
+class FileEntry:
+    path: str  # relative to the store root, "/"-separated
+    bytes: int
+    sha256: str
+    kind: str
+
+
+@dataclass
+class Manifest:
+    classes: list[str]
+    image: ImageInfo
+    num_images: int
+    per_class: list[int]
+    shards: list[str]
+    shard_size: int
+    files: list[FileEntry] = field(default_factory=list)
+    normalization: dict[str, list[float]] | None = None
+    teacher: dict[str, Any] = field(default_factory=dict)
+    method: dict[str, Any] = field(default_factory=dict)
+    augmentation: dict[str, Any] | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    tool_version: str = __version__
+    created: str = ""
+    format_version: str = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def file(self, path: str) -> FileEntry | None:
+        return next((f for f in self.files if f.path == path), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document; key order is fixed so equal manifests serialize to equal bytes."""
+        return {
+            "format": FORMAT_NAME,
+            "format_version": self.format_version,
+            "tool": {"name": "nrrstore", "version": self.tool_version},
+            "created": self.created,
+            "dataset": {
+                "num_classes": self.num_classes,
+                "classes": [{"index": i, "name": n} for i, n in enumerate(self.classes)],
+                "num_images": self.num_images,
+                "per_class": list(self.per_class),
+                "image": {
+                    "height": self.image.height, "width": self.image.width,
+                    "channels": self.image.channels, "mode": self.image.mode,
+                    "encoding": self.image.encoding, "quality": self.image.quality,
+                },
+                "normalization": self.normalization,
+            },
+            "images": {"index": INDEX_NAME, "shards": list(self.shards), "shard_size": self.shard_size},
+            "labels": self.labels,
+            "teacher": self.teacher,
+            "method": self.method,
+            "augmentation": self.augmentation,
+            "source": self.source,
+            "files": [asdict(f) for f in self.files],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str | None = None) -> "Manifest":
+        check_format(d, where)
+        try:
+            ds, im = d["dataset"], d["dataset"]["image"]
+            classes = [c["name"] for c in sorted(ds["classes"], key=lambda c: c["index"])]
+            m = cls(
+                classes=classes,
+                image=ImageInfo(int(im["height"]), int(im["width"]), int(im["channels"]), str(im["encoding"]), im.get("quality")),
+                num_images=int(ds["num_images"]),
+                per_class=[int(x) for x in ds["per_class"]],
+                shards=list(d["images"]["shards"]),
+                shard_size=int(d["images"]["shard_size"]),
+                files=[FileEntry(str(f["path"]), int(f["bytes"]), str(f["sha256"]), str(f["kind"])) for f in d["files"]],
+                normalization=ds.get("normalization"),
+                teacher=d.get("teacher") or {},
+                method=d.get("method") or {},
+                augmentation=d.get("augmentation"),
+                labels=d.get("labels") or {},
+                source=d.get("source") or {},
+                tool_version=str(d["tool"]["version"]),
+                created=str(d.get("created", "")),
+                format_version=str(d["format_version"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NrrError(where, f"malformed manifest: {type(exc).__name__}: {exc}") from None
+        if len(m.per_class) != m.num_classes or sum(m.per_class) != m.num_images:
+            raise NrrError(where, "malformed manifest: per-class counts do not add up to num_images")
+        for f in m.files:
+            if f.path.startswith("/") or ".." in f.path.split("/"):
+                raise NrrError(where, f"malformed manifest: file path {f.path!r} leaves the store")
+        return m
+
+
+def check_format(d: Any, where: str | None) -> None:
+    """Refuse documents that are not nrrstore manifests or have another major version."""
+    if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+        raise NrrError(where, f"not an nrrstore manifest (no \"format\": \"{FORMAT_NAME}\")")
+    version = str(d.get("format_version", ""))
+    major = version.split(".")[0]
+    if major != FORMAT_VERSION.split(".")[0]:
+        raise FormatVersionError(
+            where,
+            f"store format version {version or '?'} is not supported by this nrrstore "
+            f"(reads format {FORMAT_VERSION.split('.')[0]}.x, writes {FORMAT_VERSION}); "
+            "use a matching nrrstore release",
+        )
+
+
+def load_manifest(store: str | os.PathLike[str]) -> Manifest:
+    path = Path(store) / MANIFEST_NAME
+    if not Path(store).exists():
+        raise NrrError(store, "no such store")
+    if not path.is_file():
+        raise NrrError(path, "missing manifest (not a store, or an incomplete one)")
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NrrError(path, f"manifest is not valid JSON ({exc})") from None
+    return Manifest.from_dict(d, str(path))
+
+
+def creation_time() -> str:
+    """UTC creation time; honours SOURCE_DATE_EPOCH so fully reproducible builds are possible."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = int(epoch) if epoch and epoch.isdigit() else int(time.time())
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))

@@ -1,0 +1,125 @@
+"""Checking a store end to end: checksums, decodability, labels, keys, and table consistency.
+
+Verification collects *all* problems instead of stopping at the first, so a damaged store is
+described completely in one run (one line per problem).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nrrstore.errors import NrrError
+from nrrstore.format.atomic import file_sha256
+from nrrstore.format.keys import check_key
+from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME
+from nrrstore.format.reader import Store
+
+Progress = Callable[[str, int, "int | None"], None]
+
+
+def verify_store(path: str | os.PathLike[str], progress: Progress | None = None, decode: bool = True) -> list[str]:
+    """Return the store's problems, one line each; an empty list means the store is sound.
+
+    Raises `NrrError` only when there is no readable manifest at all.
+    """
+    store = Store(path)
+    m = store.manifest
+    root = Path(path)
+    problems: list[str] = []
+    listed = {f.path for f in m.files}
+
+    # 1. Every file: present, right size, right checksum.
+    for i, f in enumerate(m.files):
+        p = root / f.path
+        if not p.is_file():
+            problems.append(f"{p}: missing")
+        elif p.stat().st_size != f.bytes:
+            problems.append(f"{p}: size {p.stat().st_size} bytes, manifest says {f.bytes}")
+        elif file_sha256(p) != f.sha256:
+            problems.append(f"{p}: sha256 mismatch (file changed or corrupt)")
+        if progress:
+            progress("checksums", i + 1, len(m.files))
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != MANIFEST_NAME and rel not in listed:
+            problems.append(f"{p}: not listed in the manifest")
+    for s in m.shards + [INDEX_NAME]:
+        if s not in listed:
+            problems.append(f"{root / s}: required file not listed in the manifest")
+    if problems:  # contents of damaged files are not worth decoding
+        return problems
+
+    # 2. Index against the manifest.
+    try:
+        index = store.index
+    except NrrError as exc:
+        return [exc.message]
+    keys = index.column("key").to_pylist()
+    labels = index.column("label").to_numpy()
+    if len(keys) != m.num_images:
+        problems.append(f"{root / INDEX_NAME}: {len(keys)} rows, manifest says {m.num_images} images")
+    if len(set(keys)) != len(keys):
+        problems.append(f"{root / INDEX_NAME}: duplicate keys")
+    for k in keys:
+        try:
+            check_key(k)
+        except NrrError as exc:
+            problems.append(f"{root / INDEX_NAME}: {exc.problem}")
+    if labels.size and (labels.min() < 0 or labels.max() >= m.num_classes):
+        problems.append(f"{root / INDEX_NAME}: labels outside 0..{m.num_classes - 1}")
+    elif np.bincount(labels, minlength=m.num_classes).tolist() != m.per_class:
+        problems.append(f"{root / INDEX_NAME}: per-class counts differ from the manifest")
+
+    # 3. Every image decodes, has the recorded size and agrees with the index.
+    if decode:
+        seen = 0
+        for img in _iter_all(store, problems):
+            where = f"{root}:{img.key}"
+            if img.index >= len(keys) or keys[img.index] != img.key:
+                problems.append(f"{where}: shard order disagrees with the index")
+            elif int(labels[img.index]) != img.label:
+                problems.append(f"{where}: label {img.label} in the shard, {labels[img.index]} in the index")
+            if not 0 <= img.label < m.num_classes:
+                problems.append(f"{where}: label {img.label} outside 0..{m.num_classes - 1}")
+            h, w = img.pixels.shape[:2]
+            c = 1 if img.pixels.ndim == 2 else img.pixels.shape[2]
+            if (h, w, c) != (m.image.height, m.image.width, m.image.channels):
+                problems.append(f"{where}: image is {h}x{w}x{c}, manifest says {m.image.height}x{m.image.width}x{m.image.channels}")
+            seen += 1
+            if progress:
+                progress("images", seen, m.num_images)
+        if seen != m.num_images and not problems:
+            problems.append(f"{root}: shards hold {seen} images, manifest says {m.num_images}")
+
+    # 4. Distance tables: epochs and image ids in range.
+    for part in store.distance_files():
+        p = root / part["path"]
+        try:
+            t = pq.read_table(p, columns=["epoch", "image"])
+        except (pa.ArrowException, OSError) as exc:
+            problems.append(f"{p}: unreadable distance table: {exc}")
+            continue
+        img = t.column("image").to_numpy()
+        ep = t.column("epoch").to_numpy()
+        if img.size and (img.min() < 0 or img.max() >= m.num_images):
+            problems.append(f"{p}: image ids outside 0..{m.num_images - 1}")
+        if ep.size and (ep.min() < part["first_epoch"] or ep.max() > part["last_epoch"]):
+            problems.append(f"{p}: epochs outside {part['first_epoch']}..{part['last_epoch']}")
+        expected = (part["last_epoch"] - part["first_epoch"] + 1) * m.num_images
+        if t.num_rows != expected:
+            problems.append(f"{p}: {t.num_rows} rows, expected {expected} (every image in every epoch)")
+    return problems
+
+
+def _iter_all(store: Store, problems: list[str]):
+    for shard in store.manifest.shards:
+        try:
+            yield from store.iter_shard(shard)
+        except NrrError as exc:
+            problems.append(exc.message)

@@ -1,0 +1,228 @@
+"""Writing a store: images into shards, an index, extra files, and the manifest last, atomically.
+
+Everything is written inside a hidden sibling folder ``.tmp-<name>``; `finalize` hashes every file,
+writes the manifest, and renames the folder into place. A crash or kill at any point therefore leaves
+either no store or a complete one (plus a hidden temporary folder that the next run removes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from nrrstore.errors import NrrError
+from nrrstore.format.atomic import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir
+from nrrstore.format.images import encode_image
+from nrrstore.format.keys import check_key
+from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, FileEntry, ImageInfo, Manifest, creation_time
+from nrrstore.format.tables import INDEX_SCHEMA
+from nrrstore.format.tario import TarShardWriter
+
+Progress = Callable[[str, int, "int | None"], None]
+IMAGES_DIR = "images"
+
+
+def parquet_write(table: pa.Table, path: str | os.PathLike[str], **kwargs: Any) -> None:
+    """Parquet with the settings every store table uses (zstd, stable bytes, no pandas metadata)."""
+    kwargs.setdefault("compression", "zstd")
+    pq.write_table(table, path, write_statistics=True, store_schema=False, **kwargs)
+
+
+@dataclass
+class _Row:
+    key: str
+    label: int
+    shard: str
+    ext: str
+    offset: int
+    size: int
+    meta_offset: int
+    meta_size: int
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse to write over something that is not ours to replace."""
+    if path.exists():
+        if not path.is_dir():
+            raise NrrError(path, "output exists and is not a folder")
+        if any(path.iterdir()) and not overwrite:
+            raise NrrError(path, "output folder is not empty (use --overwrite to replace it)")
+        if overwrite and any(path.iterdir()) and not (path / MANIFEST_NAME).exists():
+            raise NrrError(path, "refusing to overwrite a non-empty folder that is not an nrrstore store")
+
+
+class StoreWriter:
+    """Build a store in store order. Images must all share one size and channel count."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        classes: list[str],
+        *,
+        image_format: str = "png",
+        quality: int | None = None,
+        shard_size: int = 1024,
+        overwrite: bool = False,
+        normalization: dict[str, list[float]] | None = None,
+        teacher: dict[str, Any] | None = None,
+        method: dict[str, Any] | None = None,
+        augmentation: dict[str, Any] | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> None:
+        if not classes:
+            raise NrrError(path, "a store needs at least one class")
+        if shard_size < 1:
+            raise NrrError(path, "shard size must be positive")
+        self.path = Path(path)
+        check_output_dir(self.path, overwrite)
+        self.tmp = self.path.with_name(f"{TMP_PREFIX}{self.path.name}")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)  # leftovers of a killed earlier run
+        (self.tmp / IMAGES_DIR).mkdir(parents=True)
+        self.classes = list(classes)
+        self.image_format = image_format.lower().replace("jpeg", "jpg")
+        self.quality = quality
+        self.shard_size = shard_size
+        self.meta: dict[str, Any] = {
+            "normalization": normalization, "teacher": teacher or {}, "method": method or {},
+            "augmentation": augmentation, "source": source or {}, "labels": {},
+        }
+        self._rows: list[_Row] = []
+        self._keys: set[str] = set()
+        self._shards: list[str] = []
+        self._shard: TarShardWriter | None = None
+        self._shape: tuple[int, ...] | None = None
+        self._kinds: dict[str, str] = {}
+        self._done = False
+
+    # -- images ---------------------------------------------------------------------------------
+    def add_image(self, key: str, pixels: np.ndarray, label: int, meta: dict[str, Any] | None = None) -> int:
+        """Append one image (``HxW`` or ``HxWx3`` uint8); returns its index in store order."""
+        check_key(key, str(self.path))
+        if key in self._keys:
+            raise NrrError(self.path, f"duplicate key {key!r}")
+        if not 0 <= int(label) < len(self.classes):
+            raise NrrError(self.path, f"key {key!r}: label {label} outside the {len(self.classes)} classes")
+        shape = tuple(pixels.shape if pixels.ndim == 3 and pixels.shape[2] != 1 else pixels.shape[:2])
+        if self._shape is None:
+            self._shape = shape
+        elif shape != self._shape:
+            raise NrrError(self.path, f"key {key!r}: image shape {shape} differs from the store's {self._shape}")
+        data = encode_image(pixels, self.image_format, self.quality)
+        meta_bytes = json.dumps(meta or {}, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        shard = self._current_shard()
+        spans = shard.add(key, {self.image_format: data, "cls": str(int(label)).encode(), "json": meta_bytes})
+        self._rows.append(_Row(key, int(label), self._shards[-1], self.image_format, spans[self.image_format].offset,
+                               spans[self.image_format].size, spans["json"].offset, spans["json"].size))
+        self._keys.add(key)
+        if shard.count >= self.shard_size:
+            shard.close()
+            self._shard = None
+        return len(self._rows) - 1
+
+    def _current_shard(self) -> TarShardWriter:
+        if self._shard is None:
+            rel = f"{IMAGES_DIR}/shard-{len(self._shards):06d}.tar"
+            self._shards.append(rel)
+            self._kinds[rel] = "images"
+            self._shard = TarShardWriter(self.tmp / rel)
+        return self._shard
+
+    @property
+    def num_images(self) -> int:
+        return len(self._rows)
+
+    # -- other components -----------------------------------------------------------------------
+    def file_path(self, rel: str, kind: str) -> Path:
+        """Where to write an extra file (Parquet table, zarr array...) that `finalize` will record."""
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise NrrError(rel, "store file paths must stay inside the store")
+        self._kinds[rel] = kind
+        p = self.tmp / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def set_meta(self, section: str, value: Any) -> None:
+        """Fill a manifest section: teacher, method, augmentation, labels, source, normalization."""
+        if section not in self.meta:
+            raise KeyError(section)
+        self.meta[section] = value
+
+    # -- finishing ------------------------------------------------------------------------------
+    def finalize(self, progress: Progress | None = None) -> Manifest:
+        """Write the index, hash every file, write the manifest last and move the store into place."""
+        if self._shard is not None:
+            self._shard.close()
+            self._shard = None
+        if not self._rows:
+            raise NrrError(self.path, "no images were written")
+        cols = {n: [getattr(r, n) for r in self._rows] for n in ("key", "label", "shard", "ext", "offset", "size", "meta_offset", "meta_size")}
+        table = pa.table({"image": pa.array(np.arange(len(self._rows), dtype=np.int32)), **cols}, schema=INDEX_SCHEMA)
+        parquet_write(table, self.tmp / INDEX_NAME)
+        self._kinds[INDEX_NAME] = "index"
+        files = collect_files(self.tmp, self._kinds, progress)
+        assert self._shape is not None
+        h, w = self._shape[:2]
+        per_class = np.bincount(cols["label"], minlength=len(self.classes)).tolist()
+        manifest = Manifest(
+            classes=self.classes,
+            image=ImageInfo(h, w, 3 if len(self._shape) == 3 else 1, self.image_format, self.quality),
+            num_images=len(self._rows), per_class=per_class, shards=list(self._shards),
+            shard_size=self.shard_size, files=files, created=creation_time(), **self.meta,
+        )
+        atomic_write_bytes(self.tmp / MANIFEST_NAME, manifest.to_json().encode())
+        fsync_dir(self.tmp)
+        install_dir(self.tmp, self.path)
+        self._done = True
+        return manifest
+
+    def abort(self) -> None:
+        if self._shard is not None:
+            self._shard.abort()
+            self._shard = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None or not self._done:
+            self.abort()
+
+
+def collect_files(root: Path, kinds: dict[str, str], progress: Progress | None = None) -> list[FileEntry]:
+    """Size and sha256 of every file under ``root`` except the manifest, sorted by path.
+
+    Files inside a registered folder (a zarr array) take that folder's kind.
+    """
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    out: list[FileEntry] = []
+    for i, p in enumerate(paths):
+        rel = p.relative_to(root).as_posix()
+        kind = kinds.get(rel) or next((k for d, k in kinds.items() if rel.startswith(d.rstrip("/") + "/")), "meta")
+        out.append(FileEntry(rel, p.stat().st_size, file_sha256(p), kind))
+        if progress:
+            progress("hashing", i + 1, len(paths))
+    return out
+
+
+def install_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place, replacing an old store only after the new one is complete."""
+    old = final.with_name(f".old-{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
