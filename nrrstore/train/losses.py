@@ -1,0 +1,139 @@
+"""Student losses for DBR labels (and the baselines they are compared with).
+
+DBR stores, per augmented view, the teacher's two distances
+``d_org = CE(T(view), onehot(y))`` and ``d_aug = CE(T(view), lam*onehot(y) + (1-lam)*onehot(y'))``.
+:func:`distances` is the single definition used both when the teacher's numbers are written and
+when the student's are computed, so the two sides cannot drift apart. Everything is computed
+in float32 from ``log_softmax`` (stable for large logits), whatever the logits' dtype.
+
+Choices of ours (the paper does not publish them): the default norm of L_dbr is the mean
+squared error over the 2 x B distances ("l2"), and ``alpha_dbr`` defaults to 1.0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from nrrstore.errors import NrrError
+
+DBR_NORMS = ("l2", "l1", "smooth_l1")
+
+
+def _lam(lam: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(lam, dtype=torch.float32, device=like.device)
+    return t.expand(like.shape[0]) if t.dim() == 0 else t
+
+
+def mixed_onehot(
+    y: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor | float, num_classes: int
+) -> torch.Tensor:
+    """float32 [B, K] target ``lam * onehot(y) + (1 - lam) * onehot(y_partner)``."""
+    lam_t = _lam(lam, y).unsqueeze(1)
+    own = F.one_hot(y.long(), num_classes).to(torch.float32)
+    other = F.one_hot(y_partner.long(), num_classes).to(torch.float32)
+    return lam_t * own + (1.0 - lam_t) * other
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``-sum_k p_k log softmax(logits)_k`` in float32, shape [B]."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(target_probs.float() * logp).sum(dim=-1)
+
+
+def distances(
+    logits: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample float32 ``(d_org, d_aug)``.
+
+    ``d_org = CE(logits, onehot(y))`` and ``d_aug = CE(logits, lam*onehot(y) +
+    (1-lam)*onehot(y_partner))``; CE is linear in its target, so
+    ``d_aug = -(lam * logp[y] + (1-lam) * logp[y'])`` without building [B, K] targets.
+    """
+    if logits.dim() != 2:
+        raise NrrError(None, f"logits must be [B, K], got shape {tuple(logits.shape)}")
+    logp = F.log_softmax(logits.float(), dim=-1)
+    lp_own = logp.gather(1, y.long().view(-1, 1)).squeeze(1)
+    lp_other = logp.gather(1, y_partner.long().view(-1, 1)).squeeze(1)
+    lam_t = _lam(lam, logits)
+    d_org = -lp_own
+    d_aug = -(lam_t * lp_own + (1.0 - lam_t) * lp_other)
+    return d_org, d_aug
+
+
+def dbr_loss(
+    student_logits: torch.Tensor,
+    y: torch.Tensor,
+    y_partner: torch.Tensor,
+    lam: torch.Tensor | float,
+    d_org_t: torch.Tensor,
+    d_aug_t: torch.Tensor,
+    norm: str = "l2",
+) -> torch.Tensor:
+    """L_dbr: match the student's (d_org, d_aug) on a view to the teacher's stored ones.
+
+    The 2 x B differences are reduced by ``norm``: "l2" mean squared error, "l1" mean absolute
+    error, "smooth_l1" Huber with beta 1 (mean). Teacher distances are constants (no gradient);
+    they may be stored in a lower precision and are widened to float32.
+    """
+    if norm not in DBR_NORMS:
+        raise NrrError(None, f"unknown DBR norm {norm!r}; expected one of {DBR_NORMS}")
+    d_org, d_aug = distances(student_logits, y, y_partner, lam)
+    student = torch.cat([d_org, d_aug])
+    teacher = torch.cat([d_org_t.detach().float(), d_aug_t.detach().float()]).to(student.device)
+    if teacher.shape != student.shape:
+        raise NrrError(None, f"teacher distances have {teacher.numel() // 2} rows, "
+                             f"the batch has {student.numel() // 2}")
+    if norm == "l2":
+        return F.mse_loss(student, teacher)
+    if norm == "l1":
+        return F.l1_loss(student, teacher)
+    return F.smooth_l1_loss(student, teacher, beta=1.0)
+
+
+def sce_loss(
+    logits: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor, lam: torch.Tensor | float
+) -> torch.Tensor:
+    """L_sce: mean soft cross-entropy to the mixed one-hot label (the mean of d_aug)."""
+    return distances(logits, y, y_partner, lam)[1].mean()
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher: torch.Tensor,
+    T: float = 1.0,
+    from_logits: bool = True,
+) -> torch.Tensor:
+    """``KL(teacher || student) * T**2`` at temperature T, averaged over the batch.
+
+    ``teacher`` holds logits, or probabilities when ``from_logits`` is False (then they are
+    tempered as ``softmax(log p / T)``, the same as tempering the logits that produced them).
+    """
+    if T <= 0:
+        raise NrrError(None, f"KD temperature must be > 0, got {T}")
+    if from_logits:
+        t_logits = teacher.float()
+    else:
+        t_logits = torch.log(teacher.float().clamp_min(torch.finfo(torch.float32).tiny))
+    log_t = F.log_softmax(t_logits / T, dim=-1)
+    log_s = F.log_softmax(student_logits.float() / T, dim=-1)
+    kl = F.kl_div(log_s, log_t.detach(), reduction="batchmean", log_target=True)
+    return kl * (T * T)
+
+
+def dbr_objective(
+    student_logits: torch.Tensor,
+    y: torch.Tensor,
+    y_partner: torch.Tensor,
+    lam: torch.Tensor | float,
+    d_org_t: torch.Tensor,
+    d_aug_t: torch.Tensor,
+    alpha_dbr: float = 1.0,
+    norm: str = "l2",
+) -> torch.Tensor:
+    """The student's objective ``L_sce + alpha_dbr * L_dbr`` (a scalar)."""
+    sce = sce_loss(student_logits, y, y_partner, lam)
+    if alpha_dbr == 0:
+        return sce
+    dbr = dbr_loss(student_logits, y, y_partner, lam, d_org_t, d_aug_t, norm=norm)
+    return sce + alpha_dbr * dbr
