@@ -54,7 +54,7 @@ def test_plain_webdataset_reads_store(tmp_path: Path) -> None:
     samples = write_fmnist_store(tmp_path / "s")
     store = Store(tmp_path / "s")
     urls = [str(tmp_path / "s" / s) for s in store.manifest.shards]
-    ds = wds.WebDataset(urls, shardshuffle=False).decode("l").to_tuple("__key__", "png", "cls", "json")
+    ds = wds.WebDataset(urls, shardshuffle=False).decode("l8").to_tuple("__key__", "png", "cls", "json")
     got = list(ds)
     assert [g[0] for g in got] == [s[0] for s in samples]
     for (key, img, label), (_, pix, cls, meta) in zip(samples, got):
