@@ -1,0 +1,88 @@
+"""`nrrstore prepare ...`: convert IDX files or ImageFolder trees into WebDataset shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from nrrstore.sources.prepare import MODES, class_names_from_arg, prepare_idx, prepare_imagefolder
+from nrrstore_cli._common import ProgressBar, err_console, handle_errors, print_json
+
+_OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty).")
+_SHARD_SIZE = typer.Option(1000, "--shard-size", min=1, help="Samples per shard.")
+_PER_CLASS = typer.Option(None, "--per-class", min=1, help="Keep only the first N images of each class (file order).")
+_LIMIT = typer.Option(None, "--limit", min=1, help="Keep only the first N images (after --per-class).")
+_PREFIX = typer.Option("train", "--prefix", help="Shard name prefix and key prefix: PREFIX-000000.tar, PREFIX_0000000.")
+_GZIP = typer.Option(False, "--gzip", help="Write .tar.gz shards (deterministic gzip).")
+_FORMAT = typer.Option("png", "--format", help="Image encoding in the shards: png (lossless), webp (lossless) or jpg.")
+_MODE = typer.Option("keep", "--mode", help=f"Colour mode of the output: {', '.join(MODES)}.")
+_OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder made by prepare.")
+_JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
+
+
+def _report(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(summary)
+        return
+    mb = summary["bytes"] / 1e6
+    print(f"wrote {summary['count']} images of {summary['num_classes']} classes in {len(summary['shards'])} "
+          f"shards ({mb:.1f} MB) to {summary['out_dir']}")
+
+
+def idx(
+    images: Path = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte.gz)."),
+    labels: Path = typer.Argument(..., help="IDX labels file (e.g. train-labels-idx1-ubyte.gz)."),
+    out: Path = _OUT,
+    classes: Optional[str] = typer.Option(
+        None, "--classes", help="Class names: a file (one per line, or .json) or a comma-separated list. Default: 0..K-1."),
+    shard_size: int = _SHARD_SIZE,
+    per_class: Optional[int] = _PER_CLASS,
+    limit: Optional[int] = _LIMIT,
+    prefix: str = _PREFIX,
+    gzip: bool = _GZIP,
+    image_format: str = _FORMAT,
+    mode: str = _MODE,
+    overwrite: bool = _OVERWRITE,
+    as_json: bool = _JSON,
+) -> None:
+    """Convert an IDX image/label pair (MNIST, Fashion-MNIST) into shards."""
+    names = class_names_from_arg(classes) if classes is not None else None
+    with ProgressBar(enabled=err_console.is_terminal) as bar:
+        summary = prepare_idx(
+            images, labels, out, class_names=names, per_class=per_class, limit=limit, shard_size=shard_size,
+            prefix=prefix, gzip=gzip, image_format=image_format, mode=mode, overwrite=overwrite, progress=bar,
+        )
+    summary["source"] = {"images": str(images), "labels": str(labels)}
+    _report(summary, as_json)
+
+
+def imagefolder(
+    root: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
+    out: Path = _OUT,
+    shard_size: int = _SHARD_SIZE,
+    per_class: Optional[int] = _PER_CLASS,
+    limit: Optional[int] = _LIMIT,
+    prefix: str = _PREFIX,
+    gzip: bool = _GZIP,
+    image_format: str = _FORMAT,
+    mode: str = _MODE,
+    overwrite: bool = _OVERWRITE,
+    as_json: bool = _JSON,
+) -> None:
+    """Convert an ImageFolder tree (ROOT/<class>/<image>) into shards; classes are the folder names."""
+    with ProgressBar(enabled=err_console.is_terminal) as bar:
+        summary = prepare_imagefolder(
+            root, out, per_class=per_class, limit=limit, shard_size=shard_size, prefix=prefix, gzip=gzip,
+            image_format=image_format, mode=mode, overwrite=overwrite, progress=bar,
+        )
+    summary["source"] = {"root": str(root)}
+    _report(summary, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(help="Convert raw labelled images into WebDataset shards.", no_args_is_help=True)
+    sub.command("idx")(handle_errors(idx))
+    sub.command("imagefolder")(handle_errors(imagefolder))
+    app.add_typer(sub, name="prepare")

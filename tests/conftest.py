@@ -1,0 +1,65 @@
+"""Shared test fixtures: where the real data lives, and `nrrstore_cli` importable from a checkout."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data"
+FMNIST_SUBSET = DATA / "fashion-mnist"
+FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _install_cli_shim() -> None:
+    """Map the import package `nrrstore_cli` to ``cli/`` when nrrstore is not pip-installed."""
+    if importlib.util.find_spec("nrrstore_cli") is not None:
+        return
+    spec = importlib.util.spec_from_file_location(
+        "nrrstore_cli", ROOT / "cli" / "__init__.py", submodule_search_locations=[str(ROOT / "cli")]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["nrrstore_cli"] = module
+    spec.loader.exec_module(module)
+
+
+_install_cli_shim()
+
+
+@pytest.fixture(scope="session")
+def fmnist_train_shards() -> Path:
+    """The committed Fashion-MNIST subset, train split (300 per class, 3 gzipped shards)."""
+    return FMNIST_SUBSET / "train"
+
+
+@pytest.fixture(scope="session")
+def fmnist_test_shards() -> Path:
+    """The committed Fashion-MNIST subset, test split (100 per class, 1 gzipped shard)."""
+    return FMNIST_SUBSET / "test"
+
+
+@pytest.fixture(scope="session")
+def fmnist_classes() -> list[str]:
+    return (FMNIST_SUBSET / "classes.txt").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="session")
+def fmnist_idx() -> dict[str, Path]:
+    """Paths of the full Fashion-MNIST IDX files from the Debian package (skips when not installed)."""
+    files = {
+        "train_images": FMNIST_DEBIAN / "train-images-idx3-ubyte.gz",
+        "train_labels": FMNIST_DEBIAN / "train-labels-idx1-ubyte.gz",
+        "test_images": FMNIST_DEBIAN / "t10k-images-idx3-ubyte.gz",
+        "test_labels": FMNIST_DEBIAN / "t10k-labels-idx1-ubyte.gz",
+    }
+    missing = [p for p in files.values() if not p.is_file()]
+    if missing:
+        pytest.skip(f"Fashion-MNIST IDX files not installed ({missing[0]}); apt-get install dataset-fashion-mnist")
+    return files
