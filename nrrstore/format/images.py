@@ -60,7 +60,9 @@ def decode_image(data: bytes, where: str | None = None, max_pixels: int = MAX_PI
             img.load()
     except NrrError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow refuses very large headers before we see them
+        raise NrrError(where, f"image over the pixel limit (decompression bomb?): {exc}") from None
+    except UnidentifiedImageError as exc:
         raise NrrError(where, f"not a decodable image ({type(exc).__name__})") from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise NrrError(where, f"corrupt image: {exc}") from None

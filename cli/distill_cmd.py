@@ -1,0 +1,79 @@
+"""`distill`: real shards -> a distilled store (CIDD + NRR, then DBR relabeling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nrrstore_cli._common import ProgressBar, handle_errors, print_json
+
+
+@handle_errors
+def distill_cmd(
+    inputs: str = typer.Option(..., "--in", help="Input WebDataset shards: folder, brace pattern, list file or URL."),
+    ipc: int = typer.Option(..., "--ipc", min=1, help="Synthetic images per class."),
+    teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (nrrstore teacher train), or torchvision:/timm:/module:factory spec."),
+    out: Path = typer.Option(..., "--out", help="Output store folder."),
+    method: str = typer.Option("nrr", "--method", help="nrr (NRR-DD), rded (high confidence, no refinement) or random (random real images)."),
+    factor: Optional[int] = typer.Option(None, "--factor", min=1, help="Patches per side (beta = factor^2). Default: 2 at >= 128 px, else 1."),
+    mipc: Optional[int] = typer.Option(None, "--mipc", min=1, help="Real images considered per class (default 300)."),
+    num_crop: Optional[int] = typer.Option(None, "--num-crop", min=1, help="Candidate crops per real image (default 5)."),
+    select: Optional[str] = typer.Option(None, "--select", help="low (NRR-DD), high (RDED) or random."),
+    per_image: Optional[str] = typer.Option(None, "--per-image", help="Crop kept per real image: cam (highest CAM ratio) or score (lowest CE)."),
+    cam_top: Optional[float] = typer.Option(None, "--cam-top", help="Fraction t of candidates kept by CAM ratio before selection (default 0.5 for nrr)."),
+    eps: Optional[float] = typer.Option(None, "--eps", help="NRR CAM threshold: mask = max(0, eps - CAM) (default 0.5)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="NRR step size (default 0.01 with adam)."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=0, help="NRR steps (default 200)."),
+    alpha_bn: Optional[float] = typer.Option(None, "--alpha-bn", help="Weight of the BN-statistics loss (default 0.01)."),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (mask on the update) or sgd (plain masked gradient descent)."),
+    no_refine: bool = typer.Option(False, "--no-refine", help="Skip NRR (RDED-style images)."),
+    image_format: str = typer.Option("png", "--image-format", help="png (lossless, default), webp or jpg."),
+    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
+    save_cams: bool = typer.Option(False, "--save-cams", help="Also store each image's CAM (cams.zarr) for inspect --grid."),
+    relabel_epochs: int = typer.Option(0, "--relabel-epochs", min=0, help="Then compute DBR distances for this many epochs (0: skip)."),
+    precision: str = typer.Option("fp16", "--precision", help="DBR distance precision: fp16, fp32 or int8."),
+    full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (zarr) for the KD baseline."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random draw (crops, selection, augmentation)."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Teacher batch size for scoring."),
+    nrr_batch_size: int = typer.Option(100, "--nrr-batch-size", min=1, help="Images refined together (BN statistics are per batch)."),
+    classes_per_pass: int = typer.Option(100, "--classes-per-pass", min=1, help="Classes gathered per pass over the input (bounds memory)."),
+    shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per output shard."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (with time per stage)."),
+) -> None:
+    """Distill real shards into a store: CIDD patch discovery, NRR refinement, DBR relabeling."""
+    from nrrstore.distill.pipeline import distill, method_config
+    from nrrstore.models.checkpoint import load_teacher
+
+    t = load_teacher(teacher, device=device)
+    nrr = {"eps": eps, "lr": lr, "iterations": iterations, "alpha_bn": alpha_bn, "optimizer": optimizer}
+    if no_refine:
+        nrr["refine"] = False
+    cfg = method_config(
+        method, ipc, t.image_size,
+        cidd={"factor": factor, "mipc": mipc, "num_crop": num_crop, "select": select, "per_image": per_image,
+              "cam_top": cam_top, "seed": seed, "batch_size": batch_size},
+        nrr=nrr, image_format=image_format, quality=quality, save_cams=save_cams, shard_size=shard_size,
+        classes_per_pass=classes_per_pass, nrr_batch_size=nrr_batch_size,
+    )
+    with ProgressBar(enabled=not json_out) as bar:
+        result = distill(inputs, t, out, cfg, overwrite=overwrite, progress=bar)
+        summary = dict(result.summary)
+        if relabel_epochs and summary.get("rank", 0) == 0:
+            from nrrstore.distill.relabel import relabel
+
+            summary["relabel"] = relabel(out, t, relabel_epochs, precision=precision, seed=seed,
+                                         full_softlabels=full_softlabels, device=device, progress=bar)
+    if json_out:
+        print_json(summary)
+    elif summary.get("rank", 0) == 0:
+        print(f"{out}: {summary.get('images', '?')} images"
+              + (f", DBR distances for {relabel_epochs} epochs" if relabel_epochs else "")
+              + f" in {summary.get('total_s', 0):.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("distill")(distill_cmd)

@@ -1,0 +1,346 @@
+"""`distill`: CIDD over streamed shards, NRR refinement, and the store, resumable and distributed.
+
+Data flows one way: one streaming pass over the input keeps, per class, only the candidates CIDD
+needs (memory ~ classes_per_pass x mipc patches, independent of the dataset size); selection and
+stitching give the initial synthetic images; NRR refines them; each finished class is saved
+atomically in a work folder beside the output, so a killed run resumes at the first unfinished class.
+Under ``torchrun`` every rank takes a disjoint set of classes; rank 0 assembles the store after a
+barrier. The store interleaves classes (slot-major: slot 0 of every class, then slot 1, ...) so that
+any run of consecutive images - a shard, a partner group of the augmentation recipe - spans classes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nrrstore import __version__
+from nrrstore.distill.cidd import ClassCandidates, CiddConfig, discover, select_and_stitch
+from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
+from nrrstore.errors import NrrError, ResumeMismatchError
+from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.format.keys import image_key
+from nrrstore.format.manifest import MANIFEST_NAME, load_manifest
+from nrrstore.format.writer import StoreWriter, check_output_dir
+from nrrstore.models.cam import CamModel
+from nrrstore.models.checkpoint import Teacher
+from nrrstore.sources.shards import iter_samples, read_class_names, resolve_shards
+
+Progress = Callable[[str, int, "int | None"], None]
+METHODS = ("nrr", "rded", "random")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything that determines a distilled store's images (recorded in its manifest)."""
+
+    method: str
+    cidd: CiddConfig
+    nrr: NrrConfig
+    image_format: str = "png"
+    quality: int | None = None
+    shard_size: int = 1024
+    classes_per_pass: int = 100
+    nrr_batch_size: int = 100
+    save_cams: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": {"nrr": "nrr-dd", "rded": "rded", "random": "random-real"}[self.method],
+            "method": self.method, "ipc": self.cidd.ipc, "cidd": self.cidd.to_dict(), "nrr": self.nrr.to_dict(),
+            "image_format": self.image_format, "quality": self.quality, "shard_size": self.shard_size,
+            "nrr_batch_size": self.nrr_batch_size, "save_cams": self.save_cams, **self.extra,
+        }
+
+
+def default_factor(image_size: int) -> int:
+    """RDED's factor: 2 patches per side at ImageNet resolutions, whole crops at 32/64 px."""
+    return 2 if image_size >= 128 else 1
+
+
+def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any] | None = None,
+                  nrr: dict[str, Any] | None = None, **kw: Any) -> DistillConfig:
+    """A preset (``nrr`` = NRR-DD, ``rded`` = RDED-style, ``random`` = random real images) plus overrides.
+
+    ``cidd``/``nrr`` hold explicit overrides (None values are ignored), so every ablation between
+    the presets is reachable: e.g. ``rded`` with ``nrr={"refine": True}`` refines RDED's selection.
+    """
+    if method not in METHODS:
+        raise NrrError(None, f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    factor = default_factor(image_size)
+    base_c: dict[str, Any] = {
+        "nrr": dict(factor=factor, per_image="cam", select="low", cam_top=0.5),
+        "rded": dict(factor=factor, per_image="score", select="high", cam_top=1.0),
+        "random": dict(factor=1, num_crop=1, scale=(1.0, 1.0), ratio=(1.0, 1.0), per_image="score",
+                       select="random", cam_top=1.0),
+    }[method]
+    base_n: dict[str, Any] = {} if method == "nrr" else {"refine": False}
+    c_over = {k: v for k, v in (cidd or {}).items() if v is not None}
+    n_over = {k: v for k, v in (nrr or {}).items() if v is not None}
+    c_args = {**base_c, **c_over, "ipc": ipc}
+    c_args = {k: tuple(v) if isinstance(v, list) else v for k, v in c_args.items()}
+    return DistillConfig(method=method, cidd=CiddConfig(**c_args), nrr=NrrConfig(**{**base_n, **n_over}), **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# Ranks (torchrun) and the work folder.
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size): from an initialized process group, or from torchrun's environment."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and dist.is_available():
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def work_dir(out: Path) -> Path:
+    return out.with_name(f".work-{out.name}")
+
+
+def _class_file(work: Path, c: int, ext: str) -> Path:
+    return work / f"class-{c:05d}.{ext}"
+
+
+def _class_done(work: Path, c: int) -> bool:
+    return _class_file(work, c, "npz").is_file() and _class_file(work, c, "json").is_file()
+
+
+def _check_params(work: Path, params: dict[str, Any], rank: int, world: int) -> None:
+    """Create the work folder, or refuse to resume one made with different arguments."""
+    path = work / "params.json"
+    text = json.dumps(params, indent=2, sort_keys=True)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != params:
+            diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+            raise ResumeMismatchError(work, f"an unfinished distill with different arguments is here (differs in: "
+                                            f"{', '.join(diff)}); rerun with the same arguments or delete this folder")
+    elif rank == 0:
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, text.encode())
+    _barrier(world)
+
+
+# ------------------------------------------------------------------------------------------------
+# The job.
+
+
+@dataclass
+class DistillResult:
+    store: Path
+    summary: dict[str, Any]
+
+
+def distill(
+    inputs: str | os.PathLike[str] | list[str],
+    teacher: Teacher,
+    out: str | os.PathLike[str],
+    cfg: DistillConfig,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    after_class: Callable[[int], None] | None = None,
+) -> DistillResult:
+    """Distill the shards ``inputs`` into the store ``out`` (see the module docstring)."""
+    t_start = time.perf_counter()
+    out = Path(out)
+    urls = resolve_shards(inputs)
+    rank, world = dist_info()
+    names = read_class_names(inputs)
+    if names is not None and len(names) != teacher.num_classes:
+        raise NrrError(out, f"the data has {len(names)} classes (classes file) but the teacher has {teacher.num_classes}")
+    classes = names or list(teacher.classes)
+    params = {
+        "config": cfg.to_dict(), "inputs": urls, "teacher_sha256": teacher.sha256, "classes": classes,
+        "tool_version": __version__,
+    }
+    if (out / MANIFEST_NAME).is_file() and not overwrite:
+        m = load_manifest(out)
+        if m.method == cfg.to_dict() and m.teacher.get("sha256") == teacher.sha256 and m.source.get("shards") == urls:
+            return DistillResult(out, {"store": str(out), "resumed": "complete", "images": m.num_images})
+    if rank == 0:
+        check_output_dir(out, overwrite)
+    work = work_dir(out)
+    _check_params(work, params, rank, world)
+
+    mine = [c for c in range(teacher.num_classes) if c % world == rank]
+    todo = [c for c in mine if not _class_done(work, c)]
+    times = {"cidd_s": 0.0, "nrr_s": 0.0, "assemble_s": 0.0}
+    stats: dict[str, Any] = {"images_read": 0, "classes_done_before": len(mine) - len(todo)}
+    cam_model = CamModel(teacher.model)
+    for start in range(0, len(todo), cfg.classes_per_pass):
+        chunk = todo[start:start + cfg.classes_per_pass]
+        t0 = time.perf_counter()
+        cands = _discover_chunk(urls, teacher, cfg, chunk, classes, cam_model, stats, progress)
+        times["cidd_s"] += time.perf_counter() - t0
+        short = [(c, len(cands[c])) for c in chunk if len(cands[c]) < cfg.cidd.need]
+        if short:
+            detail = "; ".join(f"class {c} ({classes[c]}): {n} candidate images, need {cfg.cidd.need} "
+                               f"({cfg.cidd.need - n} missing)" for c, n in short)
+            raise NrrError(inputs if isinstance(inputs, (str, os.PathLike)) else urls[0],
+                           f"too few images for ipc {cfg.cidd.ipc} x {cfg.cidd.factor ** 2} patches: {detail}")
+        t0 = time.perf_counter()
+        for c in chunk:
+            _refine_and_save(work, c, cands.pop(c), teacher, cfg, cam_model)
+            if progress:
+                progress("NRR (classes)", len(mine) - len(todo) + todo.index(c) + 1, len(mine))
+            if after_class:
+                after_class(c)
+        times["nrr_s"] += time.perf_counter() - t0
+    _barrier(world)
+    summary: dict[str, Any] = {"store": str(out), "rank": rank, "world_size": world, "classes": len(mine), **stats}
+    if rank == 0:
+        t0 = time.perf_counter()
+        manifest = _assemble(out, work, teacher, cfg, classes, urls, overwrite, progress)
+        times["assemble_s"] = time.perf_counter() - t0
+        shutil.rmtree(work, ignore_errors=True)
+        summary.update(images=manifest.num_images, shards=len(manifest.shards),
+                       bytes=sum(f.bytes for f in manifest.files))
+    _barrier(world)
+    summary.update({k: round(v, 3) for k, v in times.items()}, total_s=round(time.perf_counter() - t_start, 3))
+    return DistillResult(out, summary)
+
+
+def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk: list[int], classes: list[str],
+                    cam_model: CamModel, stats: dict[str, Any], progress: Progress | None) -> dict[int, ClassCandidates]:
+    """One streaming pass: route each wanted image to its class until every class has mipc images."""
+    want = set(chunk)
+    cands = {c: ClassCandidates(c, cfg.cidd, teacher, cam_model) for c in chunk}
+    counts = {c: 0 for c in chunk}
+    batch: list[tuple[str, torch.Tensor, int, int]] = []
+    mipc = cfg.cidd.mipc
+    size, channels = teacher.image_size, teacher.in_channels
+
+    def flush() -> None:
+        if not batch:
+            return
+        keys = [b[0] for b in batch]
+        images = torch.stack([b[1] for b in batch])
+        labels = [b[2] for b in batch]
+        patches, found = discover(teacher, keys, images, labels, [b[3] for b in batch], cfg.cidd, cam_model)
+        for c in sorted(set(labels)):
+            rows = [i for i, lab in enumerate(labels) if lab == c]
+            cands[c].extend(patches[rows], [found[i] for i in rows])
+        batch.clear()
+
+    filled = 0
+    for n, s in enumerate(iter_samples(urls, num_classes=teacher.num_classes), 1):
+        stats["images_read"] += 1
+        if progress and n % 256 == 0:
+            progress("CIDD (images read)", n, None)
+        c = s.label
+        if c not in want or counts[c] >= mipc:
+            continue
+        img = s.image
+        h, w = img.shape[:2]
+        ch = 1 if img.ndim == 2 else img.shape[2]
+        if (h, w) != (size, size) or ch != channels:
+            raise NrrError(s.shard, f"image {s.key!r} is {h}x{w}x{ch}, the teacher takes {size}x{size}x{channels}")
+        t = torch.from_numpy(np.array(img if img.ndim == 3 else img[:, :, None])).permute(2, 0, 1)
+        batch.append((s.key, t.contiguous(), c, counts[c]))
+        counts[c] += 1
+        if counts[c] == mipc:
+            filled += 1
+        if len(batch) >= cfg.cidd.batch_size:
+            flush()
+        if filled == len(chunk):
+            break
+    flush()
+    return cands
+
+
+def _refine_and_save(work: Path, c: int, cands: ClassCandidates, teacher: Teacher, cfg: DistillConfig,
+                     cam_model: CamModel) -> None:
+    """Select, stitch and refine one class; save it atomically (json first, the npz marks it done)."""
+    images, metas = select_and_stitch(cands)
+    labels = torch.full((images.shape[0],), c, dtype=torch.long)
+    outs, batch_stats = [], []
+    for s in range(0, images.shape[0], cfg.nrr_batch_size):
+        x, st = refine(teacher, images[s:s + cfg.nrr_batch_size], labels[s:s + cfg.nrr_batch_size], cfg.nrr,
+                       cam_model=cam_model)
+        st.pop("loss_history", None)
+        outs.append(x.cpu())
+        batch_stats.append(st)
+    final = torch.cat(outs)
+    u8 = to_uint8(final)  # [ipc, C, H, W]
+    arrays = {"images": u8.permute(0, 2, 3, 1).numpy()}
+    if cfg.save_cams:
+        with torch.no_grad():
+            dev = next(teacher.model.parameters()).device
+            cam = cam_model.cam(teacher.normalize(final.to(dev)), labels.to(dev))
+        arrays["cams"] = (cam.cpu().numpy() * 255.0).round().astype(np.uint8)
+    atomic_write_bytes(_class_file(work, c, "json"), json.dumps({"metas": metas, "nrr": batch_stats}, sort_keys=True).encode())
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(_class_file(work, c, "npz"), buf.getvalue())
+
+
+def _load_class(work: Path, c: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    path = _class_file(work, c, "npz")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(_class_file(work, c, "json").read_text())
+    except (OSError, ValueError) as exc:
+        raise NrrError(path, f"unreadable work file ({exc}); delete it to redo the class") from None
+    return arrays, meta
+
+
+def _assemble(out: Path, work: Path, teacher: Teacher, cfg: DistillConfig, classes: list[str], urls: list[str],
+              overwrite: bool, progress: Progress | None):
+    """Write the store from the per-class results, classes interleaved (slot-major)."""
+    missing = [c for c in range(teacher.num_classes) if not _class_done(work, c)]
+    if missing:
+        raise NrrError(work, f"classes {missing[:10]} are not finished (a rank failed?)")
+    per_class = [_load_class(work, c) for c in range(teacher.num_classes)]
+    ipc = cfg.cidd.ipc
+    teacher_info = {
+        "arch": teacher.arch, "spec": teacher.spec, "sha256": teacher.sha256, "num_classes": teacher.num_classes,
+        "classes": list(teacher.classes), "image_size": teacher.image_size, "in_channels": teacher.in_channels,
+        "normalization": {"mean": list(teacher.mean), "std": list(teacher.std)},
+    }
+    method = cfg.to_dict()
+    with StoreWriter(out, classes, image_format=cfg.image_format, quality=cfg.quality, shard_size=cfg.shard_size,
+                     overwrite=overwrite, normalization={"mean": list(teacher.mean), "std": list(teacher.std)},
+                     teacher=teacher_info, method=method, source={"shards": urls}) as w:
+        total = ipc * len(classes)
+        for s in range(ipc):
+            for c, (arrays, meta) in enumerate(per_class):
+                img = arrays["images"][s]
+                w.add_image(image_key(c, s), img[:, :, 0] if img.shape[2] == 1 else img, c, meta["metas"][s])
+                if progress:
+                    progress("writing store", w.num_images, total)
+        if cfg.save_cams:
+            import zarr
+
+            h, wd = per_class[0][0]["cams"].shape[1:]
+            arr = zarr.create_array(str(w.file_path("cams.zarr", "cams")), shape=(total, h, wd), chunks=(min(total, 1024), h, wd),
+                                    dtype="uint8", zarr_format=3, fill_value=0)
+            stacked = np.stack([per_class[c][0]["cams"][s] for s in range(ipc) for c in range(len(classes))])
+            arr[:] = stacked
+            w.set_meta("labels", {"cams": {"path": "cams.zarr", "shape": [total, h, wd], "dtype": "uint8"}})
+        return w.finalize(progress)

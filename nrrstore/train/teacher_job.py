@@ -1,0 +1,76 @@
+"""`teacher train` / `teacher eval` on shards: the squeeze step users need before distilling.
+
+No pretrained weights can be downloaded, so users (and our demo) train their teacher here; the
+checkpoint carries architecture, classes and normalization, so `distill` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from nrrstore.errors import NrrError
+from nrrstore.models.checkpoint import Teacher, save_teacher
+from nrrstore.models.registry import build_model
+from nrrstore.sources.batches import estimate_normalization, shard_batches
+from nrrstore.sources.shards import iter_samples, read_class_names
+from nrrstore.train.teacher import evaluate, train_classifier
+
+
+def _shape_and_classes(spec: Any) -> tuple[int, int, int, list[str]]:
+    """(image side, channels, num_classes, class names) from the classes file and the first image."""
+    first = next(iter(iter_samples(spec)), None)
+    if first is None:
+        raise NrrError(str(spec), "no samples")
+    h, w = first.image.shape[:2]
+    if h != w:
+        raise NrrError(first.shard, f"teachers take square images; {first.key!r} is {h}x{w}")
+    names = read_class_names(spec)
+    if names is None:
+        labels = {s.label for s in iter_samples(spec)}
+        names = [str(i) for i in range(max(labels) + 1)]
+    return h, 1 if first.image.ndim == 2 else first.image.shape[2], len(names), names
+
+
+def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: int = 1, batch_size: int = 128,
+                  lr: float = 0.01, weight_decay: float = 5e-4, optimizer: str = "sgd", seed: int = 0,
+                  flip: bool = False, val: Any = None, device: str = "cpu", normalization: dict[str, list[float]] | None = None,
+                  progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
+    """Train ``arch`` on the shards ``spec`` and save a teacher checkpoint at ``out``."""
+    size, channels, num_classes, names = _shape_and_classes(spec)
+    norm = normalization or estimate_normalization(spec)
+    model = build_model(arch, num_classes, channels, size, seed=seed)
+    n = sum(1 for _ in iter_samples(spec, num_classes=num_classes))
+    steps = -(-n // batch_size)
+
+    def batches(epoch: int):
+        return shard_batches(spec, batch_size, norm["mean"], norm["std"], epoch=epoch, seed=seed, flip=flip,
+                             num_classes=num_classes)
+
+    record = train_classifier(model, batches, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                              device=device, seed=seed, steps_per_epoch=steps,
+                              progress=(lambda d, t: progress("training", d, t)) if progress else None)
+    result: dict[str, Any] = {"arch": arch, "epochs": epochs, "train_images": n, "batch_size": batch_size, "lr": lr,
+                              "optimizer": optimizer, "weight_decay": weight_decay, "seed": seed, "flip": flip}
+    if val is not None:
+        ev = evaluate(model, shard_batches(val, 500, norm["mean"], norm["std"], shuffle=False, num_classes=num_classes), device=device)
+        result["val_top1"] = ev["top1"]
+        result["val_images"] = ev["n"]
+    save_teacher(out, model.cpu(), {"arch": arch, "num_classes": num_classes, "in_channels": channels,
+                                    "image_size": size, "classes": names, "normalization": norm,
+                                    "train": {**result, "record": {k: v for k, v in record.items() if k != "history"}}})
+    result["out"] = os.fspath(out)
+    return result
+
+
+def eval_teacher(teacher: Teacher, spec: Any, batch_size: int = 500, device: str = "cpu") -> dict[str, Any]:
+    """Top-1 of ``teacher`` on the shards ``spec`` (class count must match)."""
+    names = read_class_names(spec)
+    if names is not None and len(names) != teacher.num_classes:
+        raise NrrError(str(spec), f"the data has {len(names)} classes but the teacher has {teacher.num_classes}")
+    ev = evaluate(teacher.model, shard_batches(spec, batch_size, teacher.mean, teacher.std, shuffle=False,
+                                               num_classes=teacher.num_classes), device=device)
+    return {"top1": ev["top1"], "images": ev["n"], "loss": ev.get("loss")}
