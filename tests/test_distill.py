@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -129,14 +130,17 @@ def test_two_ranks_give_the_same_images(tmp_path: Path) -> None:
         f"t = load_teacher({str(teacher_path())!r})\n"
         "cfg = method_config('nrr', 2, 28, cidd={'mipc': 12, 'num_crop': 3}, nrr={'iterations': 3})\n"
         f"r = distill({str(FMNIST_TRAIN)!r}, t, {str(tmp_path / 'two')!r}, cfg)\n"
-        "print(json.dumps(r.summary))\n"
+        "print('SUMMARY ' + json.dumps(r.summary))\n"
     )
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port, so concurrent test runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29517", str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--master_addr", "127.0.0.1", "--master_port", str(port), str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    summaries = [json.loads(line[8:]) for line in proc.stdout.splitlines() if line.startswith("SUMMARY ")]
     assert sorted(s["rank"] for s in summaries) == [0, 1] and all(s["world_size"] == 2 for s in summaries)
     assert _files(tmp_path / "two") == _files(ref)
 

@@ -1,0 +1,93 @@
+"""`relabel` (DBR distances for a store) and `train-student` (train and evaluate on a store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nrrstore.distill.relabel import DEFAULT_EPOCHS_PER_FILE, default_recipe, relabel
+from nrrstore.format.reader import Store
+from nrrstore.models import load_teacher
+from nrrstore.train.student import summary_without_model, train_student
+from nrrstore_cli._common import ProgressBar, err_console, handle_errors, print_json
+
+_JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
+_DEVICE = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...).")
+
+
+def relabel_cmd(
+    store: Path = typer.Argument(..., help="The store folder."),
+    teacher: str = typer.Option(..., "--teacher", "-t", help="Teacher checkpoint file (nrrstore format)."),
+    epochs: int = typer.Option(300, "--epochs", min=1, help="Training epochs to label (one view per image each)."),
+    precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
+    full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Augmentation seed (default: the store's, else 0)."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", min=1, help="Partner group size (default: the store's, else 64)."),
+    mix: Optional[str] = typer.Option(None, "--mix", help="cutmix, mixup or none (default: the store's, else cutmix)."),
+    explicit: bool = typer.Option(False, "--explicit", help="Store each view's parameters as columns (explicit mode)."),
+    quant_max: Optional[float] = typer.Option(None, "--quant-max", help="int8 scale in nats (default: from epoch 0)."),
+    epochs_per_file: int = typer.Option(DEFAULT_EPOCHS_PER_FILE, "--epochs-per-file", min=1, help="Epochs per Parquet file (the resume unit)."),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Teacher batch size."),
+    device: str = _DEVICE,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing distances and soft labels."),
+    as_json: bool = _JSON,
+) -> None:
+    """Compute the teacher's DBR distances for every image and epoch; rerun to resume a killed job."""
+    st = Store(store)
+    t = load_teacher(teacher, device)
+    recipe = default_recipe(st, t, seed=seed, group_size=group_size, mix=mix)
+    with ProgressBar(enabled=err_console.is_terminal and not as_json) as bar:
+        summary = relabel(st, t, epochs, recipe, precision, full_softlabels, mode="explicit" if explicit else "seeded",
+                          epochs_per_file=epochs_per_file, batch_size=batch_size, quant_max=quant_max,
+                          overwrite=overwrite, device=device, progress=bar)
+    if as_json:
+        print_json(summary)
+        return
+    print(f"relabelled {summary['views']} views ({summary['images']} images x {summary['epochs']} epochs) of {store}: "
+          f"{summary['distance_bytes']} bytes of distances ({summary['bytes_per_view']:.2f} B/view, "
+          f"{summary['precision']}, {summary['mode']}) in {summary['seconds']:.1f} s")
+    if summary["chunks_resumed"]:
+        print(f"  resumed: {summary['chunks_resumed']} file(s) were already done")
+    if summary["clipped"]:
+        print(f"  int8: {summary['clipped']} distance(s) above {summary['quant_max']} were clipped")
+
+
+def train_student_cmd(
+    store: Path = typer.Argument(..., help="The store folder."),
+    val: str = typer.Option(..., "--val", help="Held-out real images: shard folder, pattern, list or URL."),
+    arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
+    epochs: int = typer.Option(300, "--epochs", min=1),
+    labels: str = typer.Option("dbr", "--labels", help="dbr, kd or onehot."),
+    alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", min=0.0, help="Weight of L_dbr (our default)."),
+    kd_temperature: float = typer.Option(4.0, "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: min(100, images)."),
+    lr: float = typer.Option(1e-3, "--lr", min=1e-12),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0),
+    seed: int = typer.Option(0, "--seed", min=0, help="Student initialisation seed."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint if it exists."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    cycle: bool = typer.Option(False, "--cycle", help="Reuse stored epochs when training longer than stored."),
+    eval_every: int = typer.Option(0, "--eval-every", min=0, help="Also evaluate every N epochs (0: only at the end)."),
+    device: str = _DEVICE,
+    as_json: bool = _JSON,
+) -> None:
+    """Train a student from scratch on the store and report top-1 on real held-out images."""
+    with ProgressBar(enabled=err_console.is_terminal and not as_json) as bar:
+        result = train_student(store, val, arch=arch, epochs=epochs, labels=labels, batch_size=batch_size, lr=lr,
+                               weight_decay=weight_decay, alpha_dbr=alpha_dbr, kd_temperature=kd_temperature,
+                               seed=seed, device=device, workers=workers, cycle=cycle, checkpoint=checkpoint,
+                               resume=resume, eval_every=eval_every, progress=bar)
+    summary = summary_without_model(result)
+    if as_json:
+        print_json(summary)
+        return
+    print(f"{arch} on {store} ({labels} labels, {epochs} epochs): top-1 {summary['top1'] * 100:.2f}% "
+          f"on {summary['val_images']} held-out images")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("relabel")(handle_errors(relabel_cmd))
+    app.command("train-student")(handle_errors(train_student_cmd))

@@ -1,0 +1,77 @@
+"""Full teacher soft labels as a zarr (format 3) array ``labels/softlabels.zarr``: float16 [E, N, C].
+
+Only the KD baseline needs them (DBR stores two numbers per view instead), so they are optional.
+Chunks are one epoch by a block of consecutive images, so one epoch is read without the others and a
+block of a partner group is one chunk read; every chunk is written whole, which is what lets a killed
+relabel job simply rewrite the chunks of the epochs it had not finished.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nrrstore.errors import NrrError
+
+SOFTLABELS_PATH = "labels/softlabels.zarr"
+ZSTD_LEVEL = 3
+
+
+def create_softlabels(path: str | os.PathLike[str], epochs: int, num_images: int, num_classes: int,
+                      block: int) -> Any:
+    """Create (or reopen with the same shape and chunks) the array at ``path`` for writing."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    shape = (int(epochs), int(num_images), int(num_classes))
+    chunks = (1, max(1, min(int(block), int(num_images))), int(num_classes))
+    p = Path(path)
+    if (p / "zarr.json").is_file():
+        arr = zarr.open_array(p, mode="r+")
+        if tuple(arr.shape) == shape and tuple(arr.chunks) == chunks and arr.dtype == np.float16:
+            return arr
+        raise NrrError(p, f"existing soft-label array has shape {arr.shape}, chunks {arr.chunks}; expected {shape}, {chunks}")
+    return zarr.create_array(store=p, shape=shape, chunks=chunks, dtype="float16",
+                             compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0.0, zarr_format=3)
+
+
+def softlabels_section(shape: tuple[int, ...], chunks: tuple[int, ...], temperature: float = 1.0) -> dict[str, Any]:
+    """The manifest's ``labels.softlabels`` entry."""
+    return {"path": SOFTLABELS_PATH, "shape": list(shape), "chunks": list(chunks), "dtype": "float16",
+            "temperature": float(temperature)}
+
+
+class SoftLabels:
+    """Read access to a store's soft labels: ``read(epoch, start, stop) -> float32 [stop-start, C]``."""
+
+    def __init__(self, store_root: str | os.PathLike[str], section: dict[str, Any]) -> None:
+        import zarr
+
+        self.path = Path(store_root) / section.get("path", SOFTLABELS_PATH)
+        try:
+            self._arr = zarr.open_array(self.path, mode="r")
+        except Exception as exc:  # zarr raises several unrelated types for a missing/corrupt array
+            raise NrrError(self.path, f"unreadable soft-label array: {type(exc).__name__}: {exc}") from None
+        if self._arr.ndim != 3:
+            raise NrrError(self.path, f"soft labels must be [epochs, images, classes], got shape {self._arr.shape}")
+        self.shape = tuple(int(s) for s in self._arr.shape)
+        self.temperature = float(section.get("temperature", 1.0))
+
+    def read(self, epoch: int, start: int, stop: int) -> np.ndarray:
+        try:
+            block = self._arr[int(epoch), int(start):int(stop), :]
+        except Exception as exc:
+            raise NrrError(self.path, f"cannot read soft labels of epoch {epoch}: {type(exc).__name__}: {exc}") from None
+        return np.asarray(block, dtype=np.float32)
+
+    def __getstate__(self) -> dict[str, Any]:  # zarr handles are reopened in DataLoader workers
+        return {"path": self.path, "shape": self.shape, "temperature": self.temperature}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        import zarr
+
+        self.__dict__.update(state)
+        self._arr = zarr.open_array(self.path, mode="r")

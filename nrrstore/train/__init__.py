@@ -1,0 +1,1 @@
+"""Training side: augmentation replay, streaming loaders, losses, teacher and student training."""

@@ -1,0 +1,271 @@
+"""Training a student on a store and measuring it on real held-out images.
+
+Recipe (RDED/SRe2L's student protocol, scaled down; the defaults are ours where they say so):
+AdamW, lr 1e-3, weight decay 0.01, cosine decay to 0 per step, no warm-up; batch size
+``min(100, N)`` (RDED uses 100 at ImageNet IPC 10-50 on one GPU; a distilled set smaller than one
+batch is one batch per epoch). The student gets the store's normalization (the teacher's).
+Objectives per label mode:
+- ``dbr``: ``L_sce + alpha_dbr * L_dbr`` (:func:`~nrrstore.train.losses.dbr_objective`);
+- ``kd``: ``KL(teacher || student) * T**2`` on the stored full soft labels, T = ``kd_temperature``
+  (default 4, our choice: the stored probabilities are fp16, and at RDED's T = 20 their underflowed
+  tail would dominate the tempered target);
+- ``onehot``: cross-entropy to the mixed one-hot label (``L_sce`` alone).
+
+Checkpoints are written atomically after every epoch (model, optimizer, history, arguments);
+``resume=True`` continues at the next epoch and ends with exactly the weights an uninterrupted run
+gets (the data order is a pure function of the store's recipe and the epoch, and nothing else in
+the loop is random).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nrrstore.errors import NrrError, ResumeMismatchError
+from nrrstore.format.reader import Store
+from nrrstore.models import build_model
+from nrrstore.sources.shards import iter_samples, read_class_names
+from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, store_recipe, to_chw
+from nrrstore.train.losses import DBR_NORMS, dbr_loss, kd_loss, sce_loss
+
+Progress = Callable[[str, int, "int | None"], None]
+CHECKPOINT_FORMAT = "nrrstore-student"
+
+
+def default_batch_size(num_images: int) -> int:
+    return max(1, min(100, int(num_images)))
+
+
+def train_student(
+    store: Store | str | os.PathLike[str],
+    val_spec: Any,
+    arch: str = "convnet3",
+    epochs: int = 300,
+    labels: str = "dbr",
+    batch_size: int | None = None,
+    lr: float = 1e-3,
+    weight_decay: float = 0.01,
+    alpha_dbr: float = 1.0,
+    dbr_norm: str = "l2",
+    kd_temperature: float = 4.0,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    cycle: bool = False,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    arch_kwargs: dict[str, Any] | None = None,
+    eval_every: int = 0,
+    eval_batch_size: int = 500,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train ``arch`` from scratch on ``store`` and report top-1 on the real images of ``val_spec``.
+
+    Returns plain data: ``top1``, ``val_loss``, ``val_images``, ``history`` (per epoch: mean loss and
+    its parts, lr at the epoch's end, seconds, and top-1 when ``eval_every`` divides the epoch
+    number), ``steps``, and the arguments. ``model`` (the trained module) is returned too.
+    """
+    st = open_store(store)
+    m = st.manifest
+    if labels not in LABEL_MODES:
+        raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)}")
+    if dbr_norm not in DBR_NORMS:
+        raise NrrError(None, f"unknown DBR norm {dbr_norm!r}; use one of {', '.join(DBR_NORMS)}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise NrrError(None, f"epochs must be a positive integer, got {epochs!r}")
+    if not (lr > 0 and weight_decay >= 0 and alpha_dbr >= 0 and kd_temperature > 0):
+        raise NrrError(None, "need lr > 0, weight_decay >= 0, alpha_dbr >= 0 and kd_temperature > 0")
+    batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images)
+    recipe = store_recipe(m, st.path / "manifest.json")
+    _check_val_classes(val_spec, m.classes)
+    args = {
+        "store_index_sha256": getattr(m.file("index.parquet"), "sha256", None),
+        "labels_files": sorted(f.sha256 for f in m.files if f.kind in ("distances", "softlabels")),
+        "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
+        "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
+        "alpha_dbr": float(alpha_dbr), "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature),
+        "seed": int(seed), "cycle": bool(cycle),
+    }
+    dev = torch.device(device)
+    model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if resume and ckpt is None:
+        raise NrrError(None, "resume needs a checkpoint path (--checkpoint)")
+    if ckpt is not None and resume and ckpt.is_file():
+        start_epoch, history = _load_checkpoint(ckpt, args, model, opt)
+
+    steps_per_epoch = math.ceil(m.num_images / batch_size)  # one rank, the last batch may be short
+    total_steps = steps_per_epoch * epochs
+    loader = None
+    if start_epoch < epochs:
+        loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, cycle=cycle,
+                             num_epochs=epochs - start_epoch)
+    model.train()
+    sums: dict[str, Any] = {}
+    seen = 0
+    t_epoch = time.perf_counter()
+    for batch in loader if loader is not None else ():
+        epoch, step = batch["epoch"], batch["step"]
+        global_step = epoch * steps_per_epoch + step
+        rate = lr * 0.5 * (1.0 + math.cos(math.pi * global_step / total_steps))
+        for group in opt.param_groups:
+            group["lr"] = rate
+        parts = _loss(model, batch, labels, alpha_dbr, dbr_norm, kd_temperature, dev)
+        opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        opt.step()
+        n = int(batch["y"].numel())
+        for k, v in parts.items():  # summed on the device: one sync per epoch, not per step
+            sums[k] = sums.get(k, 0.0) + v.detach() * n
+        seen += n
+        if progress is not None:
+            progress("train student", global_step + 1, total_steps)
+        if step == steps_per_epoch - 1:  # end of an epoch
+            record = {k: float(v) / seen for k, v in sums.items()}
+            if not math.isfinite(record["loss"]):
+                raise NrrError(None, f"student training diverged in epoch {epoch} (loss {record['loss']}); "
+                                     "lower the learning rate")
+            record.update(epoch=epoch, lr=rate, seconds=round(time.perf_counter() - t_epoch, 3))
+            if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
+                record["top1"] = evaluate_student(model, val_spec, st, eval_batch_size, dev)["top1"]
+            history.append(record)
+            if ckpt is not None:
+                _save_checkpoint(ckpt, args, model, opt, epoch + 1, history)
+            sums, seen, t_epoch = {}, 0, time.perf_counter()
+    result = evaluate_student(model, val_spec, st, eval_batch_size, dev)
+    if history:
+        history[-1]["top1"] = result["top1"]
+    return {
+        "top1": result["top1"], "val_loss": result["loss"], "val_images": result["n"], "history": history,
+        "steps": total_steps, "resumed_at_epoch": start_epoch, "store": str(st.path), **args, "model": model,
+    }
+
+
+def _loss(model: nn.Module, batch: dict[str, Any], labels: str, alpha_dbr: float, norm: str, T: float,
+          dev: torch.device) -> dict[str, torch.Tensor]:
+    x = batch["images"].to(dev, non_blocking=True)
+    y, y2, lam = (batch[k].to(dev) for k in ("y", "y_partner", "lam"))
+    logits = model(x)
+    if labels == "kd":
+        kd = kd_loss(logits, batch["soft"].to(dev), T=T, from_logits=False)
+        return {"loss": kd, "kd": kd}
+    sce = sce_loss(logits, y, y2, lam)
+    if labels == "onehot" or alpha_dbr == 0:
+        return {"loss": sce, "sce": sce}
+    dbr = dbr_loss(logits, y, y2, lam, batch["d_org"].to(dev), batch["d_aug"].to(dev), norm=norm)
+    return {"loss": sce + alpha_dbr * dbr, "sce": sce, "dbr": dbr}
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+def _check_val_classes(val_spec: Any, classes: list[str]) -> None:
+    names = read_class_names(val_spec)
+    if names is not None and names != classes:
+        raise NrrError(None, f"held-out classes ({', '.join(names[:4])}...) differ from the store's "
+                             f"({', '.join(classes[:4])}...); labels would not match")
+
+
+def val_batches(val_spec: Any, store: Store, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Real held-out images as the student sees them: [0,1], resized to the view size, normalized."""
+    m = store.manifest
+    size = store_recipe(m).size
+    norm = m.normalization
+    mean = torch.tensor(norm["mean"]).view(1, -1, 1, 1) if norm else None
+    std = torch.tensor(norm["std"]).view(1, -1, 1, 1) if norm else None
+    xs: list[torch.Tensor] = []
+    ys: list[int] = []
+
+    def flush() -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack(xs).float().div_(255.0)
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if mean is not None:
+            x = (x - mean) / std
+        out = (x, torch.tensor(ys, dtype=torch.int64))
+        xs.clear()
+        ys.clear()
+        return out
+
+    for s in iter_samples(val_spec, num_classes=m.num_classes):
+        t = to_chw(s.image)
+        if t.shape[0] != m.image.channels:
+            raise NrrError(s.shard, f"held-out image {s.key!r} has {t.shape[0]} channel(s), the store {m.image.channels}")
+        xs.append(t)
+        ys.append(s.label)
+        if len(xs) == batch_size:
+            yield flush()
+    if xs:
+        yield flush()
+
+
+@torch.no_grad()
+def evaluate_student(model: nn.Module, val_spec: Any, store: Store, batch_size: int = 500,
+                     device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Top-1 and mean cross-entropy of ``model`` on the held-out shards (train/eval mode restored)."""
+    was = model.training
+    model.eval()
+    correct, n, loss = 0, 0, 0.0
+    try:
+        for x, y in val_batches(val_spec, store, batch_size):
+            logits = model(x.to(device))
+            y = y.to(device)
+            correct += int((logits.argmax(1) == y).sum())
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            n += int(y.numel())
+    finally:
+        model.train(was)
+    if n == 0:
+        raise NrrError(None, "the held-out set has no images")
+    return {"top1": correct / n, "loss": loss / n, "n": n}
+
+
+# -- checkpoints --------------------------------------------------------------------------------------
+def _save_checkpoint(path: Path, args: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer,
+                     epochs_done: int, history: list[dict[str, Any]]) -> None:
+    record = {"format": CHECKPOINT_FORMAT, "version": 1, "args": args, "epochs_done": epochs_done,
+              "history": history, "model": model.state_dict(), "optimizer": opt.state_dict()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(record, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,
+                     opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt zip, refused globals...
+        raise NrrError(path, f"unreadable student checkpoint: {type(exc).__name__}") from None
+    if not isinstance(rec, dict) or rec.get("format") != CHECKPOINT_FORMAT:
+        raise NrrError(path, "not an nrrstore student checkpoint")
+    if rec.get("args") != args:
+        prior = rec.get("args") or {}
+        diff = sorted(k for k in set(prior) | set(args) if prior.get(k) != args.get(k))
+        raise ResumeMismatchError(path, f"checkpoint was made with other arguments or labels ({', '.join(diff)} "
+                                        "differ); use the same ones, or another checkpoint path")
+    model.load_state_dict(rec["model"])
+    opt.load_state_dict(rec["optimizer"])
+    return int(rec["epochs_done"]), list(rec["history"])
+
+
+def summary_without_model(result: dict[str, Any]) -> dict[str, Any]:
+    """The result without the model object (for JSON output)."""
+    return {k: v for k, v in result.items() if k != "model"}
+

@@ -1,0 +1,305 @@
+"""The streaming loader: exact replay of the teacher's views, splitting, resume, and bad stores."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from nrrstore.distill.relabel import relabel
+from nrrstore.errors import NrrError
+from nrrstore.format import quant
+from nrrstore.format.reader import Store
+from nrrstore.models import load_teacher
+from nrrstore.train.augment import AugRecipe
+from nrrstore.train.loader import DistilledDataset, make_loader
+from nrrstore.train.losses import distances
+from tests._teacher import one_thread, teacher_path
+from tests.test_format import write_fmnist_store
+
+N = 40  # 4 per class; shards of 12 and partner groups of 8, so some groups straddle two shards
+RECIPE = AugRecipe(size=28, group_size=8, seed=5)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    with one_thread():
+        return load_teacher(teacher_path())
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, teacher) -> dict[str, Path]:
+    """A plain store, the same relabelled (fp16 + soft labels, 3 epochs), and an explicit int8 one."""
+    root = tmp_path_factory.mktemp("loader")
+    with one_thread():
+        plain = root / "plain"
+        write_fmnist_store(plain, per_class=4, shard_size=12)
+        dbr = root / "dbr"
+        shutil.copytree(plain, dbr)
+        relabel(dbr, teacher, 3, RECIPE, full_softlabels=True, epochs_per_file=2, batch_size=16)
+        explicit = root / "explicit"
+        shutil.copytree(plain, explicit)
+        relabel(explicit, teacher, 3, RECIPE, precision="int8", mode="explicit", batch_size=16)
+    return {"plain": plain, "dbr": dbr, "explicit": explicit}
+
+
+def _batches(store: Path, workers: int = 0, **kw) -> list[dict]:
+    kw.setdefault("labels", "dbr")
+    return list(make_loader(store, kw.pop("epoch", 0), kw.pop("batch_size", 12), workers=workers, **kw))
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x.keys() != y.keys():
+            return False
+        for k in x:
+            if isinstance(x[k], torch.Tensor) and not torch.equal(x[k], y[k]):
+                return False
+            if not isinstance(x[k], torch.Tensor) and x[k] != y[k]:
+                return False
+    return True
+
+
+def _fp16_ulp(x: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.spacing(x.numpy().astype(np.float16)).astype(np.float32))
+
+
+def test_teacher_reproduces_stored_labels_on_loader_views(stores, teacher) -> None:
+    """For every image and epoch, 0 and 2 workers: the teacher on the loader's view gives the stored numbers."""
+    runs = {}
+    for workers in (0, 2):
+        runs[workers] = batches = _batches(stores["dbr"], workers, normalize=False, softlabels=True, num_epochs=3)
+        assert len(batches) == 3 * 4 and [b["epoch"] for b in batches] == [0] * 4 + [1] * 4 + [2] * 4
+        seen: dict[int, list[int]] = {}
+        for b in batches:
+            seen.setdefault(b["epoch"], []).extend(b["index"].tolist())
+            assert b["images"].shape[1:] == (1, 28, 28) and b["images"].dtype == torch.float32
+            assert b["d_org"].dtype == torch.float32 and b["soft"].shape == (len(b["y"]), 10)
+            with torch.no_grad():
+                logits = teacher.model(teacher.normalize(b["images"]))
+            d_org, d_aug = distances(logits, b["y"], b["y_partner"], b["lam"])
+            for mine, stored in ((d_org, b["d_org"]), (d_aug, b["d_aug"])):
+                assert torch.all((mine - stored).abs() <= _fp16_ulp(mine)), (mine, stored)
+            assert torch.allclose(torch.softmax(logits, 1), b["soft"], atol=1e-3, rtol=0)
+        assert all(sorted(v) == list(range(N)) for v in seen.values())
+    assert _same(runs[0], runs[2])  # DataLoader's round robin over workers gives the 0-worker sequence
+    assert _same(runs[0], _batches(stores["dbr"], 0, normalize=False, softlabels=True, num_epochs=3))
+    # normalize=True is the teacher's (= the store's) normalization of the same views
+    norm = _batches(stores["dbr"], 0, epoch=1)[0]
+    assert torch.allclose(norm["images"], teacher.normalize(runs[0][4]["images"]), atol=1e-6)
+
+
+def test_batches_follow_the_epoch_plan(stores) -> None:
+    from nrrstore.train.augment import epoch_plan
+
+    labels = Store(stores["dbr"]).labels()
+    plan = epoch_plan(RECIPE, 2, N)
+    batches = _batches(stores["dbr"], epoch=2, batch_size=16)
+    assert [len(b["index"]) for b in batches] == [16, 16, 8]
+    assert torch.cat([b["index"] for b in batches]).tolist() == plan.order.tolist()
+    for b in batches:
+        idx = b["index"].numpy()
+        assert b["y"].tolist() == labels[idx].tolist()
+        assert b["y_partner"].tolist() == labels[plan.partner[idx]].tolist()
+        assert ((idx // 8) == (plan.partner[idx] // 8)).all()  # partners come from the same group
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_see_disjoint_images_and_equal_batch_counts(stores, world: int) -> None:
+    full = _batches(stores["dbr"], epoch=1, batch_size=6)  # 7 batches, the last of 4 images
+    per_rank = [_batches(stores["dbr"], epoch=1, batch_size=6, rank=r, world_size=world) for r in range(world)]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == 7 // world
+    index_sets = [set(torch.cat([b["index"] for b in bs]).tolist()) for bs in per_rank]
+    for i in range(world):
+        for j in range(i + 1, world):
+            assert not index_sets[i] & index_sets[j]
+    for r, bs in enumerate(per_rank):
+        assert _same(bs, [dict(b, step=k) for k, b in enumerate(full[r:(7 // world) * world:world])])
+
+
+def test_resume_mid_epoch_continues_with_the_next_batch(stores) -> None:
+    full = _batches(stores["dbr"], epoch=0, num_epochs=2, softlabels=True)
+    assert _same(_batches(stores["dbr"], epoch=0, num_epochs=2, softlabels=True, start_step=3), full[3:])
+    assert _same(_batches(stores["dbr"], 2, epoch=0, num_epochs=2, softlabels=True, start_step=5), full[5:])
+    one = _batches(stores["dbr"], epoch=1, start_step=2, softlabels=True)
+    assert _same(one, full[6:]) and one[0]["step"] == 2 and one[0]["epoch"] == 1
+
+
+def test_reading_an_epoch_touches_only_its_row_groups(stores, tmp_path: Path) -> None:
+    """Destroy the column data of epoch 0 in the first file: epoch 1 (same file) still reads."""
+    store = tmp_path / "s"
+    shutil.copytree(stores["dbr"], store)
+    path = store / "labels/distances-e0000-e0001.parquet"
+    meta = pq.ParquetFile(path).metadata
+    data = bytearray(path.read_bytes())
+    for c in range(meta.num_columns):
+        col = meta.row_group(0).column(c)
+        start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+        data[start:start + col.total_compressed_size] = b"\xff" * col.total_compressed_size
+    path.write_bytes(bytes(data))
+    good = _batches(stores["dbr"], epoch=1)
+    assert _same(_batches(store, epoch=1), good)
+    with pytest.raises(NrrError, match="distance table"):
+        _batches(store, epoch=0)
+
+
+def test_epochs_beyond_stored(stores) -> None:
+    with pytest.raises(NrrError, match="beyond the 3 stored"):
+        DistilledDataset(stores["dbr"], epoch=3)
+    with pytest.raises(NrrError, match="beyond the 3 stored"):
+        DistilledDataset(stores["dbr"], epoch=1, num_epochs=3)
+    with pytest.warns(UserWarning, match="replays stored epoch 1"):
+        cycled = _batches(stores["dbr"], epoch=4, cycle=True)
+    assert _same([dict(b, epoch=1) for b in cycled], _batches(stores["dbr"], epoch=1))
+    # one-hot labels on a seeded store need no stored epoch
+    assert len(_batches(stores["dbr"], epoch=7, labels="onehot")) == 4
+
+
+def test_store_without_labels(stores) -> None:
+    with pytest.raises(NrrError, match="no DBR distances"):
+        DistilledDataset(stores["plain"], labels="dbr")
+    with pytest.raises(NrrError, match="no soft labels"):
+        DistilledDataset(stores["plain"], labels="kd")
+    onehot = _batches(stores["plain"], labels="onehot", batch_size=40)
+    assert len(onehot) == 1 and set(onehot[0]) == {"images", "y", "y_partner", "lam", "index", "epoch", "step"}
+
+
+def test_damaged_distance_tables(stores, tmp_path: Path) -> None:
+    store = tmp_path / "s"
+    shutil.copytree(stores["dbr"], store)
+    path = store / "labels/distances-e0000-e0001.parquet"
+    table = pq.read_table(path)
+    # image ids that do not match the images (a permutation; same rows, wrong order)
+    pf = pq.ParquetFile(path)
+    groups = [pf.read_row_group(g) for g in range(pf.metadata.num_row_groups)]
+    with pq.ParquetWriter(path, pf.schema_arrow) as w:
+        for t in groups:
+            w.write_table(t.set_column(1, pf.schema_arrow.field("image"), pa.array(t.column("image").to_numpy()[::-1].copy())))
+    with pytest.raises(NrrError, match="image ids do not match"):
+        _batches(store, epoch=1)
+    # a table with a missing image
+    pq.write_table(table.slice(0, N - 1), path)
+    with pytest.raises(NrrError, match="image ids do not match"):
+        _batches(store, epoch=0)
+    # a truncated file
+    shutil.copy(stores["dbr"] / "labels/distances-e0000-e0001.parquet", path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(NrrError, match="unreadable distance table"):
+        _batches(store, epoch=0)
+    # a truncated image shard
+    shard = store / "images/shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(NrrError, match="truncated shard"):
+        _batches(store, epoch=2, labels="onehot")
+
+
+def test_explicit_store_replays_the_same_views(stores) -> None:
+    """Explicit columns go through the same render path: the same views as the seeded store."""
+    seeded = _batches(stores["dbr"], epoch=2)
+    explicit = _batches(stores["explicit"], epoch=2)
+    qmax = Store(stores["explicit"]).manifest.labels["distances"]["quant"]["max"]
+    bound = quant.max_abs_log_error(qmax)
+    for a, b in zip(seeded, explicit, strict=True):
+        for k in ("images", "y", "y_partner", "lam", "index"):
+            assert torch.equal(a[k], b[k])
+        for k in ("d_org", "d_aug"):  # fp16 vs int8 codes of the same teacher numbers
+            err = (torch.log1p(a[k].double()) - torch.log1p(b[k].double())).abs()
+            assert err.max() <= bound + 1e-3
+
+
+class _RangeHandler:
+    """A loopback HTTP server that honours Range requests and counts the bytes it sends per path."""
+
+    sent: dict[str, int] = {}
+
+    @classmethod
+    def serve(cls, root: Path):
+        import functools
+        import threading
+        from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(SimpleHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                path = Path(self.translate_path(self.path))
+                if not path.is_file():
+                    self.send_error(404)
+                    return
+                data = path.read_bytes()
+                rng = self.headers.get("Range")
+                if rng:
+                    lo, hi = (int(v) for v in rng.removeprefix("bytes=").split("-"))
+                    body = data[lo:hi + 1]
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {lo}-{lo + len(body) - 1}/{len(data)}")
+                else:
+                    body = data
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                cls.sent[self.path] = cls.sent.get(self.path, 0) + len(body)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+def test_store_over_http_range_requests(stores) -> None:
+    server = _RangeHandler.serve(stores["dbr"].parent)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dbr"
+        _RangeHandler.sent = {}
+        remote = _batches(url, epoch=1)
+        assert _same(remote, _batches(stores["dbr"], epoch=1))
+        # only the file holding epoch 1 is fetched (in a file this small pyarrow's 64 KiB footer read is all of it)
+        assert _RangeHandler.sent["/dbr/labels/distances-e0000-e0001.parquet"] > 0
+        assert "/dbr/labels/distances-e0002-e0002.parquet" not in _RangeHandler.sent
+        shards = sum(v for k, v in _RangeHandler.sent.items() if k.startswith("/dbr/images/"))
+        assert shards <= sum(p.stat().st_size for p in (stores["dbr"] / "images").iterdir())  # ranges, not re-reads
+        assert _same(_batches(url, 2, epoch=0, start_step=1), _batches(stores["dbr"], epoch=0, start_step=1))
+        with pytest.raises(NrrError, match="not read over HTTP"):
+            DistilledDataset(url, labels="kd")
+        with pytest.raises(NrrError, match="HTTP 404"):
+            DistilledDataset(url + "-missing")
+        with pytest.raises(NrrError, match="local folder"):
+            relabel(url, teacher_path(), 1)
+    finally:
+        server.shutdown()
+
+
+def test_rgb_photos_replay(tmp_path: Path) -> None:
+    """RGB crops of real photos (3-channel normalization, HWC -> CHW) replay exactly too."""
+    from nrrstore.format.writer import StoreWriter
+    from tests._real import photo_crops
+
+    store = tmp_path / "rgb"
+    with StoreWriter(store, ["astronaut", "coffee", "chelsea"], shard_size=5) as w:
+        for i, (img, c) in enumerate(photo_crops(12, size=32)):
+            w.add_image(f"img_{i}", img, c)
+        w.finalize()
+    norm = {"mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    t = load_teacher("convnet3", num_classes=3, image_size=24, normalization=norm, arch_kwargs={"width": 8})
+    relabel(store, t, 2, AugRecipe(size=24, group_size=4, mix="mixup"), precision="fp32", batch_size=8)
+    for b in _batches(store, epoch=1, batch_size=5):
+        assert b["images"].shape[1:] == (3, 24, 24)
+        with torch.no_grad():
+            logits = t.model(b["images"])  # the store's normalization is the teacher's
+        d_org, d_aug = distances(logits, b["y"], b["y_partner"], b["lam"])
+        assert torch.allclose(d_org, b["d_org"], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(d_aug, b["d_aug"], rtol=1e-5, atol=1e-6)
