@@ -98,7 +98,8 @@ def save_contact_sheet(samples: Iterable[tuple[int, np.ndarray, int]], classes: 
             break
     font = ImageFont.load_default()
     label_w = 8 + max(int(font.getlength(n)) for n in classes) if classes else 8
-    cols = per_class * (2 if cams is not None else 1)
+    shown = max((len(v) for v in rows.values()), default=1) or 1
+    cols = shown * (2 if cams is not None else 1)
     sheet = Image.new("RGB", (label_w + cols * (cell + 2), len(classes) * (cell + 2) + 2), "white")
     draw = ImageDraw.Draw(sheet)
     for r, c in enumerate(range(len(classes))):

@@ -180,7 +180,8 @@ def distill(
     }
     if (out / MANIFEST_NAME).is_file() and not overwrite:
         m = load_manifest(out)
-        if m.method == cfg.to_dict() and m.teacher.get("sha256") == teacher.sha256 and m.source.get("shards") == urls:
+        made_by = {k: v for k, v in m.method.items() if k != "relabel"}  # relabel adds its own entry
+        if made_by == cfg.to_dict() and m.teacher.get("sha256") == teacher.sha256 and m.source.get("shards") == urls:
             return DistillResult(out, {"store": str(out), "resumed": "complete", "images": m.num_images})
     if rank == 0:
         check_output_dir(out, overwrite)
