@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from nrrstore.distill.pipeline import distill, method_config
 from nrrstore.errors import NrrError, ResumeMismatchError

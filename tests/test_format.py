@@ -18,7 +18,7 @@ from nrrstore.format.manifest import FORMAT_VERSION, load_manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import distance_schema
 from nrrstore.format.verify import verify_store
-from nrrstore.format.writer import StoreWriter, parquet_write
+from nrrstore.format.writer import StoreWriter
 from tests._real import FMNIST_CLASSES, fmnist, photo_crops
 
 

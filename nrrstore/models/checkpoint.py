@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from nrrstore.errors import FormatVersionError, NrrError
+from nrrstore.format.atomic import atomic_open
 from nrrstore.models.registry import ARCHS, build_model, is_builtin, is_external_spec
 
 FORMAT = "nrrstore-teacher"
@@ -112,15 +113,8 @@ def save_teacher(path: str | os.PathLike[str], model: nn.Module, meta: Mapping[s
     if problem:
         raise NrrError(path, f"model does not match architecture '{record['arch']}': {problem}")
     record["state_dict"] = state
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:  # a reader never sees half a checkpoint
+        torch.save(record, f)
 
 
 def _record(meta: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,6 @@ buffer, so memory does not grow with the dataset and the same seed gives the sam
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nrrstore.errors import NrrError, ResumeMismatchError
+from nrrstore.format.atomic import atomic_open
 from nrrstore.format.reader import Store
 from nrrstore.models import build_model
 from nrrstore.sources.shards import iter_samples, read_class_names
@@ -236,15 +237,8 @@ def _save_checkpoint(path: Path, args: dict[str, Any], model: nn.Module, opt: to
     record = {"format": CHECKPOINT_FORMAT, "version": 1, "args": args, "epochs_done": epochs_done,
               "history": history, "model": model.state_dict(), "optimizer": opt.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path) as f:  # a reader never sees half a checkpoint
+        torch.save(record, f)
 
 
 def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,

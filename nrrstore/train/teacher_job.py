@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import torch
 
 from nrrstore.errors import NrrError
 from nrrstore.models.checkpoint import Teacher, save_teacher
