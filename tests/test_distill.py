@@ -105,8 +105,8 @@ def test_killed_distill_resumes_to_identical_store(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
-    done = sorted(p.name for p in (tmp_path / ".work-s").glob("class-*.npz"))
-    assert done == [f"class-{c:05d}.npz" for c in range(5)]
+    done = sorted(p.name for p in (tmp_path / ".work-s").glob("class-*.json"))
+    assert done == [f"class-{c:05d}.json" for c in range(5)]
     # Other arguments on the partial run are refused...
     with pytest.raises(ResumeMismatchError, match="different arguments"):
         _run(out, ipc=3)

@@ -11,7 +11,6 @@ any run of consecutive images - a shard, a partner group of the augmentation rec
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ from nrrstore import __version__
 from nrrstore.distill.cidd import ClassCandidates, CiddConfig, discover, select_and_stitch
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
 from nrrstore.errors import NrrError, ResumeMismatchError
-from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.format.atomic import atomic_open, atomic_write_bytes
 from nrrstore.format.keys import image_key
 from nrrstore.format.manifest import MANIFEST_NAME, load_manifest
 from nrrstore.format.writer import StoreWriter, check_output_dir
@@ -126,7 +125,7 @@ def _class_file(work: Path, c: int, ext: str) -> Path:
 
 
 def _class_done(work: Path, c: int) -> bool:
-    return _class_file(work, c, "npz").is_file() and _class_file(work, c, "json").is_file()
+    return _class_file(work, c, "json").is_file()  # written last: the class is done
 
 
 def _check_params(work: Path, params: dict[str, Any], rank: int, world: int) -> None:
@@ -276,7 +275,7 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
 
 def _refine_and_save(work: Path, c: int, cands: ClassCandidates, teacher: Teacher, cfg: DistillConfig,
                      cam_model: CamModel) -> None:
-    """Select, stitch and refine one class; save it atomically (json first, the npz marks it done)."""
+    """Select, stitch and refine one class; save it atomically (arrays first, the json marks it done)."""
     images, metas = select_and_stitch(cands)
     labels = torch.full((images.shape[0],), c, dtype=torch.long)
     outs, batch_stats = [], []
@@ -294,17 +293,18 @@ def _refine_and_save(work: Path, c: int, cands: ClassCandidates, teacher: Teache
             dev = next(teacher.model.parameters()).device
             cam = cam_model.cam(teacher.normalize(final.to(dev)), labels.to(dev))
         arrays["cams"] = (cam.cpu().numpy() * 255.0).round().astype(np.uint8)
+    for name, arr in arrays.items():  # plain .npy so assembly can memory-map them
+        with atomic_open(_class_file(work, c, f"{name}.npy")) as f:
+            np.save(f, arr, allow_pickle=False)
     atomic_write_bytes(_class_file(work, c, "json"), json.dumps({"metas": metas, "nrr": batch_stats}, sort_keys=True).encode())
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(_class_file(work, c, "npz"), buf.getvalue())
 
 
 def _load_class(work: Path, c: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    path = _class_file(work, c, "npz")
+    path = _class_file(work, c, "images.npy")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = {"images": np.load(path, mmap_mode="r", allow_pickle=False)}
+        if _class_file(work, c, "cams.npy").is_file():
+            arrays["cams"] = np.load(_class_file(work, c, "cams.npy"), mmap_mode="r", allow_pickle=False)
         meta = json.loads(_class_file(work, c, "json").read_text())
     except (OSError, ValueError) as exc:
         raise NrrError(path, f"unreadable work file ({exc}); delete it to redo the class") from None
@@ -341,7 +341,9 @@ def _assemble(out: Path, work: Path, teacher: Teacher, cfg: DistillConfig, class
             h, wd = per_class[0][0]["cams"].shape[1:]
             arr = zarr.create_array(str(w.file_path("cams.zarr", "cams")), shape=(total, h, wd), chunks=(min(total, 1024), h, wd),
                                     dtype="uint8", zarr_format=3, fill_value=0)
-            stacked = np.stack([per_class[c][0]["cams"][s] for s in range(ipc) for c in range(len(classes))])
-            arr[:] = stacked
+            step = arr.chunks[0]
+            for lo in range(0, total, step):  # chunk by chunk: memory stays one chunk
+                hi = min(lo + step, total)
+                arr[lo:hi] = np.stack([per_class[i % len(classes)][0]["cams"][i // len(classes)] for i in range(lo, hi)])
             w.set_meta("labels", {"cams": {"path": "cams.zarr", "shape": [total, h, wd], "dtype": "uint8"}})
         return w.finalize(progress)
