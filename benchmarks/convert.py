@@ -1,0 +1,151 @@
+"""P4: convert-softlabels throughput / raw `torch.load` of the same files, side by side in one run.
+
+An SRe2L relabel folder at ImageNet label width is written here: ``--classes`` (1000) class folders
+of ``--ipc`` real Fashion-MNIST images each, ``--epochs`` epochs of ``epoch_{e}/batch_{b}.tar`` files
+holding SRe2L's list ``[coords, flip, partner, lam, box, logits]`` with fp16 logits [B, 1000] and
+CutMix parameters. The logits are random: conversion speed does not depend on what a teacher knows.
+
+Measured, each the best of ``--repeat`` runs after one warm-up pass (page cache warm for both):
+- raw: ``torch.load(weights_only=True)`` of every batch file in order, with the same allow-list of
+  numpy integer scalars the converter needs to read them at all (`safe_torch_load`);
+- convert: the whole `convert_sre2l` call (images into a store, every file loaded and checked,
+  distances computed, Parquet written, checksums, manifest), and its label phase alone.
+P4 = convert files/s / raw files/s (target >= 0.7). Then the converted store's size report.
+
+    python benchmarks/convert.py                              # 1000 classes x 2 IPC, 50 epochs, B=256
+    python benchmarks/convert.py --epochs 4 --repeat 1        # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loader import ROOT, fashion_mnist  # noqa: E402  (the benchmark next door)
+
+from nrrstore.convert.size_report import format_report, size_report  # noqa: E402
+from nrrstore.convert.sre2l import convert_sre2l, safe_torch_load  # noqa: E402
+
+WORK = ROOT / "benchmarks" / "_work" / "convert"
+
+
+def write_images(root: Path, classes: int, ipc: int) -> int:
+    x, _, _ = fashion_mnist(classes * ipc)
+    for c in range(classes):
+        folder = root / f"n{c:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(ipc):
+            Image.fromarray(x[(c * ipc + i) % len(x)], "L").save(folder / f"img{i:03d}.png")
+    return classes * ipc
+
+
+def write_labels(root: Path, n: int, classes: int, epochs: int, batch: int, seed: int = 0) -> list[Path]:
+    """SRe2L's relabel output with CutMix: the list layout, numpy-integer boxes, fp16 logits."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for e in range(epochs):
+        (root / f"epoch_{e}").mkdir(parents=True, exist_ok=True)
+        for b in range(math.ceil(n / batch)):
+            m = min(batch, n - b * batch)
+            h = rng.integers(3, 29, m)
+            w = rng.integers(3, 29, m)
+            i = (rng.random(m) * (29 - h)).astype(np.int64)
+            j = (rng.random(m) * (29 - w)).astype(np.int64)
+            coords = torch.from_numpy(np.stack([i / 28, j / 28, h / 28, w / 28], 1).astype(np.float32))
+            lam = float(rng.beta(1.0, 1.0))
+            cut = int(28 * math.sqrt(1 - lam))
+            cx, cy = rng.integers(28), rng.integers(28)
+            box = [np.clip(cx - cut // 2, 0, 28), np.clip(cy - cut // 2, 0, 28),
+                   np.clip(cx + cut // 2, 0, 28), np.clip(cy + cut // 2, 0, 28)]
+            logits = torch.from_numpy(rng.normal(0, 3, (m, classes)).astype(np.float16))
+            path = root / f"epoch_{e}" / f"batch_{b}.tar"
+            torch.save([coords, torch.from_numpy(rng.random(m) < 0.5), torch.from_numpy(rng.permutation(m)), lam,
+                        box, logits], path)
+            files.append(path)
+    return files
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--ipc", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no contention on a shared machine)")
+    ap.add_argument("--workers", type=int, default=None, help="convert's worker processes (default: its own)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    t = time.perf_counter()
+    n = write_images(WORK / "images", args.classes, args.ipc)
+    files = write_labels(WORK / "labels", n, args.classes, args.epochs, args.batch)
+    label_bytes = sum(f.stat().st_size for f in files)
+    print(f"fixture: {n} images, {args.classes} classes, {args.epochs} epochs x {len(files) // args.epochs} files "
+          f"of <= {args.batch} views; {len(files)} files, {label_bytes / 1e6:.1f} MB of labels "
+          f"({time.perf_counter() - t:.1f} s to write)")
+
+    def cpu() -> float:
+        """CPU seconds of this process and its reaped children (convert's workers)."""
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def raw() -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), cpu()
+        for f in files:
+            safe_torch_load(f)
+        return time.perf_counter() - t0, cpu() - c0
+
+    def convert() -> tuple[float, float, float, float, dict]:
+        out = WORK / "store"
+        if out.exists():
+            shutil.rmtree(out)
+        t0, c0 = time.perf_counter(), cpu()
+        summary = convert_sre2l(WORK / "labels", WORK / "images", out, normalization=None, workers=args.workers)
+        wall, total_cpu = time.perf_counter() - t0, cpu() - c0
+        own = summary["phase_cpu_seconds"]
+        label_cpu = total_cpu - own["images"] - own["finish"]  # workers run only in the label phase
+        return wall, total_cpu, summary["phase_seconds"]["labels"], label_cpu, summary
+
+    raw()  # warm-up: page cache and torch's first-call costs
+    raws, convs, summary = [], [], {}
+    for _ in range(args.repeat):
+        raws.append(raw())
+        *times, summary = convert()
+        convs.append(times)
+    raw_wall, raw_cpu = min(r[0] for r in raws), min(r[1] for r in raws)
+    conv_wall, conv_cpu, lab_wall, lab_cpu = (min(c[k] for c in convs) for k in range(4))
+    nf = len(files)
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f} during the run; torch threads {args.threads}; "
+          f"convert workers {summary['workers']}")
+    print(f"raw torch.load      : {nf / raw_wall:7.1f} files/s wall ({raw_wall:.3f} s, {label_bytes / raw_wall / 1e6:.0f} MB/s), "
+          f"{raw_cpu / nf * 1e3:.3f} ms CPU/file")
+    print(f"convert (end to end): {nf / conv_wall:7.1f} files/s wall ({conv_wall:.3f} s: images "
+          f"{summary['phase_seconds']['images']:.2f} s, labels {summary['phase_seconds']['labels']:.2f} s, "
+          f"finish {summary['phase_seconds']['finish']:.2f} s), {conv_cpu / nf * 1e3:.3f} ms CPU/file")
+    print(f"convert label phase : {nf / lab_wall:7.1f} files/s wall ({lab_wall:.3f} s), {lab_cpu / nf * 1e3:.3f} ms CPU/file")
+    print(f"P4 = convert / raw  : wall {raw_wall / conv_wall:.2f} end to end, {raw_wall / lab_wall:.2f} label phase; "
+          f"CPU {raw_cpu / conv_cpu:.2f} end to end, {raw_cpu / lab_cpu:.2f} label phase (target >= 0.7)")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print()
+    print(format_report(size_report(WORK / "store")))
+    if not args.keep:
+        shutil.rmtree(WORK)
+
+
+if __name__ == "__main__":
+    main()

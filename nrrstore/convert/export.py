@@ -1,0 +1,189 @@
+"""Exporting a store as an ImageFolder tree for training scripts that expect class folders.
+
+``DIR/<class folder>/<key>.<ext>`` holds each image's stored bytes unchanged (PNG for stores made
+by nrrstore unless another encoding was chosen), ``DIR/distances.parquet`` (and optionally
+``distances.csv``) the DBR distances joined to keys: ``epoch, image, key, label, path, d_org, d_aug``
+(float32, int8 codes decoded) plus the view columns of explicit-mode stores. ``classes.txt`` lists the
+class folders in class-index order and ``export.json`` describes the export.
+
+Class folder names are the class names made safe for file systems. Note that torchvision's ImageFolder
+numbers classes by *sorted folder name*, which may differ from the store's class order;
+``numbered=True`` prefixes ``{index:05d}-`` so that both agree (the ``label`` column is the store's).
+
+Atomic: everything is written into ``.tmp-<name>`` beside ``DIR`` and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from nrrstore.errors import NrrError
+from nrrstore.format.atomic import fsync_dir
+from nrrstore.format.reader import Store
+from nrrstore.format.tario import iter_tar_samples
+from nrrstore.train.augment import EXPLICIT_COLUMNS
+from nrrstore.train.loader import read_epoch_labels
+
+Progress = Callable[[str, int, "int | None"], None]
+EXPORT_MARKER = "export.json"
+FORMATS = ("imagefolder",)
+_BAD = re.compile(r"[^A-Za-z0-9._ +-]+")
+
+
+def folder_names(classes: list[str], numbered: bool = False) -> list[str]:
+    """Safe, unique, non-hidden folder names for ``classes`` (in class order)."""
+    out: list[str] = []
+    seen: set[str] = set()
+    for i, name in enumerate(classes):
+        safe = _BAD.sub("_", name).strip(" .") or f"class{i:05d}"
+        safe = f"{i:05d}-{safe}" if numbered else safe
+        safe = safe[:200]
+        if safe.lower() in seen:  # case-insensitive file systems too
+            safe = f"{safe[:190]}-{i:05d}"
+        seen.add(safe.lower())
+        out.append(safe)
+    return out
+
+
+def export_imagefolder(
+    store: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    csv: bool = False,
+    numbered: bool = False,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write ``store`` as an ImageFolder tree at ``out`` with its distances joined to keys."""
+    t0 = time.perf_counter()
+    st = Store(store)
+    m = st.manifest
+    out = Path(out)
+    _check_target(out, overwrite)
+    if _inside(out, st.path):
+        raise NrrError(out, "the export may not lie inside the store")
+    tmp = out.with_name(f".tmp-{out.name}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    folders = folder_names(m.classes, numbered)
+    try:
+        tmp.mkdir(parents=True)
+        for f in folders:
+            (tmp / f).mkdir()
+        index = st.index
+        keys = index.column("key").to_pylist()
+        labels = index.column("label").to_numpy()
+        exts = index.column("ext").to_pylist()
+        paths = [f"{folders[int(y)]}/{k}.{e}" for k, y, e in zip(keys, labels, exts)]
+        done = 0
+        for shard in m.shards:
+            for key, members in iter_tar_samples(st.path / shard):
+                i = done
+                if i >= len(keys) or keys[i] != key:
+                    raise NrrError(st.path / shard, f"sample {key!r} is out of step with the index")
+                (tmp / paths[i]).write_bytes(members[exts[i]])
+                done += 1
+                if progress:
+                    progress("export images", done, m.num_images)
+        if done != m.num_images:
+            raise NrrError(st.path, f"shards hold {done} images, the manifest says {m.num_images}")
+        files = ["classes.txt", EXPORT_MARKER]
+        (tmp / "classes.txt").write_text("".join(f"{f}\n" for f in folders), encoding="utf-8")
+        epochs = st.num_epochs
+        if st.distance_files():
+            _write_distances(st, tmp, keys, labels, paths, csv, progress)
+            files += ["distances.parquet"] + (["distances.csv"] if csv else [])
+        info = {
+            "format": "nrrstore-export", "version": 1, "layout": "imagefolder", "store": str(st.path.resolve()),
+            "classes": [{"index": i, "name": n, "folder": f} for i, (n, f) in enumerate(zip(m.classes, folders))],
+            "images": m.num_images, "epochs": epochs,
+            "distance_columns": "epoch, image, key, label, path, d_org, d_aug (float32)"
+            + (", " + ", ".join(EXPLICIT_COLUMNS) if (m.labels.get("distances") or {}).get("mode") == "explicit" else ""),
+            "sorted_folders_match_class_order": sorted(folders) == folders,
+        }
+        (tmp / EXPORT_MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        fsync_dir(tmp)
+        _install(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"out": str(out), "images": m.num_images, "classes": len(folders), "epochs": epochs,
+            "files": sorted(files), "sorted_folders_match_class_order": info["sorted_folders_match_class_order"],
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def _write_distances(st: Store, tmp: Path, keys: list[str], labels: np.ndarray, paths: list[str], csv: bool,
+                     progress: Progress | None) -> None:
+    """One epoch at a time: ``distances.parquet`` gets one row group per epoch, the CSV is streamed."""
+    explicit = (st.manifest.labels.get("distances") or {}).get("mode") == "explicit"
+    key_col, label_col, path_col = pa.array(keys, pa.string()), pa.array(labels.astype(np.int32)), pa.array(paths, pa.string())
+    n = st.num_images
+    pq_writer = csv_writer = None
+    try:
+        for e in range(st.num_epochs):
+            lab = read_epoch_labels(st, e)
+            cols: dict[str, Any] = {"epoch": pa.array(np.full(n, e, np.int32)), "image": pa.array(np.arange(n, dtype=np.int32)),
+                                    "key": key_col, "label": label_col, "path": path_col,
+                                    "d_org": pa.array(lab.d_org), "d_aug": pa.array(lab.d_aug)}
+            if explicit:
+                raw = st.read_distances(e, columns=list(EXPLICIT_COLUMNS))
+                cols.update({c: raw.column(c) for c in EXPLICIT_COLUMNS})
+            table = pa.table(cols)
+            if pq_writer is None:
+                pq_writer = pq.ParquetWriter(tmp / "distances.parquet", table.schema, compression="zstd", store_schema=False)
+                if csv:
+                    csv_writer = pacsv.CSVWriter(tmp / "distances.csv", table.schema)
+            pq_writer.write_table(table, row_group_size=max(1, n))
+            if csv_writer is not None:
+                csv_writer.write_table(table)
+            if progress:
+                progress("export distances", e + 1, st.num_epochs)
+    finally:
+        if pq_writer is not None:
+            pq_writer.close()
+        if csv_writer is not None:
+            csv_writer.close()
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise NrrError(out, "exists and is not a folder")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise NrrError(out, "folder is not empty (use --overwrite to replace an earlier export)")
+    if not (out / EXPORT_MARKER).is_file():
+        raise NrrError(out, f"refusing to replace a folder that is not an nrrstore export (no {EXPORT_MARKER})")
+
+
+def _install(tmp: Path, out: Path) -> None:
+    old = out.with_name(f".old-{out.name}")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    fsync_dir(out.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(Path(root).resolve())
+    except ValueError:
+        return False
+    return True
+

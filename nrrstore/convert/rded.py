@@ -1,0 +1,139 @@
+"""RDED synthetic-image folders -> stores (``SYN/{class:05d}/class{class:05d}_id{id:05d}.jpg``).
+
+RDED writes images only: its labels are produced at training time by a teacher. So an import gives
+a plain store (images, classes, no labels) and `nrrstore.distill.relabel.relabel` then adds DBR
+distances from a teacher, rendering every view from the images *as stored*; :func:`import_rded`
+runs it right away when given a teacher.
+
+Class index = the number in the class folder's name (RDED's ``class_id``), not the folder's rank,
+so a tree holding only some classes keeps the teacher's indices. Store order is (class, id); keys
+are ``c{class:05d}_{id:06d}``, the key nrrstore gives synthetic images.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nrrstore.errors import NrrError
+from nrrstore.format.keys import image_key
+from nrrstore.format.writer import StoreWriter, check_output_dir
+from nrrstore.sources.imagefolder import IMAGE_FILE_EXTS, read_image_file
+from nrrstore.sources.prepare import MODES as IMAGE_MODES
+from nrrstore.sources.prepare import convert_mode
+from nrrstore.sources.shards import check_class_names, load_class_names
+
+Progress = Callable[[str, int, "int | None"], None]
+
+_CLASS_DIR_RE = re.compile(r"^\d+$")
+_FILE_RE = re.compile(r"^class(\d+)_id(\d+)\.[A-Za-z]+$")
+
+
+@dataclass(frozen=True)
+class RdedImage:
+    path: Path
+    label: int
+    id: int
+
+
+def list_rded(root: str | os.PathLike[str]) -> tuple[list[str], list[RdedImage]]:
+    """The class folder names (by class number) and every image, in (class, id) order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NrrError(root, "no such folder" if not root.exists() else "not a folder (expected RDED's {class:05d}/ folders)")
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    if not folders:
+        raise NrrError(root, "no class folders (expected RDED's {class:05d}/class{class:05d}_id{id:05d}.jpg)")
+    names: dict[int, str] = {}
+    images: list[RdedImage] = []
+    for folder in folders:
+        if not _CLASS_DIR_RE.match(folder.name):
+            raise NrrError(folder, "not an RDED class folder (its name must be the class number, e.g. 00007)")
+        c = int(folder.name)
+        if c in names:
+            raise NrrError(folder, f"class {c} has two folders ({names[c]} and {folder.name})")
+        names[c] = folder.name
+        found = []
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith(".") or not f.is_file() or not f.name.lower().endswith(IMAGE_FILE_EXTS):
+                continue
+            m = _FILE_RE.match(f.name)
+            if not m:
+                raise NrrError(f, "not an RDED image name (expected class{class:05d}_id{id:05d}.jpg)")
+            if int(m.group(1)) != c:
+                raise NrrError(f, f"names class {int(m.group(1))} but lies in the folder of class {c}")
+            found.append(RdedImage(f, c, int(m.group(2))))
+        if not found:
+            raise NrrError(folder, "no images in this class folder")
+        ids = sorted(found, key=lambda r: r.id)
+        for a, b in zip(ids, ids[1:]):
+            if a.id == b.id:
+                raise NrrError(b.path, f"image id {b.id} of class {c} appears twice ({a.path.name})")
+        images.extend(ids)
+    top = max(names)
+    return [names.get(i, f"{i:05d}") for i in range(top + 1)], images
+
+
+def import_rded(
+    syn_data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    classes: Sequence[str] | str | os.PathLike[str] | None = None,
+    image_format: str = "png",
+    quality: int | None = None,
+    mode: str = "keep",
+    shard_size: int = 1024,
+    overwrite: bool = False,
+    teacher: Any = None,
+    epochs: int | None = None,
+    relabel_options: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Write the RDED tree ``syn_data`` as a store at ``out``; with ``teacher``, relabel it for ``epochs``.
+
+    ``classes``: names (or a file of names, line i = class i) instead of the folder names; every
+    folder's class number must then be below their count. ``image_format`` png (lossless, default),
+    webp or jpg: relabel reads the stored images, so a lossy re-encode is what the teacher labels.
+    ``relabel_options``: further keyword arguments of `relabel` (precision, seed, device...).
+    """
+    t0 = time.perf_counter()
+    if mode not in IMAGE_MODES:
+        raise NrrError(None, f"unknown image mode {mode!r}; use one of {', '.join(IMAGE_MODES)}")
+    if epochs is not None and teacher is None:
+        raise NrrError(None, "epochs given without a teacher: relabelling needs --teacher")
+    root = Path(syn_data)
+    folder_names, images = list_rded(root)
+    if isinstance(classes, (str, os.PathLike)):
+        names = load_class_names(classes)
+    elif classes is not None:
+        names = check_class_names(list(classes))
+    else:
+        names = check_class_names(folder_names, root)
+    if len(folder_names) > len(names):
+        raise NrrError(images[-1].path.parent, f"class {len(folder_names) - 1} is beyond the {len(names)} class names given")
+    check_output_dir(Path(out), overwrite)
+    total_bytes = sum(r.path.stat().st_size for r in images)
+    source = {"format": "rded", "path": str(root.resolve()), "bytes": total_bytes, "files": len(images),
+              "total_bytes": total_bytes}
+    with StoreWriter(out, names, image_format=image_format, quality=quality, shard_size=shard_size, overwrite=overwrite,
+                     source=source, method={"import": {"from": "rded", "image_mode": mode}}) as w:
+        for i, r in enumerate(images):
+            pixels = convert_mode(read_image_file(r.path), mode)
+            w.add_image(image_key(r.label, r.id), pixels, r.label, {"source": r.path.relative_to(root).as_posix()})
+            if progress:
+                progress("import images", i + 1, len(images))
+        w.finalize(progress)
+    summary: dict[str, Any] = {"store": str(out), "images": len(images), "classes": len(names),
+                               "source_bytes": total_bytes, "import_seconds": round(time.perf_counter() - t0, 3)}
+    if teacher is not None:
+        from nrrstore.distill.relabel import relabel
+
+        summary["relabel"] = relabel(out, teacher, 300 if epochs is None else epochs, progress=progress,
+                                     **(relabel_options or {}))
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary

@@ -1,0 +1,204 @@
+"""What a store costs on disk, and what its labels would cost stored the ways other methods store them.
+
+Label schemes compared, for V views (images x epochs) of N images and C classes:
+- ``full_fp32`` / ``full_fp16``: the whole soft label of every view (SRe2L/FKD, KD): V*C*4 / V*C*2;
+- ``topk``: FKD's compressed form, k fp16 values + k class indices (int16 when C <= 32768, else
+  int32) per view: V*k*(2+2|4);
+- ``dbr_fp16`` / ``dbr_int8``: DBR's two distances per view: V*4 / V*2;
+- ``onehot``: one class index per *image* (int16 or int32), whatever the epochs: N*2|4.
+These are the label values alone, without container overhead or augmentation metadata (seeded stores
+need none; explicit-mode stores carry view columns, which the measured ``stored`` figure includes).
+The same schemes are extrapolated to ImageNet-1K (by default) at several IPC and 300 epochs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from nrrstore.errors import NrrError
+from nrrstore.format.reader import Store
+
+SCHEMES = ("full_fp32", "full_fp16", "topk", "dbr_fp16", "dbr_int8", "onehot")
+
+
+def label_costs(images: int, epochs: int, classes: int, topk: int = 10) -> dict[str, int]:
+    """Bytes of each label scheme for ``images`` images seen for ``epochs`` epochs over ``classes`` classes."""
+    views = images * epochs
+    index_bytes = 2 if classes <= 32768 else 4
+    k = min(topk, classes)
+    return {
+        "full_fp32": views * classes * 4, "full_fp16": views * classes * 2, "topk": views * k * (2 + index_bytes),
+        "dbr_fp16": views * 4, "dbr_int8": views * 2, "onehot": images * index_bytes,
+    }
+
+
+def size_report(
+    store: str | os.PathLike[str],
+    *,
+    classes: int = 1000,
+    ipc: Sequence[int] = (10, 50, 200),
+    epochs: int = 300,
+    topk: int = 10,
+) -> dict[str, Any]:
+    """Bytes per component of ``store``, its labels' cost in every scheme, and an extrapolation.
+
+    The store's own views are its stored epochs (distances, else soft labels), or ``epochs`` when
+    it stores none. Extrapolation: ``classes`` classes at each ``ipc`` for ``epochs`` epochs, with
+    the store's measured distance bytes per view scaled up as ``stored`` (an estimate: Parquet
+    overhead per file and per row group shrinks with more images).
+    """
+    for name, v in (("classes", classes), ("epochs", epochs), ("top-k", topk)):
+        if v < 1:
+            raise NrrError(None, f"{name} must be at least 1, got {v}")
+    if not ipc or min(ipc) < 1:
+        raise NrrError(None, f"IPC values must be at least 1, got {list(ipc)}")
+    st = Store(store)
+    m = st.manifest
+    components: dict[str, int] = {}
+    for f in m.files:
+        components[f.kind] = components.get(f.kind, 0) + f.bytes
+    manifest_bytes = (Path(store) / "manifest.json").stat().st_size
+    components["manifest"] = manifest_bytes
+    total = sum(components.values())
+    dist = m.labels.get("distances") or {}
+    soft = m.labels.get("softlabels") or {}
+    stored_epochs = int(dist.get("epochs") or (soft.get("shape") or [0])[0] or 0)
+    n_epochs = stored_epochs or epochs
+    views = m.num_images * n_epochs
+    costs = label_costs(m.num_images, n_epochs, m.num_classes, topk)
+    stored_label_bytes = components.get("distances", 0)
+    if stored_label_bytes:
+        costs["stored"] = stored_label_bytes
+    per_view = stored_label_bytes / views if stored_label_bytes and stored_epochs else None
+    extrapolation = []
+    for n_ipc in ipc:
+        images = classes * int(n_ipc)
+        row = label_costs(images, epochs, classes, topk)
+        if per_view is not None:
+            row["stored"] = round(per_view * images * epochs)
+        extrapolation.append({"classes": classes, "ipc": int(n_ipc), "epochs": epochs, "images": images,
+                              "views": images * epochs, "label_costs": row})
+    source = None
+    if m.source.get("bytes") is not None:
+        total_src = int(m.source.get("total_bytes", m.source["bytes"]))
+        source = {"format": m.source.get("format"), "path": m.source.get("path"), "folder_bytes": int(m.source["bytes"]),
+                  "images_bytes": int((m.source.get("images") or {}).get("bytes", 0)), "total_bytes": total_src,
+                  "store_vs_source": total / total_src if total_src else None}
+    return {
+        "store": str(store), "num_images": m.num_images, "num_classes": m.num_classes,
+        "epochs": n_epochs, "epochs_stored": stored_epochs, "views": views, "topk": topk,
+        "components": components, "total_bytes": total,
+        "label_costs": costs, "stored_bytes_per_view": per_view,
+        "distances": {k: dist.get(k) for k in ("precision", "mode")} if dist else None,
+        "source": source, "extrapolation": extrapolation,
+    }
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as aligned text (decimal units: 1 MB = 10^6 bytes)."""
+    k = r["topk"]
+    lines = [f"store {r['store']}: {r['num_images']} images, {r['num_classes']} classes, {r['epochs']} epochs"
+             + ("" if r["epochs_stored"] else " (none stored: --epochs assumed)") + f" = {r['views']} views"]
+    lines.append("  on disk: " + ", ".join(f"{kind} {human(b)}" for kind, b in sorted(r["components"].items()))
+                 + f"; total {human(r['total_bytes'])}")
+    if r["source"]:
+        s = r["source"]
+        ratio = f" (store is {s['store_vs_source'] * 100:.2f}% of it)" if s["store_vs_source"] else ""
+        images = f" + images {human(s['images_bytes'])}" if s["images_bytes"] else ""
+        lines.append(f"  converted from {s['format']} {s['path']}: {human(s['folder_bytes'])}{images}, "
+                     f"total {human(s['total_bytes'])}{ratio}")
+    header = ["", *_scheme_titles(k)]
+    rows = [["this store", *(_cell(r["label_costs"], s) for s in (*SCHEMES, "stored"))]]
+    for e in r["extrapolation"]:
+        rows.append([f"{e['classes']} cls IPC {e['ipc']} x {e['epochs']} ep",
+                     *(_cell(e["label_costs"], s) for s in (*SCHEMES, "stored"))])
+    widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(len(header))]
+    lines.append("  labels stored as:")
+    for row in [header, *rows]:
+        lines.append("    " + "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    if r["stored_bytes_per_view"] is not None:
+        lines.append(f"  stored distances: {r['stored_bytes_per_view']:.2f} B/view measured ({(r['distances'] or {}).get('precision')}, "
+                     f"{(r['distances'] or {}).get('mode')}); the 'stored' column scales it up")
+    return "\n".join(lines)
+
+
+def _scheme_titles(k: int) -> list[str]:
+    return ["full fp32", "full fp16", f"top-{k}", "DBR fp16", "DBR int8", "one-hot", "stored (measured)"]
+
+
+def _cell(costs: dict[str, int], scheme: str) -> str:
+    return human(costs[scheme]) if scheme in costs else "-"
+
+
+# -- the chart ------------------------------------------------------------------------------------------
+_COLORS = [(68, 114, 196), (91, 155, 213), (237, 125, 49), (112, 173, 71), (165, 105, 189), (127, 127, 127),
+           (192, 0, 0)]
+
+
+def plot_report(r: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """A grouped bar chart of label bytes (log scale), one group per scenario, drawn with Pillow.
+
+    Pillow, not matplotlib: it is already a dependency and the output is the same on every machine.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise NrrError(path, "the chart is written as PNG: give a .png file name")
+    schemes = [*SCHEMES, "stored"]
+    titles = _scheme_titles(r["topk"])
+    groups = [("this store", r["label_costs"])] + [(f"IPC {e['ipc']} ({e['classes']} cls, {e['epochs']} ep)", e["label_costs"])
+                                                   for e in r["extrapolation"]]
+    values = [v for _, c in groups for s in schemes if (v := c.get(s))]
+    lo = math.floor(math.log10(max(1, min(values))))
+    hi = math.ceil(math.log10(max(values) + 1))
+    hi = max(hi, lo + 1)
+    font = ImageFont.load_default()
+    bar_h, gap, left, right, top = 12, 14, 190, 40, 40
+    group_h = len(schemes) * bar_h + gap
+    height = top + len(groups) * group_h + 60 + 16 * len(schemes)
+    width = 900
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    plot_w = width - left - right
+
+    def x_of(v: float) -> int:
+        return left + round((math.log10(max(v, 1)) - lo) / (hi - lo) * plot_w)
+
+    d.text((left, 10), f"label bytes per scheme (log scale) - {r['store']}"[:110], fill="black", font=font)
+    axis_bottom = top + len(groups) * group_h
+    for e in range(lo, hi + 1):
+        x = x_of(10 ** e)
+        d.line([(x, top - 4), (x, axis_bottom)], fill=(220, 220, 220))
+        d.text((x - 12, axis_bottom + 4), human(10 ** e).replace(".0 ", " "), fill="black", font=font)
+    for g, (name, costs) in enumerate(groups):
+        y0 = top + g * group_h
+        d.text((6, y0 + (len(schemes) * bar_h) // 2 - 6), name, fill="black", font=font)
+        for s, scheme in enumerate(schemes):
+            v = costs.get(scheme)
+            if not v:
+                continue
+            y = y0 + s * bar_h
+            d.rectangle([left, y + 1, max(left + 1, x_of(v)), y + bar_h - 2], fill=_COLORS[s])
+            d.text((min(x_of(v) + 4, width - right - 10), y), human(v), fill="black", font=font)
+    d.line([(left, top - 4), (left, axis_bottom)], fill="black")
+    ly = axis_bottom + 24
+    for s, title in enumerate(titles):
+        d.rectangle([left, ly + 16 * s + 2, left + 10, ly + 16 * s + 12], fill=_COLORS[s])
+        d.text((left + 16, ly + 16 * s), title, fill="black", font=font)
+    tmp = path.with_name(f".tmp-{path.name}")
+    img.save(tmp, format="PNG", optimize=False)
+    os.replace(tmp, path)
+    return path
