@@ -40,7 +40,6 @@ half-written is left behind.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import multiprocessing
 import os
@@ -60,15 +59,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from nrrstore.distill.relabel import chunk_name, parquet_options  # relabel's file names and encodings
-from nrrstore.errors import NrrError, ResumeMismatchError
+from nrrstore.distill.relabel import (  # relabel's file names and encodings
+    chunk_name,
+    parquet_options,
+)
+from nrrstore.errors import NrrError
 from nrrstore.format import quant
-from nrrstore.format.atomic import atomic_write_bytes, tmp_name
+from nrrstore.format.atomic import file_sha256, tmp_name
 from nrrstore.format.manifest import MANIFEST_NAME
 from nrrstore.format.reader import Store
-from nrrstore.format.softlabels import SOFTLABELS_PATH, create_softlabels, softlabels_section
+from nrrstore.format.softlabels import (
+    SOFTLABELS_PATH,
+    create_softlabels,
+    softlabels_section,
+)
 from nrrstore.format.tables import DISTANCE_TYPES, distance_schema
 from nrrstore.format.update import update_store
+from nrrstore.format.workstate import load_state, save_state
 from nrrstore.format.writer import StoreWriter, check_output_dir, install_dir
 from nrrstore.sources.imagefolder import list_imagefolder, read_image_file
 from nrrstore.sources.prepare import MODES as IMAGE_MODES
@@ -86,7 +93,6 @@ from nrrstore.train.losses import distances
 Progress = Callable[[str, int, "int | None"], None]
 
 WORK_PREFIX = ".convert-"
-STATE_NAME = "state.json"
 DEFAULT_SAMPLER_SEED = 42
 DEFAULT_EPOCHS_PER_FILE = 100
 POOL_MIN_FILES = 256
@@ -525,11 +531,11 @@ def convert_sre2l(
         "shard_size": shard_size,
     }
     work = out.with_name(f"{WORK_PREFIX}{out.name}")
-    state = _load_state(work, args)
+    state = load_state(work, args, "conversion")
     if state is None:
         work.mkdir(parents=True, exist_ok=True)
         state = {"args": args, "mix": "none", "quant_max": quant_max, "logits_dtypes": []}
-        _save_state(work, state)
+        save_state(work, state)
     try:
         return _run(folder, src, out, work, state, batch, num_classes, t0, order_file, overwrite, workers, progress)
     except NrrError:
@@ -816,7 +822,7 @@ class _Job:
             raise
         finally:
             epochs.close()
-        _save_state(self.work, self.state)
+        save_state(self.work, self.state)
 
     def _mix_mode(self, mix: str, path: str) -> None:
         have = self.state["mix"]
@@ -879,36 +885,10 @@ def _finish(st: Store, folder: LabelFolder, src: ImageSource, out: Path, work: P
             "images_bytes": src.bytes, "keep_full": args["keep_full"], "augmentation": recipe.to_dict()}
 
 
-# -- state ---------------------------------------------------------------------------------------------
-def _load_state(work: Path, args: dict[str, Any]) -> dict[str, Any] | None:
-    path = work / STATE_NAME
-    if not path.is_file():
-        if work.exists():
-            shutil.rmtree(work)  # killed before its first state write: nothing to keep
-        return None
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        prior = state["args"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise NrrError(path, "unreadable conversion state; delete this folder to start over") from None
-    if prior != json.loads(json.dumps(args)):
-        diff = sorted(k for k in set(prior) | set(args) if prior.get(k) != json.loads(json.dumps(args.get(k))))
-        raise ResumeMismatchError(work, f"an unfinished conversion with other inputs or options ({', '.join(diff)} "
-                                        "differ) is here; rerun it as it was, or delete this folder to start over")
-    return state
-
-
-def _save_state(work: Path, state: dict[str, Any]) -> None:
-    atomic_write_bytes(work / STATE_NAME, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
-
-
+# -- helpers -------------------------------------------------------------------------------------------
 def _sha256_file(path: str | os.PathLike[str]) -> str:
     try:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return file_sha256(path)
     except OSError as exc:
         raise NrrError(path, f"cannot read: {exc.strerror or exc}") from None
 

@@ -16,7 +16,6 @@ by one epoch's distances plus a decoded-image cache (``cache_mb``), whatever the
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -30,21 +29,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from nrrstore.errors import NrrError, ResumeMismatchError
+from nrrstore.errors import NrrError
 from nrrstore.format import quant
-from nrrstore.format.atomic import atomic_write_bytes, tmp_name
+from nrrstore.format.atomic import tmp_name
 from nrrstore.format.reader import Store
-from nrrstore.format.softlabels import SOFTLABELS_PATH, create_softlabels, softlabels_section
+from nrrstore.format.softlabels import (
+    SOFTLABELS_PATH,
+    create_softlabels,
+    softlabels_section,
+)
 from nrrstore.format.tables import DISTANCE_TYPES, distance_schema
 from nrrstore.format.update import update_store
+from nrrstore.format.workstate import load_state, save_state
 from nrrstore.models.checkpoint import Teacher, load_teacher
-from nrrstore.train.augment import AugRecipe, ViewBatch, epoch_columns, epoch_plan, render_batch
+from nrrstore.train.augment import (
+    AugRecipe,
+    ViewBatch,
+    epoch_columns,
+    epoch_plan,
+    render_batch,
+)
 from nrrstore.train.loader import ImageBlocks, RemoteStore, open_store, store_recipe
 from nrrstore.train.losses import distances
 
 Progress = Callable[[str, int, "int | None"], None]
 WORK_DIR = ".relabel"
-STATE_NAME = "state.json"
 MODES = ("seeded", "explicit")
 DEFAULT_EPOCHS_PER_FILE = 100
 
@@ -145,7 +154,7 @@ def relabel(
         "batch_size": batch_size, "quant_max": quant_max, "num_images": m.num_images,
         "index_sha256": getattr(m.file("index.parquet"), "sha256", None),
     }
-    state = _load_state(work, args)
+    state = load_state(work, args, "relabel")
     has_labels = bool(m.labels.get("distances") or m.labels.get("softlabels"))
     if state is None:
         if has_labels and not overwrite:
@@ -153,7 +162,7 @@ def relabel(
                                     "(--overwrite) to replace them")
         work.mkdir(exist_ok=True)
         state = {"args": args, "quant_max": quant_max, "phase": "computing"}
-        _save_state(work, state)
+        save_state(work, state)
 
     chunks = [(a, min(a + epochs_per_file, epochs) - 1) for a in range(0, epochs, epochs_per_file)]
     job = _Job(st, teacher, recipe, epochs, precision, mode, full_softlabels, batch_size, device, work, cache_mb,
@@ -167,7 +176,7 @@ def relabel(
             job.compute_chunk(first, last, state)
             computed += 1
         state["phase"] = "installing"
-        _save_state(work, state)
+        save_state(work, state)
     files = _install(st, work, chunks, full_softlabels)
     section: dict[str, Any] = {
         "files": [{"path": f"labels/{chunk_name(a, b)}", "first_epoch": a, "last_epoch": b} for a, b in chunks],
@@ -282,7 +291,7 @@ class _Job:
         if self.precision == "int8":
             if state["quant_max"] is None:
                 state["quant_max"] = quant.choose_max(np.concatenate([d_org, d_aug]))
-                _save_state(self.work, state)
+                save_state(self.work, state)
             qmax = state["quant_max"]
             self.clipped += int((d_org > qmax).sum() + (d_aug > qmax).sum())
             values = [quant.encode(d_org, qmax), quant.encode(d_aug, qmax)]
@@ -297,28 +306,6 @@ class _Job:
 
 
 # -- state and installation ---------------------------------------------------------------------------
-def _load_state(work: Path, args: dict[str, Any]) -> dict[str, Any] | None:
-    path = work / STATE_NAME
-    if not path.is_file():
-        if work.exists():
-            shutil.rmtree(work)  # killed before its first state write: nothing to keep
-        return None
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        prior = state["args"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise NrrError(path, "unreadable relabel state; delete the folder to start over") from None
-    if prior != args:
-        diff = sorted(k for k in set(prior) | set(args) if prior.get(k) != args.get(k))
-        raise ResumeMismatchError(work, f"a relabel with other arguments ({', '.join(diff)} differ) is unfinished "
-                                        "here; rerun it with the same arguments, or delete this folder to start over")
-    return state
-
-
-def _save_state(work: Path, state: dict[str, Any]) -> None:
-    atomic_write_bytes(work / STATE_NAME, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
-
-
 def _install(st: Store, work: Path, chunks: list[tuple[int, int]], soft: bool) -> dict[str, str]:
     """Move finished files into ``labels/`` (idempotent, so an interrupted install can be rerun)."""
     labels_dir = st.path / "labels"
