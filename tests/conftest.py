@@ -63,3 +63,22 @@ def fmnist_idx() -> dict[str, Path]:
     if missing:
         pytest.skip(f"Fashion-MNIST IDX files not installed ({missing[0]}); apt-get install dataset-fashion-mnist")
     return files
+
+
+@pytest.fixture
+def single_thread():
+    """torch on one thread: on a shared 2-core machine two threads per process oversubscribe badly."""
+    from tests._teacher import one_thread
+
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """The small real teacher of tests/_teacher.py, loaded from its checkpoint file."""
+    from nrrstore.models import load_teacher
+    from tests._teacher import one_thread, teacher_path
+
+    with one_thread():
+        return load_teacher(teacher_path())

@@ -33,12 +33,11 @@ from nrrstore.convert.sre2l import WORK_PREFIX, convert_sre2l, load_batch, safe_
 from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
-from nrrstore.models import load_teacher
 from nrrstore.sources import prepare_imagefolder
 from nrrstore.train.loader import DistilledDataset, read_epoch_labels
 from nrrstore.train.losses import distances
 from tests._real import FMNIST_CLASSES, fmnist
-from tests._teacher import MEAN, STD, one_thread, teacher_path
+from tests._teacher import MEAN, STD, one_thread
 
 NORM = {"mean": [MEAN], "std": [STD]}
 
@@ -164,16 +163,7 @@ def expected_distances(fx: Fixture, epoch: int, temperature: float = 1.0) -> tup
     return d_org, d_aug
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    with one_thread():
-        return load_teacher(teacher_path())
+pytestmark = pytest.mark.usefixtures("single_thread")  # `teacher` comes from conftest.py
 
 
 @pytest.fixture(scope="module")

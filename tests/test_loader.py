@@ -26,16 +26,7 @@ N = 40  # 4 per class; shards of 12 and partner groups of 8, so some groups stra
 RECIPE = AugRecipe(size=28, group_size=8, seed=5)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    with one_thread():
-        return load_teacher(teacher_path())
+pytestmark = pytest.mark.usefixtures("single_thread")  # `teacher` comes from conftest.py
 
 
 @pytest.fixture(scope="module")

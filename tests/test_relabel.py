@@ -21,24 +21,14 @@ from nrrstore.format.atomic import file_sha256
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import distance_schema
 from nrrstore.format.verify import verify_store
-from nrrstore.models import load_teacher
 from nrrstore.train.augment import AugRecipe
-from tests._teacher import one_thread, teacher_path
+from tests._teacher import teacher_path
 from tests.test_format import write_fmnist_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(scope="module")
-def teacher():
-    with one_thread():
-        return load_teacher(teacher_path())
+pytestmark = pytest.mark.usefixtures("single_thread")  # `teacher` comes from conftest.py
 
 
 def _store(path: Path, per_class: int = 4) -> Path:
