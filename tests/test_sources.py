@@ -417,3 +417,19 @@ def test_imagefolder_errors(tmp_path: Path, images: list[np.ndarray], bomb_png: 
     assert_names(e, bomb, "decompression bomb")
     os.remove(bomb)
     assert len(list(iter_imagefolder(tmp_path))) == 1
+
+
+def test_want_skips_samples_before_decoding(tmp_path: Path) -> None:
+    from nrrstore.format.tario import TarShardWriter
+
+    good = np.zeros((4, 4), np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(good).save(buf, format="PNG")
+    with TarShardWriter(tmp_path / "s-000000.tar") as w:
+        w.add("a", {"png": buf.getvalue(), "cls": b"0"})
+        w.add("b", {"png": b"not an image at all", "cls": b"1"})  # would fail if decoded
+        w.add("c", {"png": buf.getvalue(), "cls": b"0"})
+    got = [s.key for s in iter_samples(tmp_path, want=lambda c: c == 0)]
+    assert got == ["a", "c"]
+    with pytest.raises(NrrError, match="b.png"):
+        list(iter_samples(tmp_path))

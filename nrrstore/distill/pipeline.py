@@ -248,13 +248,12 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
         batch.clear()
 
     filled = 0
-    for n, s in enumerate(iter_samples(urls, num_classes=teacher.num_classes), 1):
+    needed = lambda c: c in want and counts[c] < mipc  # noqa: E731 - images of other classes are not decoded
+    for n, s in enumerate(iter_samples(urls, num_classes=teacher.num_classes, want=needed), 1):
         stats["images_read"] += 1
         if progress and n % 256 == 0:
-            progress("CIDD (images read)", n, None)
+            progress("CIDD (images decoded)", n, None)
         c = s.label
-        if c not in want or counts[c] >= mipc:
-            continue
         img = s.image
         h, w = img.shape[:2]
         ch = 1 if img.ndim == 2 else img.shape[2]

@@ -184,8 +184,12 @@ def iter_samples(
     num_classes: int | None = None,
     max_pixels: int = MAX_PIXELS,
     progress: Progress | None = None,
+    want: Callable[[int], bool] | None = None,
 ) -> Iterator[Sample]:
     """Yield every labelled image of the shards in order, decoded to uint8 arrays.
+
+    ``want(label)`` False skips a sample before its image is decoded (distill reads only the classes
+    it still needs; decoding is most of the cost of reading).
 
     The label comes from ``<key>.cls`` (integer text) or ``<key>.json`` (``{"label": n}`` or
     ``{"cls": n}``); with ``num_classes`` (or ``class_names``) given it must lie in
@@ -196,19 +200,20 @@ def iter_samples(
         num_classes = len(class_names)
     for i, shard in enumerate(shards):
         if is_remote(shard):
-            yield from _remote_samples(shard, num_classes, max_pixels)
+            yield from _remote_samples(shard, num_classes, max_pixels, want)
         else:
-            yield from _samples_of(iter_tar_samples(shard), shard, num_classes, max_pixels)
+            yield from _samples_of(iter_tar_samples(shard), shard, num_classes, max_pixels, want)
         if progress is not None:
             progress("read shards", i + 1, len(shards))
 
 
-def _remote_samples(shard: str, num_classes: int | None, max_pixels: int) -> Iterator[Sample]:
+def _remote_samples(shard: str, num_classes: int | None, max_pixels: int,
+                    want: Callable[[int], bool] | None = None) -> Iterator[Sample]:
     # A pipe reports its command's failure as OSError on read or on close; say so once, naming the shard.
     stream = open_shard(shard)
     done = False
     try:
-        yield from _samples_of(iter_tar_samples(stream, where=shard), shard, num_classes, max_pixels)
+        yield from _samples_of(iter_tar_samples(stream, where=shard), shard, num_classes, max_pixels, want)
         done = True
     except NrrError:
         # An empty or cut stream is most often a failed command: report its exit status instead.
@@ -242,13 +247,16 @@ def _pipe_failure(stream: BinaryIO, exc: OSError) -> str:
 
 
 def _samples_of(
-    pairs: Iterator[tuple[str, dict[str, bytes]]], shard: str, num_classes: int | None, max_pixels: int
+    pairs: Iterator[tuple[str, dict[str, bytes]]], shard: str, num_classes: int | None, max_pixels: int,
+    want: Callable[[int], bool] | None = None,
 ) -> Iterator[Sample]:
     for key, members in pairs:
         ext = _image_member(members, shard, key)
         label, meta = _parse_label(members, shard, key)
         if num_classes is not None and not 0 <= label < num_classes:
             raise NrrError(shard, f"sample {key!r}: label {label} outside the class range [0, {num_classes})")
+        if want is not None and not want(label):
+            continue
         image = decode_image(members[ext], where=f"{shard}: {key}.{ext}", max_pixels=max_pixels)
         yield Sample(key=key, image=image, label=label, shard=shard, meta=meta)
 
