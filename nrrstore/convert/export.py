@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from nrrstore.format.atomic import is_inside
 from nrrstore.errors import NrrError
 from nrrstore.format.atomic import fsync_dir
 from nrrstore.format.reader import Store
@@ -72,7 +73,7 @@ def export_imagefolder(
     m = st.manifest
     out = Path(out)
     _check_target(out, overwrite)
-    if _inside(out, st.path):
+    if is_inside(out, st.path):
         raise NrrError(out, "the export may not lie inside the store")
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
@@ -179,11 +180,4 @@ def _install(tmp: Path, out: Path) -> None:
     fsync_dir(out.parent)
     shutil.rmtree(old, ignore_errors=True)
 
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(Path(root).resolve())
-    except ValueError:
-        return False
-    return True
 

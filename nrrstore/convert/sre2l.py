@@ -65,7 +65,7 @@ from nrrstore.distill.relabel import (  # relabel's file names and encodings
 )
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
-from nrrstore.format.atomic import file_sha256, tmp_name
+from nrrstore.format.atomic import file_sha256, is_inside, tmp_name
 from nrrstore.format.manifest import MANIFEST_NAME
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import (
@@ -512,7 +512,7 @@ def convert_sre2l(
     batch, num_classes = len(first), int(first.logits.shape[1])
     src = open_image_source(images, classes)
     for inside in (folder.root, Path(images)):
-        if inside.exists() and _inside(out, inside):
+        if inside.exists() and is_inside(out, inside):
             raise NrrError(out, f"the output may not lie inside the input folder {inside}")
     check_output_dir(out, overwrite)
     if src.count is not None:
@@ -892,10 +892,3 @@ def _sha256_file(path: str | os.PathLike[str]) -> str:
     except OSError as exc:
         raise NrrError(path, f"cannot read: {exc.strerror or exc}") from None
 
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True

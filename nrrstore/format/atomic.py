@@ -59,3 +59,12 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in ``root`` (after resolving links): outputs must not land in inputs."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return True

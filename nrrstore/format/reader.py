@@ -81,7 +81,7 @@ class Store:
     def index(self) -> pa.Table:
         path = self.path / INDEX_NAME
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(self._table_source(INDEX_NAME))
         except FileNotFoundError:
             raise NrrError(path, "missing index") from None
         except (pa.ArrowException, OSError) as exc:
@@ -89,6 +89,10 @@ class Store:
         if not table.schema.equals(INDEX_SCHEMA):
             raise NrrError(path, "index columns do not match the format's schema")
         return table
+
+    def _table_source(self, rel: str) -> Any:
+        """What pyarrow opens for the Parquet file ``rel`` (a path here; remote stores override)."""
+        return self.path / rel
 
     @cached_property
     def _key_to_row(self) -> dict[str, int]:
@@ -170,7 +174,7 @@ class Store:
             raise NrrError(self.path, f"no distances stored for epoch {epoch} (store has {self.num_epochs} epochs)")
         path = self.path / part["path"]
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(self._table_source(part["path"]))
             groups = [g for g in range(pf.metadata.num_row_groups) if _row_group_epoch(pf, g) == epoch]
             if not groups:
                 raise NrrError(path, f"epoch {epoch} missing from the distance table")

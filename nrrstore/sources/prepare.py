@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from nrrstore.format.atomic import is_inside
 from nrrstore.errors import NrrError
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, fsync_dir
 from nrrstore.format.images import MAX_PIXELS, encode_image
@@ -275,7 +276,7 @@ def prepare_imagefolder(
     _check_target(out_dir, overwrite)
     root = Path(root)
     classes, entries = list_imagefolder(root)
-    if _inside(out_dir, root):
+    if is_inside(out_dir, root):
         raise NrrError(out_dir, f"the output folder may not lie inside the input tree {root}")
     idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit)
 
@@ -289,10 +290,3 @@ def prepare_imagefolder(
         image_format=image_format, mode=mode, overwrite=overwrite, total=len(idx), progress=progress,
     )
 
-
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return True

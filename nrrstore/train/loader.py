@@ -34,23 +34,20 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
 from nrrstore.format.images import decode_image
-from nrrstore.format.manifest import INDEX_NAME, Manifest
-from nrrstore.format.reader import Store, _row_group_epoch
+from nrrstore.format.manifest import Manifest
+from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
-from nrrstore.format.tables import INDEX_SCHEMA
 from nrrstore.train.augment import EXPLICIT_COLUMNS, AugRecipe, EpochPlan, ViewBatch, epoch_plan, render_batch
 
 LABEL_MODES = ("dbr", "kd", "onehot")
@@ -150,33 +147,11 @@ class RemoteStore(Store):
             raise NrrError(where, f"manifest is not valid JSON ({exc})") from None
         self.manifest = Manifest.from_dict(doc, where)
 
-    @cached_property
-    def index(self) -> pa.Table:
-        where = self.path / INDEX_NAME
-        try:
-            table = pq.read_table(HttpFile(where))
-        except (pa.ArrowException, OSError) as exc:
-            raise NrrError(where, f"unreadable index: {exc}") from None
-        if not table.schema.equals(INDEX_SCHEMA):
-            raise NrrError(where, "index columns do not match the format's schema")
-        return table
+    def _table_source(self, rel: str) -> Any:
+        return HttpFile(self.path / rel)
 
     def _read_span(self, shard: str, offset: int, size: int) -> bytes:
         return http_read(self.path / shard, offset, offset + size)
-
-    def read_distances(self, epoch: int, columns: list[str] | None = None) -> pa.Table:
-        part = next((p for p in self.distance_files() if p["first_epoch"] <= epoch <= p["last_epoch"]), None)
-        if part is None:
-            raise NrrError(self.path, f"no distances stored for epoch {epoch} (store has {self.num_epochs} epochs)")
-        where = self.path / part["path"]
-        try:
-            pf = pq.ParquetFile(HttpFile(where))
-            groups = [g for g in range(pf.metadata.num_row_groups) if _row_group_epoch(pf, g) == epoch]
-            if not groups:
-                raise NrrError(where, f"epoch {epoch} missing from the distance table")
-            return pf.read_row_groups(groups, columns=columns)
-        except (pa.ArrowException, OSError) as exc:
-            raise NrrError(where, f"unreadable distance table: {exc}") from None
 
 
 class ImageBlocks:
