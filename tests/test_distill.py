@@ -129,7 +129,7 @@ def test_two_ranks_give_the_same_images(tmp_path: Path) -> None:
         f"t = load_teacher({str(teacher_path())!r})\n"
         "cfg = method_config('nrr', 2, 28, cidd={'mipc': 12, 'num_crop': 3}, nrr={'iterations': 3})\n"
         f"r = distill({str(FMNIST_TRAIN)!r}, t, {str(tmp_path / 'two')!r}, cfg)\n"
-        "print('SUMMARY ' + json.dumps(r.summary))\n"
+        f"open({str(tmp_path)!r} + f'/summary-{{r.summary[\"rank\"]}}.json', 'w').write(json.dumps(r.summary))\n"
     )
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "OMP_NUM_THREADS": "1"}
     with socket.socket() as sock:  # a free port, so concurrent test runs do not collide
@@ -139,7 +139,8 @@ def test_two_ranks_give_the_same_images(tmp_path: Path) -> None:
                            "--master_addr", "127.0.0.1", "--master_port", str(port), str(script)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summaries = [json.loads(line[8:]) for line in proc.stdout.splitlines() if line.startswith("SUMMARY ")]
+    # One file per rank: two ranks printing to one pipe can interleave their lines.
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("summary-*.json"))]
     assert sorted(s["rank"] for s in summaries) == [0, 1] and all(s["world_size"] == 2 for s in summaries)
     assert _files(tmp_path / "two") == _files(ref)
 
