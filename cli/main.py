@@ -28,9 +28,17 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 def _register() -> None:
     # One module per command group; each exposes `register(app)`.
-    from nrrstore_cli import convert_cmd, distill_cmd, prepare_cmd, store_cmd, teacher_cmd, train_cmd
+    from nrrstore_cli import (
+        convert_cmd,
+        distill_cmd,
+        evaluate_cmd,
+        prepare_cmd,
+        store_cmd,
+        teacher_cmd,
+        train_cmd,
+    )
 
-    for module in (prepare_cmd, store_cmd, teacher_cmd, distill_cmd, train_cmd, convert_cmd):
+    for module in (prepare_cmd, store_cmd, teacher_cmd, distill_cmd, train_cmd, evaluate_cmd, convert_cmd):
         module.register(app)
 
 

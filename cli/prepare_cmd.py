@@ -14,6 +14,8 @@ _OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically;
 _SHARD_SIZE = typer.Option(1000, "--shard-size", min=1, help="Samples per shard.")
 _PER_CLASS = typer.Option(None, "--per-class", min=1, help="Keep only the first N images of each class (file order).")
 _LIMIT = typer.Option(None, "--limit", min=1, help="Keep only the first N images (after --per-class).")
+_SKIP = typer.Option(0, "--skip", min=0, help="Skip the first N images (file order) before the others apply; "
+                    "with --limit, carves disjoint train/validation splits.")
 _PREFIX = typer.Option("train", "--prefix", help="Shard name prefix and key prefix: PREFIX-000000.tar, PREFIX_0000000.")
 _GZIP = typer.Option(False, "--gzip", help="Write .tar.gz shards (deterministic gzip).")
 _FORMAT = typer.Option("png", "--format", help="Image encoding in the shards: png (lossless), webp (lossless) or jpg.")
@@ -40,6 +42,7 @@ def idx(
     shard_size: int = _SHARD_SIZE,
     per_class: Optional[int] = _PER_CLASS,
     limit: Optional[int] = _LIMIT,
+    skip: int = _SKIP,
     prefix: str = _PREFIX,
     gzip: bool = _GZIP,
     image_format: str = _FORMAT,
@@ -53,6 +56,7 @@ def idx(
         summary = prepare_idx(
             images, labels, out, class_names=names, per_class=per_class, limit=limit, shard_size=shard_size,
             prefix=prefix, gzip=gzip, image_format=image_format, mode=mode, overwrite=overwrite, progress=bar,
+            skip=skip,
         )
     summary["source"] = {"images": str(images), "labels": str(labels)}
     _report(summary, as_json)
@@ -64,6 +68,7 @@ def imagefolder(
     shard_size: int = _SHARD_SIZE,
     per_class: Optional[int] = _PER_CLASS,
     limit: Optional[int] = _LIMIT,
+    skip: int = _SKIP,
     prefix: str = _PREFIX,
     gzip: bool = _GZIP,
     image_format: str = _FORMAT,
@@ -75,7 +80,7 @@ def imagefolder(
     with ProgressBar(enabled=err_console.is_terminal) as bar:
         summary = prepare_imagefolder(
             root, out, per_class=per_class, limit=limit, shard_size=shard_size, prefix=prefix, gzip=gzip,
-            image_format=image_format, mode=mode, overwrite=overwrite, progress=bar,
+            image_format=image_format, mode=mode, overwrite=overwrite, progress=bar, skip=skip,
         )
     summary["source"] = {"root": str(root)}
     _report(summary, as_json)

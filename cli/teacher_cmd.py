@@ -24,6 +24,9 @@ def train_cmd(
     weight_decay: float = typer.Option(5e-4, "--weight-decay"),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd, adam or adamw."),
     flip: bool = typer.Option(False, "--flip", help="Random horizontal flips while training."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="ConvNet norm: batch, group, instance or none (default group)."),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="ConvNet channels (default 128)."),
+    depth: Optional[int] = typer.Option(None, "--depth", min=1, help="ConvNet blocks (default: the arch's, e.g. 3)."),
     val: Optional[str] = typer.Option(None, "--val", help="Held-out shards to report top-1 on."),
     seed: int = typer.Option(0, "--seed", min=0),
     device: str = typer.Option("cpu", "--device"),
@@ -34,7 +37,9 @@ def train_cmd(
 
     with ProgressBar(enabled=not json_out) as bar:
         result = train_teacher(inputs, arch, out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                               optimizer=optimizer, seed=seed, flip=flip, val=val, device=device, progress=bar)
+                               optimizer=optimizer, seed=seed, flip=flip, val=val, device=device, progress=bar,
+                               arch_kwargs={k: v for k, v in (("norm", norm), ("width", width), ("depth", depth))
+                                            if v is not None})
     if json_out:
         print_json(result)
     else:

@@ -355,7 +355,7 @@ def test_stitched_patch_k_of_image_i_is_rank_k_ipc_plus_i(teacher: Teacher) -> N
             assert torch.equal(crop_patch(source[meta["key"]], meta["box"], 14), cands.patches[j])
             assert meta["source_size"] == [28, 28] and isinstance(meta["cam_ratio"], float)
             assert set(meta) == {"key", "source_index", "crop", "box", "source_size", "tile", "rank",
-                                 "cam_ratio", "ce", "confidence"}
+                                 "cam_ratio", "ce", "confidence", "correct"}
 
 
 def test_stitching_when_the_size_is_not_divisible_by_factor(teacher: Teacher) -> None:

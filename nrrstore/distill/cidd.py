@@ -56,6 +56,8 @@ from nrrstore.train import rng
 
 PER_IMAGE = ("cam", "score")
 SELECT = ("low", "high", "random")
+SOURCES = ("random", "first")
+CAM_SCORES = ("share", "density", "excess")
 
 STREAM_CROP = 0x43494444  # "CIDD": counter word 0 of crop-box draws
 STREAM_SELECT = STREAM_CROP + 1  # counter word 0 of select="random"
@@ -95,6 +97,15 @@ class CiddConfig:
     cam_top: fraction t in (0, 1] of the class's candidates kept by CAM ratio before selecting by
         confidence. NRR-DD does not publish t; 0.5 (the more critical half) is our choice. The
         filter never keeps fewer than the ``ipc * factor**2`` candidates that selection needs.
+    sources: which ``mipc`` real images of a class are considered: "random" (a seeded sample, as
+        RDED's shuffled ImageFolder; the pipeline picks it in a cheap first pass over the labels) or
+        "first" (the first mipc in shard order).
+    correct_only: select only among candidates the teacher classifies as their own class (on the
+        scoring canvas); when fewer are correct than selection needs, the rest follow in rank order.
+    cam_score: how a crop's CAM mass is judged. "share" is the share of the image's CAM inside the
+        box (it can only grow with the box, so it favours large crops); "density" divides it by the
+        box's share of the image's area (mean activation in the box relative to the image's), and
+        "excess" subtracts that area share (CAM mass beyond what a uniform map would put there).
     seed: integer in [0, 2**64); with the class index it determines every random draw.
     batch_size: inputs per teacher forward pass.
     """
@@ -110,6 +121,9 @@ class CiddConfig:
     ratio: tuple[float, float] = (1.0, 1.0)
     seed: int = 0
     batch_size: int = 64
+    sources: str = "first"
+    correct_only: bool = False
+    cam_score: str = "share"
 
     def __post_init__(self) -> None:
         for name in ("ipc", "factor", "mipc", "num_crop", "batch_size"):
@@ -120,6 +134,12 @@ class CiddConfig:
             raise NrrError(None, f"CIDD: per_image must be one of {', '.join(PER_IMAGE)}, got {self.per_image!r}")
         if self.select not in SELECT:
             raise NrrError(None, f"CIDD: select must be one of {', '.join(SELECT)}, got {self.select!r}")
+        if self.sources not in SOURCES:
+            raise NrrError(None, f"CIDD: sources must be one of {', '.join(SOURCES)}, got {self.sources!r}")
+        if self.cam_score not in CAM_SCORES:
+            raise NrrError(None, f"CIDD: cam_score must be one of {', '.join(CAM_SCORES)}, got {self.cam_score!r}")
+        if not isinstance(self.correct_only, bool):
+            raise NrrError(None, f"CIDD: correct_only must be true or false, got {self.correct_only!r}")
         t = self.cam_top
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
             raise NrrError(None, f"CIDD: cam_top must lie in (0, 1], got {t!r}")
@@ -148,7 +168,8 @@ class CiddConfig:
         return {"ipc": self.ipc, "factor": self.factor, "mipc": self.mipc, "num_crop": self.num_crop,
                 "per_image": self.per_image, "select": self.select, "cam_top": self.cam_top,
                 "scale": list(self.scale), "ratio": list(self.ratio), "seed": self.seed,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "sources": self.sources, "correct_only": self.correct_only,
+                "cam_score": self.cam_score}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CiddConfig:
@@ -264,6 +285,18 @@ def box_ratios(cam: Tensor, boxes: np.ndarray) -> np.ndarray:
     return np.where(total > 0, np.clip(inside / safe, 0.0, 1.0), 0.0)
 
 
+def cam_scores(cam: Tensor, boxes: np.ndarray, kind: str = "share") -> np.ndarray:
+    """float64 [B, K]: each box's CAM criterion (see `CiddConfig.cam_score`)."""
+    share = box_ratios(cam, boxes)
+    if kind == "share":
+        return share
+    h, w = cam.shape[-2:]
+    area = (boxes[..., 2] * boxes[..., 3]).astype(np.float64) / float(h * w)
+    if kind == "density":
+        return share / area
+    return share - area
+
+
 def _canvas_offset(size: int, side: int) -> int:
     return (size - side) // 2  # RDED's pad(): (target - side) // 2 before, the rest after
 
@@ -271,12 +304,21 @@ def _canvas_offset(size: int, side: int) -> int:
 @torch.no_grad()
 def score_patches(teacher: Teacher, patches: Tensor, labels: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
     """(CE, confidence), float32 [N] on CPU, of uint8 patches [N,C,s,s] on zero canvases (see module doc)."""
+    ce, conf, _ = score_patches_full(teacher, patches, labels, batch_size)
+    return ce, conf
+
+
+@torch.no_grad()
+def score_patches_full(teacher: Teacher, patches: Tensor, labels: Tensor,
+                       batch_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(CE, confidence, correct): `score_patches` plus whether the teacher's top class is the label."""
     model = teacher.model
     dev = model_device(model)
     n, c, s, _ = patches.shape
     size = teacher.image_size
     off = _canvas_offset(size, s)
     ce_parts: list[Tensor] = []
+    ok_parts: list[Tensor] = []
     for start in range(0, n, batch_size):
         p = from_uint8(patches[start:start + batch_size].to(dev))
         canvas = torch.zeros((p.shape[0], c, size, size), dtype=torch.float32, device=dev)
@@ -284,8 +326,10 @@ def score_patches(teacher: Teacher, patches: Tensor, labels: Tensor, batch_size:
         logp = F.log_softmax(model(canvas).float(), dim=1)
         y = labels[start:start + batch_size].to(dev, torch.long)
         ce_parts.append(-logp.gather(1, y[:, None])[:, 0])
+        ok_parts.append(logp.argmax(1) == y)
     ce = torch.cat(ce_parts).cpu() if ce_parts else torch.zeros(0)
-    return ce, torch.exp(-ce)
+    ok = torch.cat(ok_parts).cpu() if ok_parts else torch.zeros(0, dtype=torch.bool)
+    return ce, torch.exp(-ce), ok
 
 
 @torch.no_grad()
@@ -325,14 +369,15 @@ class Candidate:
     crop: int  # which of the num_crop draws was kept
     box: tuple[int, int, int, int]  # top, left, height, width in source pixels
     source_size: tuple[int, int]  # source image height, width
-    cam_ratio: float | None  # None when the method does not compute CAMs
+    cam_ratio: float | None  # the cam_score criterion; None when the method does not compute CAMs
     ce: float
     confidence: float
+    correct: bool = True  # the teacher's top class on the scoring canvas is the label
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "label": self.label, "index": self.index, "crop": self.crop,
                 "box": list(self.box), "source_size": list(self.source_size), "cam_ratio": self.cam_ratio,
-                "ce": self.ce, "confidence": self.confidence}
+                "ce": self.ce, "confidence": self.confidence, "correct": self.correct}
 
 
 def discover(
@@ -376,27 +421,27 @@ def discover(
     with eval_mode(model):
         if cfg.uses_cam:
             cams = full_image_cams(teacher, cam_model or CamModel(model), x, y, cfg.batch_size)
-            ratios = box_ratios(cams, boxes)  # [B, K]
+            ratios = cam_scores(cams, boxes, cfg.cam_score)  # [B, K]
         if cfg.per_image == "cam":
             assert ratios is not None
             pick = ratios.argmax(1)  # first maximum: ties keep draw order
             patches = crop_resize(x, boxes[rows, pick], side)
-            ce, conf = score_patches(teacher, patches, y, cfg.batch_size)
+            ce, conf, ok = score_patches_full(teacher, patches, y, cfg.batch_size)
         else:
             flat = boxes.reshape(b * k, 4)
             all_patches = crop_resize(x, flat, side, owner=np.repeat(rows, k))
-            ce_all, conf_all = score_patches(teacher, all_patches, y.repeat_interleave(k), cfg.batch_size)
+            ce_all, conf_all, ok_all = score_patches_full(teacher, all_patches, y.repeat_interleave(k), cfg.batch_size)
             pick = ce_all.view(b, k).numpy().argmin(1)  # first minimum
             chosen = torch.as_tensor(rows * k + pick)
-            patches, ce, conf = all_patches[chosen.to(dev)], ce_all[chosen], conf_all[chosen]
-    ce_l, conf_l = ce.tolist(), conf.tolist()
+            patches, ce, conf, ok = all_patches[chosen.to(dev)], ce_all[chosen], conf_all[chosen], ok_all[chosen]
+    ce_l, conf_l, ok_l = ce.tolist(), conf.tolist(), ok.tolist()
     found = [
         Candidate(
             key=str(keys[i]), label=int(lab[i]), index=int(idx[i]), crop=int(pick[i]),
             box=tuple(int(v) for v in boxes[i, pick[i]]),  # type: ignore[arg-type]
             source_size=(int(h), int(w)),
             cam_ratio=None if ratios is None else float(ratios[i, pick[i]]),
-            ce=float(ce_l[i]), confidence=float(conf_l[i]),
+            ce=float(ce_l[i]), confidence=float(conf_l[i]), correct=bool(ok_l[i]),
         )
         for i in range(b)
     ]
@@ -487,10 +532,13 @@ def select_indices(
     cam_ratio: Sequence[float | None] | np.ndarray | None,
     cfg: CiddConfig,
     label: int,
+    correct: Sequence[bool] | np.ndarray | None = None,
 ) -> np.ndarray:
     """Positions of the ``cfg.need`` selected candidates, in rank order (rank r = entry r).
 
-    Raises NrrError naming the shortfall when the class has too few candidates.
+    With ``cfg.correct_only`` the candidates the teacher gets right (``correct``) rank before the
+    others, each part in the order of ``cfg.select``. Raises NrrError naming the shortfall when the
+    class has too few candidates.
     """
     ce_arr = np.asarray(ce, dtype=np.float64)
     n, need = len(ce_arr), cfg.need
@@ -510,6 +558,11 @@ def select_indices(
         order = np.argsort(sub, kind="stable")
     else:
         order = rng.permutation(cfg.seed, STREAM_SELECT, label, n=len(pool))
+    if cfg.correct_only:
+        if correct is None:
+            raise NrrError(None, f"class {label}: correct_only needs each candidate's correctness")
+        ok = np.asarray(correct, dtype=bool)[pool][order]
+        order = np.concatenate([order[ok], order[~ok]])  # stable: rank order within each part
     return pool[order[:need]]
 
 
@@ -534,7 +587,7 @@ def select_and_stitch(cands: ClassCandidates) -> tuple[Tensor, list[dict[str, An
     """
     cfg, label, teacher = cands.cfg, cands.label, cands.teacher
     order = select_indices([cd.ce for cd in cands.candidates], [cd.cam_ratio for cd in cands.candidates],
-                           cfg, label)
+                           cfg, label, [cd.correct for cd in cands.candidates])
     patches = cands.patches
     size, side, ipc = teacher.image_size, cands.side, cfg.ipc
     out = torch.empty((ipc, patches.shape[1], size, size), dtype=torch.uint8)
@@ -552,6 +605,6 @@ def select_and_stitch(cands: ClassCandidates) -> tuple[Tensor, list[dict[str, An
             metas[i]["patches"].append({
                 "key": cand.key, "source_index": cand.index, "crop": cand.crop, "box": list(cand.box),
                 "source_size": list(cand.source_size), "tile": [ty, tx, th, tw], "rank": k * ipc + i,
-                "cam_ratio": cand.cam_ratio, "ce": cand.ce, "confidence": cand.confidence,
+                "cam_ratio": cand.cam_ratio, "ce": cand.ce, "confidence": cand.confidence, "correct": cand.correct,
             })
     return from_uint8(out), metas

@@ -11,6 +11,8 @@ any run of consecutive images - a shard, a partner group of the augmentation rec
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
 import os
 import shutil
@@ -33,7 +35,7 @@ from nrrstore.format.manifest import MANIFEST_NAME, load_manifest
 from nrrstore.format.writer import StoreWriter, check_output_dir
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
-from nrrstore.sources.shards import iter_samples, read_class_names, resolve_shards
+from nrrstore.sources.shards import iter_labels, iter_samples, read_class_names, resolve_shards
 
 Progress = Callable[[str, int, "int | None"], None]
 METHODS = ("nrr", "rded", "random")
@@ -79,10 +81,10 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
         raise NrrError(None, f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     factor = default_factor(image_size)
     base_c: dict[str, Any] = {
-        "nrr": dict(factor=factor, per_image="cam", select="low", cam_top=0.5),
-        "rded": dict(factor=factor, per_image="score", select="high", cam_top=1.0),
+        "nrr": dict(factor=factor, per_image="cam", select="low", cam_top=0.5, sources="random"),
+        "rded": dict(factor=factor, per_image="score", select="high", cam_top=1.0, sources="random"),
         "random": dict(factor=1, num_crop=1, scale=(1.0, 1.0), ratio=(1.0, 1.0), per_image="score",
-                       select="random", cam_top=1.0),
+                       select="random", cam_top=1.0, sources="random"),
     }[method]
     base_n: dict[str, Any] = {} if method == "nrr" else {"refine": False}
     c_over = {k: v for k, v in (cidd or {}).items() if v is not None}
@@ -225,15 +227,52 @@ def distill(
     return DistillResult(out, summary)
 
 
+def source_priority(seed: int, label: int, key: str) -> int:
+    """A seeded 64-bit priority of a source image: the ``mipc`` lowest of a class are its sample.
+
+    A pure function of (seed, class, key), so the sample does not depend on shard order, batching
+    or the rank that runs the class; blake2b keeps it the same on every platform and version.
+    """
+    digest = hashlib.blake2b(f"{seed}\x00{label}\x00{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def sample_sources(urls: list[str], num_classes: int, chunk: list[int], mipc: int, seed: int) -> dict[int, dict[str, int]]:
+    """Per class of ``chunk``: {key: index} of its seeded random sample of ``mipc`` source images.
+
+    One pass over the labels (no image is decoded); memory is ``mipc`` keys per class. The index
+    (the crop generator's counter) is the image's rank by priority.
+    """
+    want = set(chunk)
+    heaps: dict[int, list[tuple[int, str]]] = {c: [] for c in chunk}
+    for key, label in iter_labels(urls, num_classes=num_classes):
+        if label not in want:
+            continue
+        item = (-source_priority(seed, label, key), key)  # max-heap of the mipc lowest priorities
+        heap = heaps[label]
+        if len(heap) < mipc:
+            heapq.heappush(heap, item)
+        elif item > heap[0]:
+            heapq.heapreplace(heap, item)
+    return {c: {key: i for i, (_, key) in enumerate(sorted(heap, reverse=True))} for c, heap in heaps.items()}
+
+
 def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk: list[int], classes: list[str],
                     cam_model: CamModel, stats: dict[str, Any], progress: Progress | None) -> dict[int, ClassCandidates]:
-    """One streaming pass: route each wanted image to its class until every class has mipc images."""
+    """One streaming pass: route each wanted image to its class until every class has mipc images.
+
+    With ``sources="random"`` a first pass over the labels fixes each class's sample, and this pass
+    decodes only those images; their candidates are put in sample order at the end of the pass.
+    """
     want = set(chunk)
     cands = {c: ClassCandidates(c, cfg.cidd, teacher, cam_model) for c in chunk}
     counts = {c: 0 for c in chunk}
     batch: list[tuple[str, torch.Tensor, int, int]] = []
     mipc = cfg.cidd.mipc
     size, channels = teacher.image_size, teacher.in_channels
+    chosen = sample_sources(urls, teacher.num_classes, chunk, mipc, cfg.cidd.seed) \
+        if cfg.cidd.sources == "random" else None
+    pending: dict[int, list[tuple[Any, Any]]] = {c: [] for c in chunk}  # random sources: (patch, candidate)
 
     def flush() -> None:
         if not batch:
@@ -244,12 +283,16 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
         patches, found = discover(teacher, keys, images, labels, [b[3] for b in batch], cfg.cidd, cam_model)
         for c in sorted(set(labels)):
             rows = [i for i, lab in enumerate(labels) if lab == c]
-            cands[c].extend(patches[rows], [found[i] for i in rows])
+            if chosen is None:
+                cands[c].extend(patches[rows], [found[i] for i in rows])
+            else:
+                pending[c].extend((patches[i], found[i]) for i in rows)
         batch.clear()
 
     filled = 0
     needed = lambda c: c in want and counts[c] < mipc  # noqa: E731 - images of other classes are not decoded
-    for n, s in enumerate(iter_samples(urls, num_classes=teacher.num_classes, want=needed), 1):
+    sampled = (lambda c, key: key in chosen[c]) if chosen is not None else None  # noqa: E731
+    for n, s in enumerate(iter_samples(urls, num_classes=teacher.num_classes, want=needed, want_key=sampled), 1):
         stats["images_read"] += 1
         if progress and n % 256 == 0:
             progress("CIDD (images decoded)", n, None)
@@ -260,7 +303,7 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
         if (h, w) != (size, size) or ch != channels:
             raise NrrError(s.shard, f"image {s.key!r} is {h}x{w}x{ch}, the teacher takes {size}x{size}x{channels}")
         t = torch.from_numpy(np.array(img if img.ndim == 3 else img[:, :, None])).permute(2, 0, 1)
-        batch.append((s.key, t.contiguous(), c, counts[c]))
+        batch.append((s.key, t.contiguous(), c, counts[c] if chosen is None else chosen[c][s.key]))
         counts[c] += 1
         if counts[c] == mipc:
             filled += 1
@@ -269,6 +312,10 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
         if filled == len(chunk):
             break
     flush()
+    for c, items in pending.items():
+        items.sort(key=lambda item: item[1].index)
+        if items:
+            cands[c].extend(torch.stack([p for p, _ in items]), [f for _, f in items])
     return cands
 
 

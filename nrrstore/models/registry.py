@@ -20,10 +20,10 @@ from nrrstore.models.convnet import ConvNet
 from nrrstore.models.resnet import resnet18
 
 _BUILTIN: dict[str, Callable[..., nn.Module]] = {
-    "convnet3": lambda n, c, s, **kw: ConvNet(n, c, s, depth=3, **kw),
-    "convnet4": lambda n, c, s, **kw: ConvNet(n, c, s, depth=4, **kw),
-    "convnet5": lambda n, c, s, **kw: ConvNet(n, c, s, depth=5, **kw),
-    "convnet6": lambda n, c, s, **kw: ConvNet(n, c, s, depth=6, **kw),
+    "convnet3": lambda n, c, s, **kw: ConvNet(n, c, s, **{"depth": 3, **kw}),
+    "convnet4": lambda n, c, s, **kw: ConvNet(n, c, s, **{"depth": 4, **kw}),
+    "convnet5": lambda n, c, s, **kw: ConvNet(n, c, s, **{"depth": 5, **kw}),
+    "convnet6": lambda n, c, s, **kw: ConvNet(n, c, s, **{"depth": 6, **kw}),
     "resnet18": lambda n, c, s, **kw: resnet18(n, c, stem="imagenet", **kw),
     "resnet18_cifar": lambda n, c, s, **kw: resnet18(n, c, stem="cifar", **kw),
 }

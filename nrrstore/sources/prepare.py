@@ -184,9 +184,19 @@ def write_shards(
     return {**index, "out_dir": os.fspath(out_dir), "bytes": sum(s["bytes"] for s in shards)}
 
 
-def select_indices(labels: np.ndarray, per_class: int | None = None, limit: int | None = None) -> np.ndarray:
-    """Indices to keep, in file order: the first ``per_class`` of each class, then the first ``limit``."""
+def select_indices(labels: np.ndarray, per_class: int | None = None, limit: int | None = None,
+                   skip: int = 0) -> np.ndarray:
+    """Indices to keep, in file order: after the first ``skip`` images, the first ``per_class`` of each
+    class, then the first ``limit``. (``skip`` carves a validation split: ``--limit 50000`` and
+    ``--skip 50000`` of one file are disjoint.)"""
+    if skip < 0:
+        raise NrrError(None, f"skip must be at least 0, got {skip}")
     idx = np.arange(len(labels))
+    if skip:
+        rest = select_indices(labels[skip:], per_class, limit)
+        if len(rest) == 0:
+            raise NrrError(None, f"skipping {skip} images leaves none (the file has {len(labels)})")
+        return rest + skip
     if per_class is not None:
         if per_class < 1:
             raise NrrError(None, f"per-class count must be at least 1, got {per_class}")
@@ -224,6 +234,7 @@ def prepare_idx(
     mode: str = "keep",
     overwrite: bool = False,
     progress: Progress | None = None,
+    skip: int = 0,
 ) -> dict[str, Any]:
     """IDX images + labels (paths, or arrays already read) -> shards. Key = ``{prefix}_{source index:07d}``.
 
@@ -245,7 +256,7 @@ def prepare_idx(
         class_names = [str(i) for i in range(top + 1)]
     elif top >= len(class_names):
         raise NrrError(labels_where, f"label {top} found but only {len(class_names)} class names were given")
-    idx = select_indices(labs, per_class, limit)
+    idx = select_indices(labs, per_class, limit, skip)
     samples = ((f"{prefix}_{i:07d}", imgs[i], int(labs[i])) for i in idx)
     summary = write_shards(
         samples, out_dir, class_names, shard_size=shard_size, prefix=prefix, gzip=gzip,
@@ -267,6 +278,7 @@ def prepare_imagefolder(
     overwrite: bool = False,
     max_pixels: int = MAX_PIXELS,
     progress: Progress | None = None,
+    skip: int = 0,
 ) -> dict[str, Any]:
     """``ROOT/<class>/<image>`` -> shards; class names are the folder names in sorted order.
 
@@ -278,7 +290,7 @@ def prepare_imagefolder(
     classes, entries = list_imagefolder(root)
     if is_inside(out_dir, root):
         raise NrrError(out_dir, f"the output folder may not lie inside the input tree {root}")
-    idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit)
+    idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit, skip)
 
     def samples() -> Iterator[tuple[str, np.ndarray, int]]:
         for i in idx:

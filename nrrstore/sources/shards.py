@@ -185,11 +185,14 @@ def iter_samples(
     max_pixels: int = MAX_PIXELS,
     progress: Progress | None = None,
     want: Callable[[int], bool] | None = None,
+    want_key: Callable[[int, str], bool] | None = None,
+    decode: bool = True,
 ) -> Iterator[Sample]:
     """Yield every labelled image of the shards in order, decoded to uint8 arrays.
 
     ``want(label)`` False skips a sample before its image is decoded (distill reads only the classes
-    it still needs; decoding is most of the cost of reading).
+    it still needs; decoding is most of the cost of reading); ``want_key(label, key)`` does the same
+    per sample (distill's seeded choice of source images).
 
     The label comes from ``<key>.cls`` (integer text) or ``<key>.json`` (``{"label": n}`` or
     ``{"cls": n}``); with ``num_classes`` (or ``class_names``) given it must lie in
@@ -198,22 +201,29 @@ def iter_samples(
     shards = resolve_shards(spec)
     if num_classes is None and class_names is not None:
         num_classes = len(class_names)
+    if want_key is not None:
+        keep = want_key
+        want = (lambda label, key: keep(label, key)) if want is None else \
+            (lambda label, key, w=want: w(label) and keep(label, key))  # type: ignore[misc]
+    elif want is not None:
+        only = want
+        want = lambda label, key: only(label)  # type: ignore[misc]  # noqa: E731
     for i, shard in enumerate(shards):
         if is_remote(shard):
-            yield from _remote_samples(shard, num_classes, max_pixels, want)
+            yield from _remote_samples(shard, num_classes, max_pixels, want, decode)
         else:
-            yield from _samples_of(iter_tar_samples(shard), shard, num_classes, max_pixels, want)
+            yield from _samples_of(iter_tar_samples(shard), shard, num_classes, max_pixels, want, decode)
         if progress is not None:
             progress("read shards", i + 1, len(shards))
 
 
 def _remote_samples(shard: str, num_classes: int | None, max_pixels: int,
-                    want: Callable[[int], bool] | None = None) -> Iterator[Sample]:
+                    want: Callable[[int, str], bool] | None = None, decode: bool = True) -> Iterator[Sample]:
     # A pipe reports its command's failure as OSError on read or on close; say so once, naming the shard.
     stream = open_shard(shard)
     done = False
     try:
-        yield from _samples_of(iter_tar_samples(stream, where=shard), shard, num_classes, max_pixels, want)
+        yield from _samples_of(iter_tar_samples(stream, where=shard), shard, num_classes, max_pixels, want, decode)
         done = True
     except NrrError:
         # An empty or cut stream is most often a failed command: report its exit status instead.
@@ -248,17 +258,24 @@ def _pipe_failure(stream: BinaryIO, exc: OSError) -> str:
 
 def _samples_of(
     pairs: Iterator[tuple[str, dict[str, bytes]]], shard: str, num_classes: int | None, max_pixels: int,
-    want: Callable[[int], bool] | None = None,
+    want: Callable[[int, str], bool] | None = None, decode: bool = True,
 ) -> Iterator[Sample]:
     for key, members in pairs:
         ext = _image_member(members, shard, key)
         label, meta = _parse_label(members, shard, key)
         if num_classes is not None and not 0 <= label < num_classes:
             raise NrrError(shard, f"sample {key!r}: label {label} outside the class range [0, {num_classes})")
-        if want is not None and not want(label):
+        if want is not None and not want(label, key):
             continue
-        image = decode_image(members[ext], where=f"{shard}: {key}.{ext}", max_pixels=max_pixels)
+        image = decode_image(members[ext], where=f"{shard}: {key}.{ext}", max_pixels=max_pixels) if decode else None
         yield Sample(key=key, image=image, label=label, shard=shard, meta=meta)
+
+
+def iter_labels(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+                num_classes: int | None = None) -> Iterator[tuple[str, int]]:
+    """Yield ``(key, label)`` of every sample without decoding a single image (a cheap first pass)."""
+    for s in iter_samples(spec, num_classes=num_classes, decode=False):
+        yield s.key, s.label
 
 
 def load_class_names(path: str | os.PathLike[str]) -> list[str]:

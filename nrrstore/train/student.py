@@ -1,9 +1,8 @@
 """Training a student on a store and measuring it on real held-out images.
 
 Recipe (RDED/SRe2L's student protocol, scaled down; the defaults are ours where they say so):
-AdamW, lr 1e-3, weight decay 0.01, cosine decay to 0 per step, no warm-up; batch size
-``min(100, N)`` (RDED uses 100 at ImageNet IPC 10-50 on one GPU; a distilled set smaller than one
-batch is one batch per epoch). The student gets the store's normalization (the teacher's).
+AdamW, lr 1e-3, weight decay 0.01, cosine decay to 0 per step, no warm-up; batch size by RDED's
+rule (:func:`default_batch_size`: 10 / 50 / 100 images at IPC 1 / 10 / 50 for 10 classes). The student gets the store's normalization (the teacher's).
 Objectives per label mode:
 - ``dbr``: ``L_sce + alpha_dbr * L_dbr`` (:func:`~nrrstore.train.losses.dbr_objective`);
 - ``kd``: ``KL(teacher || student) * T**2`` on the stored full soft labels, T = ``kd_temperature``
@@ -42,8 +41,14 @@ Progress = Callable[[str, int, "int | None"], None]
 CHECKPOINT_FORMAT = "nrrstore-student"
 
 
-def default_batch_size(num_images: int) -> int:
-    return max(1, min(100, int(num_images)))
+def default_batch_size(num_images: int, num_classes: int = 10) -> int:
+    """RDED's student batch size: 10 / 50 / 100 at IPC 1 / 10 / 50, doubled from 100 classes up, never more
+    than the store holds. Between RDED's IPCs the next table row applies (IPC 2-10 -> 50, above -> 100)."""
+    ipc = max(1, int(num_images) // max(1, int(num_classes)))
+    base = 10 if ipc <= 1 else 50 if ipc <= 10 else 100
+    if num_classes >= 100:
+        base *= 2
+    return max(1, min(base, int(num_images)))
 
 
 def train_student(
@@ -85,7 +90,7 @@ def train_student(
         raise NrrError(None, f"epochs must be a positive integer, got {epochs!r}")
     if not (lr > 0 and weight_decay >= 0 and alpha_dbr >= 0 and kd_temperature > 0):
         raise NrrError(None, "need lr > 0, weight_decay >= 0, alpha_dbr >= 0 and kd_temperature > 0")
-    batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images)
+    batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images, m.num_classes)
     recipe = store_recipe(m, st.path / "manifest.json")
     _check_val_classes(val_spec, m.classes)
     args = {

@@ -37,11 +37,17 @@ def _shape_and_classes(spec: Any) -> tuple[int, int, int, list[str]]:
 def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: int = 1, batch_size: int = 128,
                   lr: float = 0.01, weight_decay: float = 5e-4, optimizer: str = "sgd", seed: int = 0,
                   flip: bool = False, val: Any = None, device: str = "cpu", normalization: dict[str, list[float]] | None = None,
+                  arch_kwargs: dict[str, Any] | None = None,
                   progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
-    """Train ``arch`` on the shards ``spec`` and save a teacher checkpoint at ``out``."""
+    """Train ``arch`` on the shards ``spec`` and save a teacher checkpoint at ``out``.
+
+    ``arch_kwargs`` go to the architecture (ConvNet: ``norm``, ``width``, ``depth``) and are recorded in
+    the checkpoint, so loading rebuilds the same network.
+    """
     size, channels, num_classes, names = _shape_and_classes(spec)
     norm = normalization or estimate_normalization(spec)
-    model = build_model(arch, num_classes, channels, size, seed=seed)
+    kwargs = dict(arch_kwargs or {})
+    model = build_model(arch, num_classes, channels, size, seed=seed, **kwargs)
     n = sum(1 for _ in iter_samples(spec, num_classes=num_classes))
     steps = -(-n // batch_size)
 
@@ -52,13 +58,13 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
     record = train_classifier(model, batches, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
                               device=device, seed=seed, steps_per_epoch=steps,
                               progress=(lambda d, t: progress("training", d, t)) if progress else None)
-    result: dict[str, Any] = {"arch": arch, "epochs": epochs, "train_images": n, "batch_size": batch_size, "lr": lr,
+    result: dict[str, Any] = {"arch": arch, "arch_kwargs": kwargs, "epochs": epochs, "train_images": n, "batch_size": batch_size, "lr": lr,
                               "optimizer": optimizer, "weight_decay": weight_decay, "seed": seed, "flip": flip}
     if val is not None:
         ev = evaluate(model, shard_batches(val, 500, norm["mean"], norm["std"], shuffle=False, num_classes=num_classes), device=device)
         result["val_top1"] = ev["top1"]
         result["val_images"] = ev["n"]
-    save_teacher(out, model.cpu(), {"arch": arch, "num_classes": num_classes, "in_channels": channels,
+    save_teacher(out, model.cpu(), {"arch": arch, "arch_kwargs": kwargs, "num_classes": num_classes, "in_channels": channels,
                                     "image_size": size, "classes": names, "normalization": norm,
                                     "train": {**result, "record": {k: v for k, v in record.items() if k != "history"}}})
     result["out"] = os.fspath(out)

@@ -1,0 +1,171 @@
+"""The NRR-DD defaults study: which unpublished knobs make the `nrr` preset's images train the best students.
+
+Data discipline: stores are distilled from a *training part* of the real training set and students are
+scored on a *validation part* carved from the same training set (``prepare idx --limit 50000`` and
+``--skip 50000``); the real test set is never read here. Each variant is a full pipeline replicate per
+seed: ``distill --seed s`` (so the random choice of source images changes too), DBR relabeling of the
+store with augmentation seed ``s``, then students with seed ``s``.
+
+Variants are named in VARIANTS below (distill options on top of a preset, plus student options);
+``--variants`` picks some. Every finished (variant, seed, labels) cell is a JSON file under ``--work``
+and students checkpoint every epoch, so a killed study resumes where it stopped. ``--part i/n`` runs the
+i-th of n interleaved slices of the cell list (two processes on two cores, each on one thread).
+
+    python benchmarks/study.py --teacher T.pt --train fm/trainpart --val fm/valpart --ipc 10 --seeds 2 \\
+        --variants random rded nrr nrr-correct --part 0/2
+    python benchmarks/study.py ... --report          # the table of every finished cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from nrrstore.distill.pipeline import distill, method_config  # noqa: E402
+from nrrstore.distill.relabel import relabel  # noqa: E402
+from nrrstore.format.atomic import atomic_write_bytes  # noqa: E402
+from nrrstore.models import load_teacher  # noqa: E402
+from nrrstore.train.augment import AugRecipe  # noqa: E402
+from nrrstore.train.student import train_student  # noqa: E402
+
+# name -> (preset, cidd overrides, nrr overrides, student overrides). The "nrr" row is the preset as it
+# stood before the study (v0.1 defaults plus a seeded random choice of source images).
+V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
+    "random": ("random", {}, {}, {}),
+    "rded": ("rded", {}, {}, {}),
+    "nrr": ("nrr", {}, {}, {}),
+    "nrr-first": ("nrr", {"sources": "first"}, {}, {}),
+    # selection
+    "nrr-correct": ("nrr", {"correct_only": True}, {}, {}),
+    "nrr-density": ("nrr", {"cam_score": "density"}, {}, {}),
+    "nrr-excess": ("nrr", {"cam_score": "excess"}, {}, {}),
+    "nrr-correct-excess": ("nrr", {"correct_only": True, "cam_score": "excess"}, {}, {}),
+    "nrr-correct-score": ("nrr", {"correct_only": True, "per_image": "score"}, {}, {}),
+    "nrr-camtop1": ("nrr", {"correct_only": True, "cam_top": 1.0}, {}, {}),
+    "nrr-noref": ("nrr", {"correct_only": True}, {"refine": False}, {}),
+    # refinement
+    "nrr-bn0": ("nrr", {"correct_only": True}, {"alpha_bn": 0.0}, {}),
+    "nrr-bn0.1": ("nrr", {"correct_only": True}, {"alpha_bn": 0.1}, {}),
+    "nrr-bn1": ("nrr", {"correct_only": True}, {"alpha_bn": 1.0}, {}),
+    "nrr-sgd": ("nrr", {"correct_only": True}, {"optimizer": "sgd", "lr": 30.0}, {}),
+    "nrr-eps0.3": ("nrr", {"correct_only": True}, {"eps": 0.3}, {}),
+    "nrr-eps0.8": ("nrr", {"correct_only": True}, {"eps": 0.8}, {}),
+    "nrr-it100": ("nrr", {"correct_only": True}, {"iterations": 100}, {}),
+    "nrr-it500": ("nrr", {"correct_only": True}, {"iterations": 500}, {}),
+    "nrr-lr0.003": ("nrr", {"correct_only": True}, {"lr": 0.003}, {}),
+    "nrr-lr0.03": ("nrr", {"correct_only": True}, {"lr": 0.03}, {}),
+    # DBR loss (students), on the nrr-correct images
+    "nrr-adbr0.3": ("nrr", {"correct_only": True}, {}, {"alpha_dbr": 0.3}),
+    "nrr-adbr3": ("nrr", {"correct_only": True}, {}, {"alpha_dbr": 3.0}),
+    "nrr-l1": ("nrr", {"correct_only": True}, {}, {"dbr_norm": "l1"}),
+    "nrr-smoothl1": ("nrr", {"correct_only": True}, {}, {"dbr_norm": "smooth_l1"}),
+}
+LABELS = ("dbr", "onehot")
+
+
+def store_key(name: str) -> str:
+    """Variants that differ only in student options share one distilled store."""
+    preset, cidd, nrr, _ = V[name]
+    return json.dumps([preset, cidd, nrr], sort_keys=True)
+
+
+def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> Path:
+    preset, cidd, nrr, _ = V[name]
+    sk = store_key(name)
+    tag = next(n for n in V if store_key(n) == sk)  # the first variant with these images names the folder
+    out = args.work / "stores" / f"{tag}-ipc{args.ipc}-s{seed}"
+    if (out / "manifest.json").is_file():
+        from nrrstore.format.reader import Store
+
+        if Store(out).manifest.labels.get("distances"):
+            return out
+    else:
+        cfg = method_config(preset, args.ipc, teacher.image_size, cidd={**cidd, "seed": seed}, nrr=nrr)
+        distill(args.train, teacher, out, cfg, overwrite=True)
+    relabel(out, teacher, args.epochs, AugRecipe(size=teacher.image_size, seed=seed), overwrite=True)
+    return out
+
+
+def run_cell(name: str, seed: int, label: str, args: argparse.Namespace, teacher: Any) -> dict[str, Any]:
+    path = args.work / "cells" / f"{name}-ipc{args.ipc}-e{args.epochs}-s{seed}-{label}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    t0 = time.perf_counter()
+    store = make_store(name, seed, args, teacher)
+    student = dict(V[name][3])
+    r = train_student(store, args.val, arch="convnet3", epochs=args.epochs, labels=label, seed=seed,
+                      checkpoint=args.work / "ckpt" / f"{path.stem}.pt", resume=True, **student)
+    rec = {"variant": name, "seed": seed, "labels": label, "ipc": args.ipc, "epochs": args.epochs,
+           "top1": r["top1"], "batch_size": r["batch_size"], "spec": [V[name][0], V[name][1], V[name][2], student],
+           "seconds": round(time.perf_counter() - t0, 1)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(rec, indent=2, sort_keys=True).encode())
+    (args.work / "ckpt" / f"{path.stem}.pt").unlink(missing_ok=True)
+    return rec
+
+
+def report(args: argparse.Namespace) -> None:
+    rows: dict[tuple[str, str], list[float]] = {}
+    for f in sorted((args.work / "cells").glob(f"*-ipc{args.ipc}-e{args.epochs}-s*-*.json")):
+        rec = json.loads(f.read_text())
+        rows.setdefault((rec["variant"], rec["labels"]), []).append(rec["top1"] * 100)
+    names = [n for n in V if any((n, lab) in rows for lab in LABELS)]
+    print(f"IPC {args.ipc}, {args.epochs} student epochs; validation top-1 % (mean +- std, seeds)")
+    print(f"{'variant':22}" + "".join(f"{lab:>22}" for lab in LABELS))
+    for n in names:
+        cells = []
+        for lab in LABELS:
+            v = rows.get((n, lab), [])
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            cells.append(f"{statistics.fmean(v):6.2f} +- {sd:4.2f} ({len(v)})" if v else "-")
+        print(f"{n:22}" + "".join(f"{c:>22}" for c in cells))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher", type=Path, required=True)
+    ap.add_argument("--train", required=True, help="training part of the real training set (distill input)")
+    ap.add_argument("--val", required=True, help="validation part carved from the real training set")
+    ap.add_argument("--ipc", type=int, default=10)
+    ap.add_argument("--epochs", type=int, default=300, help="student epochs (and relabelled epochs)")
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=list(V), choices=list(V))
+    ap.add_argument("--labels", nargs="+", default=list(LABELS), choices=list(LABELS))
+    ap.add_argument("--part", default="0/1", help="i/n: run every n-th cell starting at i")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "study")
+    ap.add_argument("--report", action="store_true", help="print the table of finished cells and exit")
+    args = ap.parse_args(argv)
+    if args.report:
+        report(args)
+        return
+    torch.set_num_threads(args.threads)
+    i, n = (int(x) for x in args.part.split("/"))
+    teacher = load_teacher(args.teacher)
+    cells = [(name, seed, label) for seed in range(args.seeds) for name in args.variants for label in args.labels
+             if label == "dbr" or not V[name][3]]  # student-only variants change nothing for one-hot
+    groups: dict[tuple[str, int], list[tuple[str, int, str]]] = {}
+    for cell in cells:  # cells sharing a store run in one process, so two never build the same store
+        groups.setdefault((store_key(cell[0]), cell[1]), []).append(cell)
+    mine = [cell for group in list(groups.values())[i::n] for cell in group]
+    t0 = time.perf_counter()
+    for k, (name, seed, label) in enumerate(mine):
+        rec = run_cell(name, seed, label, args, teacher)
+        print(f"[{time.perf_counter() - t0:7.0f} s] {k + 1}/{len(mine)} {name} seed {seed} {label}: "
+              f"{rec['top1'] * 100:.2f}%", flush=True)
+    shutil.rmtree(args.work / "ckpt", ignore_errors=True) if n == 1 else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""`evaluate`: is a store any good? Students on it (and on random real images) against real test data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nrrstore_cli._common import ProgressBar, err_console, handle_errors, print_json
+
+
+@handle_errors
+def evaluate_cmd(
+    store: Path = typer.Argument(..., help="The store to evaluate.", metavar="STORE"),
+    val: str = typer.Option(..., "--val", help="Real held-out shards to test students on."),
+    train: Optional[str] = typer.Option(None, "--train", help="Real training shards: adds the random-real "
+                                        "baseline at the same IPC."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="The store's teacher, to relabel the baseline "
+                                          "(default: the path the store records)."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Students per cell."),
+    epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated label kinds: dbr, kd, onehot "
+                                         "(default: all the store has)."),
+    arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Student batch size (default: "
+                                             "RDED's rule, 10/50/100 at IPC 1/10/50)."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", help="Weight of L_dbr."),
+    dbr_norm: str = typer.Option("l2", "--dbr-norm", help="L_dbr norm: l2, l1 or smooth_l1."),
+    kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="KD temperature."),
+    full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Top-1 (fraction, e.g. 0.93) of the "
+                                             "student on the full real data with hard labels: adds HLR and LRS."),
+    work: Optional[Path] = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
+                                        "(default: .eval-STORE beside the store); rerun to resume."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the table as a PNG bar chart."),
+    device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="Loader worker processes."),
+    json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON on stdout."),
+) -> None:
+    """Train students on STORE for every label kind and seed (and on random real images with --train),
+    test them on --val, and report top-1 mean +- std and DD-Ranking's IOR, HLR and LRS."""
+    from nrrstore.train.evaluation import StudentProtocol, evaluate_store, format_table, plot_result
+
+    kinds = [k.strip() for k in labels.split(",") if k.strip()] if labels else None
+    protocol = StudentProtocol(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, alpha_dbr=alpha_dbr,
+                               dbr_norm=dbr_norm, kd_temperature=kd_temperature)
+    work_dir = work if work is not None else store.with_name(f".eval-{store.name}")
+    with ProgressBar(enabled=err_console.is_terminal) as bar:
+        result = evaluate_store(store, val, work_dir, train=train, teacher=teacher, seeds=seeds, labels=kinds,
+                                protocol=protocol, full_acc=full_acc, device=device, workers=workers, progress=bar)
+    if plot is not None:
+        plot_result(result, plot)
+        result["plot"] = str(plot)
+    if json_out:
+        print_json(result)
+    else:
+        print(format_table(result))
+        if result["cells_resumed"]:
+            print(f"({result['cells_resumed']} cell(s) were already done in {work_dir})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate")(evaluate_cmd)

@@ -1,0 +1,384 @@
+"""`evaluate`: the field's protocol for judging a distilled store, in one resumable job.
+
+Students are trained from scratch for every (image set, label kind, seed) *cell* and tested on real
+held-out images; the table reports top-1 mean +- std over seeds. With ``train`` given, the same
+protocol runs on a **random-real baseline**: per seed, a seeded random sample of real training images
+at the store's IPC (``distill --method random``), relabelled with the store's teacher, augmentation
+recipe, epochs and precision. DD-Ranking's metrics (Li et al., 2025) follow from the table:
+
+- IOR (improvement over random) = Acc(syn, L) - Acc(random, L) for each label kind L;
+- HLR (hard-label recovery) = Acc(full real data, hard labels) - Acc(syn, one-hot), given ``full_acc``;
+- LRS (label-robust score) = 100 * (e^a - e^-1) / (e - e^-1), a = w * IOR - (1 - w) * HLR, w = 0.5,
+  with IOR taken on the store's own label kind (dbr, else kd, else one-hot); accuracies are fractions.
+
+Every cell's result is a small JSON file in ``work``, and students checkpoint every epoch there, so a
+killed evaluate continues with the unfinished cell at its last epoch; nothing is written into the store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nrrstore.errors import NrrError
+from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.format.reader import Store
+from nrrstore.models.checkpoint import Teacher, load_teacher
+from nrrstore.sources.shards import iter_samples, read_class_names
+
+Progress = Callable[[str, int, "int | None"], None]
+LABEL_KINDS = ("dbr", "kd", "onehot")
+IMAGE_SETS = ("store", "random")
+LRS_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class StudentProtocol:
+    """How every student of an evaluation is trained (identical for the store and the baseline)."""
+
+    arch: str = "convnet3"
+    epochs: int = 300
+    batch_size: int | None = None  # None: RDED's rule (see `nrrstore.train.student.default_batch_size`)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    alpha_dbr: float = 1.0
+    dbr_norm: str = "l2"
+    kd_temperature: float = 4.0
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_labels(store: Store) -> list[str]:
+    """The label kinds a store can train students with."""
+    labels = store.manifest.labels
+    kinds = []
+    if labels.get("distances"):
+        kinds.append("dbr")
+    if labels.get("softlabels"):
+        kinds.append("kd")
+    kinds.append("onehot")
+    return kinds
+
+
+def _missing_label_hint(kind: str, store: Path) -> str:
+    if kind == "dbr":
+        return (f"the store has no DBR distances; add them with `nrrstore relabel {store} --teacher T.pt "
+                "--epochs 300`")
+    return (f"the store has no full soft labels (needed for kd); add them with `nrrstore relabel {store} "
+            "--teacher T.pt --epochs 300 --full-softlabels --overwrite`")
+
+
+def _check_real_set(spec: Any, what: str, store: Store) -> None:
+    """Refuse a --train/--val set whose classes or image size differ from the store's."""
+    m = store.manifest
+    names = read_class_names(spec)
+    if names is not None and list(names) != list(m.classes):
+        raise NrrError(str(spec), f"{what} classes ({', '.join(names[:3])}, ... {len(names)} in all) differ from "
+                                  f"the store's ({', '.join(m.classes[:3])}, ... {len(m.classes)} in all)")
+    first = next(iter(iter_samples(spec, num_classes=m.num_classes)), None)
+    if first is None:
+        raise NrrError(str(spec), f"{what} set has no samples")
+    h, w = first.image.shape[:2]
+    c = 1 if first.image.ndim == 2 else first.image.shape[2]
+    if (h, w, c) != (m.image.height, m.image.width, m.image.channels):
+        raise NrrError(first.shard, f"{what} image {first.key!r} is {h}x{w}x{c}, the store's images are "
+                                    f"{m.image.height}x{m.image.width}x{m.image.channels}")
+
+
+def store_ipc(store: Store) -> int:
+    """Images per class of a store (all classes must have the same count)."""
+    m = store.manifest
+    ipc = m.method.get("ipc") if isinstance(m.method, dict) else None
+    if isinstance(ipc, int) and ipc * m.num_classes == m.num_images:
+        return ipc
+    if m.num_images % m.num_classes:
+        raise NrrError(store.path, f"{m.num_images} images do not divide into {m.num_classes} equal classes")
+    return m.num_images // m.num_classes
+
+
+def _baseline_teacher(store: Store, teacher: Teacher | str | os.PathLike[str] | None, device: str) -> Teacher:
+    rec = store.manifest.teacher or {}
+    if not rec.get("sha256"):
+        raise NrrError(store.path, "the store has no teacher record, so the random-real baseline cannot be "
+                                   "relabelled with the same teacher; relabel the store with `nrrstore relabel` "
+                                   "first, or evaluate one-hot labels only (--labels onehot)")
+    if teacher is None:
+        spec = rec.get("spec")
+        if not spec or not Path(str(spec)).is_file():
+            raise NrrError(store.path, "the random-real baseline needs the store's teacher: pass --teacher T.pt "
+                                       f"(the store was labelled by {rec.get('arch', '?')}, sha256 {rec['sha256'][:12]}...)")
+        teacher = str(spec)
+    t = teacher if isinstance(teacher, Teacher) else load_teacher(teacher, device)
+    if t.sha256 != rec["sha256"]:
+        raise NrrError(t.spec, f"this teacher (sha256 {t.sha256[:12]}...) is not the one that labelled the store "
+                               f"(sha256 {rec['sha256'][:12]}...); the baseline must use the same teacher")
+    return t
+
+
+def make_baseline(store: Store, train: Any, teacher: Teacher | None, seed: int, labels: Sequence[str], out: Path,
+                  device: str, progress: Progress | None = None) -> Path:
+    """The random-real store for one seed: same IPC and normalization; relabelled (when the labels need a
+    teacher) with the store's teacher, augmentation recipe, epochs and precision."""
+    from nrrstore.distill.baseline import random_real_store
+    from nrrstore.distill.relabel import relabel
+    from nrrstore.train.augment import AugRecipe
+
+    m = store.manifest
+    needs_teacher = bool({"dbr", "kd"} & set(labels))
+    if (out / "manifest.json").is_file():
+        have = Store(out).manifest.labels
+        if not needs_teacher or (have.get("distances") and ("kd" not in labels or have.get("softlabels"))):
+            return out
+    else:
+        random_real_store(train, out, store_ipc(store), seed, classes=list(m.classes),
+                          normalization=m.normalization, progress=progress)
+    if needs_teacher:
+        assert teacher is not None
+        dist = m.labels["distances"] if m.labels.get("distances") else None
+        epochs = int(dist["epochs"]) if dist else int(m.labels["softlabels"]["shape"][0])
+        relabel(out, teacher, epochs, AugRecipe.from_dict(m.augmentation),
+                precision=str(dist.get("precision", "fp16")) if dist else "fp16", full_softlabels="kd" in labels,
+                overwrite=True, device=device, progress=progress)
+    return out
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, Any]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values), "values": list(values)}
+
+
+def lrs(ior: float, hlr: float, weight: float = LRS_WEIGHT) -> float:
+    """DD-Ranking's label-robust score (percent) from IOR and HLR given as fractions."""
+    alpha = weight * ior - (1.0 - weight) * hlr
+    return 100.0 * (math.exp(alpha) - math.exp(-1.0)) / (math.e - math.exp(-1.0))
+
+
+def metrics(cells: dict[str, dict[str, dict[int, float]]], full_acc: float | None,
+            main_label: str) -> dict[str, Any]:
+    """IOR per label kind, HLR and LRS (each mean +- std over the seeds present on both sides)."""
+    out: dict[str, Any] = {}
+    syn, rdm = cells.get("store", {}), cells.get("random", {})
+    ior: dict[str, dict[int, float]] = {}
+    for kind, by_seed in syn.items():
+        common = sorted(set(by_seed) & set(rdm.get(kind, {})))
+        if common:
+            ior[kind] = {s: by_seed[s] - rdm[kind][s] for s in common}
+            out[f"ior_{kind}"] = _mean_std([ior[kind][s] for s in common])
+    hlr: dict[int, float] = {}
+    if full_acc is not None and "onehot" in syn:
+        hlr = {s: full_acc - a for s, a in syn["onehot"].items()}
+        out["hlr"] = _mean_std(list(hlr.values()))
+        out["full_acc"] = full_acc
+    if hlr and main_label in ior:
+        common = sorted(set(hlr) & set(ior[main_label]))
+        if common:
+            out["lrs"] = _mean_std([lrs(ior[main_label][s], hlr[s]) for s in common])
+            out["lrs_label"] = main_label
+            out["lrs_weight"] = LRS_WEIGHT
+    return out
+
+
+def evaluate_store(
+    store: Store | str | os.PathLike[str],
+    val: Any,
+    work: str | os.PathLike[str],
+    *,
+    train: Any = None,
+    teacher: Teacher | str | os.PathLike[str] | None = None,
+    seeds: int = 3,
+    labels: Sequence[str] | None = None,
+    protocol: StudentProtocol = StudentProtocol(),
+    full_acc: float | None = None,
+    device: str = "cpu",
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train and test every cell (see the module docstring); returns plain data (the `--json` output).
+
+    ``labels`` defaults to every kind the store holds; asking for one it lacks is refused with the
+    ``relabel`` option that adds it. ``full_acc`` is the top-1 (fraction) of the same student trained
+    on the full real data with hard labels, for HLR and LRS.
+    """
+    from nrrstore.train.student import train_student
+
+    t0 = time.perf_counter()
+    st = store if isinstance(store, Store) else Store(store)
+    have = available_labels(st)
+    kinds = list(labels) if labels else have
+    for kind in kinds:
+        if kind not in LABEL_KINDS:
+            raise NrrError(None, f"unknown label kind {kind!r}; use {', '.join(LABEL_KINDS)}")
+        if kind not in have:
+            raise NrrError(st.path, _missing_label_hint(kind, st.path))
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise NrrError(None, f"seeds must be a positive integer, got {seeds!r}")
+    if full_acc is not None and not 0.0 <= full_acc <= 1.0:
+        raise NrrError(None, f"full accuracy must be a fraction in [0, 1] (e.g. 0.93), got {full_acc}")
+    _check_real_set(val, "held-out (--val)", st)
+    base_teacher = None
+    if train is not None:
+        _check_real_set(train, "training (--train)", st)
+        if {"dbr", "kd"} & set(kinds):
+            base_teacher = _baseline_teacher(st, teacher, device)
+    work = Path(work)
+    if work.resolve() == st.path.resolve() or st.path.resolve() in work.resolve().parents:
+        raise NrrError(work, "the work folder must lie outside the store (evaluate never writes into a store)")
+    (work / "cells").mkdir(parents=True, exist_ok=True)
+
+    sets = ["store"] + (["random"] if train is not None else [])
+    plan = [(images, kind, seed) for images in sets for seed in range(seeds) for kind in kinds]
+    proto = protocol.to_dict()
+    results: dict[str, dict[str, dict[int, float]]] = {}
+    records: list[dict[str, Any]] = []
+    done_before = 0
+    train_seconds = 0.0
+    for n, (images, kind, seed) in enumerate(plan):
+        cell_file = work / "cells" / f"{images}-{kind}-s{seed}.json"
+        rec = _load_cell(cell_file, proto, images, kind, seed)
+        if rec is None:
+            path = st.path if images == "store" else \
+                make_baseline(st, train, base_teacher, seed, kinds, work / f"random-s{seed}", device, progress)
+            r = train_student(path, val, arch=protocol.arch, epochs=protocol.epochs, labels=kind,
+                              batch_size=protocol.batch_size, lr=protocol.lr, weight_decay=protocol.weight_decay,
+                              alpha_dbr=protocol.alpha_dbr, dbr_norm=protocol.dbr_norm,
+                              kd_temperature=protocol.kd_temperature, seed=seed, device=device, workers=workers,
+                              checkpoint=work / "checkpoints" / f"{images}-{kind}-s{seed}.pt", resume=True,
+                              arch_kwargs=protocol.arch_kwargs,
+                              progress=(lambda task, d, tot: progress(f"{images} {kind} seed {seed}", d, tot))
+                              if progress else None)
+            rec = {"images": images, "labels": kind, "seed": seed, "top1": r["top1"], "val_loss": r["val_loss"],
+                   "val_images": r["val_images"], "store": str(path), "batch_size": r["batch_size"],
+                   "seconds": round(sum(h.get("seconds", 0.0) for h in r["history"]), 3), "protocol": proto}
+            atomic_write_bytes(cell_file, json.dumps(rec, indent=2, sort_keys=True).encode())
+            train_seconds += rec["seconds"]
+        else:
+            done_before += 1
+        records.append(rec)
+        results.setdefault(images, {}).setdefault(kind, {})[seed] = rec["top1"]
+        if progress:
+            progress("evaluate cells", n + 1, len(plan))
+
+    table = {images: {kind: _mean_std([by_seed[s] for s in sorted(by_seed)]) for kind, by_seed in per.items()}
+             for images, per in results.items()}
+    main = next(k for k in ("dbr", "kd", "onehot") if k in kinds)
+    m = st.manifest
+    return {
+        "label_bytes": label_bytes(st),
+        "store": str(st.path), "val": str(val), "train": None if train is None else str(train),
+        "ipc": store_ipc(st), "num_classes": m.num_classes, "images": m.num_images,
+        "labels": kinds, "seeds": seeds, "protocol": proto, "device": device,
+        "table": table, "metrics": metrics(results, full_acc, main), "cells": records,
+        "cells_resumed": done_before, "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _load_cell(path: Path, proto: dict[str, Any], images: str, kind: str, seed: int) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # a damaged result is recomputed (the student resumes from its checkpoint)
+    if rec.get("protocol") != proto or (rec.get("images"), rec.get("labels"), rec.get("seed")) != (images, kind, seed):
+        raise NrrError(path, "this work folder holds results of another protocol; use a new --work folder "
+                             "or delete it")
+    return rec
+
+
+def label_bytes(store: Store) -> dict[str, Any]:
+    """What the store's DBR labels cost on disk against fp16 full soft labels for the same views."""
+    m = store.manifest
+    dist = m.labels.get("distances")
+    if not dist:
+        return {"distances": 0, "views": 0}
+    views = int(dist["epochs"]) * m.num_images
+    stored = sum(f.bytes for f in m.files if f.kind == "distances")
+    full = views * m.num_classes * 2
+    return {"distances": stored, "views": views, "bytes_per_view": stored / views, "full_fp16": full,
+            "ratio": full / stored if stored else None}
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A readable table: top-1 mean +- std per image set and label kind, then the metrics."""
+    kinds = result["labels"]
+    names = {"store": "distilled store", "random": "random real (same IPC)"}
+    lines = [f"students: {result['protocol']['arch']}, {result['protocol']['epochs']} epochs, "
+             f"{result['seeds']} seed(s); top-1 % on {result['val']} (IPC {result['ipc']})",
+             f"{'images':26}" + "".join(f"{k:>16}" for k in kinds)]
+    for images, per in result["table"].items():
+        cells = [f"{per[k]['mean'] * 100:6.2f} +- {per[k]['std'] * 100:4.2f}" if k in per else "-" for k in kinds]
+        lines.append(f"{names.get(images, images):26}" + "".join(f"{c:>16}" for c in cells))
+    mt = result["metrics"]
+    for kind in kinds:
+        if f"ior_{kind}" in mt:
+            v = mt[f"ior_{kind}"]
+            lines.append(f"IOR ({kind}): {v['mean'] * 100:+.2f} +- {v['std'] * 100:.2f} pt over random real")
+    if "hlr" in mt:
+        lines.append(f"HLR: {mt['hlr']['mean'] * 100:.2f} +- {mt['hlr']['std'] * 100:.2f} pt below full data "
+                     f"({mt['full_acc'] * 100:.2f}%) with hard labels")
+    if "lrs" in mt:
+        lines.append(f"LRS ({mt['lrs_label']}, w = {mt['lrs_weight']}): {mt['lrs']['mean']:.2f} +- {mt['lrs']['std']:.2f}")
+    lb = result.get("label_bytes") or {}
+    if lb.get("views"):
+        lines.append(f"DBR labels: {lb['distances']:,} bytes for {lb['views']:,} views ({lb['bytes_per_view']:.2f} B/view); "
+                     f"fp16 full soft labels: {lb['full_fp16']:,} bytes ({lb['ratio']:.0f}x more)")
+    return "\n".join(lines)
+
+
+def plot_result(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Bars of top-1 (mean) with error bars (std) per label kind and image set, as a PNG (Pillow)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from nrrstore.format.atomic import atomic_open
+
+    kinds = result["labels"]
+    sets = list(result["table"])
+    colours = {"store": (52, 101, 164), "random": (204, 121, 38)}
+    width, height, left, bottom, top = 160 + 150 * len(kinds), 360, 60, 50, 40
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    d.text((10, 10), f"student top-1 (%), IPC {result['ipc']}, {result['seeds']} seed(s)", fill="black", font=font)
+    plot_h = height - bottom - top
+
+    def y_of(v: float) -> int:
+        return int(height - bottom - v * plot_h)
+
+    for tick in range(0, 101, 20):
+        y = y_of(tick / 100)
+        d.line((left - 4, y, width - 20, y), fill=(225, 225, 225))
+        d.text((left - 30, y - 6), f"{tick}", fill="black", font=font)
+    group_w = (width - left - 30) // max(1, len(kinds))
+    bar_w = max(8, group_w // (len(sets) + 1))
+    for g, kind in enumerate(kinds):
+        x0 = left + g * group_w + bar_w // 2
+        for j, images in enumerate(sets):
+            cell = result["table"][images].get(kind)
+            if cell is None:
+                continue
+            x = x0 + j * bar_w
+            d.rectangle((x, y_of(cell["mean"]), x + bar_w - 4, y_of(0)), fill=colours.get(images, (120, 120, 120)))
+            cx = x + (bar_w - 4) // 2
+            lo, hi = y_of(cell["mean"] - cell["std"]), y_of(cell["mean"] + cell["std"])
+            d.line((cx, lo, cx, hi), fill="black", width=2)
+            d.line((cx - 4, lo, cx + 4, lo), fill="black")
+            d.line((cx - 4, hi, cx + 4, hi), fill="black")
+            d.text((x, y_of(cell["mean"]) - 14), f"{cell['mean'] * 100:.1f}", fill="black", font=font)
+        d.text((x0, height - bottom + 8), kind, fill="black", font=font)
+    for j, images in enumerate(sets):
+        d.rectangle((left + 200 * j, height - 22, left + 200 * j + 10, height - 12), fill=colours.get(images, (120, 120, 120)))
+        d.text((left + 200 * j + 16, height - 24), {"store": "distilled store", "random": "random real"}.get(images, images),
+               fill="black", font=font)
+    path = Path(path)
+    with atomic_open(path) as f:
+        img.save(f, format="PNG")
+    return path
