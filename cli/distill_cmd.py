@@ -23,6 +23,9 @@ def distill_cmd(
     select: Optional[str] = typer.Option(None, "--select", help="low (NRR-DD), high (RDED) or random."),
     per_image: Optional[str] = typer.Option(None, "--per-image", help="Crop kept per real image: cam (highest CAM ratio) or score (lowest CE)."),
     cam_top: Optional[float] = typer.Option(None, "--cam-top", help="Fraction t of candidates kept by CAM ratio before selection (default 0.5 for nrr)."),
+    cam_score: Optional[str] = typer.Option(None, "--cam-score", help="CAM criterion of a crop: share (of the image's CAM), density (share / area share) or excess (share - area share)."),
+    correct_only: Optional[bool] = typer.Option(None, "--correct-only/--any-prediction", help="Select only among candidates the teacher classifies correctly."),
+    sources: Optional[str] = typer.Option(None, "--sources", help="Which mipc real images per class: random (seeded sample, default) or first (shard order)."),
     eps: Optional[float] = typer.Option(None, "--eps", help="NRR CAM threshold: mask = max(0, eps - CAM) (default 0.5)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="NRR step size (default 0.01 with adam)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", min=0, help="NRR steps (default 200)."),
@@ -32,7 +35,7 @@ def distill_cmd(
     image_format: str = typer.Option("png", "--image-format", help="png (lossless, default), webp or jpg."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also store each image's CAM (cams.zarr) for inspect --grid."),
-    relabel_epochs: int = typer.Option(0, "--relabel-epochs", min=0, help="Then compute DBR distances for this many epochs (0: skip)."),
+    relabel_epochs: int = typer.Option(300, "--relabel-epochs", min=0, help="Then compute DBR distances for this many student epochs (0: skip)."),
     precision: str = typer.Option("fp16", "--precision", help="DBR distance precision: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (zarr) for the KD baseline."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random draw (crops, selection, augmentation)."),
@@ -55,7 +58,8 @@ def distill_cmd(
     cfg = method_config(
         method, ipc, t.image_size,
         cidd={"factor": factor, "mipc": mipc, "num_crop": num_crop, "select": select, "per_image": per_image,
-              "cam_top": cam_top, "seed": seed, "batch_size": batch_size},
+              "cam_top": cam_top, "cam_score": cam_score, "correct_only": correct_only, "sources": sources,
+              "seed": seed, "batch_size": batch_size},
         nrr=nrr, image_format=image_format, quality=quality, save_cams=save_cams, shard_size=shard_size,
         classes_per_pass=classes_per_pass, nrr_batch_size=nrr_batch_size,
     )

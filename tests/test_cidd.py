@@ -418,3 +418,43 @@ def test_bad_inputs_are_reported(teacher: Teacher) -> None:
         cands.add(keys, imgs.expand(2, 3, 28, 28).contiguous())
     with pytest.raises(NrrError, match="factor 40 exceeds"):
         ClassCandidates(0, CiddConfig(ipc=1, factor=40, mipc=1600), teacher)
+
+
+# -- source sampling, correct-only selection, CAM scores (issue 8) ------------------------------------
+def test_sample_sources_is_seeded_and_independent_of_shard_order(fmnist_train_shards) -> None:
+    from nrrstore.distill.pipeline import sample_sources
+    from nrrstore.sources.shards import iter_labels, iter_samples, resolve_shards
+
+    urls = resolve_shards(fmnist_train_shards)
+    assert list(iter_labels(urls)) == [(s.key, s.label) for s in iter_samples(urls)]
+    a = sample_sources(urls, 10, [0, 3], 20, seed=5)
+    b = sample_sources(list(reversed(urls)), 10, [3, 0], 20, seed=5)
+    assert a == b and all(len(v) == 20 and sorted(v.values()) == list(range(20)) for v in a.values())
+    other = sample_sources(urls, 10, [0, 3], 20, seed=6)
+    assert set(other[0]) != set(a[0])
+    first20 = [k for k, lab in iter_labels(urls) if lab == 0][:20]
+    assert set(a[0]) != set(first20)  # a sample of the whole class, not its first images
+
+
+def test_correct_only_ranks_correct_candidates_first() -> None:
+    ce = [3.0, 2.5, 0.1, 1.0, 2.0]
+    correct = [False, True, True, True, False]
+    low = CiddConfig(ipc=3, factor=1, mipc=5, cam_top=1.0, select="low", correct_only=True)
+    assert select_indices(ce, None, low, 0, correct).tolist() == [1, 3, 2]
+    plain = CiddConfig(ipc=3, factor=1, mipc=5, cam_top=1.0, select="low")
+    assert select_indices(ce, None, plain, 0, correct).tolist() == [0, 1, 4]
+    short = CiddConfig(ipc=4, factor=1, mipc=5, cam_top=1.0, select="low", correct_only=True)
+    assert select_indices(ce, None, short, 0, correct).tolist() == [1, 3, 2, 0]  # the rest follow in rank order
+
+
+def test_cam_scores_density_and_excess() -> None:
+    from nrrstore.distill.cidd import cam_scores
+
+    cam = torch.zeros(1, 4, 4)
+    cam[0, :2, :2] = 1.0  # all activation in the top-left quarter
+    boxes = np.array([[[0, 0, 2, 2], [0, 0, 4, 4], [2, 2, 2, 2]]])
+    assert cam_scores(cam, boxes, "share").tolist() == [[1.0, 1.0, 0.0]]
+    assert cam_scores(cam, boxes, "density").tolist() == [[4.0, 1.0, 0.0]]
+    assert cam_scores(cam, boxes, "excess").tolist() == [[0.75, 0.0, -0.25]]
+    with pytest.raises(NrrError, match="cam_score"):
+        CiddConfig(ipc=1, cam_score="mean")

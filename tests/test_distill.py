@@ -187,6 +187,7 @@ def test_cli_distill_json_and_bad_teacher(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["images"] == 10 and {"cidd_s", "nrr_s", "assemble_s", "total_s"} <= set(summary)
+    assert summary["relabel"]["epochs"] == 300  # the DBR table is written by default, for 300 student epochs
     (tmp_path / "evil.pt").write_bytes(b"\x80\x04cos\nsystem\n(S'echo pwned'\ntR.")
     res = runner.invoke(app, ["distill", "--in", str(FMNIST_TRAIN), "--teacher", str(tmp_path / "evil.pt"), "--ipc", "1",
                               "--out", str(tmp_path / "o")])
