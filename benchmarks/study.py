@@ -70,8 +70,9 @@ V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "nrr-adbr3": ("nrr", {"correct_only": True}, {}, {"alpha_dbr": 3.0}),
     "nrr-l1": ("nrr", {"correct_only": True}, {}, {"dbr_norm": "l1"}),
     "nrr-smoothl1": ("nrr", {"correct_only": True}, {}, {"dbr_norm": "smooth_l1"}),
+    "nrr-kdT20": ("nrr", {"correct_only": True}, {}, {"kd_temperature": 20.0}),
 }
-LABELS = ("dbr", "onehot")
+LABELS = ("dbr", "onehot", "kd")
 
 
 def store_key(name: str) -> str:
@@ -93,7 +94,8 @@ def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> 
     else:
         cfg = method_config(preset, args.ipc, teacher.image_size, cidd={**cidd, "seed": seed}, nrr=nrr)
         distill(args.train, teacher, out, cfg, overwrite=True)
-    relabel(out, teacher, args.epochs, AugRecipe(size=teacher.image_size, seed=seed), overwrite=True)
+    relabel(out, teacher, args.epochs, AugRecipe(size=teacher.image_size, seed=seed), full_softlabels=True,
+            overwrite=True)
     return out
 
 
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=300, help="student epochs (and relabelled epochs)")
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--variants", nargs="+", default=list(V), choices=list(V))
-    ap.add_argument("--labels", nargs="+", default=list(LABELS), choices=list(LABELS))
+    ap.add_argument("--labels", nargs="+", default=["dbr", "onehot"], choices=list(LABELS))
     ap.add_argument("--part", default="0/1", help="i/n: run every n-th cell starting at i")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "study")
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     i, n = (int(x) for x in args.part.split("/"))
     teacher = load_teacher(args.teacher)
     cells = [(name, seed, label) for seed in range(args.seeds) for name in args.variants for label in args.labels
-             if label == "dbr" or not V[name][3]]  # student-only variants change nothing for one-hot
+             if not V[name][3] or label != "onehot"]  # student-only variants change nothing for one-hot
     groups: dict[tuple[str, int], list[tuple[str, int, str]]] = {}
     for cell in cells:  # cells sharing a store run in one process, so two never build the same store
         groups.setdefault((store_key(cell[0]), cell[1]), []).append(cell)

@@ -52,6 +52,17 @@ def test_distill_writes_a_sound_store(tmp_path: Path) -> None:
     assert store.labels()[:10].tolist() == list(range(10))
     assert m.method["name"] == "nrr-dd" and m.method["cidd"]["select"] == "low" and m.method["nrr"]["iterations"] == 3
     assert m.teacher["sha256"] and m.normalization == {"mean": [0.286], "std": [0.353]}
+    # The preset records every chosen default, so a store says exactly how it was made.
+    from nrrstore.distill.cidd import CiddConfig
+    from nrrstore.distill.nrr import NrrConfig
+
+    assert set(m.method["cidd"]) == set(CiddConfig.__dataclass_fields__)
+    assert set(m.method["nrr"]) == set(NrrConfig.__dataclass_fields__)
+    preset = method_config("nrr", 2, 28)
+    for name in ("per_image", "select", "cam_top", "cam_score", "correct_only", "sources", "factor"):
+        assert m.method["cidd"][name] == preset.cidd.to_dict()[name], name
+    for name in ("eps", "lr", "optimizer", "alpha_bn", "betas"):
+        assert m.method["nrr"][name] == preset.nrr.to_dict()[name], name
     assert m.labels["cams"]["shape"] == [20, 28, 28]
     img = store.get("c00003_000001")
     assert img.label == 3 and img.pixels.shape == (28, 28)
