@@ -321,7 +321,8 @@ def format_table(result: dict[str, Any]) -> str:
     for kind in kinds:
         if f"ior_{kind}" in mt:
             v = mt[f"ior_{kind}"]
-            lines.append(f"IOR ({kind}): {v['mean'] * 100:+.2f} +- {v['std'] * 100:.2f} pt over random real")
+            lines.append(f"gain over random real images, {kind} labels (IOR): {v['mean'] * 100:+.2f} +- "
+                         f"{v['std'] * 100:.2f} pt")
     if "hlr" in mt:
         lines.append(f"HLR: {mt['hlr']['mean'] * 100:.2f} +- {mt['hlr']['std'] * 100:.2f} pt below full data "
                      f"({mt['full_acc'] * 100:.2f}%) with hard labels")
