@@ -5,8 +5,10 @@ from __future__ import annotations
 import typer
 
 from nrrstore import __version__
+from nrrstore_cli._common import OneLineErrors
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="nrrstore",
     help="Produce, store and stream distilled image datasets (NRR-DD).",
     no_args_is_help=True,
