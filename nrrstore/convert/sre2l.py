@@ -39,6 +39,7 @@ half-written is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import multiprocessing
@@ -76,7 +77,8 @@ from nrrstore.format.softlabels import (
 from nrrstore.format.tables import DISTANCE_TYPES, distance_schema
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
-from nrrstore.format.writer import StoreWriter, check_output_dir, install_dir
+from nrrstore.format.outputs import install_folder
+from nrrstore.format.writer import StoreWriter, check_output_dir
 from nrrstore.sources.imagefolder import list_imagefolder, read_image_file
 from nrrstore.sources.prepare import MODES as IMAGE_MODES
 from nrrstore.sources.prepare import convert_mode
@@ -817,7 +819,8 @@ class _Job:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            writer.close()
+            with contextlib.suppress(Exception):  # on a full disk closing fails too; the file must still go
+                writer.close()
             tmp.unlink(missing_ok=True)
             raise
         finally:
@@ -875,7 +878,7 @@ def _finish(st: Store, folder: LabelFolder, src: ImageSource, out: Path, work: P
     }}
     update_store(st.path, kinds=kinds, sections={"labels": labels, "augmentation": recipe.to_dict(), "method": method})
     check_output_dir(out, overwrite)
-    install_dir(st.path, out)
+    install_folder(st.path, out)
     shutil.rmtree(work, ignore_errors=True)
     files = sorted(kinds)
     distance_bytes = sum((out / p).stat().st_size for p in files if p.endswith(".parquet"))
