@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
 from nrrstore.inspect import inspect_path
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
@@ -52,20 +53,38 @@ def inspect_cmd(
 
 @handle_errors
 def verify_cmd(
-    store: Path = typer.Argument(..., help="The store folder."),
+    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
     no_decode: bool = typer.Option(False, "--no-decode", help="Only check sizes and checksums."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Also replay views with this teacher and compare "
+                                          "the distances with the stored ones (catches a wrong teacher, seed or "
+                                          "recipe)."),
+    sample: int = typer.Option(256, "--sample", min=1, help="Views to replay with --teacher."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for --teacher (cpu, cuda...)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Check every file's size and sha256, that every image decodes, labels and keys. Exit 1 on problems."""
-    with ProgressBar(enabled=not json_out) as bar:
+    """Check the manifest digest, every file's size and sha256, that every image decodes, labels and keys;
+    with --teacher, replay views and compare distances. Exit 1 on problems, one line each."""
+    with ProgressBar() as bar:
         problems = verify_store(store, progress=bar, decode=not no_decode)
+    replay = None
+    if teacher is not None and not problems:
+        from nrrstore.distill.replay import replay_check
+        from nrrstore.models.checkpoint import load_teacher
+
+        replay = replay_check(store, load_teacher(teacher, device), sample=sample, device=device)
+        if replay.problem:
+            problems.append(f"{store}: {replay.problem}")
+    version = Store(store, check_digest=False).manifest.format_version
     if json_out:
-        print_json({"store": str(store), "ok": not problems, "problems": problems})
+        print_json({"store": str(store), "ok": not problems, "problems": problems, "format_version": version,
+                    "replay": replay.to_dict() if replay else None})
     else:
         for p in problems:
             print(p)
         if not problems:
-            print(f"{store}: ok")
+            note = "" if version != "1.0" else " (format 1.0: no manifest digest, so its values are not checked)"
+            checked = f"; {replay.views} replayed views agree (mean gap {replay.mean_gap:.4f} nats)" if replay else ""
+            print(f"{store}: ok{checked}{note}")
     if problems:
         raise typer.Exit(1)
 
