@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nrrstore.errors import NrrError, ResumeMismatchError
-from nrrstore.format.atomic import atomic_open
+from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError
 from nrrstore.format.reader import Store
 from nrrstore.models import build_model
+from nrrstore.models.checkpoint import save_torch_atomic
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, store_recipe, to_chw
 from nrrstore.train.losses import DBR_NORMS, dbr_loss, kd_loss, sce_loss
 
 Progress = Callable[[str, int, "int | None"], None]
 CHECKPOINT_FORMAT = "nrrstore-student"
+#: Below this many optimizer steps per epoch a student's accuracy says little (a warning says so).
+MIN_STEPS_PER_EPOCH = 10
 
 
 def default_batch_size(num_images: int, num_classes: int = 10) -> int:
@@ -73,12 +76,15 @@ def train_student(
     eval_every: int = 0,
     eval_batch_size: int = 500,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``arch`` from scratch on ``store`` and report top-1 on the real images of ``val_spec``.
 
     Returns plain data: ``top1``, ``val_loss``, ``val_images``, ``history`` (per epoch: mean loss and
     its parts, lr at the epoch's end, seconds, and top-1 when ``eval_every`` divides the epoch
     number), ``steps``, and the arguments. ``model`` (the trained module) is returned too.
+    An existing ``checkpoint`` is continued with ``resume``, replaced with ``overwrite``, else refused.
+    Fewer than `MIN_STEPS_PER_EPOCH` optimizer steps per epoch give an `NrrWarning`.
     """
     st = open_store(store)
     m = st.manifest
@@ -109,11 +115,17 @@ def train_student(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is None:
         raise NrrError(None, "resume needs a checkpoint path (--checkpoint)")
+    if ckpt is not None and not resume and ckpt.exists() and not overwrite:
+        raise NrrError(ckpt, "already exists (use --resume to continue from it, or --overwrite to replace it)")
     if ckpt is not None and resume and ckpt.is_file():
         start_epoch, history = _load_checkpoint(ckpt, args, model, opt)
 
     steps_per_epoch = math.ceil(m.num_images / batch_size)  # one rank, the last batch may be short
     total_steps = steps_per_epoch * epochs
+    if steps_per_epoch < MIN_STEPS_PER_EPOCH:
+        warnings.warn(f"only {steps_per_epoch} optimizer step(s) per epoch ({m.num_images} images, batch size "
+                      f"{batch_size}; {total_steps} in all): with fewer than about {MIN_STEPS_PER_EPOCH} per epoch "
+                      "the result is not meaningful; use a smaller batch size", NrrWarning, stacklevel=2)
     loader = None
     if start_epoch < epochs:
         loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, cycle=cycle,
@@ -242,8 +254,7 @@ def _save_checkpoint(path: Path, args: dict[str, Any], model: nn.Module, opt: to
     record = {"format": CHECKPOINT_FORMAT, "version": 1, "args": args, "epochs_done": epochs_done,
               "history": history, "model": model.state_dict(), "optimizer": opt.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:  # a reader never sees half a checkpoint
-        torch.save(record, f)
+    save_torch_atomic(record, path)
 
 
 def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,
