@@ -9,46 +9,27 @@ import typer
 
 from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
-from nrrstore.inspect import inspect_path
+from nrrstore.inspect import format_info, inspect_path
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 @handle_errors
 def inspect_cmd(
-    path: Path = typer.Argument(..., help="A store folder, a folder of .tar shards, a brace pattern or a shard list."),
-    grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact sheet PNG (a row per class)."),
+    path: Path = typer.Argument(..., help="A store folder, a folder of .tar shards, a brace pattern or a shard list.",
+                                metavar="PATH"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact sheet PNG: a row per class, a column "
+                                        "per image (each followed by its CAM when the store keeps CAMs)."),
     per_class: int = typer.Option(10, "--per-class", min=1, help="Images per class on the contact sheet."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --grid file."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Counts, per-class counts, image size, bytes per component and recorded parameters."""
-    with ProgressBar(enabled=not json_out) as bar:
-        info = inspect_path(path, grid=grid, per_class=per_class, progress=bar)
+    with ProgressBar() as bar:
+        info = inspect_path(path, grid=grid, per_class=per_class, progress=bar, overwrite=overwrite)
     if json_out:
         print_json(info)
-        return
-    print(f"{info['kind']}: {info['path']}")
-    print(f"  images: {info['num_images']} in {info['num_classes']} classes, {info['shards']} shard(s)")
-    if "image" in info:
-        im = info["image"]
-        print(f"  image: {im['height']}x{im['width']} {im['mode']} {im['encoding']}")
     else:
-        print(f"  image sizes: {info['image_sizes']}")
-    print("  per class: " + ", ".join(f"{k}={v}" for k, v in info["per_class"].items()))
-    for kind, c in sorted(info["components"].items()):
-        print(f"  {kind}: {c['files']} file(s), {_human(c['bytes'])}")
-    for section in ("teacher", "method", "augmentation", "labels"):
-        if info.get(section):
-            print(f"  {section}: {info[section]}")
-    if grid:
-        print(f"  contact sheet: {grid}")
+        print(format_info(info))
 
 
 @handle_errors
