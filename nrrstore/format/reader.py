@@ -214,4 +214,5 @@ def _parse_label(data: bytes | None, where: str) -> int:
     try:
         return int(data.decode().strip())
     except (UnicodeDecodeError, ValueError):
-        raise NrrError(where, f"label {data[:20]!r} is not an integer") from None
+        shown = data if len(data) <= 20 else data[:20] + b"..."
+        raise NrrError(where, f"label {shown!r} is not an integer") from None

@@ -272,8 +272,8 @@ def _short_reason(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     for ln in lines:
         if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln:
-            return ln[:200]
-    return (lines[0][:200] if lines else "") or type(e).__name__
+            return ln
+    return (lines[0] if lines else "") or type(e).__name__
 
 
 def _check_meta(path: str | os.PathLike[str] | None, rec: Mapping[str, Any]) -> None:
@@ -283,7 +283,9 @@ def _check_meta(path: str | os.PathLike[str] | None, rec: Mapping[str, Any]) -> 
                              f"got {n!r}, {c!r}, {s!r}")
     classes = rec["classes"]
     if not isinstance(classes, list) or len(classes) != n or not all(isinstance(x, str) for x in classes):
-        raise NrrError(path, f"classes must be {n} names, got {classes!r:.80}")
+        shown = classes[:6] if isinstance(classes, list) else classes
+        more = f" ... ({len(classes)} in all)" if isinstance(classes, list) and len(classes) > 6 else ""
+        raise NrrError(path, f"classes must be {n} names, got {shown!r}{more}")
     norm = rec["normalization"]
     if not isinstance(norm, dict) or not isinstance(norm.get("mean"), list) or not isinstance(norm.get("std"), list):
         raise NrrError(path, "normalization must be {'mean': [...], 'std': [...]}")
