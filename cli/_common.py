@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.text import Text
 from typer import _click
-from typer.core import TyperGroup
+from typer.core import TyperArgument, TyperGroup
 
 from nrrstore.errors import NrrError, NrrWarning, os_problem, path_text
 
@@ -69,6 +69,8 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except NrrError as exc:
             fail(exc.message)
+        except BrokenPipeError:
+            raise  # stdout closed by a pager or `head`: not an error of ours (handled in OneLineErrors)
         except OSError as exc:
             where = exc.filename or next((kwargs[k] for k in _OUTPUT_PARAMS if kwargs.get(k) is not None), None)
             fail(f"{path_text(where)}: {os_problem(exc)}" if where is not None else os_problem(exc))
@@ -97,12 +99,35 @@ class OneLineErrors(TyperGroup):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _click.exceptions.NoArgsIsHelpError as exc:
-            sys.exit(exc.exit_code)  # the help is already printed (rich prints it while formatting)
+            try:
+                print(exc.format_message())  # a group called without a command: its help
+            except BrokenPipeError:
+                _quiet_stdout()
+            sys.exit(exc.exit_code)
         except _click.exceptions.ClickException as exc:
             fail(usage_error_line(exc), exc.exit_code)
         except typer.Abort:
             fail("interrupted", 130)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into a closed pipe stays silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _usage_name(self: TyperArgument) -> str:
+    """``STORE`` / ``[STORE]`` in usage lines (Typer 0.29 writes required arguments as ``{STORE}``)."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+if hasattr(TyperArgument, "_usage_display_name"):
+    TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
 
 
 def usage_error_line(exc: _click.exceptions.ClickException) -> str:

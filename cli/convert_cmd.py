@@ -196,9 +196,9 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert-softlabels")(handle_errors(convert_softlabels_cmd))
-    imp = typer.Typer(help="Import other methods' outputs as stores.", no_args_is_help=True)
-    imp.command("rded")(handle_errors(import_rded_cmd))
+    app.command("convert-softlabels", short_help="SRe2L/FKD soft-label folder -> store.")(handle_errors(convert_softlabels_cmd))
+    imp = typer.Typer(help="Import other methods' outputs as stores.", no_args_is_help=True, rich_markup_mode=None)
+    imp.command("rded", short_help="RDED synthetic images -> store.")(handle_errors(import_rded_cmd))
     app.add_typer(imp, name="import")
-    app.command("size-report")(handle_errors(size_report_cmd))
-    app.command("export")(handle_errors(export_cmd))
+    app.command("size-report", short_help="Label bytes vs other label schemes.")(handle_errors(size_report_cmd))
+    app.command("export", short_help="A store as class folders + distances.")(handle_errors(export_cmd))

@@ -91,4 +91,4 @@ def distill_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill")(distill_cmd)
+    app.command("distill", short_help="Real shards -> distilled store.")(distill_cmd)

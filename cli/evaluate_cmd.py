@@ -65,4 +65,4 @@ def evaluate_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_cmd)
+    app.command("evaluate", short_help="Students on a store vs random real.")(evaluate_cmd)

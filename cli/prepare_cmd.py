@@ -93,7 +93,8 @@ def imagefolder(
 
 
 def register(app: typer.Typer) -> None:
-    sub = typer.Typer(help="Convert raw labelled images into WebDataset shards.", no_args_is_help=True)
-    sub.command("idx")(handle_errors(idx))
-    sub.command("imagefolder")(handle_errors(imagefolder))
+    sub = typer.Typer(help="Convert raw labelled images into WebDataset shards.", no_args_is_help=True,
+                      rich_markup_mode=None)
+    sub.command("idx", short_help="IDX files (MNIST...) -> shards.")(handle_errors(idx))
+    sub.command("imagefolder", short_help="Class folders -> shards.")(handle_errors(imagefolder))
     app.add_typer(sub, name="prepare")

@@ -71,5 +71,5 @@ def verify_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("inspect")(inspect_cmd)
-    app.command("verify")(verify_cmd)
+    app.command("inspect", short_help="Summary of a store or shards.")(inspect_cmd)
+    app.command("verify", short_help="Check a store (and its labels).")(verify_cmd)

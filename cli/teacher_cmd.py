@@ -9,10 +9,11 @@ import typer
 
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
-teacher_app = typer.Typer(help="Train or evaluate a teacher classifier on shards.", no_args_is_help=True)
+teacher_app = typer.Typer(help="Train or evaluate a teacher classifier on shards.", no_args_is_help=True,
+                          rich_markup_mode=None)
 
 
-@teacher_app.command("train")
+@teacher_app.command("train", short_help="Train a teacher on shards.")
 @handle_errors
 def train_cmd(
     inputs: str = typer.Option(..., "--in", help="Training shards (folder, brace pattern, list file, URL)."),
@@ -39,8 +40,8 @@ def train_cmd(
 ) -> None:
     """Train a teacher on real shards and save it with its classes and normalization.
 
-    The progress bar (on a terminal) shows images/s and the time left; --limit-per-class makes a quick
-    teacher from a large set."""
+    --limit-per-class N makes a quick teacher from a large set. On a terminal a progress bar shows
+    images/s and the time left."""
     from nrrstore.train.teacher_job import train_teacher
 
     with ProgressBar() as bar:
@@ -57,7 +58,7 @@ def train_cmd(
               f"({result['images_per_second']:.0f} images/s){acc}")
 
 
-@teacher_app.command("eval")
+@teacher_app.command("eval", short_help="Top-1 of a teacher on shards.")
 @handle_errors
 def eval_cmd(
     teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint."),

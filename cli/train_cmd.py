@@ -91,5 +91,5 @@ def train_student_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("relabel")(handle_errors(relabel_cmd))
-    app.command("train-student")(handle_errors(train_student_cmd))
+    app.command("relabel", short_help="DBR distances for a store.")(handle_errors(relabel_cmd))
+    app.command("train-student", short_help="Train and test a student.")(handle_errors(train_student_cmd))
