@@ -145,9 +145,10 @@ def usage_error_line(exc: _click.exceptions.ClickException) -> str:
     message = message[:1].lower() + message[1:]
     if param is not None:
         return f"{_param_name(param)}: {message}{hint}"
-    command = re.fullmatch(r"no such command '(.+)'", message)
+    command = re.fullmatch(r"no such command '(.+?)'\.?\s*(?:did you mean (.+?)\??)?", message, re.I)
     if command:
-        return f"{command.group(1)}: no such command{hint}"
+        maybe = f" (did you mean {command.group(2)}?)" if command.group(2) else ""
+        return f"{command.group(1)}: no such command{maybe}{hint}"
     extra = re.fullmatch(r"got unexpected extra arguments?(?:\(s\))? \((.+)\)", message)
     if extra:
         return f"{extra.group(1)}: unexpected extra argument{hint}"

@@ -172,12 +172,10 @@ def import_rded(
 
 def _teacher_mode(teacher: Any, mode: str, num_classes: int) -> str:
     """The image mode that feeds ``teacher``, checked before anything is written."""
-    if teacher.num_classes != num_classes:
-        raise NrrError(teacher.spec, f"teacher has {teacher.num_classes} classes but the RDED tree has {num_classes}")
     want = "L" if teacher.in_channels == 1 else "RGB"
-    if mode == "keep":
-        return want  # RDED saves RGB JPEGs even for grey data: take the teacher's channels
-    if mode != want:
+    if mode not in ("keep", want):
         raise NrrError("--mode", f"the teacher takes {teacher.in_channels} channel(s) but --mode {mode} gives "
                                  f"{1 if mode == 'L' else 3}; use --mode {want}")
-    return mode
+    if teacher.num_classes != num_classes:
+        raise NrrError(teacher.spec, f"teacher has {teacher.num_classes} classes but the RDED tree has {num_classes}")
+    return want  # with keep: RDED saves RGB JPEGs even for grey data, so take the teacher's channels

@@ -64,7 +64,7 @@ from nrrstore.distill.relabel import (  # relabel's file names and encodings
     chunk_name,
     parquet_options,
 )
-from nrrstore.errors import NrrError, os_errors_name, path_text
+from nrrstore.errors import NrrError, os_errors_name, os_problem, path_text
 from nrrstore.format import quant
 from nrrstore.format.atomic import file_sha256, is_inside, tmp_name
 from nrrstore.format.manifest import MANIFEST_NAME
@@ -953,5 +953,5 @@ def _sha256_file(path: str | os.PathLike[str]) -> str:
     try:
         return file_sha256(path)
     except OSError as exc:
-        raise NrrError(path, f"cannot read: {exc.strerror or exc}") from None
+        raise NrrError(path, f"cannot read: {os_problem(exc)}") from None
 

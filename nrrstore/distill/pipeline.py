@@ -41,6 +41,7 @@ from nrrstore.sources.shards import iter_labels, iter_samples, read_class_names,
 
 Progress = Callable[[str, int, "int | None"], None]
 METHODS = ("nrr", "rded", "random")
+IMAGE_FORMATS = ("png", "webp", "jpg", "jpeg")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
     """
     if method not in METHODS:
         raise NrrError(None, f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    image_format = str(kw.get("image_format", "png")).lower()
+    if image_format not in IMAGE_FORMATS:  # checked here, not when the store is written after hours
+        raise NrrError(None, f"unknown image format {image_format!r}; use one of {', '.join(IMAGE_FORMATS)}")
     factor = default_factor(image_size)
     base_c: dict[str, Any] = {
         "nrr": dict(factor=factor, per_image="cam", select="low", cam_top=0.5, sources="random"),
@@ -161,10 +165,12 @@ def _check_params(work: Path, params: dict[str, Any], rank: int, world: int) -> 
     text = json.dumps(params, indent=2, sort_keys=True)
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != params:
+        if old != params and _classes_done(work):
             diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
             raise ResumeMismatchError(work, f"an unfinished distill with different arguments is here (differs in: "
                                             f"{', '.join(diff)}); rerun with the same arguments or delete this folder")
+        if old != params and rank == 0:  # killed before finishing a class: nothing to keep, start afresh
+            atomic_write_bytes(path, text.encode())
     elif rank == 0:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, text.encode())

@@ -122,14 +122,14 @@ def train_student(
 
     steps_per_epoch = math.ceil(m.num_images / batch_size)  # one rank, the last batch may be short
     total_steps = steps_per_epoch * epochs
-    if steps_per_epoch < MIN_STEPS_PER_EPOCH:
-        warnings.warn(f"only {steps_per_epoch} optimizer step(s) per epoch ({m.num_images} images, batch size "
-                      f"{batch_size}; {total_steps} in all): with fewer than about {MIN_STEPS_PER_EPOCH} per epoch "
-                      "the result is not meaningful; use a smaller batch size", NrrWarning, stacklevel=2)
     loader = None
     if start_epoch < epochs:
         loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, cycle=cycle,
                              num_epochs=epochs - start_epoch)
+    if steps_per_epoch < MIN_STEPS_PER_EPOCH:  # after every check that can refuse the run
+        warnings.warn(f"only {steps_per_epoch} optimizer step(s) per epoch ({m.num_images} images, batch size "
+                      f"{batch_size}; {total_steps} in all): with fewer than about {MIN_STEPS_PER_EPOCH} per epoch "
+                      "the result is not meaningful; use a smaller batch size", NrrWarning, stacklevel=2)
     model.train()
     sums: dict[str, Any] = {}
     seen = 0
