@@ -87,3 +87,10 @@ def os_errors_name(path: str | os.PathLike[str]) -> Iterator[None]:
         raise
     except OSError as exc:
         raise NrrError(path, os_problem(exc)) from exc
+
+
+def staged_as(exc: NrrError, staging: str | os.PathLike[str], out: str | os.PathLike[str]) -> NrrError:
+    """An error about a hidden staging folder, told about the output the user gave instead."""
+    if exc.path is not None and exc.path == path_text(staging):
+        return type(exc)(out, exc.problem)
+    return exc

@@ -171,6 +171,14 @@ def mixed_sizes(e: Inputs, w: Path, x: SimpleNamespace) -> None:
     Image.fromarray(np.zeros((32, 30), np.uint8)).save(w / "in/b/2.png")
 
 
+def mixed_channels(e: Inputs, w: Path, x: SimpleNamespace) -> None:
+    """Shards of grey and RGB images (prepare keeps each image's mode by default)."""
+    for i, mode in enumerate(("L", "RGB")):
+        (w / f"in/{mode}").mkdir(parents=True)
+        Image.fromarray(np.full((28, 28), 9 * i, np.uint8)).convert(mode).save(w / f"in/{mode}/{i}.png")
+    prepare_imagefolder(w / "in", w / "sh")
+
+
 def non_utf8_folder(e: Inputs, w: Path, x: SimpleNamespace) -> None:
     bad = os.fsdecode(b"caf\xe9")  # a Latin-1 name: not UTF-8
     (w / "in" / bad).mkdir(parents=True)
@@ -263,6 +271,8 @@ CASES: list[Case] = [
       ["--optimizer", "lion"]),
     c("tt-bad-norm", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt", "--norm", "fancy"],
       ["norm", "fancy"]),
+    c("tt-mixed-channels", lambda e, w, x: ["teacher", "train", IN, w / "sh", "--out", w / "t.pt"],
+      lambda e, w, x: [w / "sh", "28x28x3", "28x28x1", "--mode"], setup=mixed_channels),
     c("tt-limit-0", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt", "--limit-per-class", 0],
       ["--limit-per-class"], code=2),
     c("te-missing-teacher", lambda e, w, x: ["teacher", "eval", "--teacher", w / "no.pt", IN, e.shards],

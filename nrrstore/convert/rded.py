@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nrrstore.errors import NrrError, os_errors_name, path_text
+from nrrstore.errors import NrrError, os_errors_name, path_text, staged_as
 from nrrstore.format.keys import image_key
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import install_folder
@@ -162,9 +162,11 @@ def import_rded(
                 summary["relabel"]["store"] = str(out)
                 check_output_dir(out, overwrite)
                 install_folder(stage, out)
-        except BaseException:
+        except BaseException as exc:
             if stage != out:
                 shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(exc, NrrError) and staged_as(exc, stage, out) is not exc:
+                raise staged_as(exc, stage, out) from None
             raise
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary

@@ -64,7 +64,7 @@ from nrrstore.distill.relabel import (  # relabel's file names and encodings
     chunk_name,
     parquet_options,
 )
-from nrrstore.errors import NrrError, os_errors_name, os_problem, path_text
+from nrrstore.errors import NrrError, os_errors_name, os_problem, path_text, staged_as
 from nrrstore.format import quant
 from nrrstore.format.atomic import file_sha256, is_inside, tmp_name
 from nrrstore.format.manifest import MANIFEST_NAME
@@ -576,8 +576,10 @@ def convert_sre2l(
         try:
             return _run(folder, src, out, work, state, batch, num_classes, t0, order_file, overwrite, workers,
                         progress, teacher, replay_sample)
-        except (NrrError, OSError):
+        except (NrrError, OSError) as exc:
             shutil.rmtree(work, ignore_errors=True)  # a bad input: resuming would meet it again
+            if isinstance(exc, NrrError) and staged_as(exc, work / "store", out) is not exc:
+                raise staged_as(exc, work / "store", out) from None
             raise
 
 
