@@ -37,7 +37,7 @@ from nrrstore.format.writer import StoreWriter
 from nrrstore.models import load_teacher
 from nrrstore.sources import prepare_idx, prepare_imagefolder
 from nrrstore_cli.main import app
-from tests._real import FMNIST_CLASSES, FMNIST_TEST, fmnist, photo_crops
+from tests._real import FMNIST_TEST, fmnist, photo_crops
 from tests._teacher import teacher_path
 from tests.test_convert_sre2l import make_fixture
 from tests.test_format import write_fmnist_store
