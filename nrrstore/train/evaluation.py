@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nrrstore.errors import NrrError, os_errors_name
+from nrrstore.errors import NrrError, os_errors_name, os_problem
 from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_output_file, check_parent
@@ -241,9 +241,15 @@ def evaluate_store(
         try:
             return _evaluate_cells(st, val, work, train, base_teacher, seeds, kinds, protocol, full_acc, device,
                                    workers, progress, t0)
-        except BaseException:
-            if created and not any((work / "cells").glob("*.json")):
+        except BaseException as exc:
+            done = len(list((work / "cells").glob("*.json")))
+            if created and not done:
                 shutil.rmtree(work, ignore_errors=True)  # nothing worth a resume
+            if isinstance(exc, OSError):
+                exc = NrrError(work, os_problem(exc))
+            if done and isinstance(exc, NrrError):
+                raise NrrError(exc.path, f"{exc.problem}; {done} finished cell(s) are kept in {work}: rerun the "
+                                         f"same command to resume, or delete {work} to discard them") from None
             raise
 
 
