@@ -259,6 +259,7 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
     from nrrstore.train.student import train_student
 
     (work / "cells").mkdir(parents=True, exist_ok=True)
+    (work / "checkpoints").mkdir(exist_ok=True)
 
     sets = ["store"] + (["random"] if train is not None else [])
     plan = [(images, kind, seed) for images in sets for seed in range(seeds) for kind in kinds]

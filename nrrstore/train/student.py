@@ -18,6 +18,7 @@ the loop is random).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -30,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError
+from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
+from nrrstore.format.lock import output_lock
 from nrrstore.format.reader import Store
 from nrrstore.models import build_model
 from nrrstore.models.checkpoint import save_torch_atomic
@@ -54,6 +56,27 @@ def default_batch_size(num_images: int, num_classes: int = 10) -> int:
     return max(1, min(base, int(num_images)))
 
 
+def _checkpoint_locked(train: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Hold the write lock of the ``checkpoint`` file (when there is one) while ``train`` runs.
+
+    A checkpoint's folder is created when missing (resume files live in work folders that callers
+    name before they exist), unlike the folders of other outputs.
+    """
+
+    @functools.wraps(train)
+    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        checkpoint = kwargs.get("checkpoint")
+        if checkpoint is None:
+            return train(*args, **kwargs)
+        with os_errors_name(checkpoint):
+            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        with output_lock(checkpoint):
+            return train(*args, **kwargs)
+
+    return run
+
+
+@_checkpoint_locked
 def train_student(
     store: Store | str | os.PathLike[str],
     val_spec: Any,
