@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     n = min(len(images), args.limit or len(images))
 
     out = args.out / "shards"
+    args.out.mkdir(parents=True, exist_ok=True)  # outputs' parent folders must exist
     t0 = time.perf_counter()
     summary = prepare_idx(images, labels, out, limit=n, shard_size=args.shard_size, gzip=args.gzip, overwrite=True)
     t_write = time.perf_counter() - t0

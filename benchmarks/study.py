@@ -93,6 +93,7 @@ def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> 
             return out
     else:
         cfg = method_config(preset, args.ipc, teacher.image_size, cidd={**cidd, "seed": seed}, nrr=nrr)
+        out.parent.mkdir(parents=True, exist_ok=True)  # outputs' parent folders must exist
         distill(args.train, teacher, out, cfg, overwrite=True)
     relabel(out, teacher, args.epochs, AugRecipe(size=teacher.image_size, seed=seed), full_softlabels=True,
             overwrite=True)

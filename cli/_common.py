@@ -1,58 +1,200 @@
-"""What every command shares: error reporting, JSON output and progress bars on stderr."""
+"""What every command shares: one-line errors and warnings, JSON output and progress bars on stderr.
+
+The contract with users: bad input gives exactly one line ``nrrstore: <file or option>: <problem>``
+on stderr and exit code 1 (2 for usage errors such as an unknown option), never a traceback.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 import sys
-from typing import Any, Callable, Iterator, TypeVar
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
+import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    ProgressColumn,
+    Progress,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from typer import _click
+from typer.core import TyperArgument, TyperGroup
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, NrrWarning, os_problem, path_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 err_console = Console(stderr=True)
+#: Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
+TRACEBACK_ENV = "NRRSTORE_TRACEBACK"
+#: Parameters that name a command's output, in the order tried for an OSError that names no file.
+_OUTPUT_PARAMS = ("out", "checkpoint", "grid", "plot", "work", "store")
 
 
 def fail(message: str, code: int = 1) -> None:
     """Print one line ``nrrstore: message`` on stderr and exit with ``code``."""
-    print(f"nrrstore: {message}", file=sys.stderr)
+    print(f"nrrstore: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(code)
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """nrrstore's own warnings as one line; other libraries' (torch's pickle notes...) are not for users."""
+    if issubclass(category, NrrWarning):
+        print(f"nrrstore: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def handle_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr and a non-zero exit code."""
+    """Run a command so that every failure is one line on stderr and a non-zero exit code.
+
+    `NrrError` (the library's own) is printed as is; an operating-system error names its file, else the
+    command's output; anything else is a bug, summarized in one line unless ``NRRSTORE_TRACEBACK=1``.
+    Library warnings are printed as one ``nrrstore: warning:`` line each.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        shown = warnings.showwarning
+        warnings.showwarning = _show_warning
         try:
             return fn(*args, **kwargs)
         except NrrError as exc:
             fail(exc.message)
+        except BrokenPipeError:
+            raise  # stdout closed by a pager or `head`: not an error of ours (handled in OneLineErrors)
+        except OSError as exc:
+            where = exc.filename or next((kwargs[k] for k in _OUTPUT_PARAMS if kwargs.get(k) is not None), None)
+            fail(f"{path_text(where)}: {os_problem(exc)}" if where is not None else os_problem(exc))
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except (SystemExit, typer.Exit, typer.Abort, _click.exceptions.ClickException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: still one line, unless asked for the traceback
+            if os.environ.get(TRACEBACK_ENV) == "1":
+                raise
+            fail(f"internal error: {type(exc).__name__}: {exc} (rerun with {TRACEBACK_ENV}=1 for the traceback, "
+                 "and please report it)")
+        finally:
+            warnings.showwarning = shown
 
     return wrapper  # type: ignore[return-value]
+
+
+class OneLineErrors(TyperGroup):
+    """The root command group: usage errors (unknown option, bad value) as one line, exit code 2."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _click.exceptions.NoArgsIsHelpError as exc:
+            try:
+                print(exc.format_message())  # a group called without a command: its help
+            except BrokenPipeError:
+                _quiet_stdout()
+            sys.exit(exc.exit_code)
+        except _click.exceptions.ClickException as exc:
+            fail(usage_error_line(exc), exc.exit_code)
+        except typer.Abort:
+            fail("interrupted", 130)
+        except BrokenPipeError:
+            _quiet_stdout()
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush into a closed pipe stays silent."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def _usage_name(self: TyperArgument) -> str:
+    """``STORE`` / ``[STORE]`` in usage lines (Typer 0.29 writes required arguments as ``{STORE}``)."""
+    name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+    return name + ("..." if self.nargs != 1 else "")
+
+
+if hasattr(TyperArgument, "_usage_display_name"):
+    TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
+
+
+def usage_error_line(exc: _click.exceptions.ClickException) -> str:
+    """``--ipc: input should be ... (see nrrstore distill --help)``: the option first, like a file name."""
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    param = getattr(exc, "param", None)
+    if isinstance(exc, _click.exceptions.MissingParameter) and param is not None:
+        return f"{_param_name(param)}: missing (required){hint}"
+    if isinstance(exc, _click.exceptions.NoSuchOption):
+        maybe = f" (possible options: {', '.join(exc.possibilities)})" if exc.possibilities else ""
+        return f"{exc.option_name}: no such option{maybe}{hint}"
+    message = exc.message if isinstance(exc, _click.exceptions.BadParameter) else exc.format_message()
+    message = message.rstrip(".")
+    message = message[:1].lower() + message[1:]
+    if param is not None:
+        return f"{_param_name(param)}: {message}{hint}"
+    command = re.fullmatch(r"no such command '(.+?)'\.?\s*(?:did you mean (.+?)\??)?", message, re.I)
+    if command:
+        maybe = f" (did you mean {command.group(2)}?)" if command.group(2) else ""
+        return f"{command.group(1)}: no such command{maybe}{hint}"
+    extra = re.fullmatch(r"got unexpected extra arguments?(?:\(s\))? \((.+)\)", message)
+    if extra:
+        return f"{extra.group(1)}: unexpected extra argument{hint}"
+    return f"{ctx.command_path if ctx is not None else 'nrrstore'}: {message}{hint}"
+
+
+def _param_name(param: Any) -> str:
+    opts = [o for o in getattr(param, "opts", []) if o.startswith("--")] or list(getattr(param, "opts", []))
+    if getattr(param, "param_type_name", "") == "argument" or not opts:
+        return (getattr(param, "metavar", None) or param.name or "argument").upper()
+    return opts[0]
 
 
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
+class CountColumn(ProgressColumn):
+    """``done/total``, or just ``done`` while the total is unknown (never ``256/?``)."""
+
+    def render(self, task: Task) -> Text:
+        done = int(task.completed)
+        return Text(f"{done}/{int(task.total)}" if task.total is not None else f"{done}", style="progress.download")
+
+
+class RateColumn(ProgressColumn):
+    """Items per second of the task (images/s, views/s...), once measurable."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
+
+
 class ProgressBar:
     """A rich progress bar on stderr exposed as a ``progress(task, done, total)`` callback.
 
-    The library reports progress through plain callbacks; this adapter shows them. It stays silent
-    when stderr is not a terminal unless forced, so logs and `--json` runs stay clean.
+    The library reports progress through plain callbacks; this adapter shows them with a count, the
+    rate and the time left. It shows whenever stderr is a terminal, whatever stdout carries (JSON
+    included), and stays silent in logs and pipes.
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool | None = None) -> None:
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.description}"), BarColumn(), CountColumn(), RateColumn(),
             TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False,
-            disable=not enabled,
+            disable=not (err_console.is_terminal if enabled is None else enabled),
         )
         self._tasks: dict[str, Any] = {}
 
@@ -61,7 +203,7 @@ class ProgressBar:
             self._tasks[task] = self._progress.add_task(task, total=total)
         self._progress.update(self._tasks[task], completed=done, total=total)
 
-    def __enter__(self) -> "ProgressBar":
+    def __enter__(self) -> ProgressBar:
         self._progress.__enter__()
         return self
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from nrrstore_cli._common import ProgressBar, err_console, handle_errors, print_json
 
 from nrrstore.errors import NrrError
+from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
@@ -36,7 +36,7 @@ def _normalization(mean: Optional[str], std: Optional[str], none: bool) -> objec
 
 
 def convert_softlabels_cmd(
-    labels_dir: Path = typer.Argument(..., help="The soft-label folder (SRe2L: epoch_{e}/batch_{b}.tar)."),
+    labels_dir: Path = typer.Argument(..., help="The soft-label folder (SRe2L: epoch_E/batch_B.tar).", metavar="LABELS"),
     images: str = typer.Option(..., "--images", help="The images the labels were made on: an ImageFolder tree, or shards."),
     out: Path = typer.Option(..., "--out", help="Output store folder."),
     fmt: str = typer.Option("sre2l", "--format", help="Soft-label format (sre2l: SRe2L/FKD relabel output)."),
@@ -55,6 +55,13 @@ def convert_softlabels_cmd(
     classes: Optional[Path] = typer.Option(None, "--classes", help="Class names file (one per line, or JSON) instead of the folder names."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes converting epochs in parallel (default: one per CPU up to 4 for large folders; 0: none)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Convert only the first N epochs (they must be "
+                                         "complete): for a label folder still being written."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="The teacher that made the labels: replay a sample "
+                                          "of views and refuse labels that do not describe them (wrong seed, size or "
+                                          "images)."),
+    replay_sample: int = typer.Option(256, "--replay-sample", min=1, help="Views replayed with --teacher."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for --teacher."),
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:
@@ -62,13 +69,19 @@ def convert_softlabels_cmd(
     from nrrstore.convert.sre2l import convert_sre2l
 
     if fmt != "sre2l":
-        raise NrrError(None, f"unknown soft-label format {fmt!r}; supported: sre2l")
-    with ProgressBar(enabled=err_console.is_terminal and not as_json) as bar:
+        raise NrrError("--format", f"unknown soft-label format {fmt!r}; supported: sre2l")
+    t = None
+    if teacher is not None:
+        from nrrstore.models import load_teacher
+
+        t = load_teacher(teacher, device)
+    with ProgressBar() as bar:
         summary = convert_sre2l(labels_dir, images, out, sampler_seed=sampler_seed, order_file=order_file,
                                 temperature=temperature, keep_full=keep_full, precision=precision, quant_max=quant_max,
                                 epochs_per_file=epochs_per_file, size=size, mode=mode,
                                 normalization=_normalization(mean, std, no_normalization), classes=classes,
-                                shard_size=shard_size, workers=workers, overwrite=overwrite, progress=bar)
+                                shard_size=shard_size, workers=workers, overwrite=overwrite, progress=bar,
+                                epochs=epochs, teacher=t, replay_sample=replay_sample)
     if as_json:
         print_json(summary)
         return
@@ -77,15 +90,20 @@ def convert_softlabels_cmd(
           f"source labels {summary['source_bytes']} bytes; {summary['seconds']:.1f} s")
     if summary["chunks_resumed"]:
         print(f"  resumed: {summary['chunks_resumed']} file(s) were already done")
+    if summary.get("replay"):
+        r = summary["replay"]
+        print(f"  replay check: {r['views']} views, mean gap {r['mean_gap']:.3f} nats (largest {r['max_gap']:.3f})")
 
 
 def import_rded_cmd(
-    syn_data: Path = typer.Argument(..., help="RDED output: {class:05d}/class{class:05d}_id{id:05d}.jpg"),
+    syn_data: Path = typer.Argument(..., help="RDED output: one folder per class number (00000/...), images named "
+                                    "class00000_id00000.jpg.", metavar="SYN_DATA"),
     out: Path = typer.Option(..., "--out", help="Output store folder."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
     image_format: str = typer.Option("png", "--image-format", help="png (lossless, default), webp or jpg."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
-    mode: str = typer.Option("keep", "--mode", help="Image channels: keep, L or RGB."),
+    mode: str = typer.Option("keep", "--mode", help="Image channels: keep (with --teacher: the teacher's), L or RGB. "
+                             "RDED writes RGB even for grey data."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
     teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Relabel right after import with this teacher checkpoint."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to relabel (default 300 with --teacher)."),
@@ -106,7 +124,7 @@ def import_rded_cmd(
         t = load_teacher(teacher, device)
     elif epochs is not None:
         raise NrrError(None, "--epochs needs --teacher (or run `nrrstore relabel` later)")
-    with ProgressBar(enabled=err_console.is_terminal and not as_json) as bar:
+    with ProgressBar() as bar:
         summary = import_rded(syn_data, out, classes=classes, image_format=image_format, quality=quality, mode=mode,
                               shard_size=shard_size, overwrite=overwrite, teacher=t, epochs=epochs,
                               relabel_options={"precision": precision, "full_softlabels": full_softlabels,
@@ -115,7 +133,8 @@ def import_rded_cmd(
     if as_json:
         print_json(summary)
         return
-    print(f"{out}: {summary['images']} images in {summary['classes']} classes from {syn_data}")
+    print(f"{out}: {summary['images']} images in {summary['classes']} classes from {syn_data} "
+          f"(mode {summary['image_mode']})")
     if "relabel" in summary:
         r = summary["relabel"]
         print(f"  relabelled {r['views']} views: {r['distance_bytes']} bytes of distances ({r['bytes_per_view']:.2f} B/view)")
@@ -124,20 +143,24 @@ def import_rded_cmd(
 
 
 def size_report_cmd(
-    store: Path = typer.Argument(..., help="The store folder."),
+    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
     classes: int = typer.Option(1000, "--classes", min=1, help="Classes of the extrapolation (ImageNet-1K: 1000)."),
     ipc: list[int] = typer.Option([10, 50, 200], "--ipc", min=1, help="Images per class of the extrapolation (repeat the option)."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Epochs of the extrapolation (and of a store without labels)."),
     topk: int = typer.Option(10, "--topk", min=1, help="k of the FKD-style top-k scheme."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a bar chart (log scale) into this PNG file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     as_json: bool = _JSON,
 ) -> None:
     """Bytes per component, and what the labels would cost as soft, top-k, DBR or one-hot labels."""
     from nrrstore.convert.size_report import format_report, plot_report, size_report
+    from nrrstore.format.outputs import check_output_file
 
+    if plot is not None:
+        check_output_file(plot, overwrite)  # before the report, not after
     report = size_report(store, classes=classes, ipc=ipc, epochs=epochs, topk=topk)
     if plot is not None:
-        report["plot"] = str(plot_report(report, plot))
+        report["plot"] = str(plot_report(report, plot, overwrite=overwrite))
     if as_json:
         print_json(report)
         return
@@ -147,9 +170,9 @@ def size_report_cmd(
 
 
 def export_cmd(
-    store: Path = typer.Argument(..., help="The store folder."),
+    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
     to: str = typer.Option("imagefolder", "--to", help="Layout to export to (imagefolder)."),
-    out: Path = typer.Argument(..., help="Output folder."),
+    out: Path = typer.Argument(..., help="Output folder.", metavar="OUT"),
     csv: bool = typer.Option(False, "--csv", help="Also write the distances as distances.csv."),
     numbered: bool = typer.Option(False, "--numbered", help="Prefix class folders with their index so sorted order = class order."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export."),
@@ -159,8 +182,8 @@ def export_cmd(
     from nrrstore.convert.export import FORMATS, export_imagefolder
 
     if to not in FORMATS:
-        raise NrrError(None, f"unknown export layout {to!r}; supported: {', '.join(FORMATS)}")
-    with ProgressBar(enabled=err_console.is_terminal and not as_json) as bar:
+        raise NrrError("--to", f"unknown export layout {to!r}; supported: {', '.join(FORMATS)}")
+    with ProgressBar() as bar:
         summary = export_imagefolder(store, out, csv=csv, numbered=numbered, overwrite=overwrite, progress=bar)
     if as_json:
         print_json(summary)
@@ -173,9 +196,9 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert-softlabels")(handle_errors(convert_softlabels_cmd))
-    imp = typer.Typer(help="Import other methods' outputs as stores.", no_args_is_help=True)
-    imp.command("rded")(handle_errors(import_rded_cmd))
+    app.command("convert-softlabels", short_help="SRe2L/FKD soft-label folder -> store.")(handle_errors(convert_softlabels_cmd))
+    imp = typer.Typer(help="Import other methods' outputs as stores.", no_args_is_help=True, rich_markup_mode=None)
+    imp.command("rded", short_help="RDED synthetic images -> store.")(handle_errors(import_rded_cmd))
     app.add_typer(imp, name="import")
-    app.command("size-report")(handle_errors(size_report_cmd))
-    app.command("export")(handle_errors(export_cmd))
+    app.command("size-report", short_help="Label bytes vs other label schemes.")(handle_errors(size_report_cmd))
+    app.command("export", short_help="A store as class folders + distances.")(handle_errors(export_cmd))

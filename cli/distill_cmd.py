@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from nrrstore.errors import NrrError
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 
@@ -14,7 +15,8 @@ from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 def distill_cmd(
     inputs: str = typer.Option(..., "--in", help="Input WebDataset shards: folder, brace pattern, list file or URL."),
     ipc: int = typer.Option(..., "--ipc", min=1, help="Synthetic images per class."),
-    teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (nrrstore teacher train), or torchvision:/timm:/module:factory spec."),
+    teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (nrrstore teacher train), or an architecture "
+                                "spec such as torchvision:NAME or timm:NAME."),
     out: Path = typer.Option(..., "--out", help="Output store folder."),
     method: str = typer.Option("nrr", "--method", help="nrr (NRR-DD), rded (high confidence, no refinement) or random (random real images)."),
     factor: Optional[int] = typer.Option(None, "--factor", min=1, help="Patches per side (beta = factor^2). Default: 2 at >= 128 px, else 1."),
@@ -49,8 +51,11 @@ def distill_cmd(
 ) -> None:
     """Distill real shards into a store: CIDD patch discovery, NRR refinement, DBR relabeling."""
     from nrrstore.distill.pipeline import distill, method_config
+    from nrrstore.format.tables import DISTANCE_TYPES
     from nrrstore.models.checkpoint import load_teacher
 
+    if precision not in DISTANCE_TYPES:  # checked before the long distill, not after it
+        raise NrrError("--precision", f"unknown precision {precision!r}; use one of {', '.join(DISTANCE_TYPES)}")
     t = load_teacher(teacher, device=device)
     nrr = {"eps": eps, "lr": lr, "iterations": iterations, "alpha_bn": alpha_bn, "optimizer": optimizer}
     if no_refine:
@@ -63,14 +68,20 @@ def distill_cmd(
         nrr=nrr, image_format=image_format, quality=quality, save_cams=save_cams, shard_size=shard_size,
         classes_per_pass=classes_per_pass, nrr_batch_size=nrr_batch_size,
     )
-    with ProgressBar(enabled=not json_out) as bar:
+    with ProgressBar() as bar:
         result = distill(inputs, t, out, cfg, overwrite=overwrite, progress=bar)
         summary = dict(result.summary)
         if relabel_epochs and summary.get("rank", 0) == 0:
             from nrrstore.distill.relabel import relabel
 
-            summary["relabel"] = relabel(out, t, relabel_epochs, precision=precision, seed=seed,
-                                         full_softlabels=full_softlabels, device=device, progress=bar)
+            try:
+                summary["relabel"] = relabel(out, t, relabel_epochs, precision=precision, seed=seed,
+                                             full_softlabels=full_softlabels, device=device, progress=bar,
+                                             overwrite=overwrite)
+            except NrrError as exc:
+                raise NrrError(exc.path, f"{exc.problem}; the distilled images are complete in {out}: add the labels "
+                                         f"with `nrrstore relabel {out} --teacher {teacher} --epochs {relabel_epochs}`"
+                                         ) from None
     if json_out:
         print_json(summary)
     elif summary.get("rank", 0) == 0:
@@ -80,4 +91,4 @@ def distill_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill")(distill_cmd)
+    app.command("distill", short_help="Real shards -> distilled store.")(distill_cmd)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from nrrstore_cli._common import ProgressBar, err_console, handle_errors, print_json
+from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 
 @handle_errors
@@ -34,23 +34,27 @@ def evaluate_cmd(
     work: Optional[Path] = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
                                         "(default: .eval-STORE beside the store); rerun to resume."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the table as a PNG bar chart."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
     workers: int = typer.Option(0, "--workers", min=0, help="Loader worker processes."),
     json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON on stdout."),
 ) -> None:
     """Train students on STORE for every label kind and seed (and on random real images with --train),
     test them on --val, and report top-1 mean +- std and DD-Ranking's IOR, HLR and LRS."""
+    from nrrstore.format.outputs import check_output_file
     from nrrstore.train.evaluation import StudentProtocol, evaluate_store, format_table, plot_result
 
+    if plot is not None:
+        check_output_file(plot, overwrite)  # before hours of training, not after
     kinds = [k.strip() for k in labels.split(",") if k.strip()] if labels else None
     protocol = StudentProtocol(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, alpha_dbr=alpha_dbr,
                                dbr_norm=dbr_norm, kd_temperature=kd_temperature)
     work_dir = work if work is not None else store.with_name(f".eval-{store.name}")
-    with ProgressBar(enabled=err_console.is_terminal) as bar:
+    with ProgressBar() as bar:
         result = evaluate_store(store, val, work_dir, train=train, teacher=teacher, seeds=seeds, labels=kinds,
                                 protocol=protocol, full_acc=full_acc, device=device, workers=workers, progress=bar)
     if plot is not None:
-        plot_result(result, plot)
+        plot_result(result, plot, overwrite=overwrite)
         result["plot"] = str(plot)
     if json_out:
         print_json(result)
@@ -61,4 +65,4 @@ def evaluate_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate")(evaluate_cmd)
+    app.command("evaluate", short_help="Students on a store vs random real.")(evaluate_cmd)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import typer
 
 from nrrstore import __version__
+from nrrstore_cli._common import OneLineErrors
 
 app = typer.Typer(
+    cls=OneLineErrors,
+    rich_markup_mode=None,  # plain help: wraps at any width, never cuts an option name or a list with "..."
     name="nrrstore",
     help="Produce, store and stream distilled image datasets (NRR-DD).",
     no_args_is_help=True,

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from nrrstore.sources.prepare import MODES, class_names_from_arg, prepare_idx, prepare_imagefolder
-from nrrstore_cli._common import ProgressBar, err_console, handle_errors, print_json
+from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty).")
 _SHARD_SIZE = typer.Option(1000, "--shard-size", min=1, help="Samples per shard.")
@@ -16,7 +16,10 @@ _PER_CLASS = typer.Option(None, "--per-class", min=1, help="Keep only the first 
 _LIMIT = typer.Option(None, "--limit", min=1, help="Keep only the first N images (after --per-class).")
 _SKIP = typer.Option(0, "--skip", min=0, help="Skip the first N images (file order) before the others apply; "
                     "with --limit, carves disjoint train/validation splits.")
-_PREFIX = typer.Option("train", "--prefix", help="Shard name prefix and key prefix: PREFIX-000000.tar, PREFIX_0000000.")
+_PREFIX = typer.Option(None, "--prefix", help="Shard and key prefix: PREFIX-000000.tar, PREFIX_0000000 (default: "
+                       "from the input's name: train-images-idx3-ubyte.gz -> train, t10k-... -> test).")
+_RESIZE = typer.Option(None, "--resize", min=1, help="Make every image NxN: shorter side scaled to N, centre cut "
+                       "(needed when the images differ in size).")
 _GZIP = typer.Option(False, "--gzip", help="Write .tar.gz shards (deterministic gzip).")
 _FORMAT = typer.Option("png", "--format", help="Image encoding in the shards: png (lossless), webp (lossless) or jpg.")
 _MODE = typer.Option("keep", "--mode", help=f"Colour mode of the output: {', '.join(MODES)}.")
@@ -34,8 +37,8 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def idx(
-    images: Path = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte.gz)."),
-    labels: Path = typer.Argument(..., help="IDX labels file (e.g. train-labels-idx1-ubyte.gz)."),
+    images: Path = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte.gz).", metavar="IMAGES"),
+    labels: Path = typer.Argument(..., help="IDX labels file (e.g. train-labels-idx1-ubyte.gz).", metavar="LABELS"),
     out: Path = _OUT,
     classes: Optional[str] = typer.Option(
         None, "--classes", help="Class names: a file (one per line, or .json) or a comma-separated list. Default: 0..K-1."),
@@ -43,51 +46,55 @@ def idx(
     per_class: Optional[int] = _PER_CLASS,
     limit: Optional[int] = _LIMIT,
     skip: int = _SKIP,
-    prefix: str = _PREFIX,
+    prefix: Optional[str] = _PREFIX,
     gzip: bool = _GZIP,
     image_format: str = _FORMAT,
     mode: str = _MODE,
+    resize: Optional[int] = _RESIZE,
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:
     """Convert an IDX image/label pair (MNIST, Fashion-MNIST) into shards."""
     names = class_names_from_arg(classes) if classes is not None else None
-    with ProgressBar(enabled=err_console.is_terminal) as bar:
+    with ProgressBar() as bar:
         summary = prepare_idx(
             images, labels, out, class_names=names, per_class=per_class, limit=limit, shard_size=shard_size,
             prefix=prefix, gzip=gzip, image_format=image_format, mode=mode, overwrite=overwrite, progress=bar,
-            skip=skip,
+            skip=skip, resize=resize,
         )
     summary["source"] = {"images": str(images), "labels": str(labels)}
     _report(summary, as_json)
 
 
 def imagefolder(
-    root: Path = typer.Argument(..., help="Folder with one sub-folder of images per class."),
+    root: Path = typer.Argument(..., help="Folder with one sub-folder of images per class.", metavar="ROOT"),
     out: Path = _OUT,
     shard_size: int = _SHARD_SIZE,
     per_class: Optional[int] = _PER_CLASS,
     limit: Optional[int] = _LIMIT,
     skip: int = _SKIP,
-    prefix: str = _PREFIX,
+    prefix: str = typer.Option("train", "--prefix", help="Shard and key prefix: PREFIX-000000.tar, "
+                                         "PREFIX_0000000."),
     gzip: bool = _GZIP,
     image_format: str = _FORMAT,
     mode: str = _MODE,
+    resize: Optional[int] = _RESIZE,
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:
     """Convert an ImageFolder tree (ROOT/<class>/<image>) into shards; classes are the folder names."""
-    with ProgressBar(enabled=err_console.is_terminal) as bar:
+    with ProgressBar() as bar:
         summary = prepare_imagefolder(
             root, out, per_class=per_class, limit=limit, shard_size=shard_size, prefix=prefix, gzip=gzip,
-            image_format=image_format, mode=mode, overwrite=overwrite, progress=bar, skip=skip,
+            image_format=image_format, mode=mode, overwrite=overwrite, progress=bar, skip=skip, resize=resize,
         )
     summary["source"] = {"root": str(root)}
     _report(summary, as_json)
 
 
 def register(app: typer.Typer) -> None:
-    sub = typer.Typer(help="Convert raw labelled images into WebDataset shards.", no_args_is_help=True)
-    sub.command("idx")(handle_errors(idx))
-    sub.command("imagefolder")(handle_errors(imagefolder))
+    sub = typer.Typer(help="Convert raw labelled images into WebDataset shards.", no_args_is_help=True,
+                      rich_markup_mode=None)
+    sub.command("idx", short_help="IDX files (MNIST...) -> shards.")(handle_errors(idx))
+    sub.command("imagefolder", short_help="Class folders -> shards.")(handle_errors(imagefolder))
     app.add_typer(sub, name="prepare")

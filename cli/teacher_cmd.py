@@ -9,51 +9,62 @@ import typer
 
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
-teacher_app = typer.Typer(help="Train or evaluate a teacher classifier on shards.", no_args_is_help=True)
+teacher_app = typer.Typer(help="Train or evaluate a teacher classifier on shards.", no_args_is_help=True,
+                          rich_markup_mode=None)
 
 
-@teacher_app.command("train")
+@teacher_app.command("train", short_help="Train a teacher on shards.")
 @handle_errors
 def train_cmd(
     inputs: str = typer.Option(..., "--in", help="Training shards (folder, brace pattern, list file, URL)."),
-    arch: str = typer.Option("convnet3", "--arch", help="convnet3-6, resnet18, resnet18_cifar, or torchvision:/timm:/module:factory."),
-    epochs: int = typer.Option(1, "--epochs", min=1),
-    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (atomically)."),
-    batch_size: int = typer.Option(128, "--batch-size", min=1),
-    lr: float = typer.Option(0.01, "--lr"),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd, adam or adamw."),
+    arch: str = typer.Option("convnet3", "--arch", help="convnet3..convnet6, resnet18, resnet18_cifar, or a spec "
+                             "such as torchvision:NAME, timm:NAME or package.module:factory."),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the training images."),
+    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (atomically; an existing one needs "
+                             "--overwrite)."),
+    batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per optimizer step."),
+    lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (5% linear warm-up, then cosine to 0)."),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9), adam or adamw."),
     flip: bool = typer.Option(False, "--flip", help="Random horizontal flips while training."),
     norm: Optional[str] = typer.Option(None, "--norm", help="ConvNet norm: batch, group, instance or none (default group)."),
     width: Optional[int] = typer.Option(None, "--width", min=1, help="ConvNet channels (default 128)."),
     depth: Optional[int] = typer.Option(None, "--depth", min=1, help="ConvNet blocks (default: the arch's, e.g. 3)."),
+    limit_per_class: Optional[int] = typer.Option(None, "--limit-per-class", min=1, help="Train on the first N images "
+                                                  "of each class only (a quick teacher from a large set)."),
     val: Optional[str] = typer.Option(None, "--val", help="Held-out shards to report top-1 on."),
-    seed: int = typer.Option(0, "--seed", min=0),
-    device: str = typer.Option("cpu", "--device"),
-    json_out: bool = typer.Option(False, "--json"),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the initialization and the data order."),
+    device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint file."),
+    json_out: bool = typer.Option(False, "--json", help="Print the training summary as JSON on stdout."),
 ) -> None:
-    """Train a teacher on real shards and save it with its classes and normalization."""
+    """Train a teacher on real shards and save it with its classes and normalization.
+
+    --limit-per-class N makes a quick teacher from a large set. On a terminal a progress bar shows
+    images/s and the time left."""
     from nrrstore.train.teacher_job import train_teacher
 
-    with ProgressBar(enabled=not json_out) as bar:
+    with ProgressBar() as bar:
         result = train_teacher(inputs, arch, out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                                optimizer=optimizer, seed=seed, flip=flip, val=val, device=device, progress=bar,
                                arch_kwargs={k: v for k, v in (("norm", norm), ("width", width), ("depth", depth))
-                                            if v is not None})
+                                            if v is not None},
+                               limit_per_class=limit_per_class, overwrite=overwrite)
     if json_out:
         print_json(result)
     else:
         acc = f", val top-1 {result['val_top1']:.2%}" if "val_top1" in result else ""
-        print(f"{out}: {arch} trained {epochs} epoch(s) on {result['train_images']} images{acc}")
+        print(f"{out}: {arch} trained {epochs} epoch(s) on {result['train_images']} images "
+              f"({result['images_per_second']:.0f} images/s){acc}")
 
 
-@teacher_app.command("eval")
+@teacher_app.command("eval", short_help="Top-1 of a teacher on shards.")
 @handle_errors
 def eval_cmd(
     teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint."),
     inputs: str = typer.Option(..., "--in", help="Shards to evaluate on."),
-    device: str = typer.Option("cpu", "--device"),
-    json_out: bool = typer.Option(False, "--json"),
+    device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Top-1 accuracy of a teacher on labelled shards."""
     from nrrstore.models.checkpoint import load_teacher

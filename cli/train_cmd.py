@@ -11,14 +11,14 @@ from nrrstore.distill.relabel import DEFAULT_EPOCHS_PER_FILE, default_recipe, re
 from nrrstore.format.reader import Store
 from nrrstore.models import load_teacher
 from nrrstore.train.student import summary_without_model, train_student
-from nrrstore_cli._common import ProgressBar, err_console, handle_errors, print_json
+from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _DEVICE = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...).")
 
 
 def relabel_cmd(
-    store: Path = typer.Argument(..., help="The store folder."),
+    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
     teacher: str = typer.Option(..., "--teacher", "-t", help="Teacher checkpoint file (nrrstore format)."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Training epochs to label (one view per image each)."),
     precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
@@ -38,7 +38,7 @@ def relabel_cmd(
     st = Store(store)
     t = load_teacher(teacher, device)
     recipe = default_recipe(st, t, seed=seed, group_size=group_size, mix=mix)
-    with ProgressBar(enabled=err_console.is_terminal and not as_json) as bar:
+    with ProgressBar() as bar:
         summary = relabel(st, t, epochs, recipe, precision, full_softlabels, mode="explicit" if explicit else "seeded",
                           epochs_per_file=epochs_per_file, batch_size=batch_size, quant_max=quant_max,
                           overwrite=overwrite, device=device, progress=bar)
@@ -55,19 +55,21 @@ def relabel_cmd(
 
 
 def train_student_cmd(
-    store: Path = typer.Argument(..., help="The store folder."),
+    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
     val: str = typer.Option(..., "--val", help="Held-out real images: shard folder, pattern, list or URL."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
-    epochs: int = typer.Option(300, "--epochs", min=1),
+    epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
     labels: str = typer.Option("dbr", "--labels", help="dbr, kd or onehot."),
     alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", min=0.0, help="Weight of L_dbr (our default)."),
     kd_temperature: float = typer.Option(4.0, "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: min(100, images)."),
-    lr: float = typer.Option(1e-3, "--lr", min=1e-12),
-    weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "
+                                             "at IPC 1/10/50 for 10 classes)."),
+    lr: float = typer.Option(1e-3, "--lr", min=1e-12, help="AdamW learning rate (cosine to 0)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0, help="AdamW weight decay."),
     seed: int = typer.Option(0, "--seed", min=0, help="Student initialisation seed."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint if it exists."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --checkpoint instead of refusing."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
     cycle: bool = typer.Option(False, "--cycle", help="Reuse stored epochs when training longer than stored."),
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Also evaluate every N epochs (0: only at the end)."),
@@ -75,11 +77,11 @@ def train_student_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Train a student from scratch on the store and report top-1 on real held-out images."""
-    with ProgressBar(enabled=err_console.is_terminal and not as_json) as bar:
+    with ProgressBar() as bar:
         result = train_student(store, val, arch=arch, epochs=epochs, labels=labels, batch_size=batch_size, lr=lr,
                                weight_decay=weight_decay, alpha_dbr=alpha_dbr, kd_temperature=kd_temperature,
                                seed=seed, device=device, workers=workers, cycle=cycle, checkpoint=checkpoint,
-                               resume=resume, eval_every=eval_every, progress=bar)
+                               resume=resume, eval_every=eval_every, progress=bar, overwrite=overwrite)
     summary = summary_without_model(result)
     if as_json:
         print_json(summary)
@@ -89,5 +91,5 @@ def train_student_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("relabel")(handle_errors(relabel_cmd))
-    app.command("train-student")(handle_errors(train_student_cmd))
+    app.command("relabel", short_help="DBR distances for a store.")(handle_errors(relabel_cmd))
+    app.command("train-student", short_help="Train and test a student.")(handle_errors(train_student_cmd))

@@ -1,8 +1,13 @@
-"""`inspect`: what is in a store or a folder of shards, and a contact sheet to look at it."""
+"""`inspect`: what is in a store or a folder of shards, as a readable summary, and a contact sheet.
+
+The summary (`format_info`) is meant for people: one labelled line per fact, recorded parameters as
+``name value`` pairs grouped by section, long lists shortened; ``--json`` gives the plain data.
+"""
 
 from __future__ import annotations
 
 import os
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -11,8 +16,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import os_errors_name
+from nrrstore.format.atomic import atomic_open
 from nrrstore.format.manifest import MANIFEST_NAME
+from nrrstore.format.outputs import check_output_file
 from nrrstore.format.reader import Store
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -23,14 +30,20 @@ def is_store(path: str | os.PathLike[str]) -> bool:
 
 
 def inspect_path(path: str | os.PathLike[str], grid: str | os.PathLike[str] | None = None,
-                 per_class: int = 10, progress: Progress | None = None) -> dict[str, Any]:
-    """Summarize a store (from its manifest) or WebDataset shards (by reading them once)."""
+                 per_class: int = 10, progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Summarize a store (from its manifest) or WebDataset shards (by reading them once).
+
+    ``grid``: also write a contact sheet PNG there (an existing file needs ``overwrite``); the result's
+    ``grid`` says how many images per class it shows (fewer than ``per_class`` when a class has fewer).
+    """
+    if grid is not None:
+        check_output_file(grid, overwrite)
     if is_store(path):
         store = Store(path)
         info = store.info()
         if grid is not None:
-            info["grid"] = str(grid)
-            save_contact_sheet(_store_samples(store), store.classes, grid, per_class, cams=_store_cams(store))
+            shown = save_contact_sheet(_store_samples(store), store.classes, grid, per_class, cams=_store_cams(store))
+            info["grid"] = {"path": str(grid), "per_class": shown, "asked": per_class, "cams": "cams" in store.manifest.labels}
         return info
     return _inspect_shards(path, grid, per_class, progress)
 
@@ -81,15 +94,16 @@ def _inspect_shards(path: str | os.PathLike[str], grid: Any, per_class: int, pro
         "classes_file": names is not None,
     }
     if grid is not None:
-        save_contact_sheet(iter(keep), class_names, grid, per_class)
-        info["grid"] = str(grid)
+        shown = save_contact_sheet(iter(keep), class_names, grid, per_class)
+        info["grid"] = {"path": str(grid), "per_class": shown, "asked": per_class, "cams": False}
     return info
 
 
 def save_contact_sheet(samples: Iterable[tuple[int, np.ndarray, int]], classes: list[str],
                        out: str | os.PathLike[str], per_class: int = 10, cams: Any = None,
-                       cell: int = 64) -> Path:
-    """A PNG with one row per class: ``per_class`` images, each beside its CAM when ``cams`` is given."""
+                       cell: int = 64) -> int:
+    """A PNG with one row per class of ``per_class`` images (each followed by its CAM when ``cams`` is
+    given) under a header naming the columns; returns how many images per class it shows."""
     rows: dict[int, list[tuple[np.ndarray, int]]] = {c: [] for c in range(len(classes))}
     for label, pixels, index in samples:
         if label in rows and len(rows[label]) < per_class:
@@ -98,24 +112,105 @@ def save_contact_sheet(samples: Iterable[tuple[int, np.ndarray, int]], classes: 
             break
     font = ImageFont.load_default()
     label_w = 8 + max(int(font.getlength(n)) for n in classes) if classes else 8
-    shown = max((len(v) for v in rows.values()), default=1) or 1
-    cols = shown * (2 if cams is not None else 1)
-    sheet = Image.new("RGB", (label_w + cols * (cell + 2), len(classes) * (cell + 2) + 2), "white")
+    shown = max((len(v) for v in rows.values()), default=0)
+    per_image = 2 if cams is not None else 1
+    cols = max(1, shown) * per_image
+    head = 16
+    sheet = Image.new("RGB", (label_w + cols * (cell + 2), head + len(classes) * (cell + 2) + 2), "white")
     draw = ImageDraw.Draw(sheet)
+    draw.text((4, 2), "class", fill="black", font=font)
+    for k in range(shown):  # the legend: which column is which
+        for t, title in enumerate(["image", "CAM"][:per_image]):
+            x = label_w + (k * per_image + t) * (cell + 2)
+            draw.text((x + 2, 2), f"{title} {k + 1}" if t == 0 else title, fill="black", font=font)
     for r, c in enumerate(range(len(classes))):
-        y = 2 + r * (cell + 2)
+        y = head + 2 + r * (cell + 2)
         draw.text((4, y + cell // 2 - 6), classes[c], fill="black", font=font)
         for k, (pixels, index) in enumerate(rows[c]):
             tiles = [_tile(pixels, cell)]
             if cams is not None:
                 tiles.append(_cam_tile(pixels, np.asarray(cams[index]), cell))
             for t, tile in enumerate(tiles):
-                sheet.paste(tile, (label_w + (k * len(tiles) + t) * (cell + 2), y))
-    out = Path(out)
-    if out.parent and not out.parent.exists():
-        raise NrrError(out, "folder for the contact sheet does not exist")
-    sheet.save(out, format="PNG")
-    return out
+                sheet.paste(tile, (label_w + (k * per_image + t) * (cell + 2), y))
+    with os_errors_name(out), atomic_open(out) as f:
+        sheet.save(f, format="PNG")
+    return shown
+
+
+def format_info(info: dict[str, Any], width: int = 100) -> str:
+    """The `inspect` summary as text: labelled lines, recorded parameters grouped by section."""
+    lines = [f"{info['kind']} {info['path']}"
+             + (f" (format {info['format_version']}, nrrstore {info['tool_version']}, created {info['created']})"
+                if info["kind"] == "store" else "")]
+    what = f"{info['num_images']} in {info['num_classes']} classes, {info['shards']} shard(s)"
+    if "image" in info:
+        im = info["image"]
+        what += f", {im['height']}x{im['width']} {im['mode']} {im['encoding']}"
+    else:
+        what += ", sizes " + ", ".join(f"{k} ({v})" for k, v in info["image_sizes"].items())
+    rows: list[tuple[str, str]] = [("images", what),
+                                   ("per class", ", ".join(f"{k} {v}" for k, v in info["per_class"].items()))]
+    sizes = [f"{k} {_human(c['bytes'])} ({c['files']} file{'s' if c['files'] != 1 else ''})"
+             for k, c in sorted(info["components"].items())]
+    if "total_bytes" in info:
+        sizes.append(f"total {_human(info['total_bytes'])}")
+    rows.append(("bytes", ", ".join(sizes)))
+    if info.get("normalization"):
+        rows.append(("normalization", _flat(info["normalization"])))
+    for section in ("labels", "teacher", "method", "augmentation", "source"):
+        value = info.get(section)
+        if value:
+            rows.extend(_section(section, value))
+    if info.get("grid"):
+        g = info["grid"]
+        note = "" if g["per_class"] >= g["asked"] else f" (the store holds {g['per_class']} per class)"
+        rows.append(("contact sheet", f"{g['path']}: {g['per_class']} image(s) per class{note}"
+                     + (", each followed by its CAM" if g.get("cams") else "")))
+    key_w = max(len(k) for k, _ in rows) + 2
+    for k, v in rows:
+        lines.extend(textwrap.wrap(v, width=width, initial_indent=f"  {k:<{key_w}}",
+                                   subsequent_indent=" " * (key_w + 4)) or [f"  {k}"])
+    return "\n".join(lines)
+
+
+def _section(name: str, value: Any, depth: int = 0) -> list[tuple[str, str]]:
+    """``name: k v, k v`` for the scalars of a section, then one line per nested section."""
+    label = ("  " * depth) + name
+    if not isinstance(value, dict):
+        return [(label, _value(value))]
+    flat = {k: v for k, v in value.items() if not isinstance(v, dict)}
+    rows = [(label, _flat(flat))] if flat else [(label, "")]
+    for k, v in value.items():
+        if isinstance(v, dict) and v:
+            rows.extend(_section(k, v, depth + 1))
+    return rows
+
+
+def _flat(d: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {_value(v)}" for k, v in d.items())
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, dict):
+        return "{" + _flat(v) + "}"
+    if isinstance(v, (list, tuple)):
+        if v and all(isinstance(x, dict) for x in v):
+            return f"{len(v)} item{'s' if len(v) != 1 else ''}"
+        items = [_value(x) for x in v]
+        return ("[" + ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "") + "]")
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
+        return v[:12] + "..."  # a sha256: its start identifies it
+    return str(v)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def _tile(pixels: np.ndarray, cell: int) -> Image.Image:

@@ -10,6 +10,6 @@ OUT=out/demo
 mkdir -p "$OUT"
 nrrstore distill --in data/fashion-mnist/train --teacher data/teachers/convnet3-fmnist.pt \
     --ipc 5 --mipc 50 --iterations 30 --save-cams --relabel-epochs 20 --out "$OUT/store" --overwrite
-nrrstore inspect "$OUT/store" --grid "$OUT/contact-sheet.png"
+nrrstore inspect "$OUT/store" --grid "$OUT/contact-sheet.png" --overwrite
 nrrstore verify "$OUT/store"
 nrrstore train-student "$OUT/store" --val data/fashion-mnist/test --arch convnet3 --epochs 20 --labels dbr

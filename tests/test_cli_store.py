@@ -32,7 +32,8 @@ def test_inspect_store_text(tmp_path: Path) -> None:
     write_fmnist_store(tmp_path / "s", per_class=3)
     res = runner.invoke(app, ["inspect", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
-    assert "images: 30 in 10 classes" in res.stdout and "28x28 L png" in res.stdout
+    assert "30 in 10 classes" in res.stdout and "28x28 L png" in res.stdout
+    assert "{" not in res.stdout and "'" not in res.stdout  # a readable summary, no Python reprs
 
 
 def test_verify_sound_and_damaged(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from nrrstore.errors import FormatVersionError, NrrError
-from nrrstore.format.manifest import FORMAT_VERSION, load_manifest
+from nrrstore.format.manifest import FORMAT_VERSION, load_manifest, manifest_digest
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import distance_schema
 from nrrstore.format.verify import verify_store
@@ -147,6 +147,7 @@ def test_unknown_major_version_refused(tmp_path: Path) -> None:
         load_manifest(tmp_path / "s")
     assert "2.0" in str(err.value) and FORMAT_VERSION in str(err.value) and "manifest.json" in str(err.value)
     m["format_version"] = "1.7"  # a newer minor version of our major is readable
+    m["manifest_sha256"] = manifest_digest(m)  # as a 1.7 writer would
     (tmp_path / "s/manifest.json").write_text(json.dumps(m))
     assert Store(tmp_path / "s").num_images == 10
 

@@ -98,7 +98,9 @@ def small_idx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.
     images = np.stack([s.image for s in samples])
     labels = np.array([s.label for s in samples], dtype=np.uint8)
     d = tmp_path_factory.mktemp("idx")
-    return write_idx(d / "img.gz", images, True), write_idx(d / "lab.gz", labels, True), images, labels
+    # named as MNIST names its files: prepare derives the shard prefix "train" from the name
+    return (write_idx(d / "train-images-idx3-ubyte.gz", images, True),
+            write_idx(d / "train-labels-idx1-ubyte.gz", labels, True), images, labels)
 
 
 # ---------------------------------------------------------------- round trips against real data
@@ -267,7 +269,7 @@ def test_overwrite_rules(tmp_path: Path, small_idx: tuple) -> None:
         prepare_idx(img, lab, other, overwrite=True)
     assert (other / "thesis.tex").read_text() == "precious"
     (tmp_path / "file").write_text("x")
-    with pytest.raises(NrrError, match="not a directory"):
+    with pytest.raises(NrrError, match="not a folder"):
         prepare_idx(img, lab, tmp_path / "file")
 
 

@@ -29,9 +29,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from nrrstore.format.atomic import is_inside
-from nrrstore.errors import NrrError
-from nrrstore.format.atomic import fsync_dir
+from nrrstore.errors import NrrError, os_errors_name
+from nrrstore.format.atomic import fsync_dir, is_inside
+from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import check_output_folder, install_folder
 from nrrstore.format.reader import Store
 from nrrstore.format.tario import iter_tar_samples
 from nrrstore.train.augment import EXPLICIT_COLUMNS
@@ -75,6 +76,13 @@ def export_imagefolder(
     _check_target(out, overwrite)
     if is_inside(out, st.path):
         raise NrrError(out, "the export may not lie inside the store")
+    with output_lock(out), os_errors_name(out):
+        return _export(st, out, csv, numbered, overwrite, progress, t0)
+
+
+def _export(st: Store, out: Path, csv: bool, numbered: bool, overwrite: bool, progress: Progress | None,
+            t0: float) -> dict[str, Any]:
+    m = st.manifest
     tmp = out.with_name(f".tmp-{out.name}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -116,7 +124,8 @@ def export_imagefolder(
         }
         (tmp / EXPORT_MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         fsync_dir(tmp)
-        _install(tmp, out)
+        _check_target(out, overwrite)
+        install_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -159,25 +168,4 @@ def _write_distances(st: Store, tmp: Path, keys: list[str], labels: np.ndarray, 
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise NrrError(out, "exists and is not a folder")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise NrrError(out, "folder is not empty (use --overwrite to replace an earlier export)")
-    if not (out / EXPORT_MARKER).is_file():
-        raise NrrError(out, f"refusing to replace a folder that is not an nrrstore export (no {EXPORT_MARKER})")
-
-
-def _install(tmp: Path, out: Path) -> None:
-    old = out.with_name(f".old-{out.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_dir(out.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
+    check_output_folder(out, overwrite, marker=EXPORT_MARKER, kind="an nrrstore export")

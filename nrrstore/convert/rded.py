@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, os_errors_name, path_text, staged_as
 from nrrstore.format.keys import image_key
+from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import install_folder
 from nrrstore.format.writer import StoreWriter, check_output_dir
 from nrrstore.sources.imagefolder import IMAGE_FILE_EXTS, read_image_file
 from nrrstore.sources.prepare import MODES as IMAGE_MODES
@@ -31,6 +34,8 @@ from nrrstore.sources.shards import check_class_names, load_class_names
 Progress = Callable[[str, int, "int | None"], None]
 
 _CLASS_DIR_RE = re.compile(r"^\d+$")
+#: The hidden name a store is built and relabelled under before it is put in place.
+STAGE_PREFIX = ".import-"
 _FILE_RE = re.compile(r"^class(\d+)_id(\d+)\.[A-Za-z]+$")
 
 
@@ -97,8 +102,12 @@ def import_rded(
     """Write the RDED tree ``syn_data`` as a store at ``out``; with ``teacher``, relabel it for ``epochs``.
 
     ``classes``: names (or a file of names, line i = class i) instead of the folder names; every
-    folder's class number must then be below their count. ``image_format`` png (lossless, default),
-    webp or jpg: relabel reads the stored images, so a lossy re-encode is what the teacher labels.
+    folder's class number must then be below their count. A tree that lacks a class folder is refused
+    unless ``classes`` names every class (the missing ones then hold no images). ``image_format`` png
+    (lossless, default), webp or jpg: relabel reads the stored images, so a lossy re-encode is what the
+    teacher labels. ``mode`` ``keep`` takes the teacher's channels when there is a teacher (RDED writes
+    RGB JPEGs even for grey data). With a teacher the store is built and relabelled under a hidden
+    name and put in place only when both succeed, so a failed relabel leaves no unlabelled store.
     ``relabel_options``: further keyword arguments of `relabel` (precision, seed, device...).
     """
     t0 = time.perf_counter()
@@ -113,27 +122,62 @@ def import_rded(
     elif classes is not None:
         names = check_class_names(list(classes))
     else:
+        missing = sorted(set(range(len(folder_names))) - {r.label for r in images})
+        if missing:
+            raise NrrError(root / f"{missing[0]:05d}", f"class folder missing ({len(missing)} of classes 0.."
+                                                       f"{len(folder_names) - 1} have none); pass --classes with "
+                                                       "every class name to import a partial set")
         names = check_class_names(folder_names, root)
     if len(folder_names) > len(names):
         raise NrrError(images[-1].path.parent, f"class {len(folder_names) - 1} is beyond the {len(names)} class names given")
+    if teacher is not None:
+        mode = _teacher_mode(teacher, mode, len(names))
     check_output_dir(Path(out), overwrite)
     total_bytes = sum(r.path.stat().st_size for r in images)
-    source = {"format": "rded", "path": str(root.resolve()), "bytes": total_bytes, "files": len(images),
+    source = {"format": "rded", "path": path_text(root.resolve()), "bytes": total_bytes, "files": len(images),
               "total_bytes": total_bytes}
-    with StoreWriter(out, names, image_format=image_format, quality=quality, shard_size=shard_size, overwrite=overwrite,
-                     source=source, method={"import": {"from": "rded", "image_mode": mode}}) as w:
-        for i, r in enumerate(images):
-            pixels = convert_mode(read_image_file(r.path), mode)
-            w.add_image(image_key(r.label, r.id), pixels, r.label, {"source": r.path.relative_to(root).as_posix()})
-            if progress:
-                progress("import images", i + 1, len(images))
-        w.finalize(progress)
+    out = Path(out)
+    stage = out.with_name(f"{STAGE_PREFIX}{out.name}") if teacher is not None else out
     summary: dict[str, Any] = {"store": str(out), "images": len(images), "classes": len(names),
-                               "source_bytes": total_bytes, "import_seconds": round(time.perf_counter() - t0, 3)}
-    if teacher is not None:
-        from nrrstore.distill.relabel import relabel
+                               "source_bytes": total_bytes, "image_mode": mode}
+    with output_lock(out), os_errors_name(out):
+        try:
+            if stage != out and stage.exists():
+                shutil.rmtree(stage)  # the leftover of a killed run
+            with StoreWriter(stage, names, image_format=image_format, quality=quality, shard_size=shard_size,
+                             overwrite=overwrite, source=source,
+                             method={"import": {"from": "rded", "image_mode": mode}}) as w:
+                for i, r in enumerate(images):
+                    pixels = convert_mode(read_image_file(r.path), mode)
+                    w.add_image(image_key(r.label, r.id), pixels, r.label, {"source": path_text(r.path.relative_to(root))})
+                    if progress:
+                        progress("import images", i + 1, len(images))
+                w.finalize(progress)
+            summary["import_seconds"] = round(time.perf_counter() - t0, 3)
+            if teacher is not None:
+                from nrrstore.distill.relabel import relabel
 
-        summary["relabel"] = relabel(out, teacher, 300 if epochs is None else epochs, progress=progress,
-                                     **(relabel_options or {}))
+                summary["relabel"] = relabel(stage, teacher, 300 if epochs is None else epochs, progress=progress,
+                                             **(relabel_options or {}))
+                summary["relabel"]["store"] = str(out)
+                check_output_dir(out, overwrite)
+                install_folder(stage, out)
+        except BaseException as exc:
+            if stage != out:
+                shutil.rmtree(stage, ignore_errors=True)
+            if isinstance(exc, NrrError) and staged_as(exc, stage, out) is not exc:
+                raise staged_as(exc, stage, out) from None
+            raise
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _teacher_mode(teacher: Any, mode: str, num_classes: int) -> str:
+    """The image mode that feeds ``teacher``, checked before anything is written."""
+    want = "L" if teacher.in_channels == 1 else "RGB"
+    if mode not in ("keep", want):
+        raise NrrError("--mode", f"the teacher takes {teacher.in_channels} channel(s) but --mode {mode} gives "
+                                 f"{1 if mode == 'L' else 3}; use --mode {want}")
+    if teacher.num_classes != num_classes:
+        raise NrrError(teacher.spec, f"teacher has {teacher.num_classes} classes but the RDED tree has {num_classes}")
+    return want  # with keep: RDED saves RGB JPEGs even for grey data, so take the teacher's channels

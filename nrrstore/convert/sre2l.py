@@ -39,6 +39,7 @@ half-written is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import multiprocessing
@@ -63,7 +64,7 @@ from nrrstore.distill.relabel import (  # relabel's file names and encodings
     chunk_name,
     parquet_options,
 )
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, os_errors_name, os_problem, path_text, staged_as
 from nrrstore.format import quant
 from nrrstore.format.atomic import file_sha256, is_inside, tmp_name
 from nrrstore.format.manifest import MANIFEST_NAME
@@ -76,7 +77,9 @@ from nrrstore.format.softlabels import (
 from nrrstore.format.tables import DISTANCE_TYPES, distance_schema
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
-from nrrstore.format.writer import StoreWriter, check_output_dir, install_dir
+from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import install_folder
+from nrrstore.format.writer import StoreWriter, check_output_dir
 from nrrstore.sources.imagefolder import list_imagefolder, read_image_file
 from nrrstore.sources.prepare import MODES as IMAGE_MODES
 from nrrstore.sources.prepare import convert_mode
@@ -146,11 +149,11 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
                                  "holds (only tensors, numbers and numpy integers are admitted)") from None
         inner = re.search(r"WeightsUnpickler error:\s*(\S.*?)\s*(?:\n\n|$)", text, re.S)
         if inner:
-            why = " ".join(inner.group(1).split())[:200]
+            why = " ".join(inner.group(1).split())
             raise NrrError(path, f"refused to load: {why} (only tensors, numbers and "
                                  "numpy integers are admitted)") from None
         first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-        raise NrrError(path, f"not a loadable label file ({type(exc).__name__}: {first[:200]})") from None
+        raise NrrError(path, f"not a loadable label file ({type(exc).__name__}: {first})") from None
 
 
 @dataclass
@@ -170,6 +173,12 @@ class BatchRecord:
     @property
     def mix(self) -> str:
         return "none" if self.partner is None else ("mixup" if self.box is None else "cutmix")
+
+
+def _short_repr(v: Any, limit: int = 80) -> str:
+    """``repr(v)``, shortened with a visible "..." (a whole tensor would flood the message)."""
+    text = " ".join(repr(v).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _as_int(v: Any) -> int | None:
@@ -232,7 +241,7 @@ def load_batch(path: str | os.PathLike[str]) -> BatchRecord:
         raise bad(f"item 2 (mix partner index) must lie in 0..{n - 1}")
     lam_f = _as_float(lam)
     if lam_f is None or not 0.0 <= lam_f <= 1.0:
-        raise bad(f"item 3 (lambda) must be a number in [0, 1], found {lam!r}"[:300])
+        raise bad(f"item 3 (lambda) must be a number in [0, 1], found {_short_repr(lam)}")
     bx = None
     if box is not None:
         vals = [_as_int(v) for v in box] if isinstance(box, (list, tuple)) and len(box) == 4 else [None]
@@ -261,7 +270,7 @@ class LabelFolder:
     root: Path
     epochs: int
     batches: int  # per epoch
-    bytes: int  # the whole folder, every file
+    bytes: int  # every file of the epochs used
     files: int
     digest: str  # of the relative paths and sizes of the batch files (the resume fingerprint)
 
@@ -281,39 +290,57 @@ def _numbered(folder: Path, pattern: re.Pattern[str], want_dir: bool) -> dict[in
     return out
 
 
-def scan_label_folder(root: str | os.PathLike[str]) -> LabelFolder:
-    """Check the ``epoch_{e}/batch_{b}.tar`` layout: epochs 0..E-1, the same batches 0..nb-1 in each."""
+def scan_label_folder(root: str | os.PathLike[str], epochs: int | None = None) -> LabelFolder:
+    """Check the ``epoch_{e}/batch_{b}.tar`` layout: epochs 0..E-1, the same batches 0..nb-1 in each.
+
+    ``epochs``: use only the first ``epochs`` epochs, which must be complete; the others may be missing
+    or partly written (a relabel run still going, or killed). Without it a partly written folder is
+    refused, with the number of complete epochs to give.
+    """
     root = Path(root)
     if not root.is_dir():
         raise NrrError(root, "no such folder" if not root.exists() else "not a folder (expected epoch_{e}/batch_{b}.tar)")
-    epochs = _numbered(root, _EPOCH_RE, True)
-    if not epochs:
+    if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+        raise NrrError("--epochs", f"the number of epochs must be a positive integer, got {epochs!r}")
+    found = _numbered(root, _EPOCH_RE, True)
+    if not found:
         raise NrrError(root, "no epoch_{e} folders (expected SRe2L's epoch_{e}/batch_{b}.tar layout)")
-    for e in range(max(epochs) + 1):
-        if e not in epochs:
-            raise NrrError(root / f"epoch_{e}", f"missing epoch folder (found epochs {_ranges(sorted(epochs))}); "
-                                                f"epochs must run 0..{max(epochs)}")
+    batches = {e: _numbered(folder, _BATCH_RE, False) for e, folder in found.items()}
+    full = max((len(b) for b in batches.values()), default=0)
+
+    def complete(e: int) -> bool:
+        return e in batches and len(batches[e]) == full and set(batches[e]) == set(range(full))
+
+    done = 0
+    while complete(done):
+        done += 1
+    use = epochs if epochs is not None else max(found) + 1
+    if use > done:
+        bad = done
+        if bad not in found:
+            what = f"missing epoch folder (found epochs {_ranges(sorted(found))})"
+        elif not batches[bad]:
+            what = "no batch_{b}.tar files (a folder still being written?)"
+        else:
+            gaps = sorted(set(range(full)) - set(batches[bad]))
+            what = (f"missing batch_{gaps[0]}.tar: {len(batches[bad])} of the {full} batch files of a full epoch "
+                    "(a folder still being written?)")
+        where = root / f"epoch_{bad}"
+        if epochs is not None:
+            raise NrrError(where, f"{what}; --epochs {epochs} asks for more than the {done} complete epoch(s)")
+        hint = f"; convert the {done} complete epoch(s) with --epochs {done}" if done else ""
+        raise NrrError(where, f"{what}{hint}")
     sizes: list[str] = []
-    nb0 = None
-    for e in range(len(epochs)):
-        batches = _numbered(epochs[e], _BATCH_RE, False)
-        if not batches:
-            raise NrrError(epochs[e], "no batch_{b}.tar files")
-        for b in range(max(batches) + 1):
-            if b not in batches:
-                raise NrrError(epochs[e] / f"batch_{b}.tar", "missing batch file")
-        if nb0 is None:
-            nb0 = len(batches)
-        elif len(batches) != nb0:
-            raise NrrError(epochs[e], f"{len(batches)} batch files, but epoch_0 has {nb0}")
-        sizes.extend(f"{e}/{b}:{batches[b].stat().st_size}" for b in range(len(batches)))
+    for e in range(use):
+        sizes.extend(f"{e}/{b}:{batches[e][b].stat().st_size}" for b in range(full))
     total = files = 0
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            total += os.path.getsize(os.path.join(dirpath, name))
-            files += 1
+    for e in range(use):
+        for dirpath, _, names in os.walk(found[e]):
+            for name in names:
+                total += os.path.getsize(os.path.join(dirpath, name))
+                files += 1
     digest = hashlib.sha256("\n".join(sizes).encode()).hexdigest()
-    return LabelFolder(root, len(epochs), int(nb0 or 0), total, files, digest)
+    return LabelFolder(root, use, full, total, files, digest)
 
 
 def _ranges(values: list[int]) -> str:
@@ -341,7 +368,7 @@ class ImageSource:
     shards: list[str] | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.spec, "bytes": self.bytes, "files": self.files}
+        return {"kind": self.kind, "path": path_text(self.spec), "bytes": self.bytes, "files": self.files}
 
     def samples(self, mode: str) -> Iterator[tuple[str, np.ndarray, int, dict[str, Any]]]:
         """``(key, pixels, label, meta)`` in store order; keys unique and valid."""
@@ -355,14 +382,14 @@ class ImageSource:
                 counts[s] = counts.get(s, 0) + 1
             for i, (e, s) in enumerate(zip(self.entries, stems)):
                 key = s if counts[s] == 1 else f"{s[:190]}-{i:07d}"
-                yield key, convert_mode(read_image_file(e.path), mode), e.label, {"source": e.path.relative_to(root).as_posix()}
+                yield key, convert_mode(read_image_file(e.path), mode), e.label, {"source": path_text(e.path.relative_to(root).as_posix())}
             return
         for i, smp in enumerate(iter_samples(self.shards or self.spec)):
             key = sanitize_key(smp.key) or f"img{i:07d}"
             if key in seen:
                 key = f"{key[:190]}-{i:07d}"
             seen.add(key)
-            yield key, convert_mode(smp.image, mode), smp.label, {"source_key": smp.key, "shard": os.path.basename(smp.shard)}
+            yield key, convert_mode(smp.image, mode), smp.label, {"source_key": path_text(smp.key), "shard": path_text(os.path.basename(smp.shard))}
 
 
 def open_image_source(spec: str | os.PathLike[str], classes: Sequence[str] | None = None) -> ImageSource:
@@ -477,8 +504,17 @@ def convert_sre2l(
     workers: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    epochs: int | None = None,
+    teacher: Any = None,
+    replay_sample: int = 256,
 ) -> dict[str, Any]:
     """Convert an SRe2L soft-label folder plus its images into an explicit-mode store at ``out``.
+
+    ``epochs``: convert only the first ``epochs`` (complete) epochs of a partly written folder.
+    ``teacher``: the teacher that made the labels; once the first file of epochs is converted, a
+    sample of ``replay_sample`` views is replayed with it (`nrrstore.distill.replay`) and the
+    conversion is refused when the stored distances do not describe the views (a wrong sampler
+    seed or order file, a wrong ``size``, another image folder), naming the measured gap.
 
     ``size``: the views' output size (default: the image height; SRe2L trains at its image size).
     ``mode``: ``keep`` the images' channels, or make them ``L``/``RGB`` (torchvision's ImageFolder
@@ -505,7 +541,7 @@ def convert_sre2l(
         raise NrrError(None, f"workers must be a non-negative integer, got {workers!r}")
     if isinstance(classes, (str, os.PathLike)):
         classes = load_class_names(classes)
-    folder = scan_label_folder(labels_dir)
+    folder = scan_label_folder(labels_dir, epochs)
     if workers is None:  # a pool costs a fork and some copying: worth it for real folders only
         workers = min(4, os.cpu_count() or 1) if folder.epochs * folder.batches >= POOL_MIN_FILES else 0
     first = load_batch(folder.path(0, 0))
@@ -536,16 +572,20 @@ def convert_sre2l(
         work.mkdir(parents=True, exist_ok=True)
         state = {"args": args, "mix": "none", "quant_max": quant_max, "logits_dtypes": []}
         save_state(work, state)
-    try:
-        return _run(folder, src, out, work, state, batch, num_classes, t0, order_file, overwrite, workers, progress)
-    except NrrError:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    with output_lock(out), os_errors_name(out):
+        try:
+            return _run(folder, src, out, work, state, batch, num_classes, t0, order_file, overwrite, workers,
+                        progress, teacher, replay_sample)
+        except (NrrError, OSError) as exc:
+            shutil.rmtree(work, ignore_errors=True)  # a bad input: resuming would meet it again
+            if isinstance(exc, NrrError) and staged_as(exc, work / "store", out) is not exc:
+                raise staged_as(exc, work / "store", out) from None
+            raise
 
 
 def _run(folder: LabelFolder, src: ImageSource, out: Path, work: Path, state: dict[str, Any], batch: int,
          num_classes: int, t0: float, order_file: Any, overwrite: bool, workers: int,
-         progress: Progress | None) -> dict[str, Any]:
+         progress: Progress | None, teacher: Any = None, replay_sample: int = 256) -> dict[str, Any]:
     args = state["args"]
     store_dir = work / "store"
     t_images, c_images = time.perf_counter(), time.process_time()
@@ -566,22 +606,26 @@ def _run(folder: LabelFolder, src: ImageSource, out: Path, work: Path, state: di
     labels_dir = store_dir / "labels"
     labels_dir.mkdir(exist_ok=True)
     resumed = computed = 0
+    replay = None
     try:
-        for a, b in chunks:
+        for k, (a, b) in enumerate(chunks):
             if (labels_dir / chunk_name(a, b)).is_file():
                 for _ in range(a, b + 1):
                     next(orders)
                 job.files_done += (b - a + 1) * folder.batches
                 resumed += 1
-                continue
-            job.chunk(a, b, orders, labels_dir / chunk_name(a, b))
-            computed += 1
+            else:
+                job.chunk(a, b, orders, labels_dir / chunk_name(a, b))
+                computed += 1
+            if teacher is not None and replay is None:  # after the first file: fail early, not after all epochs
+                replay = _check_replay(st, folder, state, chunks[:k + 1], size, num_classes, batch, teacher,
+                                       replay_sample)
     finally:
         job.close()
     t_finish, c_finish = time.perf_counter(), time.process_time()
     summary = _finish(st, folder, src, out, work, state, chunks, size, num_classes, batch, overwrite)
     views = folder.epochs * n
-    summary.update({
+    summary.update({"replay": replay,
         "images": n, "epochs": folder.epochs, "batch_size": batch, "num_classes": num_classes, "views": views,
         "bytes_per_view": summary["distance_bytes"] / max(1, views), "chunks_resumed": resumed,
         "chunks_computed": computed, "label_files": folder.epochs * folder.batches,
@@ -607,7 +651,7 @@ def _write_images(src: ImageSource, store_dir: Path, folder: LabelFolder, batch:
                   args: dict[str, Any], progress: Progress | None) -> None:
     classes = src.classes or [str(i) for i in range(num_classes)]
     source = {
-        "format": "sre2l", "path": str(folder.root.resolve()), "bytes": folder.bytes, "files": folder.files,
+        "format": "sre2l", "path": path_text(folder.root.resolve()), "bytes": folder.bytes, "files": folder.files,
         "epochs": folder.epochs, "batch_size": batch, "num_classes": num_classes,
         "images": src.describe(), "total_bytes": folder.bytes + src.bytes,
     }
@@ -817,7 +861,8 @@ class _Job:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            writer.close()
+            with contextlib.suppress(Exception):  # on a full disk closing fails too; the file must still go
+                writer.close()
             tmp.unlink(missing_ok=True)
             raise
         finally:
@@ -847,19 +892,20 @@ class _Job:
         return pa.table({f.name: pa.array(data[f.name], type=f.type) for f in self.schema}, schema=self.schema)
 
 
-def _finish(st: Store, folder: LabelFolder, src: ImageSource, out: Path, work: Path, state: dict[str, Any],
-            chunks: list[tuple[int, int]], size: int, num_classes: int, batch: int, overwrite: bool) -> dict[str, Any]:
+def _record_labels(st: Store, folder: LabelFolder, state: dict[str, Any], chunks: list[tuple[int, int]], size: int,
+                   num_classes: int, batch: int, soft: bool) -> tuple[dict[str, str], AugRecipe]:
+    """List the distance files of ``chunks`` (and the soft labels) in the work store's manifest."""
     args = state["args"]
     m = st.manifest
     section: dict[str, Any] = {
         "files": [{"path": f"labels/{chunk_name(a, b)}", "first_epoch": a, "last_epoch": b} for a, b in chunks],
-        "epochs": folder.epochs, "precision": args["precision"], "mode": "explicit",
+        "epochs": chunks[-1][1] + 1, "precision": args["precision"], "mode": "explicit",
     }
     if args["precision"] == "int8":
         section["quant"] = {"max": state["quant_max"]}
     labels: dict[str, Any] = {"distances": section}
     kinds = {f"labels/{chunk_name(a, b)}": "distances" for a, b in chunks}
-    if args["keep_full"]:
+    if soft:
         shape = (folder.epochs, m.num_images, num_classes)
         labels["softlabels"] = softlabels_section(shape, (1, max(1, min(m.num_images, 1024)), num_classes),
                                                   args["temperature"])
@@ -874,8 +920,27 @@ def _finish(st: Store, folder: LabelFolder, src: ImageSource, out: Path, work: P
         "distances_from": "the stored logits (not recomputed from the images)",
     }}
     update_store(st.path, kinds=kinds, sections={"labels": labels, "augmentation": recipe.to_dict(), "method": method})
+    return kinds, recipe
+
+
+def _check_replay(st: Store, folder: LabelFolder, state: dict[str, Any], chunks: list[tuple[int, int]], size: int,
+                  num_classes: int, batch: int, teacher: Any, sample: int) -> dict[str, Any]:
+    """Replay views of the converted epochs so far with the teacher; refuse labels that do not fit them."""
+    from nrrstore.distill.replay import replay_check
+
+    _record_labels(st, folder, state, chunks, size, num_classes, batch, soft=False)
+    report = replay_check(Store(st.path), teacher, sample=sample)
+    if report.problem:
+        raise NrrError(folder.root, report.problem)
+    return report.to_dict()
+
+
+def _finish(st: Store, folder: LabelFolder, src: ImageSource, out: Path, work: Path, state: dict[str, Any],
+            chunks: list[tuple[int, int]], size: int, num_classes: int, batch: int, overwrite: bool) -> dict[str, Any]:
+    args = state["args"]
+    kinds, recipe = _record_labels(st, folder, state, chunks, size, num_classes, batch, bool(args["keep_full"]))
     check_output_dir(out, overwrite)
-    install_dir(st.path, out)
+    install_folder(st.path, out)
     shutil.rmtree(work, ignore_errors=True)
     files = sorted(kinds)
     distance_bytes = sum((out / p).stat().st_size for p in files if p.endswith(".parquet"))
@@ -890,5 +955,5 @@ def _sha256_file(path: str | os.PathLike[str]) -> str:
     try:
         return file_sha256(path)
     except OSError as exc:
-        raise NrrError(path, f"cannot read: {exc.strerror or exc}") from None
+        raise NrrError(path, f"cannot read: {os_problem(exc)}") from None
 

@@ -11,6 +11,7 @@ any run of consecutive images - a shard, a partner group of the augmentation rec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import json
@@ -28,8 +29,9 @@ import torch
 from nrrstore import __version__
 from nrrstore.distill.cidd import ClassCandidates, CiddConfig, discover, select_and_stitch
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
-from nrrstore.errors import NrrError, ResumeMismatchError
+from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes
+from nrrstore.format.lock import output_lock
 from nrrstore.format.keys import image_key
 from nrrstore.format.manifest import MANIFEST_NAME, load_manifest
 from nrrstore.format.writer import StoreWriter, check_output_dir
@@ -39,6 +41,7 @@ from nrrstore.sources.shards import iter_labels, iter_samples, read_class_names,
 
 Progress = Callable[[str, int, "int | None"], None]
 METHODS = ("nrr", "rded", "random")
+IMAGE_FORMATS = ("png", "webp", "jpg", "jpeg")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
     """
     if method not in METHODS:
         raise NrrError(None, f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    image_format = str(kw.get("image_format", "png")).lower()
+    if image_format not in IMAGE_FORMATS:  # checked here, not when the store is written after hours
+        raise NrrError(None, f"unknown image format {image_format!r}; use one of {', '.join(IMAGE_FORMATS)}")
     factor = default_factor(image_size)
     base_c: dict[str, Any] = {
         "nrr": dict(factor=factor, per_image="cam", select="low", cam_top=0.5, sources="random"),
@@ -130,16 +136,41 @@ def _class_done(work: Path, c: int) -> bool:
     return _class_file(work, c, "json").is_file()  # written last: the class is done
 
 
+def _classes_done(work: Path) -> int:
+    return len(list(work.glob("class-*.json"))) if work.is_dir() else 0
+
+
+def _stopped(exc: BaseException, out: Path, work: Path, num_classes: int, world: int) -> BaseException:
+    """What a failed run leaves: nothing when no class was finished, else its finished classes, and says so.
+
+    A bad input found before the first class is done must not leave a ``.work-*`` folder behind; work
+    that took time is kept for a resume, and the message tells how to resume or discard it.
+    """
+    if isinstance(exc, OSError):
+        exc = NrrError(out, os_problem(exc))
+    done = _classes_done(work)
+    if done == 0:
+        if world == 1:  # with several ranks another one may still be writing there
+            shutil.rmtree(work, ignore_errors=True)
+        return exc
+    if isinstance(exc, NrrError) and not isinstance(exc, ResumeMismatchError):
+        return NrrError(exc.path, f"{exc.problem}; {done} of {num_classes} classes are finished and kept in {work}: "
+                                  f"rerun the same command to resume them, or delete {work} to discard them")
+    return exc
+
+
 def _check_params(work: Path, params: dict[str, Any], rank: int, world: int) -> None:
     """Create the work folder, or refuse to resume one made with different arguments."""
     path = work / "params.json"
     text = json.dumps(params, indent=2, sort_keys=True)
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != params:
+        if old != params and _classes_done(work):
             diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
             raise ResumeMismatchError(work, f"an unfinished distill with different arguments is here (differs in: "
                                             f"{', '.join(diff)}); rerun with the same arguments or delete this folder")
+        if old != params and rank == 0:  # killed before finishing a class: nothing to keep, start afresh
+            atomic_write_bytes(path, text.encode())
     elif rank == 0:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, text.encode())
@@ -173,7 +204,8 @@ def distill(
     rank, world = dist_info()
     names = read_class_names(inputs)
     if names is not None and len(names) != teacher.num_classes:
-        raise NrrError(out, f"the data has {len(names)} classes (classes file) but the teacher has {teacher.num_classes}")
+        raise NrrError(urls[0] if not isinstance(inputs, (str, os.PathLike)) else inputs,
+                       f"the data has {len(names)} classes (classes file) but the teacher has {teacher.num_classes}")
     classes = names or list(teacher.classes)
     params = {
         "config": cfg.to_dict(), "inputs": urls, "teacher_sha256": teacher.sha256, "classes": classes,
@@ -181,23 +213,42 @@ def distill(
     }
     if (out / MANIFEST_NAME).is_file() and not overwrite:
         m = load_manifest(out)
-        made_by = {k: v for k, v in m.method.items() if k != "relabel"}  # relabel adds its own entry
+        made_by = {k: v for k, v in m.method.items() if k not in ("relabel", "sources_used")}  # added after distill
         if made_by == cfg.to_dict() and m.teacher.get("sha256") == teacher.sha256 and m.source.get("shards") == urls:
             return DistillResult(out, {"store": str(out), "resumed": "complete", "images": m.num_images})
     if rank == 0:
         check_output_dir(out, overwrite)
     work = work_dir(out)
-    _check_params(work, params, rank, world)
+    with output_lock(out) if rank == 0 else contextlib.nullcontext():
+        try:
+            summary = _distill_locked(inputs, urls, teacher, out, work, cfg, classes, params, rank, world, overwrite,
+                                      progress, after_class)
+        except BaseException as exc:
+            stopped = _stopped(exc, out, work, teacher.num_classes, world)
+            if stopped is exc:
+                raise
+            raise stopped from None
+    summary.update(total_s=round(time.perf_counter() - t_start, 3))
+    return DistillResult(out, summary)
 
+
+def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, work: Path, cfg: DistillConfig,
+                    classes: list[str], params: dict[str, Any], rank: int, world: int, overwrite: bool,
+                    progress: Progress | None, after_class: Callable[[int], None] | None) -> dict[str, Any]:
+    _check_params(work, params, rank, world)
     mine = [c for c in range(teacher.num_classes) if c % world == rank]
     todo = [c for c in mine if not _class_done(work, c)]
     times = {"cidd_s": 0.0, "nrr_s": 0.0, "assemble_s": 0.0}
     stats: dict[str, Any] = {"images_read": 0, "classes_done_before": len(mine) - len(todo)}
     cam_model = CamModel(teacher.model)
-    for start in range(0, len(todo), cfg.classes_per_pass):
+    step = "NRR (classes)" if cfg.nrr.refine else ("select (classes)" if cfg.method == "random"
+                                                    else "select and stitch (classes)")
+    passes = -(-len(todo) // cfg.classes_per_pass)
+    for k, start in enumerate(range(0, len(todo), cfg.classes_per_pass)):
         chunk = todo[start:start + cfg.classes_per_pass]
         t0 = time.perf_counter()
-        cands = _discover_chunk(urls, teacher, cfg, chunk, classes, cam_model, stats, progress)
+        task = "CIDD (images decoded)" if passes == 1 else f"CIDD pass {k + 1}/{passes} (images decoded)"
+        cands = _discover_chunk(urls, teacher, cfg, chunk, classes, cam_model, stats, progress, task)
         times["cidd_s"] += time.perf_counter() - t0
         short = [(c, len(cands[c])) for c in chunk if len(cands[c]) < cfg.cidd.need]
         if short:
@@ -209,7 +260,7 @@ def distill(
         for c in chunk:
             _refine_and_save(work, c, cands.pop(c), teacher, cfg, cam_model)
             if progress:
-                progress("NRR (classes)", len(mine) - len(todo) + todo.index(c) + 1, len(mine))
+                progress(step, len(mine) - len(todo) + todo.index(c) + 1, len(mine))
             if after_class:
                 after_class(c)
         times["nrr_s"] += time.perf_counter() - t0
@@ -221,10 +272,10 @@ def distill(
         times["assemble_s"] = time.perf_counter() - t0
         shutil.rmtree(work, ignore_errors=True)
         summary.update(images=manifest.num_images, shards=len(manifest.shards),
-                       bytes=sum(f.bytes for f in manifest.files))
+                       bytes=sum(f.bytes for f in manifest.files), sources_used=manifest.method["sources_used"])
     _barrier(world)
-    summary.update({k: round(v, 3) for k, v in times.items()}, total_s=round(time.perf_counter() - t_start, 3))
-    return DistillResult(out, summary)
+    summary.update({k: round(v, 3) for k, v in times.items()})
+    return summary
 
 
 def source_priority(seed: int, label: int, key: str) -> int:
@@ -258,7 +309,8 @@ def sample_sources(urls: list[str], num_classes: int, chunk: list[int], mipc: in
 
 
 def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk: list[int], classes: list[str],
-                    cam_model: CamModel, stats: dict[str, Any], progress: Progress | None) -> dict[int, ClassCandidates]:
+                    cam_model: CamModel, stats: dict[str, Any], progress: Progress | None,
+                    task: str = "CIDD (images decoded)") -> dict[int, ClassCandidates]:
     """One streaming pass: route each wanted image to its class until every class has mipc images.
 
     With ``sources="random"`` a first pass over the labels fixes each class's sample, and this pass
@@ -292,10 +344,13 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
     filled = 0
     needed = lambda c: c in want and counts[c] < mipc  # noqa: E731 - images of other classes are not decoded
     sampled = (lambda c, key: key in chosen[c]) if chosen is not None else None  # noqa: E731
+    # known up front for a seeded sample; at most mipc per class when taking the first ones
+    expected = sum(len(chosen[c]) for c in chunk) if chosen is not None else mipc * len(chunk)
+    n = 0
     for n, s in enumerate(iter_samples(urls, num_classes=teacher.num_classes, want=needed, want_key=sampled), 1):
         stats["images_read"] += 1
-        if progress and n % 256 == 0:
-            progress("CIDD (images decoded)", n, None)
+        if progress and n % 64 == 0:
+            progress(task, n, expected)
         c = s.label
         img = s.image
         h, w = img.shape[:2]
@@ -311,6 +366,8 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
             flush()
         if filled == len(chunk):
             break
+    if progress:
+        progress(task, n, n)  # done: fewer than expected when a class holds fewer than mipc images
     flush()
     for c, items in pending.items():
         items.sort(key=lambda item: item[1].index)
@@ -342,7 +399,8 @@ def _refine_and_save(work: Path, c: int, cands: ClassCandidates, teacher: Teache
     for name, arr in arrays.items():  # plain .npy so assembly can memory-map them
         with atomic_open(_class_file(work, c, f"{name}.npy")) as f:
             np.save(f, arr, allow_pickle=False)
-    atomic_write_bytes(_class_file(work, c, "json"), json.dumps({"metas": metas, "nrr": batch_stats}, sort_keys=True).encode())
+    record = {"metas": metas, "nrr": batch_stats, "sources_used": len(cands)}
+    atomic_write_bytes(_class_file(work, c, "json"), json.dumps(record, sort_keys=True).encode())
 
 
 def _load_class(work: Path, c: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -371,6 +429,8 @@ def _assemble(out: Path, work: Path, teacher: Teacher, cfg: DistillConfig, class
         "normalization": {"mean": list(teacher.mean), "std": list(teacher.std)},
     }
     method = cfg.to_dict()
+    # how many real images each class really had to choose from (mipc, or fewer where a class is smaller)
+    method["sources_used"] = [int(meta.get("sources_used", cfg.cidd.mipc)) for _, meta in per_class]
     with StoreWriter(out, classes, image_format=cfg.image_format, quality=cfg.quality, shard_size=cfg.shard_size,
                      overwrite=overwrite, normalization={"mean": list(teacher.mean), "std": list(teacher.std)},
                      teacher=teacher_info, method=method, source={"shards": urls}) as w:

@@ -16,6 +16,8 @@ by one epoch's distances plus a decoded-image cache (``cache_mb``), whatever the
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import shutil
@@ -29,9 +31,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
 from nrrstore.format import quant
 from nrrstore.format.atomic import tmp_name
+from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import check_writable
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import (
     SOFTLABELS_PATH,
@@ -93,6 +97,46 @@ def teacher_section(teacher: Teacher) -> dict[str, Any]:
             "normalization": {"mean": list(teacher.mean), "std": list(teacher.std)}}
 
 
+def _store_job(job: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Run ``job(store, ...)`` holding the store's write lock; a failure leaves no empty work folder.
+
+    Finished chunks are kept for a resume, and the error then says how to resume or discard them.
+    """
+
+    @functools.wraps(job)
+    def run(store: Store | str | os.PathLike[str], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        root = store.path if isinstance(store, Store) else store
+        if isinstance(root, str) and root.startswith(("http://", "https://")):
+            return job(store, *args, **kwargs)  # refused inside: a URL is not written to
+        root = Path(root)
+        if root.is_dir():
+            check_writable(root)
+        with output_lock(root):
+            try:
+                return job(store, *args, **kwargs)
+            except BaseException as exc:
+                stopped = _stopped(exc, root, root / WORK_DIR)
+                if stopped is exc:
+                    raise
+                raise stopped from None
+
+    return run
+
+
+def _stopped(exc: BaseException, root: Path, work: Path) -> BaseException:
+    if isinstance(exc, OSError):
+        exc = NrrError(root, os_problem(exc))
+    finished = sorted(work.glob("distances-*.parquet")) if work.is_dir() else []
+    if not finished:
+        shutil.rmtree(work, ignore_errors=True)
+        return exc
+    if isinstance(exc, NrrError) and not isinstance(exc, ResumeMismatchError):
+        return NrrError(exc.path, f"{exc.problem}; {len(finished)} finished chunk file(s) are kept in {work}: rerun the "
+                                  f"same relabel to resume, or delete {work} to discard them")
+    return exc
+
+
+@_store_job
 def relabel(
     store: Store | str | os.PathLike[str],
     teacher: Teacher | str | os.PathLike[str],
@@ -139,7 +183,10 @@ def relabel(
     if teacher.num_classes != m.num_classes:
         raise NrrError(teacher.spec, f"teacher has {teacher.num_classes} classes but the store has {m.num_classes}")
     if teacher.in_channels != m.image.channels:
-        raise NrrError(teacher.spec, f"teacher takes {teacher.in_channels} channel(s) but store images have {m.image.channels}")
+        hint = "; make the images grey with --mode L (RDED writes RGB even for grey data)" \
+            if teacher.in_channels == 1 and "import" in m.method else ""
+        raise NrrError(teacher.spec, f"teacher takes {teacher.in_channels} channel(s) but store images have "
+                                     f"{m.image.channels}{hint}")
     if recipe is not None and seed is not None and recipe.seed != seed:
         raise NrrError(None, f"seed {seed} contradicts the recipe's seed {recipe.seed}; give one of them")
     recipe = recipe or default_recipe(st, teacher, seed=seed)
@@ -213,6 +260,18 @@ def relabel(
 
 
 # -- the work itself ----------------------------------------------------------------------------------
+def teacher_distances(teacher: Teacher, views: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor,
+                      lam: torch.Tensor, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d_org, d_aug, logits)`` of rendered views ([0, 1] pixels): exactly what relabel stores per view.
+
+    One function for relabel and for the replay check (`nrrstore.distill.replay`), so a check
+    recomputes distances the way they were made.
+    """
+    logits = teacher.model(teacher.normalize(views.to(device))).float()
+    d_org, d_aug = distances(logits, y.to(device), y_partner.to(device), lam.to(device))
+    return d_org, d_aug, logits
+
+
 class _Job:
     def __init__(self, st: Store, teacher: Teacher, recipe: AugRecipe, epochs: int, precision: str, mode: str,
                  soft: bool, batch_size: int, device: str | torch.device, work: Path, cache_mb: int,
@@ -252,9 +311,8 @@ class _Job:
                 idx = np.arange(s, min(s + bs, stop))
                 views, lam, partner = render_batch(imgs, idx, None if explicit else plan, self.recipe, epoch,
                                                    explicit=explicit)
-                logits = self.teacher.model(self.teacher.normalize(views.to(self.device))).float()
-                a, c = distances(logits, labels[idx].to(self.device), labels[partner].to(self.device),
-                                 lam.to(self.device))
+                a, c, logits = teacher_distances(self.teacher, views, labels[idx], labels[partner], lam,
+                                                 self.device)
                 d_org[idx], d_aug[idx] = a.cpu().numpy(), c.cpu().numpy()
                 if soft_out is not None:
                     probs.append(torch.softmax(logits, dim=1).to(torch.float16).cpu().numpy())
@@ -282,7 +340,8 @@ class _Job:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            writer.close()
+            with contextlib.suppress(Exception):  # on a full disk closing fails too; the file must still go
+                writer.close()
             tmp.unlink(missing_ok=True)
             raise
 

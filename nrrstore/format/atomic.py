@@ -23,7 +23,6 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing; it appears under its name only if the block completes."""
     path = Path(path)
     tmp = tmp_name(path)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
     f = open(tmp, "wb")
     try:
         yield f
@@ -32,10 +31,20 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         f.close()
         os.replace(tmp, path)
     except BaseException:
-        f.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        discard(f, tmp)
         raise
+
+
+def discard(f: BinaryIO, tmp: Path) -> None:
+    """Close and delete a half-written temporary file, whatever state the disk is in.
+
+    Closing flushes Python's buffer, which fails again on a full disk: that error must not stop
+    the deletion, or the leftover keeps the disk full.
+    """
+    with contextlib.suppress(OSError):
+        f.close()
+    with contextlib.suppress(OSError):
+        tmp.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

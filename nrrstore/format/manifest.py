@@ -3,10 +3,17 @@
 The manifest is written last, so its presence marks a complete store. Its ``format_version`` is
 ``MAJOR.MINOR``: a reader accepts any minor version of its own major (minor versions only add optional
 fields) and refuses other majors with a message naming both versions.
+
+Since 1.1 the manifest ends with ``manifest_sha256``, the sha256 of its own canonical JSON without
+that field. The file checksums cover the data files, and this digest covers the manifest's own values
+(augmentation seed, teacher checksum, eps...): an edit that makes the stored labels describe other
+views is refused by every reader and reported by `verify`. It detects edits, not forgery: whoever edits
+the values can recompute it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -15,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from nrrstore import __version__
-from nrrstore.errors import FormatVersionError, NrrError
+from nrrstore.errors import FormatVersionError, NrrError, os_problem
 
 FORMAT_NAME = "nrrstore"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
+DIGEST_KEY = "manifest_sha256"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.parquet"
 FILE_KINDS = ("index", "images", "distances", "softlabels", "cams", "meta")
@@ -75,7 +83,7 @@ class Manifest:
         """The JSON document; key order is fixed so equal manifests serialize to equal bytes."""
         return {
             "format": FORMAT_NAME,
-            "format_version": self.format_version,
+            "format_version": FORMAT_VERSION,  # written in the current version, whatever was read
             "tool": {"name": "nrrstore", "version": self.tool_version},
             "created": self.created,
             "dataset": {
@@ -100,11 +108,18 @@ class Manifest:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        doc = self.to_dict()
+        doc[DIGEST_KEY] = manifest_digest(doc)
+        return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str | None = None) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], where: str | None = None, check_digest: bool = True) -> "Manifest":
+        """Parse a manifest document; ``check_digest`` refuses one whose values were edited (1.1+)."""
         check_format(d, where)
+        if check_digest:
+            problem = digest_problem(d)
+            if problem:
+                raise NrrError(where, problem)
         try:
             ds, im = d["dataset"], d["dataset"]["image"]
             classes = [c["name"] for c in sorted(ds["classes"], key=lambda c: c["index"])]
@@ -136,6 +151,31 @@ class Manifest:
         return m
 
 
+def manifest_digest(doc: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces, UTF-8) of ``doc`` without its digest."""
+    body = {k: v for k, v in doc.items() if k != DIGEST_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def digest_problem(doc: dict[str, Any]) -> str | None:
+    """Why the manifest's digest does not vouch for its values, or None (1.0 stores have none to check)."""
+    version = str(doc.get("format_version", ""))
+    stored = doc.get(DIGEST_KEY)
+    if stored is None:
+        if version in ("1.0", ""):
+            return None
+        return f"manifest of format {version} lacks its {DIGEST_KEY}; it was edited or cut"
+    try:
+        actual = manifest_digest(doc)
+    except (TypeError, ValueError) as exc:
+        return f"manifest values cannot be digested ({exc})"
+    if stored != actual:
+        return (f"manifest values were changed after the store was written ({DIGEST_KEY} does not match); "
+                "the labels may describe other views: rewrite the store rather than edit its manifest")
+    return None
+
+
 def check_format(d: Any, where: str | None) -> None:
     """Refuse documents that are not nrrstore manifests or have another major version."""
     if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
@@ -151,7 +191,8 @@ def check_format(d: Any, where: str | None) -> None:
         )
 
 
-def load_manifest(store: str | os.PathLike[str]) -> Manifest:
+def load_manifest(store: str | os.PathLike[str], check_digest: bool = True) -> Manifest:
+    """The manifest of ``store``; ``check_digest=False`` reads an edited one (for `verify` to report)."""
     path = Path(store) / MANIFEST_NAME
     if not Path(store).exists():
         raise NrrError(store, "no such store")
@@ -161,7 +202,9 @@ def load_manifest(store: str | os.PathLike[str]) -> Manifest:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NrrError(path, f"manifest is not valid JSON ({exc})") from None
-    return Manifest.from_dict(d, str(path))
+    except OSError as exc:
+        raise NrrError(path, f"cannot read: {os_problem(exc)}") from None
+    return Manifest.from_dict(d, str(path), check_digest)
 
 
 def creation_time() -> str:

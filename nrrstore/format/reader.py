@@ -38,9 +38,9 @@ class StoreImage:
 class Store:
     """A finished store on the local file system."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], check_digest: bool = True) -> None:
         self.path = Path(path)
-        self.manifest: Manifest = load_manifest(self.path)
+        self.manifest: Manifest = load_manifest(self.path, check_digest)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> "Store":
@@ -88,6 +88,7 @@ class Store:
             raise NrrError(path, f"unreadable index: {exc}") from None
         if not table.schema.equals(INDEX_SCHEMA):
             raise NrrError(path, "index columns do not match the format's schema")
+        check_labels(table.column("label").to_numpy(), table.column("key"), self.manifest.num_classes, path)
         return table
 
     def _table_source(self, rel: str) -> Any:
@@ -112,6 +113,9 @@ class Store:
             if img is None:
                 raise NrrError(path, f"sample {key!r} has no image member")
             label = _parse_label(members.get("cls"), where)
+            if not 0 <= label < self.manifest.num_classes:
+                raise NrrError(path, f"key {key!r}: label {label} outside the store's {self.manifest.num_classes} "
+                                     f"classes (0..{self.manifest.num_classes - 1})")
             meta = json.loads(members["json"]) if "json" in members else {}
             yield StoreImage(first + n, key, label, decode_image(img, where), meta)
 
@@ -192,10 +196,23 @@ def _row_group_epoch(pf: pq.ParquetFile, group: int) -> int | None:
     return int(stats.min)
 
 
+def check_labels(labels: np.ndarray, keys: Any, num_classes: int, where: str | os.PathLike[str]) -> None:
+    """Refuse a label outside ``0..num_classes-1``, naming the first offending key (``keys[i]``)."""
+    if labels.size == 0:
+        return
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        key = keys[i].as_py() if hasattr(keys[i], "as_py") else keys[i]
+        raise NrrError(where, f"key {key!r}: label {int(labels[i])} outside the store's {num_classes} classes "
+                              f"(0..{num_classes - 1})" + (f"; {bad.size} such rows" if bad.size > 1 else ""))
+
+
 def _parse_label(data: bytes | None, where: str) -> int:
     if data is None:
         raise NrrError(where, "no .cls label")
     try:
         return int(data.decode().strip())
     except (UnicodeDecodeError, ValueError):
-        raise NrrError(where, f"label {data[:20]!r} is not an integer") from None
+        shown = data if len(data) <= 20 else data[:20] + b"..."
+        raise NrrError(where, f"label {shown!r} is not an integer") from None

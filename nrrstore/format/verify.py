@@ -6,6 +6,7 @@ described completely in one run (one line per problem).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import pyarrow.parquet as pq
 from nrrstore.errors import NrrError
 from nrrstore.format.atomic import file_sha256
 from nrrstore.format.keys import check_key
-from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME
+from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, digest_problem
 from nrrstore.format.reader import Store
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -28,9 +29,14 @@ def verify_store(path: str | os.PathLike[str], progress: Progress | None = None,
 
     Raises `NrrError` only when there is no readable manifest at all.
     """
-    store = Store(path)
-    m = store.manifest
+    store = Store(path, check_digest=False)  # an edited manifest is a problem to report, not a reason to stop
     root = Path(path)
+    digest = digest_problem(json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8")))
+    return ([f"{root / MANIFEST_NAME}: {digest}"] if digest else []) + _verify_files(store, root, progress, decode)
+
+
+def _verify_files(store: Store, root: Path, progress: Progress | None, decode: bool) -> list[str]:
+    m = store.manifest
     problems: list[str] = []
     listed = {f.path for f in m.files}
 
@@ -71,9 +77,7 @@ def verify_store(path: str | os.PathLike[str], progress: Progress | None = None,
             check_key(k)
         except NrrError as exc:
             problems.append(f"{root / INDEX_NAME}: {exc.problem}")
-    if labels.size and (labels.min() < 0 or labels.max() >= m.num_classes):
-        problems.append(f"{root / INDEX_NAME}: labels outside 0..{m.num_classes - 1}")
-    elif np.bincount(labels, minlength=m.num_classes).tolist() != m.per_class:
+    if np.bincount(labels, minlength=m.num_classes).tolist() != m.per_class:  # labels are in range (Store.index)
         problems.append(f"{root / INDEX_NAME}: per-class counts differ from the manifest")
 
     # 3. Every image decodes, has the recorded size and agrees with the index.
@@ -85,8 +89,6 @@ def verify_store(path: str | os.PathLike[str], progress: Progress | None = None,
                 problems.append(f"{where}: shard order disagrees with the index")
             elif int(labels[img.index]) != img.label:
                 problems.append(f"{where}: label {img.label} in the shard, {labels[img.index]} in the index")
-            if not 0 <= img.label < m.num_classes:
-                problems.append(f"{where}: label {img.label} outside 0..{m.num_classes - 1}")
             h, w = img.pixels.shape[:2]
             c = 1 if img.pixels.ndim == 2 else img.pixels.shape[2]
             if (h, w, c) != (m.image.height, m.image.width, m.image.channels):

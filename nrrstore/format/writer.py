@@ -19,11 +19,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, os_errors_name
 from nrrstore.format.atomic import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir
 from nrrstore.format.images import encode_image
 from nrrstore.format.keys import check_key
 from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, FileEntry, ImageInfo, Manifest, creation_time
+from nrrstore.format.outputs import check_output_folder, install_folder
 from nrrstore.format.tables import INDEX_SCHEMA
 from nrrstore.format.tario import TarShardWriter
 
@@ -50,14 +51,8 @@ class _Row:
 
 
 def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to write over something that is not ours to replace."""
-    if path.exists():
-        if not path.is_dir():
-            raise NrrError(path, "output exists and is not a folder")
-        if any(path.iterdir()) and not overwrite:
-            raise NrrError(path, "output folder is not empty (use --overwrite to replace it)")
-        if overwrite and any(path.iterdir()) and not (path / MANIFEST_NAME).exists():
-            raise NrrError(path, "refusing to overwrite a non-empty folder that is not an nrrstore store")
+    """Refuse to write over something that is not ours to replace (see `check_output_folder`)."""
+    check_output_folder(path, overwrite, marker=MANIFEST_NAME, kind="an nrrstore store")
 
 
 class StoreWriter:
@@ -85,9 +80,10 @@ class StoreWriter:
         self.path = Path(path)
         check_output_dir(self.path, overwrite)
         self.tmp = self.path.with_name(f"{TMP_PREFIX}{self.path.name}")
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)  # leftovers of a killed earlier run
-        (self.tmp / IMAGES_DIR).mkdir(parents=True)
+        with os_errors_name(self.path):
+            if self.tmp.exists():
+                shutil.rmtree(self.tmp)  # leftovers of a killed earlier run
+            (self.tmp / IMAGES_DIR).mkdir(parents=True)
         self.classes = list(classes)
         self.image_format = image_format.lower().replace("jpeg", "jpg")
         self.quality = quality
@@ -119,14 +115,16 @@ class StoreWriter:
             raise NrrError(self.path, f"key {key!r}: image shape {shape} differs from the store's {self._shape}")
         data = encode_image(pixels, self.image_format, self.quality)
         meta_bytes = json.dumps(meta or {}, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-        shard = self._current_shard()
-        spans = shard.add(key, {self.image_format: data, "cls": str(int(label)).encode(), "json": meta_bytes})
-        self._rows.append(_Row(key, int(label), self._shards[-1], self.image_format, spans[self.image_format].offset,
-                               spans[self.image_format].size, spans["json"].offset, spans["json"].size))
-        self._keys.add(key)
-        if shard.count >= self.shard_size:
-            shard.close()
-            self._shard = None
+        with os_errors_name(self.path):
+            shard = self._current_shard()
+            spans = shard.add(key, {self.image_format: data, "cls": str(int(label)).encode(), "json": meta_bytes})
+            self._rows.append(_Row(key, int(label), self._shards[-1], self.image_format,
+                                   spans[self.image_format].offset, spans[self.image_format].size,
+                                   spans["json"].offset, spans["json"].size))
+            self._keys.add(key)
+            if shard.count >= self.shard_size:
+                self._shard = None
+                shard.close()
         return len(self._rows) - 1
 
     def _current_shard(self) -> TarShardWriter:
@@ -160,6 +158,10 @@ class StoreWriter:
     # -- finishing ------------------------------------------------------------------------------
     def finalize(self, progress: Progress | None = None) -> Manifest:
         """Write the index, hash every file, write the manifest last and move the store into place."""
+        with os_errors_name(self.path):
+            return self._finalize(progress)
+
+    def _finalize(self, progress: Progress | None) -> Manifest:
         if self._shard is not None:
             self._shard.close()
             self._shard = None
@@ -181,7 +183,7 @@ class StoreWriter:
         )
         atomic_write_bytes(self.tmp / MANIFEST_NAME, manifest.to_json().encode())
         fsync_dir(self.tmp)
-        install_dir(self.tmp, self.path)
+        install_folder(self.tmp, self.path)
         self._done = True
         return manifest
 
@@ -215,14 +217,3 @@ def collect_files(root: Path, kinds: dict[str, str], progress: Progress | None =
     return out
 
 
-def install_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place, replacing an old store only after the new one is complete."""
-    old = final.with_name(f".old-{final.name}")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old)

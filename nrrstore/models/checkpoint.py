@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nrrstore.errors import FormatVersionError, NrrError
-from nrrstore.format.atomic import atomic_open
+from nrrstore.errors import FormatVersionError, NrrError, os_errors_name
+from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.models.registry import ARCHS, build_model, is_builtin, is_external_spec
 
 FORMAT = "nrrstore-teacher"
@@ -113,8 +113,19 @@ def save_teacher(path: str | os.PathLike[str], model: nn.Module, meta: Mapping[s
     if problem:
         raise NrrError(path, f"model does not match architecture '{record['arch']}': {problem}")
     record["state_dict"] = state
-    with atomic_open(path) as f:  # a reader never sees half a checkpoint
-        torch.save(record, f)
+    save_torch_atomic(record, path)
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` under a temporary name, renamed when complete; a failed write names ``path``.
+
+    Serialized in memory first: torch's zip writer turns a write error (a full disk) into a
+    ``RuntimeError`` without a cause, while a plain write reports it as what it is.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with os_errors_name(path):
+        atomic_write_bytes(path, buf.getvalue())  # a reader never sees half a checkpoint
 
 
 def _record(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -261,8 +272,8 @@ def _short_reason(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     for ln in lines:
         if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln:
-            return ln[:200]
-    return (lines[0][:200] if lines else "") or type(e).__name__
+            return ln
+    return (lines[0] if lines else "") or type(e).__name__
 
 
 def _check_meta(path: str | os.PathLike[str] | None, rec: Mapping[str, Any]) -> None:
@@ -272,7 +283,9 @@ def _check_meta(path: str | os.PathLike[str] | None, rec: Mapping[str, Any]) -> 
                              f"got {n!r}, {c!r}, {s!r}")
     classes = rec["classes"]
     if not isinstance(classes, list) or len(classes) != n or not all(isinstance(x, str) for x in classes):
-        raise NrrError(path, f"classes must be {n} names, got {classes!r:.80}")
+        shown = classes[:6] if isinstance(classes, list) else classes
+        more = f" ... ({len(classes)} in all)" if isinstance(classes, list) and len(classes) > 6 else ""
+        raise NrrError(path, f"classes must be {n} names, got {shown!r}{more}")
     norm = rec["normalization"]
     if not isinstance(norm, dict) or not isinstance(norm.get("mean"), list) or not isinstance(norm.get("std"), list):
         raise NrrError(path, "normalization must be {'mean': [...], 'std': [...]}")

@@ -8,13 +8,14 @@ buffer, so memory does not grow with the dataset and the same seed gives the sam
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from nrrstore.sources.shards import iter_samples, resolve_shards
+from nrrstore.errors import NrrError
+from nrrstore.sources.shards import Sample, iter_labels, iter_samples, resolve_shards
 
 
 def to_tensor01(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -23,11 +24,12 @@ def to_tensor01(images: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def estimate_normalization(spec: Any, limit: int = 10000) -> dict[str, list[float]]:
-    """Per-channel mean and std of the first ``limit`` images (what the teacher will be fed)."""
+def estimate_normalization(spec: Any, limit: int = 10000, keys: Collection[str] | None = None) -> dict[str, list[float]]:
+    """Per-channel mean and std of the first ``limit`` images (of ``keys`` if given): what the teacher is fed."""
     total = sq = None
     n = 0
-    for i, s in enumerate(iter_samples(spec)):
+    wanted = None if keys is None else (lambda label, key: key in keys)
+    for i, s in enumerate(same_shape(iter_samples(spec, want_key=wanted))):
         if i >= limit:
             break
         x = s.image.astype(np.float64) / 255.0
@@ -41,10 +43,44 @@ def estimate_normalization(spec: Any, limit: int = 10000) -> dict[str, list[floa
     return {"mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std]}
 
 
+def first_per_class(spec: Any, limit: int, num_classes: int | None = None) -> set[str]:
+    """Keys of the first ``limit`` samples of each class in shard order (one pass, nothing decoded)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise NrrError(None, f"the per-class limit must be a positive integer, got {limit!r}")
+    counts: dict[int, int] = {}
+    keys: set[str] = set()
+    for key, label in iter_labels(spec, num_classes=num_classes):
+        if counts.get(label, 0) < limit:
+            counts[label] = counts.get(label, 0) + 1
+            keys.add(key)
+    return keys
+
+
+def same_shape(samples: Iterator[Sample]) -> Iterator[Sample]:
+    """Refuse a sample whose image shape differs from the first one's (a batch needs one shape)."""
+    first: Sample | None = None
+    for s in samples:
+        if first is None:
+            first = s
+        elif s.image.shape != first.image.shape:
+            raise NrrError(s.shard, f"image {s.key!r} is {_shape(s.image)}, but {first.key!r} is {_shape(first.image)}: "
+                                    "a set must share one size and colour mode (prepare it with --resize and --mode)")
+        yield s
+
+
+def _shape(image: np.ndarray) -> str:
+    h, w = image.shape[:2]
+    return f"{h}x{w}x{1 if image.ndim == 2 else image.shape[2]}"
+
+
 def shard_batches(spec: Any, batch_size: int, mean: Sequence[float], std: Sequence[float], *, epoch: int = 0,
                   seed: int = 0, shuffle: bool = True, buffer: int = 10000, flip: bool = False,
-                  num_classes: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalized batches ``(x [B,C,H,W], y [B])``; shuffled per (seed, epoch) when ``shuffle``."""
+                  num_classes: int | None = None,
+                  keys: Collection[str] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalized batches ``(x [B,C,H,W], y [B])``; shuffled per (seed, epoch) when ``shuffle``.
+
+    ``keys``: use only these samples (e.g. `first_per_class`); the others are not decoded.
+    """
     rng = random.Random(seed * 1_000_003 + epoch)
     urls = resolve_shards(spec)
     if shuffle:
@@ -64,7 +100,8 @@ def shard_batches(spec: Any, batch_size: int, mean: Sequence[float], std: Sequen
         out.clear()
         return (x - m) / s, y
 
-    for sample in iter_samples(urls, num_classes=num_classes):
+    wanted = None if keys is None else (lambda label, key: key in keys)
+    for sample in same_shape(iter_samples(urls, num_classes=num_classes, want_key=wanted)):
         item = (sample.image, sample.label)
         if not shuffle:
             out.append(item)

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, path_text
 from nrrstore.format.images import MAX_PIXELS, decode_image
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -39,6 +39,10 @@ def list_imagefolder(root: str | os.PathLike[str]) -> tuple[list[str], list[Fold
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise NrrError(root, "no class folders found (expected ROOT/<class>/<image>)")
+    for name in classes:
+        if path_text(name) != name:  # undecodable bytes: the name cannot become a class name (text)
+            raise NrrError(root / name, "class folder name is not valid UTF-8 (shown with \\x escapes); class names "
+                                        "are text: rename the folder")
     entries: list[FolderEntry] = []
     for label, name in enumerate(classes):
         found = _walk_images(root / name)

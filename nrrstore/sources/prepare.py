@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip as gzip_module
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -22,9 +23,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from nrrstore.format.atomic import is_inside
-from nrrstore.errors import NrrError
-from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, fsync_dir
+from nrrstore.errors import NrrError, os_errors_name
+from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, fsync_dir, is_inside
+from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import check_output_folder, install_folder
 from nrrstore.format.images import MAX_PIXELS, encode_image
 from nrrstore.format.keys import check_key
 from nrrstore.format.tario import TarShardWriter
@@ -44,31 +46,35 @@ _PROGRESS_EVERY = 64
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:
     """Refuse to clobber anything that is not an earlier `prepare` output (fail before any work)."""
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise NrrError(out_dir, "exists and is not a directory")
-    if not any(out_dir.iterdir()):
-        return
-    if not overwrite:
-        raise NrrError(out_dir, "already exists and is not empty (pass overwrite to replace it)")
-    if not (out_dir / SHARDS_INDEX).is_file():
-        raise NrrError(out_dir, f"not a folder made by prepare (no {SHARDS_INDEX}); refusing to replace it")
+    check_output_folder(out_dir, overwrite, marker=SHARDS_INDEX, kind="a folder made by prepare")
 
 
-def _install(tmp: Path, out_dir: Path, overwrite: bool) -> None:
-    _check_target(out_dir, overwrite)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        # POSIX cannot rename over a non-empty folder: move the old one aside first. A crash in
-        # between leaves the complete new output as .tmp-<name> and the old one as .old-<name>.
-        old = out_dir.with_name(f".old-{out_dir.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)  # also replaces an empty folder
-    fsync_dir(out_dir.parent)
+def default_prefix(images: str | os.PathLike[str] | np.ndarray) -> str:
+    """The shard prefix an input file's name suggests (``{prefix}-000000.tar``, keys ``{prefix}_...``).
+
+    The part before ``-images``/``-labels``/``-idx``: ``train-images-idx3-ubyte.gz`` -> ``train``;
+    MNIST's test files ``t10k-...`` -> ``test``; other names give their stem (``img.gz`` -> ``img``);
+    arrays give ``train``.
+    """
+    if isinstance(images, np.ndarray):
+        return "train"
+    name = re.sub(r"\.gz$", "", Path(images).name, flags=re.I)
+    stem = re.split(r"[-_.](?:images|labels|imgs|idx\d)", name, maxsplit=1, flags=re.I)[0]
+    stem = re.sub(r"\.[A-Za-z0-9]+$", "", stem) if stem == name else stem
+    key = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")[:100] or "train"
+    return {"t10k": "test"}.get(key.lower(), key)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Scale the shorter side to ``size`` and cut the centre ``size x size`` (torchvision's Resize + CenterCrop)."""
+    img = Image.fromarray(image)
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+    left, top = int(round((nw - size) / 2)), int(round((nh - size) / 2))
+    return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
 def convert_mode(image: np.ndarray, mode: str) -> np.ndarray:
@@ -107,11 +113,14 @@ def write_shards(
     overwrite: bool = False,
     total: int | None = None,
     progress: Progress | None = None,
+    resize: int | None = None,
 ) -> dict[str, Any]:
     """Write ``(key, image, label)`` samples as shards of ``shard_size`` into ``out_dir``, atomically.
 
     Returns the summary also stored as ``shards.json`` (plus ``out_dir``). An existing non-empty
-    ``out_dir`` is refused unless ``overwrite`` and it is an earlier `prepare` output.
+    ``out_dir`` is refused unless ``overwrite`` and it is an earlier `prepare` output. ``resize``
+    makes every image ``resize x resize`` (`resize_square`). The output is locked while it is written
+    (`nrrstore.format.lock`); an operating-system error (a full disk) names ``out_dir``.
     """
     out_dir = Path(out_dir)
     names = check_class_names(class_names)
@@ -122,13 +131,24 @@ def write_shards(
         raise NrrError(None, f"unknown image format {image_format!r}; use one of {', '.join(_IMAGE_FORMATS)}")
     if mode not in MODES:
         raise NrrError(None, f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
+    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
+        raise NrrError(None, f"resize must be a positive number of pixels, got {resize!r}")
     target = Path(os.path.abspath(out_dir))  # a name to put ".tmp-" before, even for "." or "x/.."
     if not target.name:
         raise NrrError(out_dir, "cannot write shards into a file system root")
     _check_target(target, overwrite)
+    with output_lock(out_dir), os_errors_name(out_dir):
+        return _write_shards(samples, out_dir, target, names, shard_size, prefix, gzip, image_format, mode,
+                             overwrite, total, progress, resize)
+
+
+def _write_shards(samples: Iterable[tuple[str, np.ndarray, int]], out_dir: str | os.PathLike[str], target: Path,
+                  names: list[str], shard_size: int, prefix: str, gzip: bool, image_format: str, mode: str,
+                  overwrite: bool, total: int | None, progress: Progress | None,
+                  resize: int | None) -> dict[str, Any]:
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)  # the leftover of a killed run
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
 
     shards: list[dict[str, Any]] = []
     per_class = [0] * len(names)
@@ -154,7 +174,10 @@ def write_shards(
             seen.add(key)
             if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < len(names):
                 raise NrrError(None, f"sample {key!r}: label {label!r} outside the {len(names)} classes")
-            data = encode_image(convert_mode(np.asarray(image), mode), image_format)
+            pixels = convert_mode(np.asarray(image), mode)
+            if resize is not None:
+                pixels = resize_square(pixels, resize)
+            data = encode_image(pixels, image_format)
             if writer is not None and writer.count >= shard_size:
                 close_current()
             if writer is None:
@@ -175,7 +198,8 @@ def write_shards(
         atomic_write_bytes(tmp / "classes.txt", "".join(f"{n}\n" for n in names).encode("utf-8"))
         atomic_write_bytes(tmp / SHARDS_INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
         fsync_dir(tmp)
-        _install(tmp, target, overwrite)
+        _check_target(target, overwrite)
+        install_folder(tmp, target)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -228,18 +252,21 @@ def prepare_idx(
     per_class: int | None = None,
     limit: int | None = None,
     shard_size: int = 1000,
-    prefix: str = "train",
+    prefix: str | None = None,
     gzip: bool = False,
     image_format: str = "png",
     mode: str = "keep",
     overwrite: bool = False,
     progress: Progress | None = None,
     skip: int = 0,
+    resize: int | None = None,
 ) -> dict[str, Any]:
     """IDX images + labels (paths, or arrays already read) -> shards. Key = ``{prefix}_{source index:07d}``.
 
     Without ``class_names`` the classes are named ``"0"``..``"K-1"`` for the largest label K-1.
+    ``prefix`` defaults to the one the images file's name suggests (`default_prefix`).
     """
+    prefix = default_prefix(images) if prefix is None else prefix
     _check_target(Path(out_dir), overwrite)
     if isinstance(images, np.ndarray) or isinstance(labels, np.ndarray):
         imgs, labs = np.asarray(images), np.asarray(labels).astype(np.int64)
@@ -261,6 +288,7 @@ def prepare_idx(
     summary = write_shards(
         samples, out_dir, class_names, shard_size=shard_size, prefix=prefix, gzip=gzip,
         image_format=image_format, mode=mode, overwrite=overwrite, total=len(idx), progress=progress,
+        resize=resize,
     )
     return summary
 
@@ -279,10 +307,13 @@ def prepare_imagefolder(
     max_pixels: int = MAX_PIXELS,
     progress: Progress | None = None,
     skip: int = 0,
+    resize: int | None = None,
 ) -> dict[str, Any]:
     """``ROOT/<class>/<image>`` -> shards; class names are the folder names in sorted order.
 
     Key = ``{prefix}_{i:07d}`` with i the file's position in the sorted listing of the whole tree.
+    All images must share one size (a teacher takes one input size) unless ``resize`` makes them
+    ``resize x resize``; the first file of another size is refused, naming the first file too.
     """
     out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
@@ -293,12 +324,22 @@ def prepare_imagefolder(
     idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit, skip)
 
     def samples() -> Iterator[tuple[str, np.ndarray, int]]:
+        first: tuple[Path, tuple[int, int]] | None = None
         for i in idx:
             entry = entries[int(i)]
-            yield f"{prefix}_{int(i):07d}", read_image_file(entry.path, max_pixels), entry.label
+            image = read_image_file(entry.path, max_pixels)
+            size = (image.shape[1], image.shape[0])
+            if first is None:
+                first = (entry.path, size)
+            elif resize is None and size != first[1]:
+                raise NrrError(entry.path, f"image is {size[0]}x{size[1]}, but {first[0]} is {first[1][0]}x{first[1][1]}: "
+                                           "the images of one set must share a size; pass --resize N to make every "
+                                           "image NxN (shorter side scaled to N, centre cut)")
+            yield f"{prefix}_{int(i):07d}", image, entry.label
 
     return write_shards(
         samples(), out_dir, classes, shard_size=shard_size, prefix=prefix, gzip=gzip,
         image_format=image_format, mode=mode, overwrite=overwrite, total=len(idx), progress=progress,
+        resize=resize,
     )
 

@@ -157,7 +157,8 @@ def _parse_label(members: dict[str, bytes], shard: str, key: str) -> tuple[int, 
     if "cls" in members:
         text = members["cls"].decode("utf-8", errors="replace").strip()
         if not re.fullmatch(r"[+-]?\d+", text):
-            raise NrrError(shard, f"sample {key!r}: label {text[:40]!r} in {key}.cls is not an integer")
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise NrrError(shard, f"sample {key!r}: label {shown!r} in {key}.cls is not an integer")
         return int(text), meta
     for name in ("label", "cls"):
         if name in meta:

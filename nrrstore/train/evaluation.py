@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -27,8 +28,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, os_errors_name, os_problem
 from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import check_output_file, check_parent
 from nrrstore.format.reader import Store
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.sources.shards import iter_samples, read_class_names
@@ -206,10 +209,9 @@ def evaluate_store(
 
     ``labels`` defaults to every kind the store holds; asking for one it lacks is refused with the
     ``relabel`` option that adds it. ``full_acc`` is the top-1 (fraction) of the same student trained
-    on the full real data with hard labels, for HLR and LRS.
+    on the full real data with hard labels, for HLR and LRS. A run that fails before finishing a
+    cell removes the work folder it created; finished cells are kept for a resume.
     """
-    from nrrstore.train.student import train_student
-
     t0 = time.perf_counter()
     st = store if isinstance(store, Store) else Store(store)
     have = available_labels(st)
@@ -232,7 +234,32 @@ def evaluate_store(
     work = Path(work)
     if work.resolve() == st.path.resolve() or st.path.resolve() in work.resolve().parents:
         raise NrrError(work, "the work folder must lie outside the store (evaluate never writes into a store)")
+    created = not work.is_dir()
+    if created:
+        check_parent(work)
+    with output_lock(work), os_errors_name(work):
+        try:
+            return _evaluate_cells(st, val, work, train, base_teacher, seeds, kinds, protocol, full_acc, device,
+                                   workers, progress, t0)
+        except BaseException as exc:
+            done = len(list((work / "cells").glob("*.json")))
+            if created and not done:
+                shutil.rmtree(work, ignore_errors=True)  # nothing worth a resume
+            if isinstance(exc, OSError):
+                exc = NrrError(work, os_problem(exc))
+            if done and isinstance(exc, NrrError):
+                raise NrrError(exc.path, f"{exc.problem}; {done} finished cell(s) are kept in {work}: rerun the "
+                                         f"same command to resume, or delete {work} to discard them") from None
+            raise
+
+
+def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: Teacher | None, seeds: int,
+                    kinds: list[str], protocol: StudentProtocol, full_acc: float | None, device: str, workers: int,
+                    progress: Progress | None, t0: float) -> dict[str, Any]:
+    from nrrstore.train.student import train_student
+
     (work / "cells").mkdir(parents=True, exist_ok=True)
+    (work / "checkpoints").mkdir(exist_ok=True)
 
     sets = ["store"] + (["random"] if train is not None else [])
     plan = [(images, kind, seed) for images in sets for seed in range(seeds) for kind in kinds]
@@ -335,11 +362,15 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_result(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Bars of top-1 (mean) with error bars (std) per label kind and image set, as a PNG (Pillow)."""
+def plot_result(result: dict[str, Any], path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Bars of top-1 (mean) with error bars (std) per label kind and image set, as a PNG (Pillow).
+
+    An existing ``path`` is refused unless ``overwrite``."""
     from PIL import Image, ImageDraw, ImageFont
 
     from nrrstore.format.atomic import atomic_open
+
+    check_output_file(path, overwrite)
 
     kinds = result["labels"]
     sets = list(result["table"])
@@ -380,6 +411,6 @@ def plot_result(result: dict[str, Any], path: str | os.PathLike[str]) -> Path:
         d.text((left + 200 * j + 16, height - 24), {"store": "distilled store", "random": "random real"}.get(images, images),
                fill="black", font=font)
     path = Path(path)
-    with atomic_open(path) as f:
+    with os_errors_name(path), atomic_open(path) as f:
         img.save(f, format="PNG")
     return path

@@ -42,7 +42,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, NrrWarning
 from nrrstore.format import quant
 from nrrstore.format.images import decode_image
 from nrrstore.format.manifest import Manifest
@@ -381,7 +381,8 @@ class DistilledDataset(IterableDataset):
         if cycled:
             e, v = cycled[0]
             warnings.warn(f"{self.root}: the store has {self.stored_epochs} epochs; epoch {e} replays stored "
-                          f"epoch {v}, and {len(cycled) - 1} later epoch(s) cycle likewise (cycle=True)", stacklevel=3)
+                          f"epoch {v}, and {len(cycled) - 1} later epoch(s) cycle likewise (cycle=True)", NrrWarning,
+                          stacklevel=3)
         self.view_epochs = views
         self.view_epoch = views[0]
 

@@ -18,9 +18,11 @@ the loop is random).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nrrstore.errors import NrrError, ResumeMismatchError
-from nrrstore.format.atomic import atomic_open
+from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
+from nrrstore.format.lock import output_lock
 from nrrstore.format.reader import Store
 from nrrstore.models import build_model
+from nrrstore.models.checkpoint import save_torch_atomic
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, store_recipe, to_chw
 from nrrstore.train.losses import DBR_NORMS, dbr_loss, kd_loss, sce_loss
 
 Progress = Callable[[str, int, "int | None"], None]
 CHECKPOINT_FORMAT = "nrrstore-student"
+#: Below this many optimizer steps per epoch a student's accuracy says little (a warning says so).
+MIN_STEPS_PER_EPOCH = 10
 
 
 def default_batch_size(num_images: int, num_classes: int = 10) -> int:
@@ -51,6 +56,27 @@ def default_batch_size(num_images: int, num_classes: int = 10) -> int:
     return max(1, min(base, int(num_images)))
 
 
+def _checkpoint_locked(train: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Hold the write lock of the ``checkpoint`` file (when there is one) while ``train`` runs.
+
+    A checkpoint's folder is created when missing (resume files live in work folders that callers
+    name before they exist), unlike the folders of other outputs.
+    """
+
+    @functools.wraps(train)
+    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        checkpoint = kwargs.get("checkpoint")
+        if checkpoint is None:
+            return train(*args, **kwargs)
+        with os_errors_name(checkpoint):
+            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+        with output_lock(checkpoint):
+            return train(*args, **kwargs)
+
+    return run
+
+
+@_checkpoint_locked
 def train_student(
     store: Store | str | os.PathLike[str],
     val_spec: Any,
@@ -73,12 +99,15 @@ def train_student(
     eval_every: int = 0,
     eval_batch_size: int = 500,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``arch`` from scratch on ``store`` and report top-1 on the real images of ``val_spec``.
 
     Returns plain data: ``top1``, ``val_loss``, ``val_images``, ``history`` (per epoch: mean loss and
     its parts, lr at the epoch's end, seconds, and top-1 when ``eval_every`` divides the epoch
     number), ``steps``, and the arguments. ``model`` (the trained module) is returned too.
+    An existing ``checkpoint`` is continued with ``resume``, replaced with ``overwrite``, else refused.
+    Fewer than `MIN_STEPS_PER_EPOCH` optimizer steps per epoch give an `NrrWarning`.
     """
     st = open_store(store)
     m = st.manifest
@@ -109,6 +138,8 @@ def train_student(
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt is None:
         raise NrrError(None, "resume needs a checkpoint path (--checkpoint)")
+    if ckpt is not None and not resume and ckpt.exists() and not overwrite:
+        raise NrrError(ckpt, "already exists (use --resume to continue from it, or --overwrite to replace it)")
     if ckpt is not None and resume and ckpt.is_file():
         start_epoch, history = _load_checkpoint(ckpt, args, model, opt)
 
@@ -118,6 +149,10 @@ def train_student(
     if start_epoch < epochs:
         loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, cycle=cycle,
                              num_epochs=epochs - start_epoch)
+    if steps_per_epoch < MIN_STEPS_PER_EPOCH:  # after every check that can refuse the run
+        warnings.warn(f"only {steps_per_epoch} optimizer step(s) per epoch ({m.num_images} images, batch size "
+                      f"{batch_size}; {total_steps} in all): with fewer than about {MIN_STEPS_PER_EPOCH} per epoch "
+                      "the result is not meaningful; use a smaller batch size", NrrWarning, stacklevel=2)
     model.train()
     sums: dict[str, Any] = {}
     seen = 0
@@ -242,8 +277,7 @@ def _save_checkpoint(path: Path, args: dict[str, Any], model: nn.Module, opt: to
     record = {"format": CHECKPOINT_FORMAT, "version": 1, "args": args, "epochs_done": epochs_done,
               "history": history, "model": model.state_dict(), "optimizer": opt.state_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as f:  # a reader never sees half a checkpoint
-        torch.save(record, f)
+    save_torch_atomic(record, path)
 
 
 def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,

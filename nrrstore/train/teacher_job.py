@@ -12,11 +12,13 @@ from typing import Any
 
 
 from nrrstore.errors import NrrError
+from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import check_output_file
 from nrrstore.models.checkpoint import Teacher, save_teacher
 from nrrstore.models.registry import build_model
-from nrrstore.sources.batches import estimate_normalization, shard_batches
+from nrrstore.sources.batches import estimate_normalization, first_per_class, shard_batches
 from nrrstore.sources.shards import iter_samples, read_class_names
-from nrrstore.train.teacher import evaluate, train_classifier
+from nrrstore.train.teacher import OPTIMIZERS, evaluate, train_classifier
 
 
 def _shape_and_classes(spec: Any) -> tuple[int, int, int, list[str]]:
@@ -29,7 +31,7 @@ def _shape_and_classes(spec: Any) -> tuple[int, int, int, list[str]]:
         raise NrrError(first.shard, f"teachers take square images; {first.key!r} is {h}x{w}")
     names = read_class_names(spec)
     if names is None:
-        labels = {s.label for s in iter_samples(spec)}
+        labels = {s.label for s in iter_samples(spec, decode=False)}
         names = [str(i) for i in range(max(labels) + 1)]
     return h, 1 if first.image.ndim == 2 else first.image.shape[2], len(names), names
 
@@ -37,36 +39,56 @@ def _shape_and_classes(spec: Any) -> tuple[int, int, int, list[str]]:
 def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: int = 1, batch_size: int = 128,
                   lr: float = 0.01, weight_decay: float = 5e-4, optimizer: str = "sgd", seed: int = 0,
                   flip: bool = False, val: Any = None, device: str = "cpu", normalization: dict[str, list[float]] | None = None,
-                  arch_kwargs: dict[str, Any] | None = None,
+                  arch_kwargs: dict[str, Any] | None = None, limit_per_class: int | None = None,
+                  overwrite: bool = False,
                   progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
     """Train ``arch`` on the shards ``spec`` and save a teacher checkpoint at ``out``.
 
     ``arch_kwargs`` go to the architecture (ConvNet: ``norm``, ``width``, ``depth``) and are recorded in
-    the checkpoint, so loading rebuilds the same network.
+    the checkpoint, so loading rebuilds the same network. ``limit_per_class`` trains on the first N
+    images of each class (shard order): a quick teacher from a large set. An existing ``out`` is
+    refused unless ``overwrite``, before any training; ``progress`` counts images, so a progress bar
+    shows images/s and the time left.
     """
-    size, channels, num_classes, names = _shape_and_classes(spec)
-    norm = normalization or estimate_normalization(spec)
-    kwargs = dict(arch_kwargs or {})
-    model = build_model(arch, num_classes, channels, size, seed=seed, **kwargs)
-    n = sum(1 for _ in iter_samples(spec, num_classes=num_classes))
-    steps = -(-n // batch_size)
+    check_output_file(out, overwrite)
+    with output_lock(out):
+        size, channels, num_classes, names = _shape_and_classes(spec)
+        if optimizer not in OPTIMIZERS:  # before the passes over the data below
+            raise NrrError("--optimizer", f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        kwargs = dict(arch_kwargs or {})
+        model = build_model(arch, num_classes, channels, size, seed=seed, **kwargs)
+        keys = first_per_class(spec, limit_per_class, num_classes) if limit_per_class is not None else None
+        norm = normalization or estimate_normalization(spec, keys=keys)
+        n = len(keys) if keys is not None else sum(1 for _ in iter_samples(spec, num_classes=num_classes, decode=False))
+        steps = -(-n // batch_size)
 
-    def batches(epoch: int):
-        return shard_batches(spec, batch_size, norm["mean"], norm["std"], epoch=epoch, seed=seed, flip=flip,
-                             num_classes=num_classes)
+        def batches(epoch: int):
+            return shard_batches(spec, batch_size, norm["mean"], norm["std"], epoch=epoch, seed=seed, flip=flip,
+                                 num_classes=num_classes, keys=keys)
 
-    record = train_classifier(model, batches, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
-                              device=device, seed=seed, steps_per_epoch=steps,
-                              progress=(lambda d, t: progress("training", d, t)) if progress else None)
-    result: dict[str, Any] = {"arch": arch, "arch_kwargs": kwargs, "epochs": epochs, "train_images": n, "batch_size": batch_size, "lr": lr,
-                              "optimizer": optimizer, "weight_decay": weight_decay, "seed": seed, "flip": flip}
-    if val is not None:
-        ev = evaluate(model, shard_batches(val, 500, norm["mean"], norm["std"], shuffle=False, num_classes=num_classes), device=device)
-        result["val_top1"] = ev["top1"]
-        result["val_images"] = ev["n"]
-    save_teacher(out, model.cpu(), {"arch": arch, "arch_kwargs": kwargs, "num_classes": num_classes, "in_channels": channels,
-                                    "image_size": size, "classes": names, "normalization": norm,
-                                    "train": {**result, "record": {k: v for k, v in record.items() if k != "history"}}})
+        def images_done(step: int, total: int | None) -> None:
+            assert progress is not None
+            epoch, within = divmod(step, steps)
+            progress("teacher train (images)", epoch * n + min(n, within * batch_size), n * epochs)
+
+        record = train_classifier(model, batches, epochs=epochs, lr=lr, weight_decay=weight_decay, optimizer=optimizer,
+                                  device=device, seed=seed, steps_per_epoch=steps,
+                                  progress=images_done if progress else None)
+        result: dict[str, Any] = {"arch": arch, "arch_kwargs": kwargs, "epochs": epochs, "train_images": n,
+                                  "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
+                                  "weight_decay": weight_decay, "seed": seed, "flip": flip,
+                                  "limit_per_class": limit_per_class,
+                                  "images_per_second": round(n * epochs / max(record["seconds"], 1e-9), 1)}
+        if val is not None:
+            ev = evaluate(model, shard_batches(val, 500, norm["mean"], norm["std"], shuffle=False,
+                                               num_classes=num_classes), device=device)
+            result["val_top1"] = ev["top1"]
+            result["val_images"] = ev["n"]
+        save_teacher(out, model.cpu(), {"arch": arch, "arch_kwargs": kwargs, "num_classes": num_classes,
+                                        "in_channels": channels, "image_size": size, "classes": names,
+                                        "normalization": norm,
+                                        "train": {**result, "record": {k: v for k, v in record.items()
+                                                                       if k != "history"}}})
     result["out"] = os.fspath(out)
     return result
 

@@ -1,0 +1,153 @@
+"""The replay check: do a store's distances describe its own views under a given teacher?
+
+Checksums say the files are the ones written; they cannot say the labels fit the images. A wrong
+augmentation seed, a wrong view size, another teacher or (for converted SRe2L labels) a wrong image
+order all give well-formed stores whose distances describe other views. The check replays a sample
+of views exactly as a student would get them (the loader renders them), recomputes the teacher's
+two distances with relabel's own :func:`~nrrstore.distill.relabel.teacher_distances`, and compares
+them with the stored ones:
+
+- stores labelled by nrrstore (``relabel``/``distill``): every replayed view must agree within the
+  storage precision (fp16: half an ulp, int8: half a code step, see `nrrstore.format.quant`) plus a
+  small allowance for floating-point differences between batch sizes and devices;
+- converted stores (``convert-softlabels``): the labels were computed by another program on pixels
+  it resized itself, so views agree only approximately; the *mean* gap must stay below
+  ``CONVERTED_MAX_MEAN_GAP`` nats (a wrong sampler seed or view size gives gaps of several nats).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from nrrstore.distill.relabel import teacher_distances
+from nrrstore.errors import NrrError
+from nrrstore.format import quant
+from nrrstore.format.reader import Store
+from nrrstore.models.checkpoint import Teacher
+from nrrstore.train.loader import DistilledDataset, open_store, store_recipe
+
+#: Allowance for floating-point differences (batch composition, CPU vs GPU), in nats and relative.
+COMPUTE_ATOL = 1e-3
+COMPUTE_RTOL = 1e-3
+#: fp16 keeps 11 significant bits: rounding moves a value by at most half an ulp.
+FP16_RTOL = 2.0 ** -11
+#: Largest mean |stored - replayed| (nats) accepted for labels converted from another program.
+CONVERTED_MAX_MEAN_GAP = 0.25
+DEFAULT_SAMPLE = 256
+MAX_EPOCHS_SAMPLED = 8
+
+
+@dataclass
+class ReplayReport:
+    """What a replay found; ``problem`` is None when the distances fit the views."""
+
+    views: int
+    epochs: list[int]
+    precision: str
+    converted: bool
+    mean_gap: float  # mean |stored - replayed| over d_org and d_aug, nats
+    max_gap: float
+    beyond_tolerance: int  # views whose distances differ by more than the precision allows
+    worst: dict[str, Any]  # the view with the largest gap
+    teacher_sha256_matches: bool | None
+    problem: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sampled_epochs(stored: int, sample: int) -> list[int]:
+    """Up to `MAX_EPOCHS_SAMPLED` epochs spread evenly over the stored ones, first and last included."""
+    k = max(1, min(stored, MAX_EPOCHS_SAMPLED, sample))
+    return sorted({int(round(x)) for x in np.linspace(0, stored - 1, k)})
+
+
+def beyond_tolerance(stored: np.ndarray, replayed: np.ndarray, precision: str, qmax: float | None) -> np.ndarray:
+    """Boolean mask of values whose gap exceeds what storing at ``precision`` can explain."""
+    gap = np.abs(stored - replayed)
+    if precision == "int8":
+        assert qmax is not None
+        log_gap = np.abs(np.log1p(np.maximum(stored, 0)) - np.log1p(np.maximum(replayed, 0)))
+        clipped = (replayed > qmax) & (stored >= quant.decode(np.array([quant.LEVELS], np.uint8), qmax)[0])
+        return (log_gap > quant.max_abs_log_error(qmax) + COMPUTE_ATOL) & ~clipped
+    rtol = COMPUTE_RTOL + (FP16_RTOL if precision == "fp16" else 0.0)
+    return gap > COMPUTE_ATOL + rtol * np.abs(replayed)
+
+
+def replay_check(
+    store: Store | str | os.PathLike[str],
+    teacher: Teacher,
+    sample: int = DEFAULT_SAMPLE,
+    device: str | torch.device = "cpu",
+) -> ReplayReport:
+    """Replay about ``sample`` views of ``store`` with ``teacher`` and compare the distances (see module)."""
+    if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
+        raise NrrError(None, f"the replay sample must be a positive number of views, got {sample!r}")
+    st = open_store(store)
+    m = st.manifest
+    section = m.labels.get("distances") or {}
+    if not section:
+        raise NrrError(st.path, "the store has no DBR distances to replay")
+    recipe = store_recipe(m, st.path / "manifest.json")
+    if teacher.num_classes != m.num_classes:
+        raise NrrError(teacher.spec, f"teacher has {teacher.num_classes} classes but the store has {m.num_classes}")
+    if teacher.in_channels != m.image.channels:
+        raise NrrError(teacher.spec, f"teacher takes {teacher.in_channels} channel(s) but store images have "
+                                     f"{m.image.channels}")
+    if recipe.size != teacher.image_size:
+        raise NrrError(teacher.spec, f"the store's views are {recipe.size} px but the teacher takes "
+                                     f"{teacher.image_size} px")
+    precision = str(section.get("precision", "fp16"))
+    qmax = (section.get("quant") or {}).get("max")
+    converted = "convert" in m.method
+    epochs = sampled_epochs(st.num_epochs, sample)
+    per_epoch = min(m.num_images, math.ceil(sample / len(epochs)))
+    stored_all, replayed_all, where = [], [], []
+    teacher.model.to(device).eval()
+    for e in epochs:
+        batch = next(iter(DistilledDataset(st, epoch=e, batch_size=per_epoch, labels="dbr", normalize=False)))
+        with torch.inference_mode():
+            a, c, _ = teacher_distances(teacher, batch["images"], batch["y"], batch["y_partner"], batch["lam"], device)
+        stored_all.append(np.stack([batch["d_org"].numpy(), batch["d_aug"].numpy()], 1))
+        replayed_all.append(np.stack([a.cpu().numpy(), c.cpu().numpy()], 1).astype(np.float32))
+        where.extend((e, int(i)) for i in batch["index"].tolist())
+    stored = np.concatenate(stored_all).astype(np.float64)
+    replayed = np.concatenate(replayed_all).astype(np.float64)
+    gap = np.abs(stored - replayed)
+    bad_views = beyond_tolerance(stored, replayed, precision, qmax).any(axis=1)
+    k = int(np.argmax(gap.max(axis=1)))
+    keys = st.index.column("key").to_pylist()
+    worst = {"epoch": where[k][0], "image": where[k][1], "key": keys[where[k][1]],
+             "stored": [round(float(v), 5) for v in stored[k]], "replayed": [round(float(v), 5) for v in replayed[k]]}
+    recorded = (m.teacher or {}).get("sha256")
+    sha_ok = None if not recorded else recorded == teacher.sha256
+    report = ReplayReport(views=len(where), epochs=epochs, precision=precision, converted=converted,
+                          mean_gap=float(gap.mean()), max_gap=float(gap.max()), beyond_tolerance=int(bad_views.sum()),
+                          worst=worst, teacher_sha256_matches=sha_ok, problem=None)
+    report.problem = _problem(report)
+    return report
+
+
+def _problem(r: ReplayReport) -> str | None:
+    cause = ("likely a different teacher" if r.teacher_sha256_matches is False
+             else "likely another teacher, augmentation seed or recipe than the store records")
+    if r.converted:
+        if r.mean_gap <= CONVERTED_MAX_MEAN_GAP:
+            return None
+        return (f"replayed views differ from the stored distances by {r.mean_gap:.3f} nats on average (largest "
+                f"{r.max_gap:.3f}; at most {CONVERTED_MAX_MEAN_GAP} expected for converted labels) over {r.views} "
+                "views: the labels do not describe these images' views; likely a wrong --sampler-seed or "
+                "--order-file, a wrong --size, or not the image folder the labels were made on"
+                + ("" if r.teacher_sha256_matches is not False else ", or another teacher"))
+    if r.beyond_tolerance == 0:
+        return None
+    w = r.worst
+    return (f"{r.beyond_tolerance} of {r.views} replayed views differ from the stored distances beyond the "
+            f"{r.precision} tolerance (mean gap {r.mean_gap:.3f} nats, largest {r.max_gap:.3f} at epoch {w['epoch']}, "
+            f"image {w['key']}): {cause}")

@@ -1,0 +1,82 @@
+"""Where a command may write: checks at the door, and moving a finished folder into place.
+
+Why at the door: a run refused after an hour of work (an existing output, a missing or read-only
+folder) wastes the hour, and a refusal half-way leaves things behind. Every command that writes a
+file or folder checks its output here before it starts: the parent folder must exist and be
+writable, and an existing output is only replaced with ``overwrite`` and, for folders, only when it
+is one of ours (it holds the ``marker`` file that our writer puts there).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from nrrstore.errors import NrrError
+from nrrstore.format.atomic import fsync_dir
+
+OLD_PREFIX = ".old-"
+
+
+def check_parent(path: str | os.PathLike[str]) -> None:
+    """The folder that will hold ``path`` must exist and be writable."""
+    target = Path(os.path.abspath(path))
+    if not target.name:
+        raise NrrError(path, "cannot write into a file system root")
+    parent = target.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise NrrError(path, f"parent folder {Path(path).parent} {what}")
+    check_writable(parent, path)
+
+
+def check_writable(folder: str | os.PathLike[str], name: str | os.PathLike[str] | None = None) -> None:
+    """``folder`` must accept new files; the error names ``name`` (default: the folder)."""
+    if not os.access(folder, os.W_OK):
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        raise NrrError(name if name is not None else folder,
+                       "read-only file system" if read_only else f"permission denied (cannot write in {folder})")
+
+
+def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> None:
+    """A file output: refuse an existing one unless ``overwrite``, and never replace a folder."""
+    p = Path(path)
+    check_parent(p)
+    if p.is_dir():
+        raise NrrError(p, "is a folder; give a file name")
+    if p.exists() and not overwrite:
+        raise NrrError(p, "already exists (use --overwrite to replace it)")
+
+
+def check_output_folder(path: str | os.PathLike[str], overwrite: bool, *, marker: str, kind: str) -> None:
+    """A folder output: absent or empty, or ``overwrite`` and a folder of ``kind`` (it holds ``marker``)."""
+    p = Path(path)
+    check_parent(p)
+    if not p.exists():
+        return
+    if not p.is_dir():
+        raise NrrError(p, "exists and is not a folder")
+    if not any(p.iterdir()):
+        return
+    if not overwrite:
+        raise NrrError(p, "already exists and is not empty (use --overwrite to replace it)")
+    if not (p / marker).is_file():
+        raise NrrError(p, f"refusing to overwrite a non-empty folder that is not {kind} (no {marker})")
+
+
+def install_folder(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place, replacing an old one only after the new one is complete.
+
+    POSIX cannot rename over a non-empty folder, so the old one is moved aside to ``.old-<name>``
+    first; a crash in between leaves the complete new folder and the old one, nothing half-written.
+    """
+    old = final.with_name(f"{OLD_PREFIX}{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,555 @@
+"""The reliability table: bad inputs for every command, and what the refusal must name.
+
+Each `Case` builds its bad input inside a fresh work folder (``w``) from shared, read-only inputs
+(`Inputs`, ``e``), runs one command line, and names the substrings the single stderr line must hold
+(the file or option at fault). `run_case` runs a case and measures what the issue counts: the exit
+code, stderr lines, tracebacks, files left behind and files changed or lost. ``python -m
+tests._bad_inputs`` prints those counts for the whole table (recorded in README.md, RELIABILITY).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from nrrstore.distill.relabel import relabel
+from nrrstore.format.atomic import file_sha256
+from nrrstore.format.manifest import DIGEST_KEY, manifest_digest
+from nrrstore.format.writer import StoreWriter
+from nrrstore.models import load_teacher
+from nrrstore.sources import prepare_idx, prepare_imagefolder
+from nrrstore_cli.main import app
+from tests._real import FMNIST_TEST, fmnist, photo_crops
+from tests._teacher import teacher_path
+from tests.test_convert_sre2l import make_fixture
+from tests.test_format import write_fmnist_store
+
+Args = Callable[[Any, Path, SimpleNamespace], list[Any]]
+
+
+@dataclass
+class Inputs:
+    """Shared inputs, built once; cases copy what they damage into their own work folder."""
+
+    root: Path
+    teacher: Path
+    shards: Path  # the embedded Fashion-MNIST test split (1000 images, 10 classes)
+    small_shards: Path  # 4 images per class
+    store: Path  # 10 classes x 2 images, 2 epochs of DBR distances
+    plain: Path  # 10 classes x 1 image, no labels
+    store3: Path  # 3 classes
+    idx_images: Path
+    idx_labels: Path
+    rgb_shards: Path  # 3 classes of RGB photo crops, 28 px
+    folder: Path  # an ImageFolder tree: 3 classes x 2 Fashion-MNIST PNGs
+    sre2l: SimpleNamespace  # labels (made by the teacher) and images
+    rded: Path  # an RDED tree: classes 0..2, RGB JPEGs of grey images (as RDED writes them)
+    evil: Path  # a pickle that would run os.system
+
+
+def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> Path:
+    raw = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + arr.tobytes()
+    path.write_bytes(gzip.compress(raw, mtime=0) if gz else raw)
+    return path
+
+
+class _Payload:
+    def __reduce__(self):  # noqa: D105 - what a malicious checkpoint does
+        return (os.system, ("echo pwned",))
+
+
+def build_inputs(root: Path) -> Inputs:
+    root.mkdir(parents=True, exist_ok=True)
+    teacher = teacher_path()
+    t = load_teacher(teacher)
+    store = root / "store"
+    write_fmnist_store(store, per_class=2)
+    relabel(store, t, 2, batch_size=20)
+    plain = root / "plain"
+    write_fmnist_store(plain, per_class=1)
+    store3 = root / "store3"
+    with StoreWriter(store3, ["a", "b", "c"]) as w:
+        for key, img, label in fmnist("train", 1):
+            if label < 3:
+                w.add_image(key, img, label)
+        w.finalize()
+    samples = fmnist("test", 4)
+    idx_images = write_idx(root / "t10k-images-idx3-ubyte.gz", np.stack([s[1] for s in samples]))
+    idx_labels = write_idx(root / "t10k-labels-idx1-ubyte.gz", np.array([s[2] for s in samples], np.uint8))
+    photos = root / "photos"
+    for i, (img, label) in enumerate(photo_crops(9, size=28)):
+        (photos / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(photos / f"c{label}" / f"{i:03d}.png")
+    rgb_shards = root / "rgb-shards"
+    prepare_imagefolder(photos, rgb_shards)
+    folder = root / "folder"
+    for key, img, label in fmnist("train", 2)[:6]:
+        (folder / f"class{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"class{label}" / f"{key}.png")
+    fx = make_fixture(root / "sre2l", ["cutmix", "cutmix"], per_class=2, batch=8, teacher=t)
+    rded = root / "rded"
+    for c in range(3):
+        (rded / f"{c:05d}").mkdir(parents=True)
+        for i, (_, img, _) in enumerate([s for s in fmnist("train", 2) if s[2] == c]):
+            Image.fromarray(img).convert("RGB").save(rded / f"{c:05d}" / f"class{c:05d}_id{i:05d}.jpg")
+    evil = root / "evil.pt"
+    torch.save({"state_dict": _Payload()}, evil)
+    small_shards = root / "small"
+    prepare_idx(idx_images, idx_labels, small_shards)
+    return Inputs(root, teacher, FMNIST_TEST, small_shards, store, plain, store3, idx_images, idx_labels, rgb_shards, folder,
+                  SimpleNamespace(labels=fx.labels_dir, images=fx.images_dir), rded, evil)
+
+
+# -- bad inputs, made in the work folder ---------------------------------------------------------------
+def copy(src: Path, dst: Path) -> Path:
+    (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    return dst
+
+
+def text(path: Path, content: str = "not what it should be\n") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    return path
+
+
+def edit_manifest(store: Path, change: Callable[[dict], None], redigest: bool) -> None:
+    doc = json.loads((store / "manifest.json").read_text())
+    change(doc)
+    if redigest:
+        doc[DIGEST_KEY] = manifest_digest(doc)
+    (store / "manifest.json").write_text(json.dumps(doc, indent=2))
+
+
+def label_42(store: Path) -> str:
+    """Index label 42, with the file checksum and the digest made to match: only a range check finds it."""
+    index = pq.read_table(store / "index.parquet")
+    labels = index.column("label").to_pylist()
+    labels[3] = 42
+    i = index.schema.get_field_index("label")
+    pq.write_table(index.set_column(i, index.schema.field("label"), pa.array(labels, pa.int32())), store / "index.parquet")
+
+    def fix(doc: dict) -> None:
+        entry = next(f for f in doc["files"] if f["path"] == "index.parquet")
+        entry["bytes"] = (store / "index.parquet").stat().st_size
+        entry["sha256"] = file_sha256(store / "index.parquet")
+
+    edit_manifest(store, fix, redigest=True)
+    return index.column("key")[3].as_py()
+
+
+def hold_lock(target: Path, x: SimpleNamespace) -> None:
+    """Another live process holding the write lock of ``target`` (its pid goes into ``x.pid``)."""
+    code = ("import sys, time\nfrom nrrstore.format.lock import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    x.pid, x.finalize = proc.pid, lambda: (proc.kill(), proc.wait())
+
+
+def mixed_sizes(e: Inputs, w: Path, x: SimpleNamespace) -> None:
+    (w / "in/a").mkdir(parents=True)
+    (w / "in/b").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(w / "in/a/1.png")
+    Image.fromarray(np.zeros((32, 30), np.uint8)).save(w / "in/b/2.png")
+
+
+def mixed_channels(e: Inputs, w: Path, x: SimpleNamespace) -> None:
+    """Shards of grey and RGB images (prepare keeps each image's mode by default)."""
+    for i, mode in enumerate(("L", "RGB")):
+        (w / f"in/{mode}").mkdir(parents=True)
+        Image.fromarray(np.full((28, 28), 9 * i, np.uint8)).convert(mode).save(w / f"in/{mode}/{i}.png")
+    prepare_imagefolder(w / "in", w / "sh")
+
+
+def non_utf8_folder(e: Inputs, w: Path, x: SimpleNamespace) -> None:
+    bad = os.fsdecode(b"caf\xe9")  # a Latin-1 name: not UTF-8
+    (w / "in" / bad).mkdir(parents=True)
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(w / "in" / bad / "1.png")
+
+
+def partial_sre2l(e: Inputs, w: Path, x: SimpleNamespace) -> None:
+    copy(e.sre2l.labels, w / "labels")
+    (w / "labels/epoch_1/batch_2.tar").unlink()
+
+
+# -- the table -------------------------------------------------------------------------------------------
+@dataclass
+class Case:
+    id: str
+    args: Args
+    names: Callable[[Any, Path, SimpleNamespace], list[Any]]
+    code: int = 1
+    setup: Callable[[Inputs, Path, SimpleNamespace], Any] | None = None
+
+
+def c(id: str, args: Args, names: Any, code: int = 1, setup: Any = None) -> Case:
+    return Case(id, args, names if callable(names) else (lambda e, w, x, n=names: n), code, setup)
+
+
+IN = "--in"
+CASES: list[Case] = [
+    # prepare idx
+    c("idx-missing-images", lambda e, w, x: ["prepare", "idx", w / "no.gz", e.idx_labels, "--out", w / "o"],
+      lambda e, w, x: [w / "no.gz", "no such file"]),
+    c("idx-missing-labels", lambda e, w, x: ["prepare", "idx", e.idx_images, w / "no.gz", "--out", w / "o"],
+      lambda e, w, x: [w / "no.gz"]),
+    c("idx-corrupt-gzip", lambda e, w, x: ["prepare", "idx", w / "c.gz", e.idx_labels, "--out", w / "o"],
+      lambda e, w, x: [w / "c.gz"], setup=lambda e, w, x: (w / "c.gz").write_bytes(b"\x1f\x8b" + os.urandom(300))),
+    c("idx-not-idx", lambda e, w, x: ["prepare", "idx", w / "t.idx", e.idx_labels, "--out", w / "o"],
+      lambda e, w, x: [w / "t.idx", "not an IDX file"], setup=lambda e, w, x: text(w / "t.idx")),
+    c("idx-label-count", lambda e, w, x: ["prepare", "idx", e.idx_images, w / "l.gz", "--out", w / "o"],
+      lambda e, w, x: [w / "l.gz", "39 labels"], setup=lambda e, w, x: write_idx(w / "l.gz", np.zeros(39, np.uint8))),
+    c("idx-out-not-empty", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o"],
+      lambda e, w, x: [w / "o", "--overwrite"], setup=lambda e, w, x: text(w / "o/mine.txt")),
+    c("idx-out-foreign-overwrite", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o",
+                                                    "--overwrite"],
+      lambda e, w, x: [w / "o", "not a folder made by prepare"], setup=lambda e, w, x: text(w / "o/mine.txt")),
+    c("idx-out-is-file", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "f"],
+      lambda e, w, x: [w / "f", "not a folder"], setup=lambda e, w, x: text(w / "f")),
+    c("idx-missing-parent", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "no/o"],
+      lambda e, w, x: [w / "no/o", "parent folder"]),
+    c("idx-bad-format", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o", "--format",
+                                         "gif"], ["image format", "gif"]),
+    c("idx-bad-mode", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o", "--mode", "CMYK"],
+      ["mode", "CMYK"]),
+    c("idx-bad-prefix", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o", "--prefix",
+                                         "a.b"], ["prefix", "dot"]),
+    c("idx-few-class-names", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o",
+                                              "--classes", "a,b"], lambda e, w, x: [e.idx_labels, "class names"]),
+    c("idx-skip-all", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o", "--skip", 1000],
+      ["skipping 1000"]),
+    c("idx-shard-size-0", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o",
+                                           "--shard-size", 0], ["--shard-size"], code=2),
+    # prepare imagefolder
+    c("if-missing-root", lambda e, w, x: ["prepare", "imagefolder", w / "no", "--out", w / "o"],
+      lambda e, w, x: [w / "no", "no such file"]),
+    c("if-root-is-file", lambda e, w, x: ["prepare", "imagefolder", w / "f", "--out", w / "o"],
+      lambda e, w, x: [w / "f", "not a directory"], setup=lambda e, w, x: text(w / "f")),
+    c("if-no-class-folders", lambda e, w, x: ["prepare", "imagefolder", w / "in", "--out", w / "o"],
+      lambda e, w, x: [w / "in", "no class folders"], setup=lambda e, w, x: (w / "in").mkdir()),
+    c("if-empty-class", lambda e, w, x: ["prepare", "imagefolder", w / "in", "--out", w / "o"],
+      lambda e, w, x: [w / "in/a", "no image files"], setup=lambda e, w, x: (w / "in/a").mkdir(parents=True)),
+    c("if-corrupt-image", lambda e, w, x: ["prepare", "imagefolder", w / "in", "--out", w / "o"],
+      lambda e, w, x: [w / "in/a/x.png"], setup=lambda e, w, x: text(w / "in/a/x.png", "\x89PNG broken")),
+    c("if-mixed-sizes", lambda e, w, x: ["prepare", "imagefolder", w / "in", "--out", w / "o"],
+      lambda e, w, x: [w / "in/b/2.png", w / "in/a/1.png", "30x32", "28x28", "--resize"], setup=mixed_sizes),
+    c("if-non-utf8-class", lambda e, w, x: ["prepare", "imagefolder", w / "in", "--out", w / "o"],
+      ["caf\\xe9", "not valid UTF-8"], setup=non_utf8_folder),
+    c("if-out-inside-input", lambda e, w, x: ["prepare", "imagefolder", w / "in", "--out", w / "in/o"],
+      lambda e, w, x: [w / "in/o", "inside the input"], setup=lambda e, w, x: copy(e.folder, w / "in")),
+    c("if-resize-0", lambda e, w, x: ["prepare", "imagefolder", e.folder, "--out", w / "o", "--resize", 0],
+      ["--resize"], code=2),
+    # teacher train / eval
+    c("tt-missing-in", lambda e, w, x: ["teacher", "train", IN, w / "no", "--out", w / "t.pt"], lambda e, w, x: [w / "no"]),
+    c("tt-no-shards", lambda e, w, x: ["teacher", "train", IN, w / "in", "--out", w / "t.pt"],
+      lambda e, w, x: [w / "in", "no .tar shards"], setup=lambda e, w, x: (w / "in").mkdir()),
+    c("tt-out-exists", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt"],
+      lambda e, w, x: [w / "t.pt", "--overwrite"], setup=lambda e, w, x: copy(e.teacher, w / "t.pt")),
+    c("tt-out-parent", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "no/t.pt"],
+      lambda e, w, x: [w / "no/t.pt", "parent folder"]),
+    c("tt-bad-arch", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt", "--arch", "vgg99"],
+      ["architecture", "vgg99"]),
+    c("tt-bad-optimizer", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt", "--optimizer", "lion"],
+      ["--optimizer", "lion"]),
+    c("tt-bad-norm", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt", "--norm", "fancy"],
+      ["norm", "fancy"]),
+    c("tt-mixed-channels", lambda e, w, x: ["teacher", "train", IN, w / "sh", "--out", w / "t.pt"],
+      lambda e, w, x: [w / "sh", "28x28x3", "28x28x1", "--mode"], setup=mixed_channels),
+    c("tt-limit-0", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt", "--limit-per-class", 0],
+      ["--limit-per-class"], code=2),
+    c("te-missing-teacher", lambda e, w, x: ["teacher", "eval", "--teacher", w / "no.pt", IN, e.shards],
+      lambda e, w, x: [w / "no.pt"]),
+    c("te-not-a-checkpoint", lambda e, w, x: ["teacher", "eval", "--teacher", w / "t.pt", IN, e.shards],
+      lambda e, w, x: [w / "t.pt", "not a torch checkpoint"], setup=lambda e, w, x: text(w / "t.pt")),
+    c("te-pickled-code", lambda e, w, x: ["teacher", "eval", "--teacher", e.evil, IN, e.shards],
+      lambda e, w, x: [e.evil, "not a safe checkpoint"]),
+    c("te-class-mismatch", lambda e, w, x: ["teacher", "eval", "--teacher", e.teacher, IN, e.rgb_shards],
+      lambda e, w, x: [e.rgb_shards, "3 classes"]),
+    # distill
+    c("d-missing-in", lambda e, w, x: ["distill", IN, w / "no", "--ipc", 1, "--teacher", e.teacher, "--out", w / "s"],
+      lambda e, w, x: [w / "no"]),
+    c("d-missing-teacher", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", w / "t.pt", "--out", w / "s"],
+      lambda e, w, x: [w / "t.pt", "no such teacher"]),
+    c("d-bad-method", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--out", w / "s",
+                                       "--method", "magic"], ["method", "magic"]),
+    c("d-bad-select", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--out", w / "s",
+                                       "--select", "best"], ["select", "best"]),
+    c("d-bad-precision", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--out", w / "s",
+                                          "--precision", "fp8"], ["--precision", "fp8"]),
+    c("d-bad-image-format", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--out",
+                                             w / "s", "--image-format", "bmp"], ["image format", "bmp"]),
+    c("d-ipc-0", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 0, "--teacher", e.teacher, "--out", w / "s"],
+      ["--ipc"], code=2),
+    c("d-too-few-images", lambda e, w, x: ["distill", IN, e.small_shards, "--ipc", 5, "--mipc", 5, "--teacher",
+                                           e.teacher, "--out", w / "s", "--relabel-epochs", 0],
+      lambda e, w, x: [e.small_shards, "too few images", "4 candidate images, need 5"]),
+    c("d-image-size", lambda e, w, x: ["distill", IN, w / "in", "--ipc", 1, "--mipc", 2, "--teacher", e.teacher,
+                                       "--out", w / "s"], lambda e, w, x: [w / "in", "28x28x3", "the teacher takes 28x28x1"],
+      setup=lambda e, w, x: (copy(e.rgb_shards, w / "in"), (w / "in/classes.txt").unlink())),
+    c("d-out-not-empty", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--out", w / "s"],
+      lambda e, w, x: [w / "s", "--overwrite"], setup=lambda e, w, x: text(w / "s/notes.txt")),
+    c("d-out-is-file", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--out", w / "s"],
+      lambda e, w, x: [w / "s", "not a folder"], setup=lambda e, w, x: text(w / "s")),
+    c("d-locked", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--mipc", 2, "--teacher", e.teacher, "--out",
+                                   w / "s"],
+      lambda e, w, x: [w / "s", f"another nrrstore process (pid {x.pid}) is writing here"],
+      setup=lambda e, w, x: hold_lock(w / "s", x)),
+    c("d-classes-file", lambda e, w, x: ["distill", IN, w / "in", "--ipc", 1, "--teacher", e.teacher, "--out", w / "s"],
+      lambda e, w, x: [w / "in", "3 classes"],
+      setup=lambda e, w, x: (copy(e.shards, w / "in"), text(w / "in/classes.txt", "a\nb\nc\n"))),
+    # relabel
+    c("r-missing-store", lambda e, w, x: ["relabel", w / "no", "--teacher", e.teacher], lambda e, w, x: [w / "no"]),
+    c("r-not-a-store", lambda e, w, x: ["relabel", w / "d", "--teacher", e.teacher],
+      lambda e, w, x: [w / "d", "missing manifest"], setup=lambda e, w, x: text(w / "d/x.txt")),
+    c("r-teacher-classes", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 1],
+      lambda e, w, x: [e.teacher, "10 classes", "3"], setup=lambda e, w, x: copy(e.store3, w / "s")),
+    c("r-bad-precision", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--precision", "fp8"],
+      ["precision", "fp8"], setup=lambda e, w, x: copy(e.plain, w / "s")),
+    c("r-bad-mix", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--mix", "blend"], ["mix", "blend"],
+      setup=lambda e, w, x: copy(e.plain, w / "s")),
+    c("r-has-labels", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 1],
+      lambda e, w, x: [w / "s", "already has labels", "--overwrite"], setup=lambda e, w, x: copy(e.store, w / "s")),
+    c("r-edited-manifest", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--overwrite"],
+      lambda e, w, x: [w / "s/manifest.json", "changed"],
+      setup=lambda e, w, x: (copy(e.store, w / "s"),
+                             edit_manifest(w / "s", lambda d: d["augmentation"].update(seed=9), redigest=False))),
+    c("r-locked", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 1],
+      lambda e, w, x: [w / "s", f"pid {x.pid}"],
+      setup=lambda e, w, x: (copy(e.plain, w / "s"), hold_lock(w / "s", x))),
+    # train-student
+    c("ts-missing-store", lambda e, w, x: ["train-student", w / "no", "--val", e.shards], lambda e, w, x: [w / "no"]),
+    c("ts-bad-labels", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--labels", "soft"],
+      ["label mode", "soft"]),
+    c("ts-no-distances", lambda e, w, x: ["train-student", e.plain, "--val", e.shards, "--epochs", 1],
+      lambda e, w, x: [e.plain, "no DBR distances"]),
+    c("ts-missing-val", lambda e, w, x: ["train-student", e.store, "--val", w / "no", "--epochs", 1],
+      lambda e, w, x: [w / "no"]),
+    c("ts-val-classes", lambda e, w, x: ["train-student", e.store, "--val", e.rgb_shards, "--epochs", 1],
+      ["held-out classes"]),
+    c("ts-label-42", lambda e, w, x: ["train-student", w / "s", "--val", e.shards, "--epochs", 1],
+      lambda e, w, x: [w / "s/index.parquet", x.key, "label 42"],
+      setup=lambda e, w, x: (copy(e.store, w / "s"), setattr(x, "key", label_42(w / "s")))),
+    c("ts-checkpoint-exists", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
+                                               "--checkpoint", w / "c.pt"],
+      lambda e, w, x: [w / "c.pt", "--resume", "--overwrite"], setup=lambda e, w, x: text(w / "c.pt")),
+    c("ts-bad-arch", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1, "--arch", "vgg99"],
+      ["architecture", "vgg99"]),
+    c("ts-epochs-beyond", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 5],
+      lambda e, w, x: [e.store, "beyond the 2 stored", "--cycle"]),
+    # evaluate
+    c("ev-missing-store", lambda e, w, x: ["evaluate", w / "no", "--val", e.shards], lambda e, w, x: [w / "no"]),
+    c("ev-missing-val", lambda e, w, x: ["evaluate", e.store, "--val", w / "no", "--work", w / "ev"],
+      lambda e, w, x: [w / "no"]),
+    c("ev-bad-labels", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--labels", "soft", "--work", w / "ev"],
+      ["label kind", "soft"]),
+    c("ev-missing-kd", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--labels", "kd", "--work", w / "ev"],
+      lambda e, w, x: [e.store, "--full-softlabels"]),
+    c("ev-full-acc", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--full-acc", 93, "--work", w / "ev"],
+      ["full accuracy", "93"]),
+    c("ev-plot-exists", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--plot", w / "p.png", "--work", w / "ev"],
+      lambda e, w, x: [w / "p.png", "--overwrite"], setup=lambda e, w, x: text(w / "p.png")),
+    c("ev-plot-parent", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--plot", w / "no/p.png"],
+      lambda e, w, x: [w / "no/p.png", "parent folder"]),
+    c("ev-work-in-store", lambda e, w, x: ["evaluate", w / "s", "--val", e.shards, "--work", w / "s/ev"],
+      lambda e, w, x: [w / "s/ev", "outside the store"], setup=lambda e, w, x: copy(e.store, w / "s")),
+    c("ev-seeds-0", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--seeds", 0], ["--seeds"], code=2),
+    # inspect / verify
+    c("in-missing", lambda e, w, x: ["inspect", w / "no"], lambda e, w, x: [w / "no"]),
+    c("in-empty-folder", lambda e, w, x: ["inspect", w / "d"], lambda e, w, x: [w / "d", "no .tar shards"],
+      setup=lambda e, w, x: (w / "d").mkdir()),
+    c("in-grid-exists", lambda e, w, x: ["inspect", e.store, "--grid", w / "g.png"],
+      lambda e, w, x: [w / "g.png", "--overwrite"], setup=lambda e, w, x: text(w / "g.png")),
+    c("in-grid-parent", lambda e, w, x: ["inspect", e.store, "--grid", w / "no/g.png"],
+      lambda e, w, x: [w / "no/g.png", "parent folder"]),
+    c("in-grid-is-folder", lambda e, w, x: ["inspect", e.store, "--grid", w / "d"],
+      lambda e, w, x: [w / "d", "is a folder"], setup=lambda e, w, x: (w / "d").mkdir()),
+    c("in-unknown-major", lambda e, w, x: ["inspect", w / "s"], lambda e, w, x: [w / "s/manifest.json", "9.0"],
+      setup=lambda e, w, x: (copy(e.plain, w / "s"),
+                             edit_manifest(w / "s", lambda d: d.update(format_version="9.0"), redigest=True))),
+    c("v-missing", lambda e, w, x: ["verify", w / "no"], lambda e, w, x: [w / "no", "no such store"]),
+    c("v-manifest-not-json", lambda e, w, x: ["verify", w / "s"], lambda e, w, x: [w / "s/manifest.json", "JSON"],
+      setup=lambda e, w, x: (copy(e.plain, w / "s"), text(w / "s/manifest.json", "{broken"))),
+    c("v-teacher-missing", lambda e, w, x: ["verify", e.store, "--teacher", w / "t.pt"], lambda e, w, x: [w / "t.pt"]),
+    c("v-teacher-no-distances", lambda e, w, x: ["verify", w / "s", "--teacher", e.teacher],
+      lambda e, w, x: [w / "s", "no DBR distances"], setup=lambda e, w, x: copy(e.store3, w / "s")),
+    c("v-sample-0", lambda e, w, x: ["verify", e.store, "--sample", 0], ["--sample"], code=2),
+    # convert-softlabels
+    c("c-missing-labels", lambda e, w, x: ["convert-softlabels", w / "no", "--images", e.sre2l.images, "--out", w / "s"],
+      lambda e, w, x: [w / "no", "no such folder"]),
+    c("c-no-epochs", lambda e, w, x: ["convert-softlabels", w / "l", "--images", e.sre2l.images, "--out", w / "s"],
+      lambda e, w, x: [w / "l", "no epoch_"], setup=lambda e, w, x: (w / "l").mkdir()),
+    c("c-partial-folder", lambda e, w, x: ["convert-softlabels", w / "labels", "--images", e.sre2l.images, "--out",
+                                           w / "s"],
+      lambda e, w, x: [w / "labels/epoch_1", "missing batch_2.tar", "--epochs 1"], setup=partial_sre2l),
+    c("c-epochs-too-many", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
+                                            w / "s", "--epochs", 3],
+      lambda e, w, x: [e.sre2l.labels / "epoch_2", "--epochs 3"]),
+    c("c-pickled-code", lambda e, w, x: ["convert-softlabels", w / "labels", "--images", e.sre2l.images, "--out", w / "s"],
+      lambda e, w, x: [w / "labels/epoch_1/batch_0.tar", "refused to load"],
+      setup=lambda e, w, x: (copy(e.sre2l.labels, w / "labels"), torch.save([_Payload()], w / "labels/epoch_1/batch_0.tar"))),
+    c("c-image-count", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", w / "img", "--out", w / "s"],
+      lambda e, w, x: [w / "img", "images make"],
+      setup=lambda e, w, x: (copy(e.sre2l.images, w / "img"),
+                             [sorted(d.iterdir())[0].unlink() for d in sorted((w / "img").iterdir())])),
+    c("c-bad-format", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
+                                       w / "s", "--format", "fkd"], ["--format", "fkd"]),
+    c("c-mean-without-std", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
+                                             w / "s", "--mean", "0.5"], ["--mean", "--std"]),
+    c("c-out-exists", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out", w / "s"],
+      lambda e, w, x: [w / "s", "--overwrite"], setup=lambda e, w, x: text(w / "s/x.txt")),
+    c("c-out-inside-input", lambda e, w, x: ["convert-softlabels", w / "labels", "--images", e.sre2l.images, "--out",
+                                             w / "labels/s"], lambda e, w, x: [w / "labels/s", "inside the input"],
+      setup=lambda e, w, x: copy(e.sre2l.labels, w / "labels")),
+    c("c-order-file-missing", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images,
+                                               "--out", w / "s", "--order-file", w / "o.npy"],
+      lambda e, w, x: [w / "o.npy", "no such file"]),
+    c("c-wrong-seed", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
+                                       w / "s", "--teacher", e.teacher, "--sampler-seed", 7],
+      lambda e, w, x: [e.sre2l.labels, "replayed views differ", "--sampler-seed"]),
+    c("c-wrong-size", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
+                                       w / "s", "--teacher", e.teacher, "--size", 32],
+      lambda e, w, x: [e.teacher, "32 px", "28 px"]),
+    c("c-other-images", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", w / "img", "--out", w / "s",
+                                         "--teacher", e.teacher],
+      lambda e, w, x: [e.sre2l.labels, "replayed views differ", "image folder"],
+      setup=lambda e, w, x: (copy(e.sre2l.images, w / "img"), _shuffle_images(w / "img"))),
+    # import rded
+    c("ir-missing", lambda e, w, x: ["import", "rded", w / "no", "--out", w / "s"], lambda e, w, x: [w / "no"]),
+    c("ir-bad-class-folder", lambda e, w, x: ["import", "rded", w / "r", "--out", w / "s"],
+      lambda e, w, x: [w / "r/fish", "not an RDED class folder"],
+      setup=lambda e, w, x: (copy(e.rded, w / "r"), (w / "r/fish").mkdir())),
+    c("ir-bad-image-name", lambda e, w, x: ["import", "rded", w / "r", "--out", w / "s"],
+      lambda e, w, x: [w / "r/00001/img.jpg", "not an RDED image name"],
+      setup=lambda e, w, x: (copy(e.rded, w / "r"), copy(e.rded / "00001/class00001_id00000.jpg", w / "r/00001/img.jpg"))),
+    c("ir-missing-class", lambda e, w, x: ["import", "rded", w / "r", "--out", w / "s"],
+      lambda e, w, x: [w / "r/00001", "--classes"],
+      setup=lambda e, w, x: (copy(e.rded, w / "r"), shutil.rmtree(w / "r/00001"))),
+    c("ir-epochs-no-teacher", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s", "--epochs", 3],
+      ["--epochs", "--teacher"]),
+    c("ir-mode-vs-teacher", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s", "--teacher", e.teacher,
+                                             "--mode", "RGB"], ["--mode", "--mode L"]),
+    c("ir-teacher-classes", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s", "--teacher", e.teacher],
+      lambda e, w, x: [e.teacher, "10 classes", "3"]),
+    c("ir-out-exists", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s"],
+      lambda e, w, x: [w / "s", "--overwrite"], setup=lambda e, w, x: text(w / "s/x.txt")),
+    # size-report / export
+    c("sr-missing", lambda e, w, x: ["size-report", w / "no"], lambda e, w, x: [w / "no", "no such store"]),
+    c("sr-plot-not-png", lambda e, w, x: ["size-report", e.store, "--plot", w / "c.jpg"], lambda e, w, x: [w / "c.jpg", "PNG"]),
+    c("sr-plot-exists", lambda e, w, x: ["size-report", e.store, "--plot", w / "c.png"],
+      lambda e, w, x: [w / "c.png", "--overwrite"], setup=lambda e, w, x: text(w / "c.png")),
+    c("sr-ipc-0", lambda e, w, x: ["size-report", e.store, "--ipc", 0], ["--ipc"], code=2),
+    c("ex-missing-store", lambda e, w, x: ["export", w / "no", w / "o"], lambda e, w, x: [w / "no"]),
+    c("ex-bad-layout", lambda e, w, x: ["export", e.store, w / "o", "--to", "coco"], ["--to", "coco"]),
+    c("ex-out-foreign", lambda e, w, x: ["export", e.store, w / "o", "--overwrite"],
+      lambda e, w, x: [w / "o", "not an nrrstore export"], setup=lambda e, w, x: text(w / "o/thesis.tex")),
+    c("ex-out-in-store", lambda e, w, x: ["export", w / "s", w / "s/o"], lambda e, w, x: [w / "s/o", "inside the store"],
+      setup=lambda e, w, x: copy(e.plain, w / "s")),
+    # usage errors
+    c("u-unknown-command", lambda e, w, x: ["distil"], ["distil", "no such command"], code=2),
+    c("u-unknown-option", lambda e, w, x: ["verify", e.store, "--fast"], ["--fast", "no such option"], code=2),
+    c("u-missing-argument", lambda e, w, x: ["verify"], ["STORE", "missing"], code=2),
+    c("u-missing-option", lambda e, w, x: ["distill", "--ipc", 1], ["--in", "missing"], code=2),
+    c("u-not-a-number", lambda e, w, x: ["distill", IN, e.shards, "--ipc", "ten"], ["--ipc"], code=2),
+    c("u-extra-argument", lambda e, w, x: ["verify", e.store, "extra"], ["extra", "unexpected"], code=2),
+]
+
+
+def _shuffle_images(folder: Path) -> None:
+    """Same names and count, other pictures: the labels no longer describe these images."""
+    files = sorted(folder.rglob("*.png"))
+    data = [p.read_bytes() for p in files]
+    for p, d in zip(files, data[7:] + data[:7]):
+        p.write_bytes(d)
+
+
+# -- running a case ---------------------------------------------------------------------------------------
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file and folder under ``folder`` with a content hash (folders: "dir")."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = os.fsencode(p.relative_to(folder)).decode("utf-8", "backslashreplace")
+        out[rel] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@dataclass
+class Outcome:
+    code: int
+    lines: list[str]
+    traceback: bool
+    left: list[str] = field(default_factory=list)  # new files or folders
+    lost: list[str] = field(default_factory=list)  # files that changed or vanished
+    missing_names: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return (not self.traceback and len(self.lines) == 1 and self.lines[0].startswith("nrrstore: ")
+                and not self.left and not self.lost and not self.missing_names)
+
+
+def run_case(case: Case, inputs: Inputs, work: Path) -> Outcome:
+    x = SimpleNamespace(finalize=None)
+    try:
+        if case.setup is not None:
+            case.setup(inputs, work, x)
+        before, shared = snapshot(work), snapshot(inputs.root)
+        res = CliRunner().invoke(app, [str(a) for a in case.args(inputs, work, x)])
+        after = snapshot(work)
+        lost = [k for k, v in before.items() if after.get(k) != v]
+        lost += [f"(input) {k}" for k, v in snapshot(inputs.root).items() if shared.get(k) != v]
+        lines = res.stderr.splitlines()
+        line = lines[0] if lines else ""
+        names = [str(n) for n in case.names(inputs, work, x)]
+        crashed = res.exception is not None and not isinstance(res.exception, SystemExit)
+        return Outcome(res.exit_code, lines, crashed or "Traceback" in res.output,
+                       left=[k for k in after if k not in before], lost=lost,
+                       missing_names=[n for n in names if n not in line])
+    finally:
+        if x.finalize is not None:
+            x.finalize()
+
+
+def tally(cases: list[Case], inputs: Inputs, scratch: Path) -> dict[str, int]:
+    """The counts README.md records: cases tried, refused cleanly, tracebacks, leftovers, data lost."""
+    counts = {"cases": 0, "refused cleanly": 0, "tracebacks": 0, "leftovers": 0, "data lost": 0}
+    for case in cases:
+        work = scratch / case.id
+        work.mkdir(parents=True)
+        out = run_case(case, inputs, work)
+        counts["cases"] += 1
+        counts["refused cleanly"] += int(out.clean and out.code == case.code)
+        counts["tracebacks"] += int(out.traceback)
+        counts["leftovers"] += int(bool(out.left))
+        counts["data lost"] += int(bool(out.lost))
+        if not (out.clean and out.code == case.code):
+            print(f"{case.id}: exit {out.code}, {out.lines}, left {out.left}, lost {out.lost}, "
+                  f"unnamed {out.missing_names}", file=sys.stderr)
+    return counts
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    from tests._teacher import one_thread
+
+    with tempfile.TemporaryDirectory() as tmp, one_thread():
+        shared = build_inputs(Path(tmp) / "inputs")
+        print(json.dumps(tally(CASES, shared, Path(tmp) / "cases"), indent=2))
