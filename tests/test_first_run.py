@@ -133,8 +133,12 @@ def test_few_optimizer_steps_warn(tmp_path: Path, teacher) -> None:
                               "--epochs", "1"])
     assert res.exit_code == 0, res.output
     assert res.stderr.splitlines() == ["nrrstore: warning: only 1 optimizer step(s) per epoch (10 images, batch size "
-                                       "10; 1 in all): with fewer than about 10 per epoch the result is not "
-                                       "meaningful; use a smaller batch size"]
+                                       "10; 1 in all): with fewer than about 10 per epoch and 300 in all the result "
+                                       "is not meaningful; use a smaller batch size or more epochs"]
+    # RDED's protocol (1 step per epoch at IPC 1, but 300 epochs) is meaningful: no warning.
+    res = runner.invoke(app, ["train-student", str(store), "--val", str(ROOT / "data/fashion-mnist/test"),
+                              "--epochs", "300", "--labels", "onehot"])
+    assert res.exit_code == 0 and "warning" not in res.stderr
 
 
 def test_teacher_train_limit_per_class_and_speed(small_shards: Path, tmp_path: Path) -> None:
