@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format.atomic import atomic_open
 from nrrstore.format.reader import Store
@@ -101,7 +102,7 @@ def train_student(
         "alpha_dbr": float(alpha_dbr), "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature),
         "seed": int(seed), "cycle": bool(cycle),
     }
-    dev = torch.device(device)
+    dev = resolve_device(device)
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     history: list[dict[str, Any]] = []
@@ -116,7 +117,7 @@ def train_student(
     total_steps = steps_per_epoch * epochs
     loader = None
     if start_epoch < epochs:
-        loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, cycle=cycle,
+        loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, device=dev, cycle=cycle,
                              num_epochs=epochs - start_epoch)
     model.train()
     sums: dict[str, Any] = {}
