@@ -44,6 +44,7 @@ def distill_cmd(
     classes_per_pass: int = typer.Option(100, "--classes-per-pass", min=1, help="Classes gathered per pass over the input (bounds memory)."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per output shard."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Relabel with the teacher under autocast: bf16 or fp16 (default fp32)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (with time per stage)."),
 ) -> None:
@@ -51,6 +52,9 @@ def distill_cmd(
     from nrrstore.distill.pipeline import distill, method_config
     from nrrstore.models.checkpoint import load_teacher
 
+    from nrrstore.devices import amp_dtype
+
+    amp_dtype(amp, device)  # refuse a bad --device/--amp before any work
     t = load_teacher(teacher, device=device)
     nrr = {"eps": eps, "lr": lr, "iterations": iterations, "alpha_bn": alpha_bn, "optimizer": optimizer}
     if no_refine:
@@ -70,7 +74,8 @@ def distill_cmd(
             from nrrstore.distill.relabel import relabel
 
             summary["relabel"] = relabel(out, t, relabel_epochs, precision=precision, seed=seed,
-                                         full_softlabels=full_softlabels, device=device, progress=bar)
+                                         full_softlabels=full_softlabels, device=device, amp=amp,
+                                         progress=bar)
     if json_out:
         print_json(summary)
     elif summary.get("rank", 0) == 0:
