@@ -83,7 +83,8 @@ def import_rded_cmd(
     syn_data: Path = typer.Argument(..., help="RDED output: {class:05d}/class{class:05d}_id{id:05d}.jpg"),
     out: Path = typer.Option(..., "--out", help="Output store folder."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
-    image_format: str = typer.Option("png", "--image-format", help="png (lossless, default), webp or jpg."),
+    image_format: Optional[str] = typer.Option(None, "--image-format", help="Re-encode as png, webp or jpg (default: "
+                                               "keep the source files' bytes when they can be, else png)."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
     mode: str = typer.Option("keep", "--mode", help="Image channels: keep, L or RGB."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nrrstore.convert.passthrough import file_headers, passthrough_format, read_file
 from nrrstore.errors import NrrError
 from nrrstore.format.keys import image_key
 from nrrstore.format.writer import StoreWriter, check_output_dir
@@ -84,7 +85,7 @@ def import_rded(
     out: str | os.PathLike[str],
     *,
     classes: Sequence[str] | str | os.PathLike[str] | None = None,
-    image_format: str = "png",
+    image_format: str | None = None,
     quality: int | None = None,
     mode: str = "keep",
     shard_size: int = 1024,
@@ -97,8 +98,10 @@ def import_rded(
     """Write the RDED tree ``syn_data`` as a store at ``out``; with ``teacher``, relabel it for ``epochs``.
 
     ``classes``: names (or a file of names, line i = class i) instead of the folder names; every
-    folder's class number must then be below their count. ``image_format`` png (lossless, default),
-    webp or jpg: relabel reads the stored images, so a lossy re-encode is what the teacher labels.
+    folder's class number must then be below their count. ``image_format`` None (default) keeps
+    the source files' bytes when every image can be stored as it is (see
+    :mod:`nrrstore.convert.passthrough`), else re-encodes as png; png, webp or jpg re-encode
+    (relabel reads the stored images, so a lossy re-encode is what the teacher labels).
     ``relabel_options``: further keyword arguments of `relabel` (precision, seed, device...).
     """
     t0 = time.perf_counter()
@@ -118,18 +121,25 @@ def import_rded(
         raise NrrError(images[-1].path.parent, f"class {len(folder_names) - 1} is beyond the {len(names)} class names given")
     check_output_dir(Path(out), overwrite)
     total_bytes = sum(r.path.stat().st_size for r in images)
+    keep, why = (None, f"--image-format {image_format}") if image_format is not None else \
+        passthrough_format(file_headers(r.path for r in images), mode)
+    stored = f"as is ({keep})" if keep else f"re-encoded as {image_format or 'png'}: {why}"
     source = {"format": "rded", "path": str(root.resolve()), "bytes": total_bytes, "files": len(images),
-              "total_bytes": total_bytes}
-    with StoreWriter(out, names, image_format=image_format, quality=quality, shard_size=shard_size, overwrite=overwrite,
-                     source=source, method={"import": {"from": "rded", "image_mode": mode}}) as w:
+              "total_bytes": total_bytes, "stored": stored}
+    with StoreWriter(out, names, image_format=keep or image_format or "png", quality=quality, shard_size=shard_size,
+                     overwrite=overwrite, source=source, method={"import": {"from": "rded", "image_mode": mode}}) as w:
         for i, r in enumerate(images):
-            pixels = convert_mode(read_image_file(r.path), mode)
-            w.add_image(image_key(r.label, r.id), pixels, r.label, {"source": r.path.relative_to(root).as_posix()})
+            key, meta = image_key(r.label, r.id), {"source": r.path.relative_to(root).as_posix()}
+            if keep:
+                w.add_encoded(key, read_file(r.path), r.label, meta, os.fspath(r.path))
+            else:
+                w.add_image(key, convert_mode(read_image_file(r.path), mode), r.label, meta)
             if progress:
                 progress("import images", i + 1, len(images))
         w.finalize(progress)
     summary: dict[str, Any] = {"store": str(out), "images": len(images), "classes": len(names),
-                               "source_bytes": total_bytes, "import_seconds": round(time.perf_counter() - t0, 3)}
+                               "source_bytes": total_bytes, "images_stored": stored,
+                               "import_seconds": round(time.perf_counter() - t0, 3)}
     if teacher is not None:
         from nrrstore.distill.relabel import relabel
 

@@ -63,6 +63,7 @@ from nrrstore.distill.relabel import (  # relabel's file names and encodings
     chunk_name,
     parquet_options,
 )
+from nrrstore.convert.passthrough import file_headers, passthrough_format, read_file
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
 from nrrstore.format.atomic import file_sha256, is_inside, tmp_name
@@ -343,8 +344,19 @@ class ImageSource:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.spec, "bytes": self.bytes, "files": self.files}
 
-    def samples(self, mode: str) -> Iterator[tuple[str, np.ndarray, int, dict[str, Any]]]:
-        """``(key, pixels, label, meta)`` in store order; keys unique and valid."""
+    def passthrough(self, mode: str) -> tuple[str | None, str]:
+        """The format every image can be stored in as it is, else None and why (see `passthrough_format`)."""
+        if self.kind == "imagefolder":
+            assert self.entries is not None
+            return passthrough_format(file_headers(e.path for e in self.entries), mode)
+        return passthrough_format(((f"{s.shard}: {s.key}", s.data or b"")
+                                   for s in iter_samples(self.shards or self.spec, decode=False)), mode)
+
+    def samples(self, mode: str, encoded: bool = False) -> Iterator[tuple[str, Any, int, dict[str, Any], str]]:
+        """``(key, image, label, meta, where)`` in store order; keys unique and valid.
+
+        ``image`` is the decoded pixels in ``mode``, or with ``encoded`` the source bytes unchanged.
+        """
         seen: set[str] = set()
         if self.kind == "imagefolder":
             assert self.entries is not None
@@ -355,14 +367,17 @@ class ImageSource:
                 counts[s] = counts.get(s, 0) + 1
             for i, (e, s) in enumerate(zip(self.entries, stems)):
                 key = s if counts[s] == 1 else f"{s[:190]}-{i:07d}"
-                yield key, convert_mode(read_image_file(e.path), mode), e.label, {"source": e.path.relative_to(root).as_posix()}
+                image = read_file(e.path) if encoded else convert_mode(read_image_file(e.path), mode)
+                yield key, image, e.label, {"source": e.path.relative_to(root).as_posix()}, os.fspath(e.path)
             return
-        for i, smp in enumerate(iter_samples(self.shards or self.spec)):
+        for i, smp in enumerate(iter_samples(self.shards or self.spec, decode=not encoded)):
             key = sanitize_key(smp.key) or f"img{i:07d}"
             if key in seen:
                 key = f"{key[:190]}-{i:07d}"
             seen.add(key)
-            yield key, convert_mode(smp.image, mode), smp.label, {"source_key": smp.key, "shard": os.path.basename(smp.shard)}
+            image = smp.data if encoded else convert_mode(smp.image, mode)
+            yield key, image, smp.label, {"source_key": smp.key, "shard": os.path.basename(smp.shard)}, \
+                f"{smp.shard}: {smp.key}"
 
 
 def open_image_source(spec: str | os.PathLike[str], classes: Sequence[str] | None = None) -> ImageSource:
@@ -606,19 +621,25 @@ def _check_count(n: int, folder: LabelFolder, batch: int, images: Path) -> None:
 def _write_images(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: int, num_classes: int,
                   args: dict[str, Any], progress: Progress | None) -> None:
     classes = src.classes or [str(i) for i in range(num_classes)]
+    fmt, why = src.passthrough(args["mode"])
     source = {
         "format": "sre2l", "path": str(folder.root.resolve()), "bytes": folder.bytes, "files": folder.files,
         "epochs": folder.epochs, "batch_size": batch, "num_classes": num_classes,
-        "images": src.describe(), "total_bytes": folder.bytes + src.bytes,
+        "images": {**src.describe(), "stored": f"as is ({fmt})" if fmt else f"re-encoded as png: {why}"},
+        "total_bytes": folder.bytes + src.bytes,
     }
-    with StoreWriter(store_dir, classes, image_format="png", shard_size=args["shard_size"], source=source,
+    with StoreWriter(store_dir, classes, image_format=fmt or "png", shard_size=args["shard_size"], source=source,
                      overwrite=True) as w:
         channels = None
-        for i, (key, pixels, label, meta) in enumerate(src.samples(args["mode"])):
+        for i, (key, image, label, meta, where) in enumerate(src.samples(args["mode"], encoded=fmt is not None)):
             if not 0 <= label < len(classes):
                 raise NrrError(src.spec, f"image {meta}: label {label} outside the {len(classes)} classes")
-            w.add_image(key, pixels, label, meta)
-            channels = channels or (3 if pixels.ndim == 3 and pixels.shape[2] == 3 else 1)
+            if fmt is not None:
+                w.add_encoded(key, image, label, meta, where)
+            else:
+                w.add_image(key, image, label, meta)
+            if channels is None:
+                channels = w.channels
             if progress:
                 progress("write images", i + 1, src.count)
         if channels is None:
@@ -882,7 +903,7 @@ def _finish(st: Store, folder: LabelFolder, src: ImageSource, out: Path, work: P
     return {"store": str(out), "mix": state["mix"], "precision": args["precision"], "files": files,
             "distance_bytes": distance_bytes, "quant_max": state["quant_max"],
             "logits_dtypes": sorted(state["logits_dtypes"]), "source_bytes": folder.bytes,
-            "images_bytes": src.bytes, "keep_full": args["keep_full"], "augmentation": recipe.to_dict()}
+            "images_bytes": src.bytes, "images_stored": m.source.get("images", {}).get("stored"), "keep_full": args["keep_full"], "augmentation": recipe.to_dict()}
 
 
 # -- helpers -------------------------------------------------------------------------------------------
