@@ -358,3 +358,18 @@ def test_bad_device(stores) -> None:
         make_loader(stores["dbr"], device="cuda")
     with pytest.raises(NrrError, match="unknown device"):
         make_loader(stores["dbr"], device="gpu0")
+
+
+def test_output_pool_reuses_only_released_batches() -> None:
+    from nrrstore.train.stream import OutputPool
+
+    pool = OutputPool(torch.device("cpu"), size=2)
+    a = pool.get((2, 3))
+    a.fill_(1.0)
+    b = pool.get((2, 3))  # a is still held: a new buffer
+    assert a.data_ptr() != b.data_ptr()
+    ptr = a.data_ptr()
+    del a
+    c = pool.get((1, 3))  # a was released: its memory comes back
+    assert c.data_ptr() == ptr and c.shape == (1, 3)
+    assert pool.get((2, 3)).data_ptr() not in (ptr, b.data_ptr())  # both held: a fresh one (pool is full)

@@ -21,8 +21,9 @@ student's are bit-identical when rendered by this renderer on the same kind of d
 devices (CPU vs CUDA, or CPUs with other vector units) the last bits may differ, because
 ``embedding_bag`` may fuse multiply and add; `benchmarks/gpu_check.sh` measures that gap.
 
-On the CPU the views are rendered in chunks of a few MB: large temporaries are fresh pages (page
-faults cost more than the arithmetic), while chunk-sized ones stay in cache and are recycled.
+On the CPU the views are rendered in chunks of about a core's L2 cache: large temporaries are
+fresh pages (page faults cost more than the arithmetic), chunk-sized ones stay in cache and are
+recycled by malloc.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ import torch.nn.functional as F
 
 from nrrstore.errors import NrrError
 
-CHUNK_BYTES = 5 << 20
-"""Largest float32 temporary of one CPU rendering step (views are processed in chunks below it)."""
+CHUNK_BYTES = 1300 * 1024
+"""Largest float32 temporary of one CPU rendering step (about a core's L2 cache; measured best
+in benchmarks/render.py: two 224 px RGB views per chunk)."""
 
 
 def to_xmajor(pixels: np.ndarray) -> np.ndarray:
@@ -172,8 +174,10 @@ class Renderer:
     def render(self, pixels: torch.Tensor, taps: Taps, out: torch.Tensor | None = None) -> torch.Tensor:
         """float32 ``[V, C, S, S]``: view v of image ``pixels[v]`` (uint8 ``[V, C, W, H]``, x-major).
 
-        The per-channel scale of the normalization is applied; its bias is not (see `mix`).
-        ``out`` (optional, float32 ``[V, C, S, S]`` on the device) receives the views.
+        The per-channel scale of the normalization is applied; its bias is not (see `mix`). The
+        result is a permuted view of a ``[V, S, C, S]`` (row-major, channels per row) tensor, the
+        layout pass 2 writes; `mix` reads it as it is, which saves a copy. ``out`` (optional, a
+        contiguous float32 tensor of at least V*C*S*S elements on the device) holds it.
         """
         if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != self.channels:
             raise NrrError(None, f"the renderer expects uint8 images [V, {self.channels}, W, H], "
@@ -182,10 +186,14 @@ class Renderer:
         if len(taps) != v_all:
             raise NrrError(None, f"{len(taps)} views for {v_all} images")
         s = self.size
+        numel = v_all * c * s * s
         if out is None:
-            out = torch.empty((v_all, c, s, s), dtype=torch.float32, device=self.device)
+            out = torch.empty(numel, dtype=torch.float32, device=self.device)
+        if not out.is_contiguous() or out.numel() < numel or out.dtype != torch.float32:
+            raise NrrError(None, f"render's out must be a contiguous float32 tensor of >= {numel} elements")
+        rows_out = out.view(-1)[:numel].view(v_all, s, c, s)
         if v_all == 0:
-            return out
+            return rows_out.permute(0, 2, 1, 3)
         pixels = pixels.to(self.device, non_blocking=True)
         n = min(self._chunk(w, h), v_all)
         # Row indices into each chunk's tables (chunk-local view number v % n), built once per call.
@@ -210,9 +218,9 @@ class Renderer:
             del cols
             by_row = by_row.view(h * m, c * s)
             rows2 = self._put((yi[a:b] * m + local[a:b].reshape(-1, 1, 1)).reshape(-1, ky))
-            res = F.embedding_bag(rows2, by_row, per_sample_weights=w2[a * s:b * s], mode="sum")
-            out[a:b].copy_(res.view(m, s, c, s).permute(0, 2, 1, 3))
-        return out
+            rows_out[a:b].view(m * s, c * s).copy_(
+                F.embedding_bag(rows2, by_row, per_sample_weights=w2[a * s:b * s], mode="sum"))
+        return rows_out.permute(0, 2, 1, 3)
 
     def _put(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
@@ -247,14 +255,18 @@ class Renderer:
         in_order = bool(np.all(np.diff(own) == 1))  # own views already in batch order: no gather
         own_t = None if in_order else self._put(own)
         part_t = self._put(partner)
+        rows = views.permute(0, 2, 1, 3)  # render's own layout: gather whole contiguous views from it
+        source = rows if rows.is_contiguous() else views
         step = self._chunk(s, s)
         for a in range(0, bsz, step):
             b = min(a + step, bsz)
             dst = out[a:b]
             mine = views[own[0] + a:own[0] + b] if own_t is None else torch.index_select(views, 0, own_t[a:b])
             if mask is not None or mixup:
-                theirs = self._workspace("partner", (b - a, c, s, s))
-                torch.index_select(views, 0, part_t[a:b], out=theirs)
+                theirs = self._workspace("partner", (b - a, *source.shape[1:]))
+                torch.index_select(source, 0, part_t[a:b], out=theirs)
+                if source is rows:
+                    theirs = theirs.permute(0, 2, 1, 3)
             if mask is not None:
                 torch.lerp(mine, theirs, mask[a:b], out=dst)
             elif mixup:
