@@ -121,11 +121,12 @@ def cutmix_mask(boxes: np.ndarray, size: int, device: torch.device) -> torch.Ten
     boxes = np.asarray(boxes, np.int64).reshape(-1, 4)
     if not np.any((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])):
         return None
-    bx = torch.from_numpy(boxes).to(device)
-    r = torch.arange(size, device=device).view(1, -1)
-    inside_y = (r >= bx[:, 0:1]) & (r < bx[:, 2:3])  # [B, S]
-    inside_x = (r >= bx[:, 1:2]) & (r < bx[:, 3:4])
-    return (inside_y.unsqueeze(2) & inside_x.unsqueeze(1)).unsqueeze(1).to(torch.float32)
+    r = np.arange(size).reshape(1, -1)
+    inside_y = ((r >= boxes[:, 0:1]) & (r < boxes[:, 2:3])).astype(np.float32)  # [B, S], small: on the host
+    inside_x = ((r >= boxes[:, 1:2]) & (r < boxes[:, 3:4])).astype(np.float32)
+    y = torch.from_numpy(inside_y).to(device).view(-1, 1, size, 1)
+    x = torch.from_numpy(inside_x).to(device).view(-1, 1, 1, size)
+    return y * x  # 0/1 products are exact
 
 
 class Renderer:
