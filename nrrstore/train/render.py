@@ -23,12 +23,14 @@ devices (CPU vs CUDA, or CPUs with other vector units) the last bits may differ,
 
 On the CPU the views are rendered in chunks of about a core's L2 cache: large temporaries are
 fresh pages (page faults cost more than the arithmetic), chunk-sized ones stay in cache and are
-recycled by malloc.
+recycled by malloc. Rendering runs on one intra-op thread: its operations are too small to share,
+and on a busy machine an OpenMP team waiting for a descheduled thread made them 15x slower.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,21 @@ from nrrstore.errors import NrrError
 CHUNK_BYTES = 1300 * 1024
 """Largest float32 temporary of one CPU rendering step (about a core's L2 cache; measured best
 in benchmarks/render.py: two 224 px RGB views per chunk)."""
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """torch on one intra-op thread for a CPU rendering step (the setting is process-wide, so it is
+    restored right after; other threads' torch work meanwhile also runs on one thread)."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def to_xmajor(pixels: np.ndarray) -> np.ndarray:
@@ -195,7 +212,12 @@ class Renderer:
         rows_out = out.view(-1)[:numel].view(v_all, s, c, s)
         if v_all == 0:
             return rows_out.permute(0, 2, 1, 3)
-        pixels = pixels.to(self.device, non_blocking=True)
+        with one_cpu_thread(self.device):
+            return self._render(pixels.to(self.device, non_blocking=True), taps, rows_out)
+
+    def _render(self, pixels: torch.Tensor, taps: Taps, rows_out: torch.Tensor) -> torch.Tensor:
+        v_all, c, w, h = pixels.shape
+        s = self.size
         n = min(self._chunk(w, h), v_all)
         # Row indices into each chunk's tables (chunk-local view number v % n), built once per call.
         local = (np.arange(v_all, dtype=np.int64) % n)
@@ -237,8 +259,11 @@ class Renderer:
         ``1 - lam`` computed in float64 (separate multiply and add: no fused rounding). Then the
         normalization's per-channel bias is added. ``out`` (optional) receives the result.
         """
-        own = np.asarray(own, np.int64)
-        partner = np.asarray(partner, np.int64)
+        with one_cpu_thread(self.device):
+            return self._mix(views, np.asarray(own, np.int64), np.asarray(partner, np.int64), mode, lam, boxes, out)
+
+    def _mix(self, views: torch.Tensor, own: np.ndarray, partner: np.ndarray, mode: str, lam: np.ndarray,
+             boxes: np.ndarray, out: torch.Tensor | None) -> torch.Tensor:
         bsz = len(own)
         c, s = self.channels, self.size
         if out is None:
