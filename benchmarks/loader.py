@@ -67,6 +67,22 @@ FM_NORM = {"mean": [0.286], "std": [0.353]}
 
 
 # -- the data ----------------------------------------------------------------------------------------
+DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def fashion_mnist(n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The first ``n`` Fashion-MNIST training images as arrays (for label_bytes.py): Debian's IDX files, else
+    the embedded subset."""
+    classes = (ROOT / "data/fashion-mnist/classes.txt").read_text().splitlines()
+    if (DEBIAN / "train-images-idx3-ubyte.gz").is_file():
+        from nrrstore.sources import read_idx_pair
+
+        images, labels = read_idx_pair(DEBIAN / "train-images-idx3-ubyte.gz", DEBIAN / "train-labels-idx1-ubyte.gz")
+        return images[:n], labels[:n].astype(np.int64), classes
+    samples = [s for _, s in zip(range(n), iter_samples(ROOT / "data/fashion-mnist/train"))]
+    return np.stack([s.image for s in samples]), np.array([s.label for s in samples]), classes
+
+
 def fmnist_png(n: int, shards: Path) -> list[tuple[bytes, int]]:
     """The first ``n`` Fashion-MNIST samples as their PNG bytes (as the shards hold them)."""
     out = []
@@ -300,7 +316,8 @@ def bench(kind: str, n: int, batch: int, workers: list[int], repeat: int) -> lis
 
 # -- memory ------------------------------------------------------------------------------------------------
 def peak_rss(store: Path, epochs: int, workers: int, cache_mb: int) -> dict:
-    """Peak RSS (MB) of a fresh process iterating the loader, and of its largest worker."""
+    """Peak RSS (MB, VmHWM) of a fresh process iterating the loader, and of its largest worker (ru_maxrss,
+    which counts the pages a forked worker shares with its parent)."""
     code = (
         "import json, resource, sys, torch\n"
         "torch.set_num_threads(1)\n"
@@ -309,14 +326,15 @@ def peak_rss(store: Path, epochs: int, workers: int, cache_mb: int) -> dict:
         f" cache_mb={cache_mb})\n"
         "import warnings; warnings.simplefilter('ignore')\n"
         "n = sum(len(b['y']) for b in loader)\n"
-        "me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-        "print(json.dumps({'views': n, 'main_mb': me.ru_maxrss / 1024, 'worker_mb': kids.ru_maxrss / 1024}))\n"
+        "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "kids = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps({'views': n, 'main_mb': hwm / 1024, 'worker_mb': kids.ru_maxrss / 1024}))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def memory(work: Path) -> None:
+def memory(work: Path, only: bool = False) -> None:
     print("\nPeak RSS (MB) of the loader, 224 px JPEG, batch 100, 2 workers (fresh process each):")
     stores = {}
     for n in (300, 1200):
@@ -344,13 +362,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also peak RSS at two sizes and the decode cache")
+    ap.add_argument("--memory-only", action="store_true", help="only the memory figures")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of this process")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
-    for kind in args.sets:
+    for kind in [] if args.memory_only else args.sets:
         bench(kind, args.images_28 if kind == "28" else args.images_224, args.batch_size, args.workers, args.repeat)
-    if args.memory:
+    if args.memory or args.memory_only:
         memory(WORK)
     print(f"\npeak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print("targets (224 px JPEG): 2 workers >= 1.7x 0 workers; >= 1.5x SRe2L (same workers); >= 0.9x webdataset")

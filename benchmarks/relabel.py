@@ -71,19 +71,19 @@ def forward(t, batches: list[torch.Tensor], amp: str | None, device: str) -> flo
 
 def peak_rss(store: Path, epochs: int) -> float:
     code = (
-        "import resource, sys, torch\n"
+        "import sys, torch\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
         "from relabel import teacher\n"
         "from nrrstore.distill.relabel import relabel\n"
         f"relabel({str(store)!r}, teacher(), {epochs}, batch_size=64, overwrite=True, cache_mb=64)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def memory() -> None:
-    print("\nPeak RSS (MB) of relabel (fresh process each; ResNet-18, batch 64, cache_mb 64):")
+    print("\nPeak RSS (MB, VmHWM) of relabel (fresh process each; ResNet-18, batch 64, cache_mb 64):")
     stores = {}
     for n in (64, 256):
         stores[n] = write_store(WORK / f"mem-{n}", photo_jpegs(n, classes=6, seed=2), 6)
@@ -102,9 +102,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--memory-only", action="store_true")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_only:
+        return memory()
     if WORK.exists():
         shutil.rmtree(WORK)
     store = write_store(WORK / "store", photo_jpegs(args.images, classes=6), 6)
