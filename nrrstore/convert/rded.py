@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nrrstore.convert.passthrough import file_headers, passthrough_format, read_file
+from nrrstore.convert.passthrough import AsIs, NotAsIs, read_file
 from nrrstore.errors import NrrError
 from nrrstore.format.keys import image_key
 from nrrstore.format.writer import StoreWriter, check_output_dir
@@ -121,22 +121,19 @@ def import_rded(
         raise NrrError(images[-1].path.parent, f"class {len(folder_names) - 1} is beyond the {len(names)} class names given")
     check_output_dir(Path(out), overwrite)
     total_bytes = sum(r.path.stat().st_size for r in images)
-    keep, why = (None, f"--image-format {image_format}") if image_format is not None else \
-        passthrough_format(file_headers(r.path for r in images), mode)
-    stored = f"as is ({keep})" if keep else f"re-encoded as {image_format or 'png'}: {why}"
     source = {"format": "rded", "path": str(root.resolve()), "bytes": total_bytes, "files": len(images),
-              "total_bytes": total_bytes, "stored": stored}
-    with StoreWriter(out, names, image_format=keep or image_format or "png", quality=quality, shard_size=shard_size,
-                     overwrite=overwrite, source=source, method={"import": {"from": "rded", "image_mode": mode}}) as w:
-        for i, r in enumerate(images):
-            key, meta = image_key(r.label, r.id), {"source": r.path.relative_to(root).as_posix()}
-            if keep:
-                w.add_encoded(key, read_file(r.path), r.label, meta, os.fspath(r.path))
-            else:
-                w.add_image(key, convert_mode(read_image_file(r.path), mode), r.label, meta)
-            if progress:
-                progress("import images", i + 1, len(images))
-        w.finalize(progress)
+              "total_bytes": total_bytes}
+    method = {"import": {"from": "rded", "image_mode": mode}}
+    if image_format is not None:
+        stored = _write(root, images, out, names, source, method, None, image_format, quality, mode, shard_size,
+                        overwrite, progress, f"--image-format {image_format}")
+    else:
+        try:
+            stored = _write(root, images, out, names, source, method, AsIs(mode), None, quality, mode, shard_size,
+                            overwrite, progress, "")
+        except NotAsIs as exc:
+            stored = _write(root, images, out, names, source, method, None, "png", quality, mode, shard_size,
+                            overwrite, progress, exc.why)
     summary: dict[str, Any] = {"store": str(out), "images": len(images), "classes": len(names),
                                "source_bytes": total_bytes, "images_stored": stored,
                                "import_seconds": round(time.perf_counter() - t0, 3)}
@@ -147,3 +144,32 @@ def import_rded(
                                      **(relabel_options or {}))
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _write(root: Path, images: list[RdedImage], out: str | os.PathLike[str], names: list[str], source: dict[str, Any],
+           method: dict[str, Any], as_is: AsIs | None, image_format: str | None, quality: int | None, mode: str,
+           shard_size: int, overwrite: bool, progress: Progress | None, why: str) -> str:
+    """Write the store: as-is bytes (``as_is``; `NotAsIs` when an image cannot be) or re-encoded; says which."""
+    w: StoreWriter | None = None
+    try:
+        for i, r in enumerate(images):
+            key, meta = image_key(r.label, r.id), {"source": r.path.relative_to(root).as_posix()}
+            data = read_file(r.path) if as_is is not None else None
+            head = as_is.check(data, os.fspath(r.path)) if as_is is not None and data is not None else None
+            if w is None:
+                w = StoreWriter(out, names, image_format=head.ext if head else image_format or "png", quality=quality,
+                                shard_size=shard_size, overwrite=overwrite, source=source, method=method)
+            if head is not None and data is not None:
+                w.add_encoded(key, data, r.label, meta, os.fspath(r.path), header=head)
+            else:
+                w.add_image(key, convert_mode(read_image_file(r.path), mode), r.label, meta)
+            if progress:
+                progress("import images", i + 1, len(images))
+        assert w is not None  # list_rded refuses an empty tree
+        stored = f"as is ({w.image_format})" if as_is is not None else f"re-encoded as {w.image_format}: {why}"
+        w.set_meta("source", {**source, "stored": stored})
+        w.finalize(progress)
+        return stored
+    finally:
+        if w is not None:
+            w.__exit__(None, None, None)

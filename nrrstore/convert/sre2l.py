@@ -63,7 +63,7 @@ from nrrstore.distill.relabel import (  # relabel's file names and encodings
     chunk_name,
     parquet_options,
 )
-from nrrstore.convert.passthrough import file_headers, passthrough_format, read_file
+from nrrstore.convert.passthrough import AsIs, NotAsIs, read_file
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
 from nrrstore.format.atomic import file_sha256, is_inside, tmp_name
@@ -344,14 +344,6 @@ class ImageSource:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.spec, "bytes": self.bytes, "files": self.files}
 
-    def passthrough(self, mode: str) -> tuple[str | None, str]:
-        """The format every image can be stored in as it is, else None and why (see `passthrough_format`)."""
-        if self.kind == "imagefolder":
-            assert self.entries is not None
-            return passthrough_format(file_headers(e.path for e in self.entries), mode)
-        return passthrough_format(((f"{s.shard}: {s.key}", s.data or b"")
-                                   for s in iter_samples(self.shards or self.spec, decode=False)), mode)
-
     def samples(self, mode: str, encoded: bool = False) -> Iterator[tuple[str, Any, int, dict[str, Any], str]]:
         """``(key, image, label, meta, where)`` in store order; keys unique and valid.
 
@@ -620,32 +612,45 @@ def _check_count(n: int, folder: LabelFolder, batch: int, images: Path) -> None:
 
 def _write_images(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: int, num_classes: int,
                   args: dict[str, Any], progress: Progress | None) -> None:
+    """The images store: the source bytes as they are when every image can be (one pass), else PNG."""
+    try:
+        _images_store(src, store_dir, folder, batch, num_classes, args, progress, AsIs(args["mode"]))
+    except NotAsIs as exc:
+        _images_store(src, store_dir, folder, batch, num_classes, args, progress, None, exc.why)
+
+
+def _images_store(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: int, num_classes: int,
+                  args: dict[str, Any], progress: Progress | None, as_is: AsIs | None, why: str = "") -> None:
     classes = src.classes or [str(i) for i in range(num_classes)]
-    fmt, why = src.passthrough(args["mode"])
     source = {
         "format": "sre2l", "path": str(folder.root.resolve()), "bytes": folder.bytes, "files": folder.files,
         "epochs": folder.epochs, "batch_size": batch, "num_classes": num_classes,
-        "images": {**src.describe(), "stored": f"as is ({fmt})" if fmt else f"re-encoded as png: {why}"},
-        "total_bytes": folder.bytes + src.bytes,
+        "images": src.describe(), "total_bytes": folder.bytes + src.bytes,
     }
-    with StoreWriter(store_dir, classes, image_format=fmt or "png", shard_size=args["shard_size"], source=source,
-                     overwrite=True) as w:
-        channels = None
-        for i, (key, image, label, meta, where) in enumerate(src.samples(args["mode"], encoded=fmt is not None)):
+    w: StoreWriter | None = None
+    try:
+        for i, (key, image, label, meta, where) in enumerate(src.samples(args["mode"], encoded=as_is is not None)):
             if not 0 <= label < len(classes):
                 raise NrrError(src.spec, f"image {meta}: label {label} outside the {len(classes)} classes")
-            if fmt is not None:
-                w.add_encoded(key, image, label, meta, where)
+            head = as_is.check(image, where) if as_is is not None else None
+            if w is None:  # the first image decides the store's format
+                w = StoreWriter(store_dir, classes, image_format=head.ext if head else "png",
+                                shard_size=args["shard_size"], overwrite=True)
+            if head is not None:
+                w.add_encoded(key, image, label, meta, where, header=head)
             else:
                 w.add_image(key, image, label, meta)
-            if channels is None:
-                channels = w.channels
             if progress:
                 progress("write images", i + 1, src.count)
-        if channels is None:
+        if w is None:
             raise NrrError(src.spec, "no images")
-        w.set_meta("normalization", _check_normalization(args["normalization"], channels))
+        source["images"]["stored"] = f"as is ({w.image_format})" if as_is is not None else f"re-encoded as png: {why}"
+        w.set_meta("source", source)
+        w.set_meta("normalization", _check_normalization(args["normalization"], w.channels or 1))
         w.finalize()
+    finally:
+        if w is not None:
+            w.__exit__(None, None, None)
 
 
 @dataclass

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError
 from nrrstore.format.atomic import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir
-from nrrstore.format.images import effective_quality, encode_image, probe_image
+from nrrstore.format.images import ImageHeader, effective_quality, encode_image, probe_image
 from nrrstore.format.keys import check_key
 from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, FileEntry, ImageInfo, Manifest, creation_time
 from nrrstore.format.tables import INDEX_SCHEMA
@@ -113,13 +113,14 @@ class StoreWriter:
         return self._append(key, encode_image(pixels, self.image_format, self.quality), label, meta)
 
     def add_encoded(self, key: str, data: bytes, label: int, meta: dict[str, Any] | None = None,
-                    where: str | None = None) -> int:
+                    where: str | None = None, header: ImageHeader | None = None) -> int:
         """Append one already encoded image, byte for byte (pass-through: no decoding, no re-encoding).
 
         The bytes must be the store's format (``image_format``) with 8-bit grey or RGB pixels of the
-        store's size (see :func:`~nrrstore.format.images.probe_image`); ``where`` names their source.
+        store's size (see :func:`~nrrstore.format.images.probe_image`); ``where`` names their source;
+        ``header``: what `probe_image` said of these very bytes, if the caller asked already.
         """
-        head = probe_image(data, where)
+        head = header if header is not None else probe_image(data, where)
         if head is None or head.ext != self.image_format:
             raise NrrError(where or self.path, f"key {key!r}: not a {self.image_format} image with 8-bit grey or RGB "
                                                "pixels, so it cannot be stored as it is")
