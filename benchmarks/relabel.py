@@ -85,9 +85,9 @@ def peak_rss(store: Path, epochs: int) -> float:
 def memory() -> None:
     print("\nPeak RSS (MB, VmHWM) of relabel (fresh process each; ResNet-18, batch 64, cache_mb 64):")
     stores = {}
-    for n in (64, 256):
+    for n in (128, 512):
         stores[n] = write_store(WORK / f"mem-{n}", photo_jpegs(n, classes=6, seed=2), 6)
-    for n, epochs in ((64, 1), (256, 1), (64, 4)):
+    for n, epochs in ((128, 1), (512, 1), (128, 4)):
         print(f"  {n:4d} images x {epochs} epoch(s): {peak_rss(stores[n], epochs):.0f}", flush=True)
 
 
