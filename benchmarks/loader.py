@@ -56,7 +56,7 @@ from nrrstore.format.reader import Store  # noqa: E402
 from nrrstore.format.writer import StoreWriter  # noqa: E402
 from nrrstore.models import load_teacher  # noqa: E402
 from nrrstore.sources.shards import iter_samples  # noqa: E402
-from nrrstore.train.augment import AugRecipe, epoch_plan, view_params_batch  # noqa: E402
+from nrrstore.train.augment import view_params_batch  # noqa: E402
 from nrrstore.train.loader import make_loader, store_recipe  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError
@@ -207,7 +207,7 @@ def _widen(col: pa.ChunkedArray, precision: str, section: dict[str, Any], where:
     return values.astype(np.float32)
 
 
-class DistilledDataset(ViewStream):
+class DistilledDataset(ViewStream, IterableDataset):
     """Epochs of a store as an iterable of whole batches (rendered on the CPU when iterated directly;
     :func:`make_loader` adds decoding workers and a device).
 
@@ -307,6 +307,10 @@ class DistilledDataset(ViewStream):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Batches rendered here on the CPU (what `make_loader` does with workers and a device)."""
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            raise NrrError(self.root, "a DataLoader with workers over DistilledDataset would split its batches; "
+                                      "use make_loader(..., workers=N), which splits work by partner group")
         return assemble(self.items(), BatchAssembler(self.recipe, self.channels, "cpu", self.mean, self.std))
 
     # -- labels of the work items ------------------------------------------------------------------

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,8 +198,9 @@ def plan_items(plan: EpochPlan, batches: list[tuple[int, int]], batch_size: int)
     return items
 
 
-class ViewStream(IterableDataset):
-    """Work items (see the module docstring) of ``view_epochs`` of a store, for a DataLoader.
+class ViewStream:
+    """Work items (see the module docstring) of ``view_epochs`` of a store (:class:`ItemSource` feeds
+    them to a DataLoader's workers).
 
     ``epochs``: the epoch numbers the batches carry; ``view_epochs``: the stored/seeded epochs
     whose views they replay (they differ when cycling). Batches are split over ranks as
@@ -211,7 +212,6 @@ class ViewStream(IterableDataset):
     def __init__(self, store: Store, recipe: AugRecipe, batch_size: int, epochs: list[int], view_epochs: list[int],
                  *, rank: int = 0, world_size: int = 1, start_step: int = 0, drop_last: bool = False,
                  cache_mb: int = 256, explicit: bool = False) -> None:
-        super().__init__()
         if batch_size < 1:
             raise NrrError(None, f"batch size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -262,10 +262,6 @@ class ViewStream(IterableDataset):
                     yield self._item(plan, epoch, group, pieces, context)
                 j += 1
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        info = get_worker_info()
-        return self.items(*((info.id, info.num_workers) if info is not None else (0, 1)))
-
     def _epoch_labels(self, view_epoch: int) -> Any:
         """What an epoch's items need from the label files (None here; see `DistilledDataset`)."""
         return None
@@ -310,12 +306,9 @@ class ViewStream(IterableDataset):
         item.update(self._item_labels(context, own))
         return item
 
-    def __getstate__(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
 
 class ItemSource(IterableDataset):
-    """What a DataLoader iterates: a stream's work items (its `__iter__` yields finished batches)."""
+    """What a DataLoader iterates: a stream's work items, worker w taking items j % workers == w."""
 
     def __init__(self, stream: ViewStream) -> None:
         super().__init__()
@@ -468,5 +461,3 @@ def worker_count(workers: int | None) -> int:
         raise NrrError(None, f"workers must be a non-negative integer, got {workers!r}")
     return workers
 
-
-Progress = Callable[[str, int, "int | None"], None]
