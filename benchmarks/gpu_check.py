@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # 4. the loader
     loader = make_loader(store, 0, args.batch_size, "dbr", workers=args.workers, device=dev, num_epochs=args.epochs,
-                         cycle=True)
+                         cycle=True, cache_mb=0)  # decode every epoch, as a store larger than the cache does
     for b in loader:  # warm-up pass over the first epoch's batches
         break
     t0 = time.perf_counter()
