@@ -32,8 +32,10 @@ def distill_cmd(
     alpha_bn: Optional[float] = typer.Option(None, "--alpha-bn", help="Weight of the BN-statistics loss (default 0.01)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (mask on the update) or sgd (plain masked gradient descent)."),
     no_refine: bool = typer.Option(False, "--no-refine", help="Skip NRR (RDED-style images)."),
-    image_format: str = typer.Option("png", "--image-format", help="png (lossless, default), webp or jpg."),
-    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
+    image_format: Optional[str] = typer.Option(None, "--image-format", help="png (lossless), webp or jpg (default: jpg "
+                                               "quality 90 at >= 128 px, else png)."),
+    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg (default 90 at >= 128 "
+                                          "px, 95 if jpg is asked below) / lossy webp."),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also store each image's CAM (cams.zarr) for inspect --grid."),
     relabel_epochs: int = typer.Option(300, "--relabel-epochs", min=0, help="Then compute DBR distances for this many student epochs (0: skip)."),
     precision: str = typer.Option("fp16", "--precision", help="DBR distance precision: fp16, fp32 or int8."),
