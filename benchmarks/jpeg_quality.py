@@ -75,6 +75,7 @@ def main() -> None:
     torch.set_num_threads(2)
     t0 = time.perf_counter()
     names = (ROOT / "data/fashion-mnist/classes.txt").read_text().splitlines()
+    WORK.mkdir(parents=True, exist_ok=True)  # outputs' parent folders must exist
     train, test = WORK / "train", WORK / "test"
     if not (train / "shards.json").exists():
         write_shards(upscaled("train", args.size, args.per_class, None), train, names, overwrite=True)

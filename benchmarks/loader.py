@@ -95,6 +95,7 @@ def fmnist_png(n: int, shards: Path) -> list[tuple[bytes, int]]:
 
 def build(kind: str, n: int, work: Path) -> tuple[Path, Path, int]:
     """A relabelled store (1 epoch of distances) and an ImageFolder of the same files; returns them and C."""
+    work.mkdir(parents=True, exist_ok=True)  # outputs' parent folders must exist
     if kind == "28":
         items, classes, ext = fmnist_png(n, FMNIST), 10, "png"
         store = work / "store"

@@ -65,6 +65,7 @@ def write_store(path: Path, items: list[tuple[bytes, int]], classes: int, shard_
 
     if path.exists():
         shutil.rmtree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # outputs' parent folders must exist
     norm = normalization or {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     with StoreWriter(path, class_names(classes), image_format="jpg", shard_size=shard_size, normalization=norm) as w:
         for i, (data, c) in enumerate(items):
