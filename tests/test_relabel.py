@@ -18,6 +18,7 @@ from nrrstore.distill.relabel import WORK_DIR, default_recipe, relabel
 from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format import quant
 from nrrstore.format.atomic import file_sha256
+from nrrstore.format.manifest import DIGEST_KEY, manifest_digest
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import distance_schema
 from nrrstore.format.verify import verify_store
@@ -306,6 +307,7 @@ def test_unreplayable_recipe_version_is_refused(tmp_path: Path, teacher) -> None
     path = store / "manifest.json"
     doc = json.loads(path.read_text())
     doc["augmentation"]["version"] = 7
+    doc[DIGEST_KEY] = manifest_digest(doc)  # a consistent manifest (format 1.1), just a newer recipe
     path.write_text(json.dumps(doc))
     with pytest.raises(NrrError, match=r"version 7 cannot be replayed .* versions 1 and 2"):
         make_loader(store)
