@@ -140,3 +140,30 @@ def test_add_encoded_checks_format_and_size(tmp_path: Path) -> None:
         w.add_image("a", a, 0)
         w.finalize()
     assert Store(tmp_path / "q").manifest.image.quality == 95  # the quality really used
+
+
+def test_import_rded_with_a_teacher_stages_the_passed_through_store(tmp_path: Path) -> None:
+    """Pass-through (perf) inside the staged import (rel): JPEG bytes kept, relabelled, put in place only
+    when both succeed; a grey teacher needs grey images, so RGB JPEGs are re-encoded, and says so."""
+    from nrrstore.models import load_teacher
+    from tests._teacher import teacher_path
+
+    syn = tmp_path / "syn"
+    for i, (img, c) in enumerate(photo_crops(6, size=32)):
+        path = syn / f"{c:05d}" / f"class{c:05d}_id{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_jpeg(img))
+    rgb = load_teacher("convnet3", num_classes=3, image_size=32, arch_kwargs={"width": 8},
+                       normalization={"mean": [0.5] * 3, "std": [0.25] * 3})
+    summary = import_rded(syn, tmp_path / "s", teacher=rgb, epochs=2, relabel_options={"batch_size": 4})
+    assert summary["images_stored"] == "as is (jpg)" and summary["relabel"]["store"] == str(tmp_path / "s")
+    assert Store(tmp_path / "s").manifest.labels["distances"]["epochs"] == 2 and verify_store(tmp_path / "s") == []
+    assert not list(tmp_path.glob(".import-*")) and not list(tmp_path.glob(".lock-*"))
+    # a relabel that fails after the images are written leaves no store at all (and no stage)
+    with pytest.raises(NrrError, match="unknown precision 'fp8'"):
+        import_rded(syn, tmp_path / "f", teacher=rgb, epochs=1, relabel_options={"precision": "fp8"})
+    assert not (tmp_path / "f").exists() and not list(tmp_path.glob(".import-*"))
+    grey = load_teacher(teacher_path())
+    names = ["0", "1", "2"] + [f"c{k}" for k in range(3, 10)]
+    summary = import_rded(syn, tmp_path / "g", classes=names, teacher=grey, epochs=1, relabel_options={"batch_size": 4})
+    assert summary["images_stored"].startswith("re-encoded as png: ") and "--mode asks for L" in summary["images_stored"]
