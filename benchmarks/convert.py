@@ -1,18 +1,21 @@
-"""P4: convert-softlabels throughput / raw `torch.load` of the same files, side by side in one run.
+"""S4 (was P4): convert-softlabels throughput / raw `torch.load` of the same files, side by side in one run.
 
-An SRe2L relabel folder at ImageNet label width is written here: ``--classes`` (1000) class folders
-of ``--ipc`` real Fashion-MNIST images each, ``--epochs`` epochs of ``epoch_{e}/batch_{b}.tar`` files
-holding SRe2L's list ``[coords, flip, partner, lam, box, logits]`` with fp16 logits [B, 1000] and
-CutMix parameters. The logits are random: conversion speed does not depend on what a teacher knows.
+An SRe2L relabel folder at ImageNet scale is written here: ``--classes`` (1000) class folders of
+``--ipc`` images each, as SRe2L saves its synthetic images (``--image-size`` 224: RGB JPEGs cut
+from scikit-image's photos, benchmarks/photos224.py; 28: Fashion-MNIST PNGs), ``--epochs`` epochs
+of ``epoch_{e}/batch_{b}.tar`` files holding SRe2L's list ``[coords, flip, partner, lam, box,
+logits]`` with fp16 logits [B, 1000] and CutMix parameters. The logits are random: conversion
+speed does not depend on what a teacher knows. Conversion keeps the JPEGs' bytes (pass-through)
+and converts epochs in its process pool (``--workers``, default: convert's own choice).
 
 Measured, each the best of ``--repeat`` runs after one warm-up pass (page cache warm for both):
 - raw: ``torch.load(weights_only=True)`` of every batch file in order, with the same allow-list of
   numpy integer scalars the converter needs to read them at all (`safe_torch_load`);
 - convert: the whole `convert_sre2l` call (images into a store, every file loaded and checked,
   distances computed, Parquet written, checksums, manifest), and its label phase alone.
-P4 = convert files/s / raw files/s (target >= 0.7). Then the converted store's size report.
+S4 = convert files/s / raw files/s, end to end (target >= 0.7). Then the converted store's size report.
 
-    python benchmarks/convert.py                              # 1000 classes x 2 IPC, 50 epochs, B=256
+    python benchmarks/convert.py                              # 1000 classes x 2 IPC, 224 px JPEG, 50 epochs, B=256
     python benchmarks/convert.py --epochs 4 --repeat 1        # a quick check
 """
 
@@ -29,28 +32,41 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader import ROOT, fashion_mnist  # noqa: E402  (the benchmark next door)
+from photos224 import photo_jpegs  # noqa: E402
 
 from nrrstore.convert.size_report import format_report, size_report  # noqa: E402
 from nrrstore.convert.sre2l import convert_sre2l, safe_torch_load  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "convert"
 
 
-def write_images(root: Path, classes: int, ipc: int) -> int:
-    x, _, _ = fashion_mnist(classes * ipc)
-    for c in range(classes):
-        folder = root / f"n{c:05d}"
+def write_images(root: Path, classes: int, ipc: int, size: int) -> int:
+    """``n{class:05d}/img{i:03d}.jpg`` (224 px photo crops) or ``.png`` (28 px Fashion-MNIST)."""
+    n = classes * ipc
+    if size == 28:
+        from nrrstore.sources.shards import iter_samples
+
+        src = Path("/work/fm/train") if Path("/work/fm/train").exists() else ROOT / "data/fashion-mnist/train"
+        images = []
+        for s in iter_samples(src, decode=False):
+            images.append(s.data)
+            if len(images) == n:
+                break
+        ext = "png"
+    else:
+        images = [data for data, _ in photo_jpegs(n, size=size, classes=8)]
+        ext = "jpg"
+    for k, data in enumerate(images):
+        folder = root / f"n{k // ipc:05d}"
         folder.mkdir(parents=True, exist_ok=True)
-        for i in range(ipc):
-            Image.fromarray(x[(c * ipc + i) % len(x)], "L").save(folder / f"img{i:03d}.png")
-    return classes * ipc
+        (folder / f"img{k % ipc:03d}.{ext}").write_bytes(data)
+    return n
 
 
-def write_labels(root: Path, n: int, classes: int, epochs: int, batch: int, seed: int = 0) -> list[Path]:
+def write_labels(root: Path, n: int, classes: int, epochs: int, batch: int, size: int, seed: int = 0) -> list[Path]:
     """SRe2L's relabel output with CutMix: the list layout, numpy-integer boxes, fp16 logits."""
     rng = np.random.default_rng(seed)
     files = []
@@ -58,16 +74,16 @@ def write_labels(root: Path, n: int, classes: int, epochs: int, batch: int, seed
         (root / f"epoch_{e}").mkdir(parents=True, exist_ok=True)
         for b in range(math.ceil(n / batch)):
             m = min(batch, n - b * batch)
-            h = rng.integers(3, 29, m)
-            w = rng.integers(3, 29, m)
-            i = (rng.random(m) * (29 - h)).astype(np.int64)
-            j = (rng.random(m) * (29 - w)).astype(np.int64)
-            coords = torch.from_numpy(np.stack([i / 28, j / 28, h / 28, w / 28], 1).astype(np.float32))
+            h = rng.integers(size // 8, size + 1, m)
+            w = rng.integers(size // 8, size + 1, m)
+            i = (rng.random(m) * (size + 1 - h)).astype(np.int64)
+            j = (rng.random(m) * (size + 1 - w)).astype(np.int64)
+            coords = torch.from_numpy(np.stack([i / size, j / size, h / size, w / size], 1).astype(np.float32))
             lam = float(rng.beta(1.0, 1.0))
-            cut = int(28 * math.sqrt(1 - lam))
-            cx, cy = rng.integers(28), rng.integers(28)
-            box = [np.clip(cx - cut // 2, 0, 28), np.clip(cy - cut // 2, 0, 28),
-                   np.clip(cx + cut // 2, 0, 28), np.clip(cy + cut // 2, 0, 28)]
+            cut = int(size * math.sqrt(1 - lam))
+            cx, cy = rng.integers(size), rng.integers(size)
+            box = [np.clip(cx - cut // 2, 0, size), np.clip(cy - cut // 2, 0, size),
+                   np.clip(cx + cut // 2, 0, size), np.clip(cy + cut // 2, 0, size)]
             logits = torch.from_numpy(rng.normal(0, 3, (m, classes)).astype(np.float16))
             path = root / f"epoch_{e}" / f"batch_{b}.tar"
             torch.save([coords, torch.from_numpy(rng.random(m) < 0.5), torch.from_numpy(rng.permutation(m)), lam,
@@ -82,6 +98,7 @@ def main() -> None:
     ap.add_argument("--ipc", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--image-size", type=int, default=224, choices=[28, 224])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: no contention on a shared machine)")
     ap.add_argument("--workers", type=int, default=None, help="convert's worker processes (default: its own)")
@@ -91,10 +108,11 @@ def main() -> None:
     if WORK.exists():
         shutil.rmtree(WORK)
     t = time.perf_counter()
-    n = write_images(WORK / "images", args.classes, args.ipc)
-    files = write_labels(WORK / "labels", n, args.classes, args.epochs, args.batch)
+    n = write_images(WORK / "images", args.classes, args.ipc, args.image_size)
+    files = write_labels(WORK / "labels", n, args.classes, args.epochs, args.batch, args.image_size)
     label_bytes = sum(f.stat().st_size for f in files)
-    print(f"fixture: {n} images, {args.classes} classes, {args.epochs} epochs x {len(files) // args.epochs} files "
+    image_bytes = sum(p.stat().st_size for p in (WORK / "images").rglob("*") if p.is_file())
+    print(f"fixture: {n} images ({args.image_size} px, {image_bytes / 1e6:.1f} MB), {args.classes} classes, {args.epochs} epochs x {len(files) // args.epochs} files "
           f"of <= {args.batch} views; {len(files)} files, {label_bytes / 1e6:.1f} MB of labels "
           f"({time.perf_counter() - t:.1f} s to write)")
 
@@ -138,8 +156,9 @@ def main() -> None:
           f"{summary['phase_seconds']['images']:.2f} s, labels {summary['phase_seconds']['labels']:.2f} s, "
           f"finish {summary['phase_seconds']['finish']:.2f} s), {conv_cpu / nf * 1e3:.3f} ms CPU/file")
     print(f"convert label phase : {nf / lab_wall:7.1f} files/s wall ({lab_wall:.3f} s), {lab_cpu / nf * 1e3:.3f} ms CPU/file")
-    print(f"P4 = convert / raw  : wall {raw_wall / conv_wall:.2f} end to end, {raw_wall / lab_wall:.2f} label phase; "
-          f"CPU {raw_cpu / conv_cpu:.2f} end to end, {raw_cpu / lab_cpu:.2f} label phase (target >= 0.7)")
+    print(f"S4 = convert / raw  : wall {raw_wall / conv_wall:.2f} end to end, {raw_wall / lab_wall:.2f} label phase; "
+          f"CPU {raw_cpu / conv_cpu:.2f} end to end, {raw_cpu / lab_cpu:.2f} label phase (target >= 0.7 end to end)")
+    print(f"images stored: {summary.get('images_stored')}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print()
     print(format_report(size_report(WORK / "store")))

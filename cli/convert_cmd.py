@@ -100,7 +100,8 @@ def import_rded_cmd(
                                     "class00000_id00000.jpg.", metavar="SYN_DATA"),
     out: Path = typer.Option(..., "--out", help="Output store folder."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
-    image_format: str = typer.Option("png", "--image-format", help="png (lossless, default), webp or jpg."),
+    image_format: Optional[str] = typer.Option(None, "--image-format", help="Re-encode as png, webp or jpg (default: "
+                                               "keep the source files' bytes when they can be, else png)."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
     mode: str = typer.Option("keep", "--mode", help="Image channels: keep (with --teacher: the teacher's), L or RGB. "
                              "RDED writes RGB even for grey data."),
@@ -111,6 +112,7 @@ def import_rded_cmd(
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Augmentation seed for relabelling (default 0)."),
     device: str = typer.Option("cpu", "--device", help="Torch device for relabelling."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Relabel under autocast: bf16 or fp16 (default fp32)."),
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:
@@ -119,8 +121,10 @@ def import_rded_cmd(
 
     t = None
     if teacher is not None:
+        from nrrstore.devices import amp_dtype
         from nrrstore.models import load_teacher
 
+        amp_dtype(amp, device)
         t = load_teacher(teacher, device)
     elif epochs is not None:
         raise NrrError(None, "--epochs needs --teacher (or run `nrrstore relabel` later)")
@@ -128,7 +132,7 @@ def import_rded_cmd(
         summary = import_rded(syn_data, out, classes=classes, image_format=image_format, quality=quality, mode=mode,
                               shard_size=shard_size, overwrite=overwrite, teacher=t, epochs=epochs,
                               relabel_options={"precision": precision, "full_softlabels": full_softlabels,
-                                               "seed": seed, "device": device} if t is not None else None,
+                                               "seed": seed, "device": device, "amp": amp} if t is not None else None,
                               progress=bar)
     if as_json:
         print_json(summary)

@@ -34,8 +34,10 @@ def distill_cmd(
     alpha_bn: Optional[float] = typer.Option(None, "--alpha-bn", help="Weight of the BN-statistics loss (default 0.01)."),
     optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (mask on the update) or sgd (plain masked gradient descent)."),
     no_refine: bool = typer.Option(False, "--no-refine", help="Skip NRR (RDED-style images)."),
-    image_format: str = typer.Option("png", "--image-format", help="png (lossless, default), webp or jpg."),
-    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
+    image_format: Optional[str] = typer.Option(None, "--image-format", help="png (lossless), webp or jpg (default: jpg "
+                                               "quality 90 at >= 128 px, else png)."),
+    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg (default 90 at >= 128 "
+                                          "px, 95 if jpg is asked below) / lossy webp."),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also store each image's CAM (cams.zarr) for inspect --grid."),
     relabel_epochs: int = typer.Option(300, "--relabel-epochs", min=0, help="Then compute DBR distances for this many student epochs (0: skip)."),
     precision: str = typer.Option("fp16", "--precision", help="DBR distance precision: fp16, fp32 or int8."),
@@ -46,16 +48,19 @@ def distill_cmd(
     classes_per_pass: int = typer.Option(100, "--classes-per-pass", min=1, help="Classes gathered per pass over the input (bounds memory)."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per output shard."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    amp: Optional[str] = typer.Option(None, "--amp", help="Relabel with the teacher under autocast: bf16 or fp16 (default fp32)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (with time per stage)."),
 ) -> None:
     """Distill real shards into a store: CIDD patch discovery, NRR refinement, DBR relabeling."""
+    from nrrstore.devices import amp_dtype
     from nrrstore.distill.pipeline import distill, method_config
     from nrrstore.format.tables import DISTANCE_TYPES
     from nrrstore.models.checkpoint import load_teacher
 
     if precision not in DISTANCE_TYPES:  # checked before the long distill, not after it
         raise NrrError("--precision", f"unknown precision {precision!r}; use one of {', '.join(DISTANCE_TYPES)}")
+    amp_dtype(amp, device)  # refuse a bad --device/--amp before any work
     t = load_teacher(teacher, device=device)
     nrr = {"eps": eps, "lr": lr, "iterations": iterations, "alpha_bn": alpha_bn, "optimizer": optimizer}
     if no_refine:
@@ -71,12 +76,12 @@ def distill_cmd(
     with ProgressBar() as bar:
         result = distill(inputs, t, out, cfg, overwrite=overwrite, progress=bar)
         summary = dict(result.summary)
-        if relabel_epochs and summary.get("rank", 0) == 0:
+        if relabel_epochs:  # on every rank: under torchrun the ranks split relabel's epoch chunks
             from nrrstore.distill.relabel import relabel
 
             try:
                 summary["relabel"] = relabel(out, t, relabel_epochs, precision=precision, seed=seed,
-                                             full_softlabels=full_softlabels, device=device, progress=bar,
+                                             full_softlabels=full_softlabels, device=device, amp=amp, progress=bar,
                                              overwrite=overwrite)
             except NrrError as exc:
                 raise NrrError(exc.path, f"{exc.problem}; the distilled images are complete in {out}: add the labels "

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from nrrstore.devices import amp_dtype
 from nrrstore.distill.relabel import DEFAULT_EPOCHS_PER_FILE, default_recipe, relabel
 from nrrstore.format.reader import Store
 from nrrstore.models import load_teacher
@@ -15,6 +16,8 @@ from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _DEVICE = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...).")
+_AMP = typer.Option(None, "--amp", help="Run the teacher under autocast: bf16 or fp16 (default: fp32). Recorded; "
+                                        "changes the distances slightly.")
 
 
 def relabel_cmd(
@@ -31,19 +34,28 @@ def relabel_cmd(
     epochs_per_file: int = typer.Option(DEFAULT_EPOCHS_PER_FILE, "--epochs-per-file", min=1, help="Epochs per Parquet file (the resume unit)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Teacher batch size."),
     device: str = _DEVICE,
+    amp: Optional[str] = _AMP,
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on cpu, "
+                                                                        "one per CPU up to 4 on a GPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing distances and soft labels."),
     as_json: bool = _JSON,
 ) -> None:
-    """Compute the teacher's DBR distances for every image and epoch; rerun to resume a killed job."""
+    """Compute the teacher's DBR distances for every image and epoch; rerun to resume a killed job.
+
+    Under torchrun the ranks split the epoch chunks (the result is byte-identical to one rank).
+    """
     st = Store(store)
+    amp_dtype(amp, device)  # refuse a bad --device/--amp before loading anything
     t = load_teacher(teacher, device)
     recipe = default_recipe(st, t, seed=seed, group_size=group_size, mix=mix)
     with ProgressBar() as bar:
         summary = relabel(st, t, epochs, recipe, precision, full_softlabels, mode="explicit" if explicit else "seeded",
                           epochs_per_file=epochs_per_file, batch_size=batch_size, quant_max=quant_max,
-                          overwrite=overwrite, device=device, progress=bar)
+                          overwrite=overwrite, device=device, amp=amp, workers=workers, progress=bar)
     if as_json:
         print_json(summary)
+        return
+    if summary["rank"] != 0:
         return
     print(f"relabelled {summary['views']} views ({summary['images']} images x {summary['epochs']} epochs) of {store}: "
           f"{summary['distance_bytes']} bytes of distances ({summary['bytes_per_view']:.2f} B/view, "

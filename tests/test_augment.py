@@ -25,9 +25,10 @@ def test_recipe_round_trip_exact():
         A.AugRecipe(size=224, scale=(0.25, 0.9), ratio=(0.5, 2.0), flip_p=0.0, mix="mixup",
                     mix_alpha=0.2, mix_p=0.5, group_size=7, seed=2**64 - 1),
         A.AugRecipe(size=28, mix="none", scale=(0.1 + 0.2, 1.0)),
+        A.AugRecipe(size=28, version=1),
     ):
         d = recipe.to_dict()
-        assert d["version"] == 1 and d["generator"] == rng.GENERATOR == "philox4x32-10"
+        assert d["version"] == recipe.version and d["generator"] == rng.GENERATOR == "philox4x32-10"
         back = A.AugRecipe.from_dict(json.loads(json.dumps(d)))
         assert back == recipe
         assert back.to_dict() == d
@@ -45,7 +46,7 @@ def test_recipe_defaults_and_normalisation():
     dict(size=32, scale=(0.1, 1.5)), dict(size=32, ratio=(2.0, 1.0)), dict(size=32, flip_p=1.5),
     dict(size=32, mix="cutout"), dict(size=32, mix_alpha=0.0), dict(size=32, mix_p=-0.1),
     dict(size=32, group_size=0), dict(size=32, seed=-1), dict(size=32, seed=2**64),
-    dict(size=32, flip_p=float("nan")),
+    dict(size=32, flip_p=float("nan")), dict(size=32, version=3), dict(size=32, version=0),
 ])
 def test_recipe_rejects_bad_values(kwargs):
     with pytest.raises(NrrError):
@@ -53,7 +54,8 @@ def test_recipe_rejects_bad_values(kwargs):
 
 
 @pytest.mark.parametrize("mutate", [
-    lambda d: d.update(version=2),
+    lambda d: d.update(version=3),
+    lambda d: d.update(version=True),
     lambda d: d.update(generator="mt19937"),
     lambda d: d.update(colour_jitter=0.4),
     lambda d: d.pop("size"),
@@ -64,6 +66,15 @@ def test_recipe_from_dict_refuses(mutate):
     mutate(d)
     with pytest.raises(NrrError, match="manifest.json"):
         A.AugRecipe.from_dict(d, path="manifest.json")
+
+
+def test_unreplayable_version_names_both_versions():
+    d = dict(A.AugRecipe(size=32).to_dict(), version=3)
+    with pytest.raises(NrrError) as err:
+        A.AugRecipe.from_dict(d, path="store/manifest.json")
+    msg = str(err.value)
+    assert msg.startswith("store/manifest.json: ") and "\n" not in msg
+    assert "version 3" in msg and "versions 1 and 2" in msg and f"writes version {A.RECIPE_VERSION}" in msg
 
 
 # ------------------------------------------------------------------------------------------
@@ -383,8 +394,9 @@ def test_mix_views():
 
 
 @pytest.mark.parametrize("mix", A.MIX_MODES)
-def test_render_batch_matches_parts_and_is_deterministic(mix):
-    recipe = A.AugRecipe(size=16, group_size=6, mix=mix, seed=11)
+def test_render_batch_v1_matches_parts_and_is_deterministic(mix):
+    """Version-1 stores replay with the per-view renderer, exactly as before version 2 existed."""
+    recipe = A.AugRecipe(size=16, group_size=6, mix=mix, seed=11, version=1)
     imgs = _images(14, h=20, w=28)
     plan = A.epoch_plan(recipe, 4, len(imgs))
     idx = plan.order[:8]
@@ -403,8 +415,9 @@ def test_render_batch_matches_parts_and_is_deterministic(mix):
     assert torch.equal(views, views2) and torch.equal(lam, lam2) and torch.equal(partner, partner2)
 
 
-def test_render_batch_thread_count_and_group_dict_and_explicit():
-    recipe = A.AugRecipe(size=12, group_size=5, seed=3)
+@pytest.mark.parametrize("version", A.REPLAYED_VERSIONS)
+def test_render_batch_thread_count_and_group_dict_and_explicit(version):
+    recipe = A.AugRecipe(size=12, group_size=5, seed=3, version=version)
     imgs = _images(12, c=1, h=15, w=9, seed=1)
     plan = A.epoch_plan(recipe, 0, len(imgs))
     group = list(range(5, 10))
@@ -428,8 +441,9 @@ def test_render_batch_thread_count_and_group_dict_and_explicit():
     assert torch.equal(A.render_batch(imgs, group, None, recipe, 0, explicit=parsed)[0], one[0])
 
 
-def test_render_batch_errors():
-    recipe = A.AugRecipe(size=8, group_size=4)
+@pytest.mark.parametrize("version", A.REPLAYED_VERSIONS)
+def test_render_batch_errors(version):
+    recipe = A.AugRecipe(size=8, group_size=4, version=version)
     imgs = _images(8, h=8, w=8)
     plan = A.epoch_plan(recipe, 0, 8)
     with pytest.raises(NrrError):

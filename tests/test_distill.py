@@ -205,3 +205,15 @@ def test_cli_distill_json_and_bad_teacher(tmp_path: Path) -> None:
     assert res.exit_code == 1
     assert "evil.pt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_default_image_encoding_by_size() -> None:
+    """JPEG 90 from 128 px up (measured in benchmarks/jpeg_quality.py), lossless PNG below; explicit choices kept."""
+    from nrrstore.distill.pipeline import default_image_encoding
+
+    assert default_image_encoding(28) == ("png", None) and default_image_encoding(224) == ("jpg", 90)
+    assert (method_config("nrr", 1, 224).image_format, method_config("nrr", 1, 224).quality) == ("jpg", 90)
+    assert (method_config("nrr", 1, 32).image_format, method_config("nrr", 1, 32).quality) == ("png", None)
+    assert method_config("nrr", 1, 224, image_format="png").quality is None
+    assert method_config("nrr", 1, 28, image_format="jpg").quality == 95  # recorded as really used
+    assert method_config("nrr", 1, 224, quality=80).to_dict()["quality"] == 80

@@ -42,7 +42,10 @@ def stores(tmp_path_factory, teacher) -> dict[str, Path]:
         explicit = root / "explicit"
         shutil.copytree(plain, explicit)
         relabel(explicit, teacher, 3, RECIPE, precision="int8", mode="explicit", batch_size=16)
-    return {"plain": plain, "dbr": dbr, "explicit": explicit}
+        v1 = root / "v1"
+        shutil.copytree(plain, v1)
+        relabel(v1, teacher, 2, AugRecipe(size=28, group_size=8, seed=5, version=1), batch_size=16)
+    return {"plain": plain, "dbr": dbr, "explicit": explicit, "v1": v1}
 
 
 def _batches(store: Path, workers: int = 0, **kw) -> list[dict]:
@@ -294,3 +297,79 @@ def test_rgb_photos_replay(tmp_path: Path) -> None:
         d_org, d_aug = distances(logits, b["y"], b["y_partner"], b["lam"])
         assert torch.allclose(d_org, b["d_org"], rtol=1e-5, atol=1e-6)
         assert torch.allclose(d_aug, b["d_aug"], rtol=1e-5, atol=1e-6)
+
+
+def test_workers_give_the_same_batches_and_decode_each_image_once(stores) -> None:
+    """0, 1 and 2 workers: the same batches; one epoch decodes every image exactly once."""
+    runs = {}
+    for workers in (0, 1, 2):
+        loader = make_loader(stores["dbr"], 1, 12, "dbr", workers=workers, softlabels=True)
+        runs[workers] = list(loader)
+        assert loader.decoded == N and len(runs[workers]) == len(loader) == 4
+    assert _same(runs[0], runs[1]) and _same(runs[0], runs[2])
+    # Without a cache each epoch decodes each image once; with one, later epochs decode nothing.
+    for workers in (0, 2):
+        loader = make_loader(stores["dbr"], 0, 12, "dbr", workers=workers, num_epochs=3, cache_mb=0)
+        assert len(list(loader)) == 12 and loader.decoded == 3 * N
+    loader = make_loader(stores["dbr"], 0, 12, "dbr", num_epochs=3)
+    assert len(list(loader)) == 12 and loader.decoded == N
+
+
+def test_decode_cache_counts_real_bytes(stores) -> None:
+    from nrrstore.train.stream import BLOCK_OVERHEAD, ImageBlocks
+
+    blocks = ImageBlocks(Store(stores["dbr"]), 8, cache_mb=1)
+    blocks.cap = 3 * (8 * 28 * 28 + BLOCK_OVERHEAD)  # room for three groups of eight 28x28 images
+    for b in range(5):
+        px = blocks.block_pixels(b)
+        assert px.dtype == torch.uint8 and px.shape == (8, 1, 28, 28)
+    assert len(blocks._cache) == 3 and blocks.cached_bytes <= blocks.cap
+    assert blocks.cached_bytes == sum(t.untyped_storage().nbytes() + BLOCK_OVERHEAD for t in blocks._cache.values())
+    assert blocks.decoded == 40
+    blocks.block_pixels(4)
+    assert blocks.decoded == 40  # a hit
+
+
+def test_version_1_store_replays_with_its_own_renderer(stores, teacher) -> None:
+    """A store labelled by the per-view renderer (recipe version 1) replays exactly, with any worker count."""
+    from nrrstore.train.augment import epoch_plan, render_batch_v1
+    from nrrstore.train.loader import to_chw
+
+    store = Store(stores["v1"])
+    recipe = AugRecipe.from_dict(store.manifest.augmentation)
+    assert recipe.version == 1
+    for workers in (0, 2):
+        batches = _batches(stores["v1"], workers, epoch=1, normalize=False)
+        for b in batches:
+            with torch.no_grad():
+                logits = teacher.model(teacher.normalize(b["images"]))
+            d_org, d_aug = distances(logits, b["y"], b["y_partner"], b["lam"])
+            for mine, stored in ((d_org, b["d_org"]), (d_aug, b["d_aug"])):
+                assert torch.all((mine - stored).abs() <= _fp16_ulp(mine))
+    imgs = [to_chw(store.get(i).pixels) for i in range(N)]
+    plan = epoch_plan(recipe, 1, N)
+    want = render_batch_v1(imgs, batches[0]["index"].numpy(), plan, recipe, 1)[0]
+    assert torch.equal(batches[0]["images"], want)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bad_device(stores) -> None:
+    with pytest.raises(NrrError, match="CUDA is not available"):
+        make_loader(stores["dbr"], device="cuda")
+    with pytest.raises(NrrError, match="unknown device"):
+        make_loader(stores["dbr"], device="gpu0")
+
+
+def test_output_pool_reuses_only_released_batches() -> None:
+    from nrrstore.train.stream import OutputPool
+
+    pool = OutputPool(torch.device("cpu"), size=2)
+    a = pool.get((2, 3))
+    a.fill_(1.0)
+    b = pool.get((2, 3))  # a is still held: a new buffer
+    assert a.data_ptr() != b.data_ptr()
+    ptr = a.data_ptr()
+    del a
+    c = pool.get((1, 3))  # a was released: its memory comes back
+    assert c.data_ptr() == ptr and c.shape == (1, 3)
+    assert pool.get((2, 3)).data_ptr() not in (ptr, b.data_ptr())  # both held: a fresh one (pool is full)

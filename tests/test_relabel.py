@@ -18,6 +18,7 @@ from nrrstore.distill.relabel import WORK_DIR, default_recipe, relabel
 from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format import quant
 from nrrstore.format.atomic import file_sha256
+from nrrstore.format.manifest import DIGEST_KEY, manifest_digest
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import distance_schema
 from nrrstore.format.verify import verify_store
@@ -214,3 +215,103 @@ def test_memory_does_not_grow_with_epochs(tmp_path: Path, teacher) -> None:
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
     assert peaks[1] < 1.25 * peaks[0], peaks
+
+
+def test_workers_and_amp(tmp_path: Path, teacher) -> None:
+    """Decoding workers change nothing; bf16 autocast is recorded and stays close to fp32."""
+    recipe = AugRecipe(size=28, group_size=8, seed=2)
+    ref = relabel(_store(tmp_path / "ref"), teacher, 3, recipe, epochs_per_file=2, batch_size=16, workers=0)
+    two = relabel(_store(tmp_path / "two"), teacher, 3, recipe, epochs_per_file=2, batch_size=16, workers=2)
+    assert two["workers"] == 2 and ref["amp"] == "fp32"
+    assert _label_bytes(tmp_path / "ref") == _label_bytes(tmp_path / "two")
+    bf = relabel(_store(tmp_path / "bf16"), teacher, 3, recipe, epochs_per_file=2, batch_size=16, amp="bf16")
+    assert bf["amp"] == "bf16" and Store(tmp_path / "bf16").manifest.method["relabel"]["amp"] == "bf16"
+    a = pq.read_table(tmp_path / "ref" / ref["files"][0]).column("d_org").to_numpy().astype(np.float32)
+    b = pq.read_table(tmp_path / "bf16" / bf["files"][0]).column("d_org").to_numpy().astype(np.float32)
+    assert not np.array_equal(a, b) and np.abs(a - b).max() < 0.1 * max(1.0, np.abs(a).max())
+
+
+def test_two_ranks_give_the_same_bytes(tmp_path: Path) -> None:
+    """Under torchrun the ranks split the epoch chunks; the store equals a one-rank run byte for byte."""
+    import socket
+
+    recipe = AugRecipe(size=28, group_size=8, seed=9)
+    kwargs = dict(precision="int8", full_softlabels=True, epochs_per_file=2, batch_size=16)
+    one = _store(tmp_path / "one")
+    relabel(one, teacher_path(), 5, recipe, **kwargs)
+    two = _store(tmp_path / "two")
+    script = tmp_path / "rank.py"
+    script.write_text(
+        "import sys, json\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import torch; torch.set_num_threads(1)\n"
+        "from nrrstore.distill.relabel import relabel\n"
+        "from nrrstore.train.augment import AugRecipe\n"
+        f"r = relabel({str(two)!r}, {str(teacher_path())!r}, 5, AugRecipe.from_dict({json.dumps(recipe.to_dict())}),"
+        f" **{kwargs!r})\n"
+        f"open({str(tmp_path)!r} + f'/summary-{{r[\"rank\"]}}.json', 'w').write(json.dumps(r))\n"
+    )
+    env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                           "127.0.0.1", "--master_port", str(port), str(script)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("summary-*.json"))]
+    assert [(s["rank"], s["world_size"], s["chunks_computed"]) for s in summaries] == [(0, 2, 2), (1, 2, 1)]
+    assert _label_bytes(two) == _label_bytes(one)
+    assert verify_store(two) == []
+    m1, m2 = (json.loads((s / "manifest.json").read_text()) for s in (one, two))
+    for m in (m1, m2):
+        m.pop("created")
+    assert m1 == m2
+
+
+def test_cli_bad_device_and_amp(tmp_path: Path, monkeypatch) -> None:
+    """--device cuda without CUDA, --amp a device cannot do, unknown --amp: one line each, exit 1."""
+    import torch
+    from typer.testing import CliRunner
+
+    from nrrstore_cli.main import app
+
+    store = _store(tmp_path / "s", per_class=1)
+    runner = CliRunner()
+
+    def run(*extra: str):
+        return runner.invoke(app, ["relabel", str(store), "--teacher", str(teacher_path()), "--epochs", "1", *extra])
+
+    if not torch.cuda.is_available():
+        res = run("--device", "cuda")
+        assert res.exit_code == 1 and res.stderr.startswith("nrrstore: ") and len(res.stderr.strip().splitlines()) == 1
+        assert "CUDA is not available" in res.stderr
+    res = run("--amp", "fp8")
+    assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1 and "unknown --amp 'fp8'" in res.stderr
+    monkeypatch.setattr(torch.amp.autocast_mode, "is_autocast_available", lambda kind: False)
+    res = run("--amp", "bf16")
+    assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert "--amp bf16 on device 'cpu': torch has no autocast for this device" in res.stderr
+    assert not (store / WORK_DIR).exists() and "distances" not in Store(store).manifest.labels
+
+
+def test_unreplayable_recipe_version_is_refused(tmp_path: Path, teacher) -> None:
+    """A store whose recipe this nrrstore cannot replay: refused, naming both versions (library and CLI)."""
+    from typer.testing import CliRunner
+
+    from nrrstore.train.loader import make_loader
+    from nrrstore_cli.main import app
+
+    store = _store(tmp_path / "s", per_class=1)
+    relabel(store, teacher, 1, AugRecipe(size=28, group_size=4))
+    path = store / "manifest.json"
+    doc = json.loads(path.read_text())
+    doc["augmentation"]["version"] = 7
+    doc[DIGEST_KEY] = manifest_digest(doc)  # a consistent manifest (format 1.1), just a newer recipe
+    path.write_text(json.dumps(doc))
+    with pytest.raises(NrrError, match=r"version 7 cannot be replayed .* versions 1 and 2"):
+        make_loader(store)
+    res = CliRunner().invoke(app, ["train-student", str(store), "--val", str(ROOT / "data/fashion-mnist/test"),
+                                   "--epochs", "1"])
+    assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert "version 7 cannot be replayed" in res.stderr and "manifest.json" in res.stderr

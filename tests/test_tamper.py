@@ -165,3 +165,28 @@ def test_replay_int8_within_a_code_step(tmp_path: Path, teacher) -> None:
     write_fmnist_store(store, per_class=2)
     relabel(store, teacher, 2, precision="int8", batch_size=20)
     assert replay_check(store, teacher, sample=20).problem is None
+
+
+def test_replay_runs_the_teacher_under_the_recorded_autocast(tmp_path: Path, teacher, monkeypatch) -> None:
+    """bf16-labelled stores replay under bf16; a device without that autocast replays in fp32 within the
+    autocast allowance (bf16 moves distances by ~0.01 nats, beyond the plain fp16 tolerance)."""
+    import nrrstore.distill.replay as replay
+
+    store = tmp_path / "s"
+    write_fmnist_store(store, per_class=3)
+    relabel(store, teacher, 2, AugRecipe(size=28, group_size=10, seed=5), batch_size=30, amp="bf16")
+    report = replay_check(store, teacher, sample=30)
+    assert report.amp == "bf16" and report.problem is None and report.beyond_tolerance == 0
+
+    def no_autocast(amp, device):
+        raise NrrError(None, f"--amp {amp} on device {device!r}: torch has no autocast for this device")
+
+    monkeypatch.setattr(replay, "amp_dtype", no_autocast)
+    report = replay_check(store, teacher, sample=30)
+    assert report.amp == "bf16" and report.problem is None
+    # the allowance is no excuse for a wrong seed
+    doc = _manifest(store)
+    doc["augmentation"]["seed"] += 1
+    _write_manifest(store, doc, redigest=True)
+    report = replay_check(store, teacher, sample=30)
+    assert report.problem is not None and "bf16 autocast" in report.problem

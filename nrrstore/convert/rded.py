@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nrrstore.convert.passthrough import AsIs, NotAsIs, read_file
 from nrrstore.errors import NrrError, os_errors_name, path_text, staged_as
 from nrrstore.format.keys import image_key
 from nrrstore.format.lock import output_lock
@@ -89,7 +90,7 @@ def import_rded(
     out: str | os.PathLike[str],
     *,
     classes: Sequence[str] | str | os.PathLike[str] | None = None,
-    image_format: str = "png",
+    image_format: str | None = None,
     quality: int | None = None,
     mode: str = "keep",
     shard_size: int = 1024,
@@ -103,11 +104,14 @@ def import_rded(
 
     ``classes``: names (or a file of names, line i = class i) instead of the folder names; every
     folder's class number must then be below their count. A tree that lacks a class folder is refused
-    unless ``classes`` names every class (the missing ones then hold no images). ``image_format`` png
-    (lossless, default), webp or jpg: relabel reads the stored images, so a lossy re-encode is what the
-    teacher labels. ``mode`` ``keep`` takes the teacher's channels when there is a teacher (RDED writes
-    RGB JPEGs even for grey data). With a teacher the store is built and relabelled under a hidden
-    name and put in place only when both succeed, so a failed relabel leaves no unlabelled store.
+    unless ``classes`` names every class (the missing ones then hold no images). ``image_format`` None
+    (default) keeps the source files' bytes when every image can be stored as it is (see
+    :mod:`nrrstore.convert.passthrough`), else re-encodes as png; png, webp or jpg re-encode (relabel
+    reads the stored images, so a lossy re-encode is what the teacher labels). ``mode`` ``keep`` takes
+    the teacher's channels when there is a teacher (RDED writes RGB JPEGs even for grey data, which
+    then cannot pass through for a grey teacher). With a teacher the store is built and relabelled
+    under a hidden name and put in place only when both succeed, so a failed relabel leaves no
+    unlabelled store.
     ``relabel_options``: further keyword arguments of `relabel` (precision, seed, device...).
     """
     t0 = time.perf_counter()
@@ -138,21 +142,26 @@ def import_rded(
               "total_bytes": total_bytes}
     out = Path(out)
     stage = out.with_name(f"{STAGE_PREFIX}{out.name}") if teacher is not None else out
+    method = {"import": {"from": "rded", "image_mode": mode}}
     summary: dict[str, Any] = {"store": str(out), "images": len(images), "classes": len(names),
                                "source_bytes": total_bytes, "image_mode": mode}
     with output_lock(out), os_errors_name(out):
         try:
             if stage != out and stage.exists():
                 shutil.rmtree(stage)  # the leftover of a killed run
-            with StoreWriter(stage, names, image_format=image_format, quality=quality, shard_size=shard_size,
-                             overwrite=overwrite, source=source,
-                             method={"import": {"from": "rded", "image_mode": mode}}) as w:
-                for i, r in enumerate(images):
-                    pixels = convert_mode(read_image_file(r.path), mode)
-                    w.add_image(image_key(r.label, r.id), pixels, r.label, {"source": path_text(r.path.relative_to(root))})
-                    if progress:
-                        progress("import images", i + 1, len(images))
-                w.finalize(progress)
+
+            def write(as_is: AsIs | None, fmt: str | None, why: str) -> str:
+                return _write(root, images, stage, names, source, method, as_is, fmt, quality, mode, shard_size,
+                              overwrite, progress, why)
+
+            if image_format is not None:
+                stored = write(None, image_format, f"--image-format {image_format}")
+            else:
+                try:
+                    stored = write(AsIs(mode), None, "")
+                except NotAsIs as exc:  # one image cannot pass through: start over, re-encoding all
+                    stored = write(None, "png", exc.why)
+            summary["images_stored"] = stored
             summary["import_seconds"] = round(time.perf_counter() - t0, 3)
             if teacher is not None:
                 from nrrstore.distill.relabel import relabel
@@ -170,6 +179,35 @@ def import_rded(
             raise
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _write(root: Path, images: list[RdedImage], out: str | os.PathLike[str], names: list[str], source: dict[str, Any],
+           method: dict[str, Any], as_is: AsIs | None, image_format: str | None, quality: int | None, mode: str,
+           shard_size: int, overwrite: bool, progress: Progress | None, why: str) -> str:
+    """Write the store: as-is bytes (``as_is``; `NotAsIs` when an image cannot be) or re-encoded; says which."""
+    w: StoreWriter | None = None
+    try:
+        for i, r in enumerate(images):
+            key, meta = image_key(r.label, r.id), {"source": path_text(r.path.relative_to(root))}
+            data = read_file(r.path) if as_is is not None else None
+            head = as_is.check(data, path_text(r.path)) if as_is is not None and data is not None else None
+            if w is None:
+                w = StoreWriter(out, names, image_format=head.ext if head else image_format or "png", quality=quality,
+                                shard_size=shard_size, overwrite=overwrite, source=source, method=method)
+            if head is not None and data is not None:
+                w.add_encoded(key, data, r.label, meta, path_text(r.path), header=head)
+            else:
+                w.add_image(key, convert_mode(read_image_file(r.path), mode), r.label, meta)
+            if progress:
+                progress("import images", i + 1, len(images))
+        assert w is not None  # list_rded refuses an empty tree
+        stored = f"as is ({w.image_format})" if as_is is not None else f"re-encoded as {w.image_format}: {why}"
+        w.set_meta("source", {**source, "stored": stored})
+        w.finalize(progress)
+        return stored
+    finally:
+        if w is not None:
+            w.__exit__(None, None, None)
 
 
 def _teacher_mode(teacher: Any, mode: str, num_classes: int) -> str:

@@ -60,6 +60,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from nrrstore.convert.passthrough import AsIs, NotAsIs, read_file
 from nrrstore.distill.relabel import (  # relabel's file names and encodings
     chunk_name,
     parquet_options,
@@ -370,8 +371,11 @@ class ImageSource:
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": path_text(self.spec), "bytes": self.bytes, "files": self.files}
 
-    def samples(self, mode: str) -> Iterator[tuple[str, np.ndarray, int, dict[str, Any]]]:
-        """``(key, pixels, label, meta)`` in store order; keys unique and valid."""
+    def samples(self, mode: str, encoded: bool = False) -> Iterator[tuple[str, Any, int, dict[str, Any], str]]:
+        """``(key, image, label, meta, where)`` in store order; keys unique and valid.
+
+        ``image`` is the decoded pixels in ``mode``, or with ``encoded`` the source bytes unchanged.
+        """
         seen: set[str] = set()
         if self.kind == "imagefolder":
             assert self.entries is not None
@@ -382,14 +386,17 @@ class ImageSource:
                 counts[s] = counts.get(s, 0) + 1
             for i, (e, s) in enumerate(zip(self.entries, stems)):
                 key = s if counts[s] == 1 else f"{s[:190]}-{i:07d}"
-                yield key, convert_mode(read_image_file(e.path), mode), e.label, {"source": path_text(e.path.relative_to(root).as_posix())}
+                image = read_file(e.path) if encoded else convert_mode(read_image_file(e.path), mode)
+                yield key, image, e.label, {"source": path_text(e.path.relative_to(root))}, path_text(e.path)
             return
-        for i, smp in enumerate(iter_samples(self.shards or self.spec)):
+        for i, smp in enumerate(iter_samples(self.shards or self.spec, decode=not encoded)):
             key = sanitize_key(smp.key) or f"img{i:07d}"
             if key in seen:
                 key = f"{key[:190]}-{i:07d}"
             seen.add(key)
-            yield key, convert_mode(smp.image, mode), smp.label, {"source_key": path_text(smp.key), "shard": path_text(os.path.basename(smp.shard))}
+            image = smp.data if encoded else convert_mode(smp.image, mode)
+            meta = {"source_key": path_text(smp.key), "shard": path_text(os.path.basename(smp.shard))}
+            yield key, image, smp.label, meta, f"{path_text(smp.shard)}: {path_text(smp.key)}"
 
 
 def open_image_source(spec: str | os.PathLike[str], classes: Sequence[str] | None = None) -> ImageSource:
@@ -649,26 +656,45 @@ def _check_count(n: int, folder: LabelFolder, batch: int, images: Path) -> None:
 
 def _write_images(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: int, num_classes: int,
                   args: dict[str, Any], progress: Progress | None) -> None:
+    """The images store: the source bytes as they are when every image can be (one pass), else PNG."""
+    try:
+        _images_store(src, store_dir, folder, batch, num_classes, args, progress, AsIs(args["mode"]))
+    except NotAsIs as exc:
+        _images_store(src, store_dir, folder, batch, num_classes, args, progress, None, exc.why)
+
+
+def _images_store(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: int, num_classes: int,
+                  args: dict[str, Any], progress: Progress | None, as_is: AsIs | None, why: str = "") -> None:
     classes = src.classes or [str(i) for i in range(num_classes)]
     source = {
         "format": "sre2l", "path": path_text(folder.root.resolve()), "bytes": folder.bytes, "files": folder.files,
         "epochs": folder.epochs, "batch_size": batch, "num_classes": num_classes,
         "images": src.describe(), "total_bytes": folder.bytes + src.bytes,
     }
-    with StoreWriter(store_dir, classes, image_format="png", shard_size=args["shard_size"], source=source,
-                     overwrite=True) as w:
-        channels = None
-        for i, (key, pixels, label, meta) in enumerate(src.samples(args["mode"])):
+    w: StoreWriter | None = None
+    try:
+        for i, (key, image, label, meta, where) in enumerate(src.samples(args["mode"], encoded=as_is is not None)):
             if not 0 <= label < len(classes):
                 raise NrrError(src.spec, f"image {meta}: label {label} outside the {len(classes)} classes")
-            w.add_image(key, pixels, label, meta)
-            channels = channels or (3 if pixels.ndim == 3 and pixels.shape[2] == 3 else 1)
+            head = as_is.check(image, where) if as_is is not None else None
+            if w is None:  # the first image decides the store's format
+                w = StoreWriter(store_dir, classes, image_format=head.ext if head else "png",
+                                shard_size=args["shard_size"], overwrite=True)
+            if head is not None:
+                w.add_encoded(key, image, label, meta, where, header=head)
+            else:
+                w.add_image(key, image, label, meta)
             if progress:
                 progress("write images", i + 1, src.count)
-        if channels is None:
+        if w is None:
             raise NrrError(src.spec, "no images")
-        w.set_meta("normalization", _check_normalization(args["normalization"], channels))
+        source["images"]["stored"] = f"as is ({w.image_format})" if as_is is not None else f"re-encoded as png: {why}"
+        w.set_meta("source", source)
+        w.set_meta("normalization", _check_normalization(args["normalization"], w.channels or 1))
         w.finalize()
+    finally:
+        if w is not None:
+            w.__exit__(None, None, None)
 
 
 @dataclass
@@ -939,6 +965,7 @@ def _finish(st: Store, folder: LabelFolder, src: ImageSource, out: Path, work: P
             chunks: list[tuple[int, int]], size: int, num_classes: int, batch: int, overwrite: bool) -> dict[str, Any]:
     args = state["args"]
     kinds, recipe = _record_labels(st, folder, state, chunks, size, num_classes, batch, bool(args["keep_full"]))
+    stored = (Store(st.path).manifest.source.get("images") or {}).get("stored")
     check_output_dir(out, overwrite)
     install_folder(st.path, out)
     shutil.rmtree(work, ignore_errors=True)
@@ -947,7 +974,8 @@ def _finish(st: Store, folder: LabelFolder, src: ImageSource, out: Path, work: P
     return {"store": str(out), "mix": state["mix"], "precision": args["precision"], "files": files,
             "distance_bytes": distance_bytes, "quant_max": state["quant_max"],
             "logits_dtypes": sorted(state["logits_dtypes"]), "source_bytes": folder.bytes,
-            "images_bytes": src.bytes, "keep_full": args["keep_full"], "augmentation": recipe.to_dict()}
+            "images_bytes": src.bytes, "images_stored": stored, "keep_full": args["keep_full"],
+            "augmentation": recipe.to_dict()}
 
 
 # -- helpers -------------------------------------------------------------------------------------------

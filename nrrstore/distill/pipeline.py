@@ -31,8 +31,9 @@ from nrrstore.distill.cidd import ClassCandidates, CiddConfig, discover, select_
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
 from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes
-from nrrstore.format.lock import output_lock
+from nrrstore.format.images import effective_quality
 from nrrstore.format.keys import image_key
+from nrrstore.format.lock import output_lock
 from nrrstore.format.manifest import MANIFEST_NAME, load_manifest
 from nrrstore.format.writer import StoreWriter, check_output_dir
 from nrrstore.models.cam import CamModel
@@ -51,7 +52,7 @@ class DistillConfig:
     method: str
     cidd: CiddConfig
     nrr: NrrConfig
-    image_format: str = "png"
+    image_format: str = "png"  # method_config picks by size: see default_image_encoding
     quality: int | None = None
     shard_size: int = 1024
     classes_per_pass: int = 100
@@ -68,6 +69,21 @@ class DistillConfig:
         }
 
 
+DEFAULT_JPEG_SIZE = 128
+"""From this image size up, distill stores JPEG by default (measured: benchmarks/jpeg_quality.py)."""
+DEFAULT_JPEG_QUALITY = 90
+
+
+def default_image_encoding(image_size: int) -> tuple[str, int | None]:
+    """``(format, quality)`` distill stores by default: JPEG quality 90 at >= 128 px, else lossless PNG.
+
+    Measured at 128 px (benchmarks/RESULTS.md, "distill's image encoding"): JPEG 90 stores 0.68x
+    PNG's bytes with student top-1 within the seeds' spread; small images stay PNG, where JPEG's 8x8
+    blocks are a large share of the picture and PNG is small anyway.
+    """
+    return ("jpg", DEFAULT_JPEG_QUALITY) if image_size >= DEFAULT_JPEG_SIZE else ("png", None)
+
+
 def default_factor(image_size: int) -> int:
     """RDED's factor: 2 patches per side at ImageNet resolutions, whole crops at 32/64 px."""
     return 2 if image_size >= 128 else 1
@@ -82,8 +98,8 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
     """
     if method not in METHODS:
         raise NrrError(None, f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    image_format = str(kw.get("image_format", "png")).lower()
-    if image_format not in IMAGE_FORMATS:  # checked here, not when the store is written after hours
+    image_format = kw.get("image_format")  # None: chosen by the size below
+    if image_format is not None and str(image_format).lower() not in IMAGE_FORMATS:  # not after hours of work
         raise NrrError(None, f"unknown image format {image_format!r}; use one of {', '.join(IMAGE_FORMATS)}")
     factor = default_factor(image_size)
     base_c: dict[str, Any] = {
@@ -97,6 +113,11 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
     n_over = {k: v for k, v in (nrr or {}).items() if v is not None}
     c_args = {**base_c, **c_over, "ipc": ipc}
     c_args = {k: tuple(v) if isinstance(v, list) else v for k, v in c_args.items()}
+    if kw.get("image_format") is None:  # the default depends on the size; an explicit one is kept
+        kw["image_format"], default_quality = default_image_encoding(image_size)
+        if kw.get("quality") is None:
+            kw["quality"] = default_quality
+    kw["quality"] = effective_quality(kw["image_format"], kw.get("quality"))  # recorded as really used
     return DistillConfig(method=method, cidd=CiddConfig(**c_args), nrr=NrrConfig(**{**base_n, **n_over}), **kw)
 
 

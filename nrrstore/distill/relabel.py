@@ -1,8 +1,18 @@
 """DBR relabeling: the teacher's two distances for every (image, epoch) view of a finished store.
 
-Every view is rendered from the images *as stored* (decoded from the shards) by the same
-:func:`~nrrstore.train.augment.render_batch` the student's loader uses, so the student later sees
-exactly the pixels these numbers were computed on.
+Every view is rendered from the images *as stored* (decoded from the shards) by the same data path
+the student's loader uses (:mod:`nrrstore.train.stream`), so the student later sees exactly the
+pixels these numbers were computed on.
+
+A pipeline, so that a GPU teacher is not kept waiting: ``workers`` processes decode partner groups
+and send uint8 images; this process moves them to ``device``, renders the views there, runs the
+teacher (under ``torch.autocast`` with ``amp``), computes both distances and scatters them into
+the epoch's buffers on the device. Nothing waits for the device until an epoch is complete (one
+copy back per epoch, no synchronisation per batch).
+
+Ranks: under ``torchrun`` rank r computes the epoch chunks ``k % world == r`` and rank 0 installs
+them after a barrier; every chunk's bytes depend only on its epochs, so the store is
+byte-identical to a one-rank run.
 
 Streaming and resume: epochs are processed in chunks of ``epochs_per_file``; a chunk becomes one
 Parquet file with one row group per epoch, written under a temporary name and renamed when complete.
@@ -11,18 +21,18 @@ chunk files); a killed job rerun with the same arguments continues with the firs
 and produces byte-identical files. When every chunk is done the files move into ``labels/``, the
 manifest is rewritten by :func:`~nrrstore.format.update.update_store` (last), and the work folder is
 removed, so a finished store holds nothing that ``verify`` does not know about. Memory is bounded
-by one epoch's distances plus a decoded-image cache (``cache_mb``), whatever the number of epochs.
+by one epoch's distances plus a decoded-image cache (``cache_mb``, per decoding process), whatever the
+number of epochs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from torch.utils.data import DataLoader
 
+from nrrstore.devices import amp_dtype, autocast, resolve_device
 from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
 from nrrstore.format import quant
 from nrrstore.format.atomic import tmp_name
@@ -46,15 +58,10 @@ from nrrstore.format.tables import DISTANCE_TYPES, distance_schema
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.models.checkpoint import Teacher, load_teacher
-from nrrstore.train.augment import (
-    AugRecipe,
-    ViewBatch,
-    epoch_columns,
-    epoch_plan,
-    render_batch,
-)
-from nrrstore.train.loader import ImageBlocks, RemoteStore, open_store, store_recipe
+from nrrstore.train.augment import RECIPE_VERSION, AugRecipe, epoch_columns
+from nrrstore.train.loader import RemoteStore, open_store, store_recipe
 from nrrstore.train.losses import distances
+from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
 
 Progress = Callable[[str, int, "int | None"], None]
 WORK_DIR = ".relabel"
@@ -82,10 +89,15 @@ def parquet_options(precision: str) -> dict[str, Any]:
 
 
 def default_recipe(store: Store, teacher: Teacher, **overrides: Any) -> AugRecipe:
-    """The store's recipe (else ``AugRecipe(size=teacher input size, seed=0)``) with ``overrides``."""
+    """The store's recipe (else ``AugRecipe(size=teacher input size, seed=0)``) with ``overrides``.
+
+    Its renderer is always the current one (``version`` = ``RECIPE_VERSION``): relabeling
+    computes every distance afresh, so nothing ties it to the renderer of earlier labels.
+    """
     m = store.manifest
     base = store_recipe(m, store.path / "manifest.json").to_dict() if m.augmentation else \
         AugRecipe(size=teacher.image_size, seed=0).to_dict()
+    base["version"] = RECIPE_VERSION
     base.update({k: v for k, v in overrides.items() if v is not None})
     return AugRecipe.from_dict(base)
 
@@ -101,21 +113,26 @@ def _store_job(job: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
     """Run ``job(store, ...)`` holding the store's write lock; a failure leaves no empty work folder.
 
     Finished chunks are kept for a resume, and the error then says how to resume or discard them.
+    Under torchrun rank 0 holds the lock for all ranks (one job), and only a one-rank run removes
+    the work folder (with several ranks another one may still be writing there).
     """
 
     @functools.wraps(job)
     def run(store: Store | str | os.PathLike[str], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        from nrrstore.distill.pipeline import dist_info
+
         root = store.path if isinstance(store, Store) else store
         if isinstance(root, str) and root.startswith(("http://", "https://")):
             return job(store, *args, **kwargs)  # refused inside: a URL is not written to
         root = Path(root)
         if root.is_dir():
             check_writable(root)
-        with output_lock(root):
+        rank, world = dist_info()
+        with output_lock(root) if rank == 0 else contextlib.nullcontext():
             try:
                 return job(store, *args, **kwargs)
             except BaseException as exc:
-                stopped = _stopped(exc, root, root / WORK_DIR)
+                stopped = _stopped(exc, root, root / WORK_DIR, world)
                 if stopped is exc:
                     raise
                 raise stopped from None
@@ -123,12 +140,13 @@ def _store_job(job: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
     return run
 
 
-def _stopped(exc: BaseException, root: Path, work: Path) -> BaseException:
+def _stopped(exc: BaseException, root: Path, work: Path, world: int) -> BaseException:
     if isinstance(exc, OSError):
         exc = NrrError(root, os_problem(exc))
     finished = sorted(work.glob("distances-*.parquet")) if work.is_dir() else []
     if not finished:
-        shutil.rmtree(work, ignore_errors=True)
+        if world == 1:
+            shutil.rmtree(work, ignore_errors=True)
         return exc
     if isinstance(exc, NrrError) and not isinstance(exc, ResumeMismatchError):
         return NrrError(exc.path, f"{exc.problem}; {len(finished)} finished chunk file(s) are kept in {work}: rerun the "
@@ -153,6 +171,8 @@ def relabel(
     overwrite: bool = False,
     cache_mb: int = 512,
     device: str | torch.device = "cpu",
+    amp: str | None = None,
+    workers: int | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write DBR distances for ``epochs`` epochs of ``store`` (and full soft labels if asked).
@@ -161,16 +181,23 @@ def relabel(
     augmentation seed when given; ``mode="explicit"`` also
     stores each view's parameters as columns. ``precision="int8"`` quantizes with scale
     ``quant_max`` (default: 1.25 x the largest distance of epoch 0, see :mod:`nrrstore.format.quant`).
-    ``batch_size`` and ``epochs_per_file`` change the bytes written (teacher batches, file split),
-    so a resumed job must repeat them; the device is not checked.
+    ``amp``: "bf16" or "fp16" runs the teacher under autocast (default float32).
+    ``workers``: decoding processes (default: none on the CPU, where the teacher uses every core;
+    one per CPU up to 4 otherwise). ``batch_size``, ``epochs_per_file`` and ``amp`` change the bytes
+    written (teacher batches, file split, precision), so a resumed job must repeat them; the
+    device and the worker count are not checked.
     """
+    from nrrstore.distill.pipeline import dist_info
+
     t0 = time.perf_counter()
+    dev = resolve_device(device)
+    amp_dt = amp_dtype(amp, dev)
     st = open_store(store)
     if isinstance(st, RemoteStore):
         raise NrrError(st.path, "relabel writes into the store: give a local folder, not a URL")
     m = st.manifest
     if not isinstance(teacher, Teacher):
-        teacher = load_teacher(teacher, device)
+        teacher = load_teacher(teacher, dev)
     if precision not in DISTANCE_TYPES:
         raise NrrError(None, f"unknown precision {precision!r}; use one of {', '.join(DISTANCE_TYPES)}")
     if mode not in MODES:
@@ -193,37 +220,98 @@ def relabel(
     if recipe.size != teacher.image_size:
         raise NrrError(teacher.spec, f"views are {recipe.size} px (augmentation size) but the teacher takes "
                                      f"{teacher.image_size} px")
+    if workers is None:
+        workers = 0 if dev.type == "cpu" else worker_count(None)
+    workers = worker_count(workers)
+    rank, world = dist_info()
 
     work = st.path / WORK_DIR
     args = {
         "teacher_sha256": teacher.sha256, "epochs": epochs, "recipe": recipe.to_dict(), "precision": precision,
         "mode": mode, "full_softlabels": bool(full_softlabels), "epochs_per_file": epochs_per_file,
-        "batch_size": batch_size, "quant_max": quant_max, "num_images": m.num_images,
+        "batch_size": batch_size, "quant_max": quant_max, "num_images": m.num_images, "amp": amp_key(amp),
         "index_sha256": getattr(m.file("index.parquet"), "sha256", None),
     }
-    state = load_state(work, args, "relabel")
-    has_labels = bool(m.labels.get("distances") or m.labels.get("softlabels"))
-    if state is None:
-        if has_labels and not overwrite:
-            raise NrrError(st.path, "store already has labels (distances or soft labels); pass overwrite=True "
-                                    "(--overwrite) to replace them")
-        work.mkdir(exist_ok=True)
-        state = {"args": args, "quant_max": quant_max, "phase": "computing"}
-        save_state(work, state)
-
+    state = _start(st, work, args, quant_max, overwrite, rank, world)
     chunks = [(a, min(a + epochs_per_file, epochs) - 1) for a in range(0, epochs, epochs_per_file)]
-    job = _Job(st, teacher, recipe, epochs, precision, mode, full_softlabels, batch_size, device, work, cache_mb,
-               progress)
+    job = _Job(st, teacher, recipe, epochs, precision, mode, full_softlabels, batch_size, dev, amp_dt, workers, work,
+               cache_mb, progress)
     resumed = computed = 0
     if state["phase"] == "computing":
-        for first, last in chunks:
+        if full_softlabels and rank == 0:
+            job.softlabels()  # created once, before the ranks write their epochs into it
+        _barrier(world)
+        if precision == "int8" and state["quant_max"] is None:
+            state["quant_max"] = job.choose_quant_max()  # every rank alike: epoch 0 is deterministic
+            if rank == 0:
+                save_state(work, state)
+        for k, (first, last) in enumerate(chunks):
+            if k % world != rank:
+                continue
             if (work / chunk_name(first, last)).is_file():
                 resumed += 1
                 continue
-            job.compute_chunk(first, last, state)
+            job.compute_chunk(first, last, state["quant_max"])
             computed += 1
-        state["phase"] = "installing"
-        save_state(work, state)
+        _barrier(world)
+        if rank == 0:
+            state["phase"] = "installing"
+            save_state(work, state)
+    summary: dict[str, Any] = {"store": str(st.path), "rank": rank, "world_size": world, "epochs": epochs,
+                               "images": m.num_images, "views": epochs * m.num_images, "precision": precision,
+                               "mode": mode, "chunks_resumed": resumed, "chunks_computed": computed,
+                               "clipped": job.clipped, "quant_max": state["quant_max"], "device": str(dev),
+                               "amp": amp_key(amp), "workers": workers, "augmentation": recipe.to_dict(),
+                               "softlabels": full_softlabels}
+    if rank == 0:
+        summary.update(_finish(st, m, work, chunks, args, state, teacher, recipe, job, dev))
+    _barrier(world)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def amp_key(amp: str | None) -> str:
+    """How ``amp`` is recorded: "fp32" when the teacher ran without autocast."""
+    return "fp32" if amp in (None, "none", "fp32") else str(amp)
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _start(st: Store, work: Path, args: dict[str, Any], quant_max: float | None, overwrite: bool, rank: int,
+           world: int) -> dict[str, Any]:
+    """The job's state: resumed when ``work`` holds one with the same arguments, else a fresh one.
+
+    Rank 0 decides (and creates the folder); the other ranks read what it wrote.
+    """
+    if rank == 0:
+        state = load_state(work, args, "relabel")
+        m = st.manifest
+        has_labels = bool(m.labels.get("distances") or m.labels.get("softlabels"))
+        if state is None:
+            if has_labels and not overwrite:
+                raise NrrError(st.path, "store already has labels (distances or soft labels); pass overwrite=True "
+                                        "(--overwrite) to replace them")
+            work.mkdir(exist_ok=True)
+            state = {"args": args, "quant_max": quant_max, "phase": "computing"}
+            save_state(work, state)
+    _barrier(world)
+    if rank != 0:
+        state = load_state(work, args, "relabel")
+        if state is None:
+            raise NrrError(work, "rank 0 wrote no relabel state (did it fail?)")
+    return state
+
+
+def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: dict[str, Any], state: dict[str, Any],
+            teacher: Teacher, recipe: AugRecipe, job: _Job, dev: torch.device) -> dict[str, Any]:
+    """Install the finished files and rewrite the manifest (rank 0 only)."""
+    epochs, precision, mode = args["epochs"], args["precision"], args["mode"]
+    full_softlabels = args["full_softlabels"]
     files = _install(st, work, chunks, full_softlabels)
     section: dict[str, Any] = {
         "files": [{"path": f"labels/{chunk_name(a, b)}", "first_epoch": a, "last_epoch": b} for a, b in chunks],
@@ -238,7 +326,8 @@ def relabel(
                                                   (1, job.block_of_softlabels, m.num_classes))
     method = dict(m.method)
     method["relabel"] = {**{k: args[k] for k in ("epochs", "precision", "mode", "full_softlabels", "epochs_per_file",
-                                                 "batch_size")}, "quant_max": state["quant_max"]}
+                                                 "batch_size", "amp")},
+                         "quant_max": state["quant_max"], "device": dev.type}
     old = [f.path for f in m.files if f.kind in ("distances", "softlabels")]
     update_store(st.path, kinds=files, remove_prefixes=tuple(old), sections={
         "labels": labels, "augmentation": recipe.to_dict(), "teacher": teacher_section(teacher),
@@ -249,92 +338,118 @@ def relabel(
     shutil.rmtree(work)
     total_bytes = sum((st.path / p).stat().st_size for p in files if p.endswith(".parquet"))
     views = epochs * m.num_images
-    return {
-        "store": str(st.path), "epochs": epochs, "images": m.num_images, "views": views,
-        "precision": precision, "mode": mode, "files": sorted(p for p in files if p.endswith(".parquet")),
-        "distance_bytes": total_bytes, "bytes_per_view": total_bytes / max(1, views),
-        "softlabels": full_softlabels, "quant_max": state["quant_max"], "clipped": job.clipped,
-        "chunks_resumed": resumed, "chunks_computed": computed, "augmentation": recipe.to_dict(),
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
+    return {"files": sorted(p for p in files if p.endswith(".parquet")), "distance_bytes": total_bytes,
+            "bytes_per_view": total_bytes / max(1, views), "clipped": job.clipped}
 
 
 # -- the work itself ----------------------------------------------------------------------------------
-def teacher_distances(teacher: Teacher, views: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor,
-                      lam: torch.Tensor, device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(d_org, d_aug, logits)`` of rendered views ([0, 1] pixels): exactly what relabel stores per view.
+def teacher_distances(teacher: Teacher, images: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor,
+                      lam: torch.Tensor, amp: torch.dtype | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d_org, d_aug, logits)`` of a batch of rendered views: exactly what relabel stores per view.
 
-    One function for relabel and for the replay check (`nrrstore.distill.replay`), so a check
-    recomputes distances the way they were made.
+    ``images`` are in the teacher's input space (normalized) and, with the label columns, on the
+    teacher's device; ``amp`` is the autocast dtype (None: float32). One function for relabel and
+    for the replay check (`nrrstore.distill.replay`), so a check recomputes distances the way they
+    were made.
     """
-    logits = teacher.model(teacher.normalize(views.to(device))).float()
-    d_org, d_aug = distances(logits, y.to(device), y_partner.to(device), lam.to(device))
+    with autocast(images.device, amp):
+        logits = teacher.model(images)
+    logits = logits.float()
+    d_org, d_aug = distances(logits, y, y_partner, lam)
     return d_org, d_aug, logits
 
 
 class _Job:
     def __init__(self, st: Store, teacher: Teacher, recipe: AugRecipe, epochs: int, precision: str, mode: str,
-                 soft: bool, batch_size: int, device: str | torch.device, work: Path, cache_mb: int,
-                 progress: Progress | None) -> None:
+                 soft: bool, batch_size: int, device: torch.device, amp: torch.dtype | None, workers: int, work: Path,
+                 cache_mb: int, progress: Progress | None) -> None:
         self.st, self.teacher, self.recipe, self.epochs = st, teacher, recipe, epochs
         self.precision, self.mode, self.soft = precision, mode, soft
         self.batch_size, self.work, self.progress = batch_size, work, progress
-        self.device = torch.device(device)
+        self.device, self.amp, self.workers, self.cache_mb = device, amp, workers, cache_mb
         self.n = st.num_images
         g = recipe.group_size
-        # A block is whole partner groups, so every partner of a block's images is in the block.
-        self.block = g * max(1, batch_size // g)
-        self.block_of_softlabels = min(self.block, self.n)
-        self.images = ImageBlocks(st, self.block, cache_mb)
-        self.labels = st.labels()
+        self.block_of_softlabels = min(g * max(1, batch_size // g), self.n)
         self.clipped = 0
         self.total_views = epochs * self.n
-        teacher.model.to(self.device).eval()
+        self.done_views = 0
+        self._epoch0: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+        teacher.model.to(device).eval()
 
-    @torch.inference_mode()
-    def epoch(self, epoch: int, soft_out: Any) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray] | None]:
-        n, bs = self.n, self.batch_size
-        plan = epoch_plan(self.recipe, epoch, n)
-        cols = explicit = None
-        if self.mode == "explicit":
-            m = self.st.manifest
-            cols = epoch_columns(self.recipe, epoch, n, m.image.height, m.image.width)
-            explicit = ViewBatch.from_columns(cols)
-        d_org = np.empty(n, np.float32)
-        d_aug = np.empty(n, np.float32)
-        labels = torch.from_numpy(self.labels)
-        for b in range(math.ceil(n / self.block)):
-            start, stop = b * self.block, min((b + 1) * self.block, n)
-            imgs = self.images.images(np.arange(start, stop))
-            probs = []
-            for s in range(start, stop, bs):
-                idx = np.arange(s, min(s + bs, stop))
-                views, lam, partner = render_batch(imgs, idx, None if explicit else plan, self.recipe, epoch,
-                                                   explicit=explicit)
-                a, c, logits = teacher_distances(self.teacher, views, labels[idx], labels[partner], lam,
-                                                 self.device)
-                d_org[idx], d_aug[idx] = a.cpu().numpy(), c.cpu().numpy()
-                if soft_out is not None:
-                    probs.append(torch.softmax(logits, dim=1).to(torch.float16).cpu().numpy())
-            if soft_out is not None:
-                soft_out[epoch, start:stop, :] = np.concatenate(probs)
-            if self.progress:
-                self.progress("relabel views", epoch * n + stop, self.total_views)
-        return d_org, d_aug, cols
+    def softlabels(self) -> Any:
+        return create_softlabels(self.work / "softlabels.zarr", self.epochs, self.n, self.st.manifest.num_classes,
+                                 self.block_of_softlabels)
 
-    def compute_chunk(self, first: int, last: int, state: dict[str, Any]) -> None:
-        soft_out = None
-        if self.soft:
-            soft_out = create_softlabels(self.work / "softlabels.zarr", self.epochs, self.n,
-                                         self.st.manifest.num_classes, self.block_of_softlabels)
+    def epochs_of(self, first: int, last: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """``(epoch, d_org, d_aug, soft or None)`` for epochs ``first..last``, in order."""
+        todo = list(range(first, last + 1))
+        if self._epoch0 is not None and todo and todo[0] == 0:
+            yield (0, *self._epoch0)
+            self._epoch0 = None
+            todo = todo[1:]
+        if not todo:
+            return
+        stream = ViewStream(self.st, self.recipe, self.batch_size, todo, todo, cache_mb=self.cache_mb)
+        teacher = self.teacher
+        mean, std = [float(v) for v in teacher.mean], [float(v) for v in teacher.std]
+        assembler = BatchAssembler(self.recipe, self.st.manifest.image.channels, self.device, mean, std)
+        if self.workers:
+            items: Any = DataLoader(ItemSource(stream), batch_size=None, num_workers=self.workers,
+                                    pin_memory=pin_default(self.device), prefetch_factor=4)
+        else:
+            items = stream.items()
+        dev, n, c = self.device, self.n, self.st.manifest.num_classes
+        current = None
+        buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        with torch.inference_mode():
+            for batch in assemble(items, assembler):
+                if batch["epoch"] != current:
+                    if buffers is not None:
+                        yield self._host(current, buffers)
+                    current = batch["epoch"]
+                    buffers = (torch.empty(n, dtype=torch.float32, device=dev),
+                               torch.empty(n, dtype=torch.float32, device=dev),
+                               torch.empty((n, c), dtype=torch.float16, device=dev) if self.soft else None)
+                assert buffers is not None
+                a, b, logits = teacher_distances(teacher, batch["images"], batch["y"], batch["y_partner"],
+                                                 batch["lam"], self.amp)
+                index = batch["index"]
+                buffers[0][index] = a
+                buffers[1][index] = b
+                if buffers[2] is not None:
+                    buffers[2][index] = torch.softmax(logits, dim=1).to(torch.float16)
+                self.done_views += len(index)
+                if self.progress:
+                    self.progress("relabel views", self.done_views, self.total_views)
+            if buffers is not None:
+                yield self._host(current, buffers)
+
+    @staticmethod
+    def _host(epoch: Any, buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+              ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None]:
+        """One epoch's results on the host: the only wait for the device, once per epoch."""
+        d_org, d_aug, soft = (None if t is None else t.cpu().numpy() for t in buffers)
+        return int(epoch), d_org, d_aug, soft
+
+    def choose_quant_max(self) -> float:
+        """int8 scale from epoch 0's distances (kept, so the chunk holding epoch 0 does not redo it)."""
+        _, d_org, d_aug, soft = next(self.epochs_of(0, 0))
+        self._epoch0 = (d_org, d_aug, soft)
+        self.done_views = 0
+        return quant.choose_max(np.concatenate([d_org, d_aug]))
+
+    def compute_chunk(self, first: int, last: int, quant_max: float | None) -> None:
+        soft_out = self.softlabels() if self.soft else None
         path = self.work / chunk_name(first, last)
         tmp = tmp_name(path)
         schema = distance_schema(self.precision, self.mode == "explicit")
         writer = pq.ParquetWriter(tmp, schema, **parquet_options(self.precision))
         try:
-            for e in range(first, last + 1):
-                d_org, d_aug, cols = self.epoch(e, soft_out)
-                writer.write_table(self._table(e, d_org, d_aug, cols, state, schema), row_group_size=max(1, self.n))
+            for e, d_org, d_aug, soft in self.epochs_of(first, last):
+                if soft_out is not None:
+                    soft_out[e] = soft
+                writer.write_table(self._table(e, d_org, d_aug, quant_max, schema), row_group_size=max(1, self.n))
             writer.close()
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -345,22 +460,20 @@ class _Job:
             tmp.unlink(missing_ok=True)
             raise
 
-    def _table(self, epoch: int, d_org: np.ndarray, d_aug: np.ndarray, cols: dict[str, np.ndarray] | None,
-               state: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    def _table(self, epoch: int, d_org: np.ndarray, d_aug: np.ndarray, quant_max: float | None,
+               schema: pa.Schema) -> pa.Table:
         if self.precision == "int8":
-            if state["quant_max"] is None:
-                state["quant_max"] = quant.choose_max(np.concatenate([d_org, d_aug]))
-                save_state(self.work, state)
-            qmax = state["quant_max"]
-            self.clipped += int((d_org > qmax).sum() + (d_aug > qmax).sum())
-            values = [quant.encode(d_org, qmax), quant.encode(d_aug, qmax)]
+            assert quant_max is not None
+            self.clipped += int((d_org > quant_max).sum() + (d_aug > quant_max).sum())
+            values = [quant.encode(d_org, quant_max), quant.encode(d_aug, quant_max)]
         else:
             dtype = np.float16 if self.precision == "fp16" else np.float32
             values = [d_org.astype(dtype), d_aug.astype(dtype)]
         data = {"epoch": np.full(self.n, epoch, np.int32), "image": np.arange(self.n, dtype=np.int32),
                 "d_org": values[0], "d_aug": values[1]}
-        if cols is not None:
-            data.update(cols)
+        if self.mode == "explicit":
+            m = self.st.manifest
+            data.update(epoch_columns(self.recipe, epoch, self.n, m.image.height, m.image.width))
         return pa.table({f.name: pa.array(data[f.name], type=f.type) for f in schema}, schema=schema)
 
 

@@ -9,7 +9,9 @@ them with the stored ones:
 
 - stores labelled by nrrstore (``relabel``/``distill``): every replayed view must agree within the
   storage precision (fp16: half an ulp, int8: half a code step, see `nrrstore.format.quant`) plus a
-  small allowance for floating-point differences between batch sizes and devices;
+  small allowance for floating-point differences between batch sizes and devices; the teacher runs
+  under the autocast the labels were made with (``method.relabel.amp``), and a wider allowance
+  (`AMP_TOLERANCE`) covers autocast's rounding, which differs between devices;
 - converted stores (``convert-softlabels``): the labels were computed by another program on pixels
   it resized itself, so views agree only approximately; the *mean* gap must stay below
   ``CONVERTED_MAX_MEAN_GAP`` nats (a wrong sampler seed or view size gives gaps of several nats).
@@ -25,16 +27,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from nrrstore.distill.relabel import teacher_distances
+from nrrstore.devices import amp_dtype, resolve_device
+from nrrstore.distill.relabel import amp_key, teacher_distances
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
 from nrrstore.format.reader import Store
 from nrrstore.models.checkpoint import Teacher
-from nrrstore.train.loader import DistilledDataset, open_store, store_recipe
+from nrrstore.train.loader import make_loader, open_store, store_recipe
 
 #: Allowance for floating-point differences (batch composition, CPU vs GPU), in nats and relative.
 COMPUTE_ATOL = 1e-3
 COMPUTE_RTOL = 1e-3
+#: Extra (absolute nats, relative) allowance for labels computed under autocast: measured on the test
+#: teacher, bf16 moves distances by up to about 0.012 nats, fp16 by about 0.002 (vs float32).
+AMP_TOLERANCE = {"bf16": (2e-2, 2.0 ** -5), "fp16": (4e-3, 2.0 ** -8)}
 #: fp16 keeps 11 significant bits: rounding moves a value by at most half an ulp.
 FP16_RTOL = 2.0 ** -11
 #: Largest mean |stored - replayed| (nats) accepted for labels converted from another program.
@@ -50,6 +56,7 @@ class ReplayReport:
     views: int
     epochs: list[int]
     precision: str
+    amp: str  # the autocast the labels were made with ("fp32": none)
     converted: bool
     mean_gap: float  # mean |stored - replayed| over d_org and d_aug, nats
     max_gap: float
@@ -68,25 +75,32 @@ def sampled_epochs(stored: int, sample: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(0, stored - 1, k)})
 
 
-def beyond_tolerance(stored: np.ndarray, replayed: np.ndarray, precision: str, qmax: float | None) -> np.ndarray:
-    """Boolean mask of values whose gap exceeds what storing at ``precision`` can explain."""
+def beyond_tolerance(stored: np.ndarray, replayed: np.ndarray, precision: str, qmax: float | None,
+                     amp: str = "fp32") -> np.ndarray:
+    """Boolean mask of values whose gap exceeds what storing at ``precision`` (and computing under
+    autocast ``amp``) can explain."""
     gap = np.abs(stored - replayed)
+    amp_atol, amp_rtol = AMP_TOLERANCE.get(amp, (0.0, 0.0))
     if precision == "int8":
         assert qmax is not None
         log_gap = np.abs(np.log1p(np.maximum(stored, 0)) - np.log1p(np.maximum(replayed, 0)))
         clipped = (replayed > qmax) & (stored >= quant.decode(np.array([quant.LEVELS], np.uint8), qmax)[0])
-        return (log_gap > quant.max_abs_log_error(qmax) + COMPUTE_ATOL) & ~clipped
-    rtol = COMPUTE_RTOL + (FP16_RTOL if precision == "fp16" else 0.0)
-    return gap > COMPUTE_ATOL + rtol * np.abs(replayed)
+        return (log_gap > quant.max_abs_log_error(qmax) + COMPUTE_ATOL + amp_atol + amp_rtol) & ~clipped
+    rtol = COMPUTE_RTOL + amp_rtol + (FP16_RTOL if precision == "fp16" else 0.0)
+    return gap > COMPUTE_ATOL + amp_atol + rtol * np.abs(replayed)
 
 
 def replay_check(
     store: Store | str | os.PathLike[str],
     teacher: Teacher,
     sample: int = DEFAULT_SAMPLE,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> ReplayReport:
-    """Replay about ``sample`` views of ``store`` with ``teacher`` and compare the distances (see module)."""
+    """Replay about ``sample`` views of ``store`` with ``teacher`` and compare the distances (see module).
+
+    Views are rendered on ``device`` (default: where the teacher's weights are) and the teacher runs
+    under the autocast its labels were made with (``method.relabel.amp``).
+    """
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 1:
         raise NrrError(None, f"the replay sample must be a positive number of views, got {sample!r}")
     st = open_store(store)
@@ -109,25 +123,32 @@ def replay_check(
     epochs = sampled_epochs(st.num_epochs, sample)
     per_epoch = min(m.num_images, math.ceil(sample / len(epochs)))
     stored_all, replayed_all, where = [], [], []
-    teacher.model.to(device).eval()
+    dev = resolve_device(device if device is not None else next(teacher.model.parameters()).device)
+    amp = amp_key((m.method.get("relabel") or {}).get("amp"))
+    try:
+        amp_dt = amp_dtype(amp, dev)
+    except NrrError:  # this device cannot run that autocast: float32, within the autocast allowance
+        amp_dt = None
+    teacher.model.to(dev).eval()
     for e in epochs:
-        batch = next(iter(DistilledDataset(st, epoch=e, batch_size=per_epoch, labels="dbr", normalize=False)))
+        batch = next(iter(make_loader(st, e, per_epoch, "dbr", device=dev, normalize=False)))
         with torch.inference_mode():
-            a, c, _ = teacher_distances(teacher, batch["images"], batch["y"], batch["y_partner"], batch["lam"], device)
-        stored_all.append(np.stack([batch["d_org"].numpy(), batch["d_aug"].numpy()], 1))
+            a, c, _ = teacher_distances(teacher, teacher.normalize(batch["images"]), batch["y"], batch["y_partner"],
+                                        batch["lam"], amp_dt)
+        stored_all.append(np.stack([batch["d_org"].cpu().numpy(), batch["d_aug"].cpu().numpy()], 1))
         replayed_all.append(np.stack([a.cpu().numpy(), c.cpu().numpy()], 1).astype(np.float32))
         where.extend((e, int(i)) for i in batch["index"].tolist())
     stored = np.concatenate(stored_all).astype(np.float64)
     replayed = np.concatenate(replayed_all).astype(np.float64)
     gap = np.abs(stored - replayed)
-    bad_views = beyond_tolerance(stored, replayed, precision, qmax).any(axis=1)
+    bad_views = beyond_tolerance(stored, replayed, precision, qmax, amp).any(axis=1)
     k = int(np.argmax(gap.max(axis=1)))
     keys = st.index.column("key").to_pylist()
     worst = {"epoch": where[k][0], "image": where[k][1], "key": keys[where[k][1]],
              "stored": [round(float(v), 5) for v in stored[k]], "replayed": [round(float(v), 5) for v in replayed[k]]}
     recorded = (m.teacher or {}).get("sha256")
     sha_ok = None if not recorded else recorded == teacher.sha256
-    report = ReplayReport(views=len(where), epochs=epochs, precision=precision, converted=converted,
+    report = ReplayReport(views=len(where), epochs=epochs, precision=precision, amp=amp, converted=converted,
                           mean_gap=float(gap.mean()), max_gap=float(gap.max()), beyond_tolerance=int(bad_views.sum()),
                           worst=worst, teacher_sha256_matches=sha_ok, problem=None)
     report.problem = _problem(report)
@@ -148,6 +169,7 @@ def _problem(r: ReplayReport) -> str | None:
     if r.beyond_tolerance == 0:
         return None
     w = r.worst
+    tolerance = r.precision if r.amp == "fp32" else f"{r.precision} ({r.amp} autocast)"
     return (f"{r.beyond_tolerance} of {r.views} replayed views differ from the stored distances beyond the "
-            f"{r.precision} tolerance (mean gap {r.mean_gap:.3f} nats, largest {r.max_gap:.3f} at epoch {w['epoch']}, "
+            f"{tolerance} tolerance (mean gap {r.mean_gap:.3f} nats, largest {r.max_gap:.3f} at epoch {w['epoch']}, "
             f"image {w['key']}): {cause}")

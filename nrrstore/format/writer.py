@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError, os_errors_name
 from nrrstore.format.atomic import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir
-from nrrstore.format.images import encode_image
+from nrrstore.format.images import ImageHeader, effective_quality, encode_image, probe_image
 from nrrstore.format.keys import check_key
 from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, FileEntry, ImageInfo, Manifest, creation_time
 from nrrstore.format.outputs import check_output_folder, install_folder
@@ -98,22 +98,43 @@ class StoreWriter:
         self._shard: TarShardWriter | None = None
         self._shape: tuple[int, ...] | None = None
         self._kinds: dict[str, str] = {}
+        self._encoded = False  # whether any image was encoded here (else its quality is unknown)
         self._done = False
 
     # -- images ---------------------------------------------------------------------------------
     def add_image(self, key: str, pixels: np.ndarray, label: int, meta: dict[str, Any] | None = None) -> int:
         """Append one image (``HxW`` or ``HxWx3`` uint8); returns its index in store order."""
+        self._check(key, label, tuple(pixels.shape if pixels.ndim == 3 and pixels.shape[2] != 1 else pixels.shape[:2]))
+        self._encoded = True
+        return self._append(key, encode_image(pixels, self.image_format, self.quality), label, meta)
+
+    def add_encoded(self, key: str, data: bytes, label: int, meta: dict[str, Any] | None = None,
+                    where: str | None = None, header: ImageHeader | None = None) -> int:
+        """Append one already encoded image, byte for byte (pass-through: no decoding, no re-encoding).
+
+        The bytes must be the store's format (``image_format``) with 8-bit grey or RGB pixels of the
+        store's size (see :func:`~nrrstore.format.images.probe_image`); ``where`` names their source;
+        ``header``: what `probe_image` said of these very bytes, if the caller asked already.
+        """
+        head = header if header is not None else probe_image(data, where)
+        if head is None or head.ext != self.image_format:
+            raise NrrError(where or self.path, f"key {key!r}: not a {self.image_format} image with 8-bit grey or RGB "
+                                               "pixels, so it cannot be stored as it is")
+        self._check(key, label, (head.height, head.width) if head.mode == "L" else (head.height, head.width, 3))
+        return self._append(key, data, label, meta)
+
+    def _check(self, key: str, label: int, shape: tuple[int, ...]) -> None:
         check_key(key, str(self.path))
         if key in self._keys:
             raise NrrError(self.path, f"duplicate key {key!r}")
         if not 0 <= int(label) < len(self.classes):
             raise NrrError(self.path, f"key {key!r}: label {label} outside the {len(self.classes)} classes")
-        shape = tuple(pixels.shape if pixels.ndim == 3 and pixels.shape[2] != 1 else pixels.shape[:2])
         if self._shape is None:
             self._shape = shape
         elif shape != self._shape:
             raise NrrError(self.path, f"key {key!r}: image shape {shape} differs from the store's {self._shape}")
-        data = encode_image(pixels, self.image_format, self.quality)
+
+    def _append(self, key: str, data: bytes, label: int, meta: dict[str, Any] | None) -> int:
         meta_bytes = json.dumps(meta or {}, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
         with os_errors_name(self.path):
             shard = self._current_shard()
@@ -138,6 +159,11 @@ class StoreWriter:
     @property
     def num_images(self) -> int:
         return len(self._rows)
+
+    @property
+    def channels(self) -> int | None:
+        """1 or 3 once an image is written (None before)."""
+        return None if self._shape is None else (3 if len(self._shape) == 3 else 1)
 
     # -- other components -----------------------------------------------------------------------
     def file_path(self, rel: str, kind: str) -> Path:
@@ -177,7 +203,8 @@ class StoreWriter:
         per_class = np.bincount(cols["label"], minlength=len(self.classes)).tolist()
         manifest = Manifest(
             classes=self.classes,
-            image=ImageInfo(h, w, 3 if len(self._shape) == 3 else 1, self.image_format, self.quality),
+            image=ImageInfo(h, w, 3 if len(self._shape) == 3 else 1, self.image_format,
+                            effective_quality(self.image_format, self.quality) if self._encoded else None),
             num_images=len(self._rows), per_class=per_class, shards=list(self._shards),
             shard_size=self.shard_size, files=files, created=creation_time(), **self.meta,
         )

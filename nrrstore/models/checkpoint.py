@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from nrrstore.devices import resolve_device
 from nrrstore.errors import FormatVersionError, NrrError, os_errors_name
 from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.models.registry import ARCHS, build_model, is_builtin, is_external_spec
@@ -166,6 +167,7 @@ def load_teacher(
     defaults to the length of the mean, `classes` to "0".."C-1"; `weights` is a state-dict file
     (a raw state dict, or one under "state_dict"/"model"; a DDP "module." prefix is stripped).
     """
+    device = resolve_device(device)
     target = os.fspath(path_or_spec)
     spec_args = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                      classes=classes, normalization=normalization, weights=weights, arch_kwargs=arch_kwargs)

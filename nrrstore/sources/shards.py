@@ -38,6 +38,7 @@ class Sample:
     label: int
     shard: str
     meta: dict[str, Any] = field(default_factory=dict)  # the sample's .json member, if any
+    data: bytes | None = None  # the image member's bytes as stored (for pass-through)
 
 
 def is_remote(url: str) -> bool:
@@ -269,7 +270,7 @@ def _samples_of(
         if want is not None and not want(label, key):
             continue
         image = decode_image(members[ext], where=f"{shard}: {key}.{ext}", max_pixels=max_pixels) if decode else None
-        yield Sample(key=key, image=image, label=label, shard=shard, meta=meta)
+        yield Sample(key=key, image=image, label=label, shard=shard, meta=meta, data=members[ext])
 
 
 def iter_labels(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],

@@ -17,10 +17,12 @@ platform libm, whose last bit may differ between systems. Random draws live at f
 slots, so a draw never depends on how many draws another decision used.
 
 Residual risk, stated plainly: parameters (crop, flip, partner, lambda, box) are exact
-everywhere. Pixels come from ``torch.nn.functional.interpolate`` (bilinear, antialias) in
-float32, which is deterministic for a given torch build and CPU kernel but is not promised
-bit-identical across torch versions, CPU instruction sets or GPUs; the teacher and the student
-should render on the same kind of device when the last bit matters.
+everywhere. Pixels depend on the recipe's ``version`` (the renderer): version 2 (current) renders
+whole batches with :mod:`nrrstore.train.render`, bit-identical for one view whatever batch,
+chunk, thread or worker count, on one kind of device; version 1 (stores written before it)
+replays with the per-view ``F.interpolate`` renderer kept here (:func:`render_batch_v1`). Neither
+promises the last bit across torch versions, CPU instruction sets or GPUs; the teacher and the
+student should render on the same kind of device when the last bit matters.
 """
 
 from __future__ import annotations
@@ -37,7 +39,10 @@ import torch.nn.functional as F
 from nrrstore.errors import NrrError
 from nrrstore.train import rng
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
+"""The renderer new recipes get: 2 = batched (:mod:`nrrstore.train.render`)."""
+REPLAYED_VERSIONS = (1, 2)
+"""Versions this nrrstore replays bit for bit: 1 = per-view ``F.interpolate`` (before 0.2)."""
 MIX_MODES = ("cutmix", "mixup", "none")
 
 # Counter layout: (STREAM, epoch, image index, slot) under key = recipe.seed.
@@ -152,6 +157,7 @@ class AugRecipe:
     "cutmix", "mixup" or "none"; lambda ~ Beta(mix_alpha, mix_alpha) (alpha 1 is uniform);
     each view is mixed with probability ``mix_p`` (per view, not per batch as in timm).
     ``group_size``: images [g*G, (g+1)*G) form a partner group (see :func:`epoch_plan`).
+    ``version``: the renderer (see :data:`REPLAYED_VERSIONS`); parameters do not depend on it.
     """
 
     size: int
@@ -163,8 +169,11 @@ class AugRecipe:
     mix_p: float = 1.0
     group_size: int = 64
     seed: int = 0
+    version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
+        if self.version not in REPLAYED_VERSIONS:
+            raise NrrError(None, version_problem(self.version))
         object.__setattr__(self, "size", _int(self.size, "size", 1, MAX_SIDE))
         scale = _pair(self.scale, "scale")
         if scale[1] > 1.0:
@@ -189,7 +198,7 @@ class AugRecipe:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; floats are written with repr so they round-trip exactly."""
         return {
-            "version": RECIPE_VERSION,
+            "version": self.version,
             "generator": rng.GENERATOR,
             "size": self.size,
             "scale": list(self.scale),
@@ -208,10 +217,9 @@ class AugRecipe:
         if not isinstance(d, Mapping):
             raise NrrError(path, "augmentation recipe must be a JSON object")
         data = dict(d)
-        version = data.pop("version", None)
-        if version != RECIPE_VERSION:
-            raise NrrError(path, f"augmentation recipe version {version!r} is not supported "
-                                 f"(this nrrstore reads version {RECIPE_VERSION})")
+        version = data.get("version")
+        if isinstance(version, bool) or version not in REPLAYED_VERSIONS:
+            raise NrrError(path, version_problem(version))
         generator = data.pop("generator", None)
         if generator != rng.GENERATOR:
             raise NrrError(path, f"augmentation recipe uses generator {generator!r}; this "
@@ -229,6 +237,13 @@ class AugRecipe:
             return cls(**data)
         except NrrError as err:
             raise NrrError(path, err.problem) from None
+
+
+def version_problem(version: Any) -> str:
+    """The one-line refusal of a recipe version this nrrstore cannot replay (names both sides)."""
+    have = " and ".join(str(v) for v in REPLAYED_VERSIONS)
+    return (f"augmentation recipe version {version!r} cannot be replayed by this nrrstore (it replays "
+            f"versions {have}; it writes version {RECIPE_VERSION}); use the nrrstore release that wrote the store")
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,6 +362,10 @@ class ViewBatch:
     def __getitem__(self, k: int) -> ViewParams:
         kw: dict[str, Any] = {f: int(getattr(self, f)[k]) for f in _INT_FIELDS}
         return ViewParams(flip=bool(self.flip[k]), lam=float(self.lam[k]), **kw)
+
+    def boxes(self) -> np.ndarray:
+        """int64 [B, 4]: the CutMix boxes as (y1, x1, y2, x2) rows."""
+        return np.stack([self.box_y1, self.box_x1, self.box_y2, self.box_x2], axis=1)
 
     def take(self, rows: np.ndarray | Sequence[int]) -> ViewBatch:
         rows = np.asarray(rows, dtype=np.int64)
@@ -576,7 +595,7 @@ def epoch_columns(
 
 
 # --------------------------------------------------------------------------------------------
-# Rendering (shared by teacher relabeling and student loading).
+# Rendering. Version 1: one view at a time (kept so that version-1 stores replay exactly).
 
 
 def render_view(img: torch.Tensor, p: ViewParams, size: int) -> torch.Tensor:
@@ -621,7 +640,7 @@ def mix_views(view: torch.Tensor, partner_view: torch.Tensor, p: ViewParams, mod
     raise NrrError(None, f"unknown mix mode {mode!r}; expected one of {MIX_MODES}")
 
 
-def render_batch(
+def render_batch_v1(
     imgs: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
     indices: np.ndarray | Sequence[int],
     plan: EpochPlan | None,
@@ -630,7 +649,7 @@ def render_batch(
     *,
     explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Render the mixed views of ``indices``: ``(views [B,C,S,S] f32, lam [B] f32, partner [B] i64)``.
+    """Version 1 of :func:`render_batch`: a Python loop over views (``F.interpolate`` per crop).
 
     ``imgs[i]`` must give the uint8 [C, H, W] image of global index i for every index and its
     partner (a list of all images, or a dict holding one partner group). Seeded mode (the
@@ -680,3 +699,80 @@ def render_batch(
         lams.append(p.lam)
     return (torch.stack(views), torch.tensor(lams, dtype=torch.float32),
             torch.from_numpy(partner.astype(np.int64)))
+
+
+def render_batch(
+    imgs: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
+    indices: np.ndarray | Sequence[int],
+    plan: EpochPlan | None,
+    recipe: AugRecipe,
+    epoch: int,
+    *,
+    explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Render the mixed views of ``indices``: ``(views [B,C,S,S] f32 in [0, 1], lam [B] f32, partner [B] i64)``.
+
+    ``imgs[i]`` must give the uint8 [C, H, W] image of global index i for every index and its
+    partner (a list of all images, or a dict holding one partner group). Seeded mode (the
+    default) takes partners from ``plan`` and parameters from ``recipe.seed``; the partner
+    contributes its own crop and flip of this epoch. Explicit mode takes both from ``explicit``
+    (columns of :data:`EXPLICIT_COLUMNS`, row = image index); ``plan`` may then be None.
+    The renderer is the recipe's ``version`` (2: batched, on ``device``; 1: per view, CPU).
+    The loader and relabeling call :mod:`nrrstore.train.render` directly; this is the
+    convenience form for a handful of images.
+    """
+    if recipe.version == 1:
+        return render_batch_v1(imgs, indices, plan, recipe, epoch, explicit=explicit)
+    from nrrstore.train.render import Renderer, to_xmajor, view_taps
+
+    epoch = _check_epoch(epoch)
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    params, partner = _batch_views(imgs, idx, plan, epoch, explicit)
+    need = np.unique(np.concatenate([idx, partner]))
+    shapes = {tuple(imgs[int(i)].shape) for i in need}
+    if len(shapes) != 1:
+        raise NrrError(None, f"render_batch needs images of one size and channel count, got {sorted(shapes)}")
+    c = next(iter(shapes))[0]
+    if explicit is None:
+        assert plan is not None
+        h, w = next(iter(shapes))[1:]
+        views = view_params_batch(recipe, epoch, need, h, w)
+    else:
+        views = params.take(need)
+    pixels = torch.from_numpy(np.stack([to_xmajor(imgs[int(i)].permute(1, 2, 0).numpy()) for i in need]))
+    check_crops(views, *next(iter(shapes))[1:])
+    renderer = Renderer(recipe.size, c, device)
+    rendered = renderer.render(pixels, view_taps(views.crop_i, views.crop_j, views.crop_h, views.crop_w,
+                                                 views.flip, recipe.size))
+    own = views.take(np.searchsorted(need, idx))
+    out = renderer.mix(rendered, np.searchsorted(need, idx), np.searchsorted(need, partner), recipe.mix, own.lam,
+                       own.boxes())
+    return out, torch.from_numpy(own.lam.copy()).to(out.device), torch.from_numpy(partner.copy())
+
+
+def _batch_views(imgs: Any, idx: np.ndarray, plan: EpochPlan | None, epoch: int,
+                 explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None) -> tuple[ViewBatch | None, np.ndarray]:
+    """Checked ``(explicit parameters or None, partner of each index)`` of a batch."""
+    if idx.size == 0:
+        raise NrrError(None, "render_batch needs at least one index")
+    if explicit is None:
+        if plan is None or plan.epoch != epoch:
+            raise NrrError(None, f"render_batch needs the epoch plan of epoch {epoch}")
+        if idx.min() < 0 or idx.max() >= len(plan.partner):
+            raise NrrError(None, f"image indices must lie in [0, {len(plan.partner)})")
+        return None, plan.partner[idx]
+    all_params, all_partner = explicit if isinstance(explicit, tuple) else ViewBatch.from_columns(explicit)
+    if idx.min() < 0 or idx.max() >= len(all_params):
+        raise NrrError(None, f"image indices must lie in [0, {len(all_params)})")
+    return all_params, all_partner[idx]
+
+
+def check_crops(views: ViewBatch, height: int, width: int, where: str | None = None) -> None:
+    """Refuse crops that leave the ``height x width`` images (explicit columns can say anything)."""
+    bad = ((views.crop_i < 0) | (views.crop_j < 0) | (views.crop_h < 1) | (views.crop_w < 1)
+           | (views.crop_i + views.crop_h > height) | (views.crop_j + views.crop_w > width))
+    if bad.any():
+        p = views[int(np.flatnonzero(bad)[0])]
+        raise NrrError(where, f"crop (top {p.crop_i}, left {p.crop_j}, {p.crop_h}x{p.crop_w}) lies outside the "
+                              f"{height}x{width} image")

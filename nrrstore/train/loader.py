@@ -1,32 +1,28 @@
 """Streaming a store for student training: whole batches of replayed views with their labels.
 
-Each batch is the teacher's exact view of its images for one epoch (same decode, same
-:func:`~nrrstore.train.augment.render_batch`), with the label columns the student needs:
-``images`` (normalized float [B,C,S,S]), ``y``, ``y_partner``, ``lam``, ``index`` (store positions),
-and ``d_org``/``d_aug`` (DBR, float32) or ``soft`` (KD probabilities, float32) when asked.
+Each batch is the teacher's exact view of its images for one epoch (same decode, same renderer:
+:mod:`nrrstore.train.stream`), with the label columns the student needs: ``images`` (normalized
+float [B,C,S,S]), ``y``, ``y_partner``, ``lam``, ``index`` (store positions), and
+``d_org``/``d_aug`` (DBR, float32) or ``soft`` (KD probabilities, float32) when asked.
 
 Splitting, so that any number of ranks and workers see one well-defined sequence:
 - batch ``b`` of an epoch is ``plan.order[b*B:(b+1)*B]`` (the last one may be short unless
   ``drop_last``); rank ``r`` of ``W`` takes the batches ``b % W == r`` among the first
   ``floor(nb / W) * W``, so every rank gets the same number of batches;
-- a rank's ``k``-th batch (from ``start_step``) goes to DataLoader worker ``k % workers``, which is
-  the order in which DataLoader hands worker results back: 0 and N workers yield the same sequence;
+- DataLoader workers decode whole partner groups (work item ``j`` to worker ``j % workers``) and
+  send uint8 images; the consumer renders them on ``device``: 0 and N workers yield the same
+  batches, and no image is decoded twice in an epoch;
 - resuming at ``(epoch, step)`` is ``start_step=step``.
 
 A store is a local folder or an ``http(s)://`` URL (:class:`RemoteStore`: HTTP Range requests, so
 an epoch still costs its own row groups and each group one request per shard it touches).
-
-I/O: a partner group (``recipe.group_size`` consecutive images, see
-:func:`~nrrstore.train.augment.epoch_plan`) is read with one ranged read per shard it touches,
-using ``index.parquet``'s byte offsets, and decoded groups are kept in a small LRU cache. The
-distance table is read for the current epoch only (its row groups), never the other epochs.
+The distance table is read for the current epoch only (its row groups), never the other epochs.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import urllib.error
 import urllib.request
@@ -42,13 +38,14 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning
 from nrrstore.format import quant
-from nrrstore.format.images import decode_image
 from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
-from nrrstore.train.augment import EXPLICIT_COLUMNS, AugRecipe, EpochPlan, ViewBatch, epoch_plan, render_batch
+from nrrstore.train.augment import EXPLICIT_COLUMNS, AugRecipe, ViewBatch
+from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
 
 LABEL_MODES = ("dbr", "kd", "onehot")
 
@@ -154,92 +151,6 @@ class RemoteStore(Store):
         return http_read(self.path / shard, offset, offset + size)
 
 
-class ImageBlocks:
-    """Decoded images of a store by block of consecutive positions, read through the index offsets.
-
-    Why blocks: images of a partner group are consecutive in store order and therefore consecutive
-    in one shard (or two), so a group costs one ``read`` per shard instead of one per image. Decoded
-    blocks are kept in an LRU cache of at most ``cache_mb`` (per process; not copied to workers).
-    """
-
-    def __init__(self, store: Store, block: int, cache_mb: int = 256) -> None:
-        idx = store.index
-        self.root = store.path
-        self.remote = isinstance(store, RemoteStore)
-        n = idx.num_rows
-        if not np.array_equal(idx.column("image").to_numpy(), np.arange(n)):
-            raise NrrError(store.path / "index.parquet", "index rows are not images 0..N-1 in order")
-        shards = idx.column("shard").to_pylist()
-        self.shards = list(dict.fromkeys(shards))
-        code = {s: i for i, s in enumerate(self.shards)}
-        self.shard_id = np.array([code[s] for s in shards], dtype=np.int32)
-        self.offset = idx.column("offset").to_numpy().astype(np.int64)
-        self.size = idx.column("size").to_numpy().astype(np.int64)
-        self.keys = idx.column("key").to_pylist()
-        self.num_images = n
-        self.block = max(1, int(block))
-        im = store.manifest.image
-        block_bytes = self.block * im.height * im.width * im.channels
-        self.max_cached = max(2, int(cache_mb * 2**20 // max(1, block_bytes)))
-        self._cache: OrderedDict[int, list[torch.Tensor]] = OrderedDict()
-
-    def read_range(self, start: int, stop: int) -> list[torch.Tensor]:
-        """uint8 [C, H, W] tensors of images ``start..stop-1``."""
-        out: list[torch.Tensor] = []
-        i = start
-        while i < stop:
-            sid = self.shard_id[i]
-            j = i
-            while j < stop and self.shard_id[j] == sid:
-                j += 1
-            lo, hi = int(self.offset[i]), int(self.offset[j - 1] + self.size[j - 1])
-            path = self.root / self.shards[sid]
-            data = http_read(path, lo, hi) if self.remote else _read_file_span(path, lo, hi)
-            view = memoryview(data)
-            for k in range(i, j):
-                a = int(self.offset[k]) - lo
-                pixels = decode_image(bytes(view[a:a + int(self.size[k])]), f"{path}:{self.keys[k]}")
-                out.append(to_chw(pixels))
-            i = j
-        return out
-
-    def block_images(self, b: int) -> list[torch.Tensor]:
-        """The decoded images of block ``b`` (from the cache when there)."""
-        if b in self._cache:
-            self._cache.move_to_end(b)
-            return self._cache[b]
-        start = b * self.block
-        imgs = self._cache[b] = self.read_range(start, min(start + self.block, self.num_images))
-        while len(self._cache) > self.max_cached:
-            self._cache.popitem(last=False)
-        return imgs
-
-    def images(self, need: np.ndarray) -> dict[int, torch.Tensor]:
-        """``{i: uint8 [C, H, W]}`` for the store positions ``need``."""
-        g = self.block
-        out: dict[int, torch.Tensor] = {}
-        for blk in np.unique(need // g).tolist():
-            imgs = self.block_images(blk)
-            for i in need[(need // g) == blk].tolist():
-                out[i] = imgs[i - blk * g]
-        return out
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": OrderedDict()}
-
-
-def _read_file_span(path: Path, lo: int, hi: int) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            f.seek(lo)
-            data = f.read(hi - lo)
-    except OSError as exc:
-        raise NrrError(path, f"cannot read shard: {exc.strerror or exc}") from None
-    if len(data) != hi - lo:
-        raise NrrError(path, f"truncated shard: wanted bytes {lo}..{hi}, file ends earlier")
-    return data
-
-
 def to_chw(pixels: np.ndarray) -> torch.Tensor:
     """uint8 HxW / HxWx3 array -> uint8 [C, H, W] tensor (owning its memory)."""
     t = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))
@@ -296,8 +207,9 @@ def _widen(col: pa.ChunkedArray, precision: str, section: dict[str, Any], where:
     return values.astype(np.float32)
 
 
-class DistilledDataset(IterableDataset):
-    """Epochs of a store as an iterable of whole batches (use ``DataLoader(ds, batch_size=None)``).
+class DistilledDataset(ViewStream, IterableDataset):
+    """Epochs of a store as an iterable of whole batches (rendered on the CPU when iterated directly;
+    :func:`make_loader` adds decoding workers and a device).
 
     ``labels``: "dbr" adds the teacher's ``d_org``/``d_aug``; "kd" adds ``soft`` (teacher
     probabilities of the view, float32 [B, C]); "onehot" adds nothing beyond y/y_partner/lam.
@@ -308,6 +220,7 @@ class DistilledDataset(IterableDataset):
     ``num_epochs``: iterate epochs ``epoch .. epoch+num_epochs-1`` back to back (one DataLoader,
     and one set of workers, for a whole training run; ``start_step`` counts within the first).
     Every batch carries its ``epoch`` and ``step`` (index among this rank's batches of the epoch).
+    ``cache_mb``: decoded images kept per process (see :class:`~nrrstore.train.stream.ImageBlocks`).
     """
 
     def __init__(
@@ -327,21 +240,18 @@ class DistilledDataset(IterableDataset):
         num_epochs: int = 1,
         cache_mb: int = 256,
     ) -> None:
-        super().__init__()
         st = open_store(store)
         m = st.manifest
         if labels not in LABEL_MODES:
             raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)}")
-        if batch_size < 1:
-            raise NrrError(None, f"batch size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise NrrError(None, f"rank {rank} is not in 0..world_size-1 (world_size {world_size})")
+        recipe = store_recipe(m, st.path / "manifest.json")
+        dist = m.labels.get("distances") or {}
+        explicit = dist.get("mode", "seeded") == "explicit"
+        super().__init__(st, recipe, batch_size, [], [], rank=rank, world_size=world_size, drop_last=drop_last,
+                         cache_mb=cache_mb, explicit=explicit)
         self.root = st.path
-        self.recipe = store_recipe(m, st.path / "manifest.json")
         self.labels = labels
         self.want_soft = softlabels or labels == "kd"
-        dist = m.labels.get("distances") or {}
-        self.explicit = dist.get("mode", "seeded") == "explicit"
         if labels == "dbr" and not dist:
             raise NrrError(st.path, "store has no DBR distances (labels.distances); run `nrrstore relabel` first, "
                                     "or train with labels='onehot'")
@@ -355,35 +265,31 @@ class DistilledDataset(IterableDataset):
         if self._soft_section:
             stored.append(int(self._soft_section["shape"][0]))
         self.stored_epochs = min(stored) if stored else 0
-        self.needs_stored = labels != "onehot" or self.want_soft or self.explicit
-        self.num_images = m.num_images
+        self.needs_stored = labels != "onehot" or self.want_soft or explicit
         self.num_classes = m.num_classes
-        self.batch_size = int(batch_size)
-        self.rank, self.world_size = int(rank), int(world_size)
-        self.drop_last = drop_last
         self.cycle = cycle
         norm = m.normalization if normalize else None
-        self._norm = None if norm is None else list(zip(norm["mean"], norm["std"]))
-        self._labels = st.labels()
-        self._blocks = ImageBlocks(st, self.recipe.group_size, cache_mb)
+        self.mean = None if norm is None else [float(v) for v in norm["mean"]]
+        self.std = None if norm is None else [float(v) for v in norm["std"]]
         self._store: Store | None = st
         self.set_epoch(epoch, start_step, num_epochs)
 
-    # -- epochs and splitting --------------------------------------------------------------------
+    # -- epochs ----------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int, start_step: int = 0, num_epochs: int = 1) -> None:
         """Point the dataset at other epochs (before creating the DataLoader iterator)."""
         for name, v in (("epoch", epoch), ("start step", start_step), ("number of epochs", num_epochs - 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise NrrError(None, f"{name} must be a non-negative integer, got {v!r}")
         self.epoch, self.start_step, self.num_epochs = int(epoch), int(start_step), int(num_epochs)
-        views = [self._resolve_epoch(e) for e in range(self.epoch, self.epoch + self.num_epochs)]
-        cycled = [(e, v) for e, v in zip(range(self.epoch, self.epoch + self.num_epochs), views) if e != v]
+        epochs = list(range(self.epoch, self.epoch + self.num_epochs))
+        views = [self._resolve_epoch(e) for e in epochs]
+        cycled = [(e, v) for e, v in zip(epochs, views) if e != v]
         if cycled:
             e, v = cycled[0]
             warnings.warn(f"{self.root}: the store has {self.stored_epochs} epochs; epoch {e} replays stored "
                           f"epoch {v}, and {len(cycled) - 1} later epoch(s) cycle likewise (cycle=True)", NrrWarning,
                           stacklevel=3)
-        self.view_epochs = views
+        self.epochs, self.view_epochs = epochs, views
         self.view_epoch = views[0]
 
     def _resolve_epoch(self, epoch: int) -> int:
@@ -397,71 +303,43 @@ class DistilledDataset(IterableDataset):
             return epoch % stored
         return epoch
 
-    @property
-    def num_batches(self) -> int:
-        """Batches of the whole epoch, before splitting over ranks."""
-        n, b = self.num_images, self.batch_size
-        return n // b if self.drop_last else math.ceil(n / b)
-
-    def rank_batches(self) -> list[int]:
-        """Global batch numbers of this rank in one epoch, in order (equal count on every rank)."""
-        usable = (self.num_batches // self.world_size) * self.world_size
-        return list(range(self.rank, usable, self.world_size))
-
     def __len__(self) -> int:
-        return max(0, self.num_epochs * len(self.rank_batches()) - self.start_step)
+        return self.num_rank_batches
 
-    # -- iteration ----------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Batches rendered here on the CPU (what `make_loader` does with workers and a device)."""
         info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        mine = self.rank_batches()
-        per_epoch = len(mine)
-        current: tuple[int, EpochPlan, EpochLabels | None, _SoftCache | None] | None = None
-        for j in range(self.start_step + worker, self.num_epochs * per_epoch, workers):
-            e, step = divmod(j, per_epoch)
-            if current is None or current[0] != e:
-                view_epoch = self.view_epochs[e]
-                plan = epoch_plan(self.recipe, view_epoch, self.num_images)
-                stored = self._epoch_labels(view_epoch) if self.labels == "dbr" or self.explicit else None
-                soft = _SoftCache(SoftLabels(self.root, self._soft_section), view_epoch, self._blocks.block,
-                                  self.num_images) if self.want_soft else None
-                current = (e, plan, stored, soft)
-            _, plan, stored, soft = current
-            yield self._batch(mine[step], self.epoch + e, step, plan, stored, soft)
+        if info is not None and info.num_workers > 1:
+            raise NrrError(self.root, "a DataLoader with workers over DistilledDataset would split its batches; "
+                                      "use make_loader(..., workers=N), which splits work by partner group")
+        return assemble(self.items(), BatchAssembler(self.recipe, self.channels, "cpu", self.mean, self.std))
 
-    def _epoch_labels(self, view_epoch: int) -> EpochLabels:
+    # -- labels of the work items ------------------------------------------------------------------
+    def _epoch_labels(self, view_epoch: int) -> tuple[EpochLabels | None, _SoftCache | None]:
         if self._store is None:
             self._store = open_store(self.root)
-        return read_epoch_labels(self._store, view_epoch, need_distances=self.labels == "dbr")
+        stored = None
+        if self.labels == "dbr" or self.explicit:
+            stored = read_epoch_labels(self._store, view_epoch, need_distances=self.labels == "dbr")
+        soft = None
+        if self.want_soft:
+            soft = _SoftCache(SoftLabels(self.root, self._soft_section), view_epoch, self.recipe.group_size,
+                              self.num_images)
+        return stored, soft
 
-    def _batch(self, b: int, epoch: int, step: int, plan: EpochPlan, stored: EpochLabels | None,
-               soft: _SoftCache | None) -> dict[str, Any]:
-        B = self.batch_size
-        idx = plan.order[b * B:(b + 1) * B]
-        explicit = stored.explicit if stored is not None else None
-        partner = explicit[1][idx] if explicit is not None else plan.partner[idx]
-        imgs = self._blocks.images(np.unique(np.concatenate([idx, partner])))
-        views, lam, partner_t = render_batch(imgs, idx, None if explicit is not None else plan, self.recipe,
-                                             plan.epoch, explicit=explicit)
-        if self._norm is not None:  # per channel with scalars: cheaper than a broadcast kernel, same values
-            for c, (mean, std) in enumerate(self._norm):
-                views[:, c].sub_(mean).div_(std)
-        out: dict[str, Any] = {
-            "images": views,
-            "y": torch.from_numpy(self._labels[idx]),
-            "y_partner": torch.from_numpy(self._labels[partner_t.numpy()]),
-            "lam": lam,
-            "index": torch.from_numpy(idx.astype(np.int64)),
-            "epoch": epoch,
-            "step": step,
-        }
+    def _explicit_views(self, context: Any) -> tuple[ViewBatch, np.ndarray] | None:
+        stored = context[0]
+        return None if stored is None else stored.explicit
+
+    def _item_labels(self, context: Any, own: np.ndarray) -> dict[str, torch.Tensor]:
+        stored, soft = context
+        out: dict[str, torch.Tensor] = {}
         if self.labels == "dbr":
             assert stored is not None and stored.d_org is not None and stored.d_aug is not None
-            out["d_org"] = torch.from_numpy(stored.d_org[idx])
-            out["d_aug"] = torch.from_numpy(stored.d_aug[idx])
+            out["d_org"] = torch.from_numpy(stored.d_org[own])
+            out["d_aug"] = torch.from_numpy(stored.d_aug[own])
         if soft is not None:
-            out["soft"] = torch.from_numpy(soft.take(idx))
+            out["soft"] = torch.from_numpy(soft.take(own))
         return out
 
     def __getstate__(self) -> dict[str, Any]:  # workers reopen the store themselves
@@ -490,17 +368,59 @@ class _SoftCache:
         return out
 
 
+class DistilledLoader:
+    """Batches of a :class:`DistilledDataset`: decoded by DataLoader workers, rendered here on ``device``.
+
+    Workers send uint8 images (a quarter of float32's bytes); rendering, float conversion and
+    normalization run in this process, on the GPU when ``device`` is one, with pinned memory and
+    asynchronous copies. ``decoded`` counts the images decoded during the last pass.
+    """
+
+    def __init__(self, dataset: DistilledDataset, workers: int | None = 0, device: str | torch.device = "cpu",
+                 pin_memory: bool | None = None, prefetch_factor: int | None = None) -> None:
+        self.dataset = dataset
+        self.workers = worker_count(workers)
+        self.device = resolve_device(device)
+        self.pin_memory = pin_default(self.device) if pin_memory is None else bool(pin_memory)
+        self.prefetch_factor = prefetch_factor
+        self.decoded = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        ds = self.dataset
+        assembler = BatchAssembler(ds.recipe, ds.channels, self.device, ds.mean, ds.std)
+        if self.workers:
+            items: Any = DataLoader(ItemSource(ds), batch_size=None, num_workers=self.workers,
+                                    pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor or 2)
+        else:
+            items = ds.items()
+        try:
+            for item in items:
+                if self.pin_memory and not self.workers:
+                    item = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
+                yield from assembler.feed(item)
+        finally:
+            self.decoded = assembler.decoded
+
+
 def make_loader(
     store: Store | str | os.PathLike[str],
     epoch: int = 0,
     batch_size: int = 100,
     labels: str = "dbr",
     *,
-    workers: int = 0,
-    pin_memory: bool = False,
+    workers: int | None = 0,
+    device: str | torch.device = "cpu",
+    pin_memory: bool | None = None,
+    prefetch_factor: int | None = None,
     **kwargs: Any,
-) -> DataLoader:
-    """A DataLoader over :class:`DistilledDataset` (``batch_size=None``: the dataset yields batches)."""
+) -> DistilledLoader:
+    """Batches of a store on ``device``, decoded by ``workers`` processes (see :class:`DistilledLoader`).
+
+    ``pin_memory`` defaults to on for CUDA devices; ``prefetch_factor`` (items per worker in
+    flight, default 2); other keyword arguments go to :class:`DistilledDataset`.
+    """
     ds = DistilledDataset(store, epoch, batch_size, labels, **kwargs)
-    return DataLoader(ds, batch_size=None, num_workers=int(workers), pin_memory=pin_memory,
-                      prefetch_factor=2 if workers else None)
+    return DistilledLoader(ds, workers, device, pin_memory, prefetch_factor)

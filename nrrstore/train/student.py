@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
 from nrrstore.format.lock import output_lock
 from nrrstore.format.reader import Store
@@ -134,7 +135,7 @@ def train_student(
         "alpha_dbr": float(alpha_dbr), "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature),
         "seed": int(seed), "cycle": bool(cycle),
     }
-    dev = torch.device(device)
+    dev = resolve_device(device)
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     history: list[dict[str, Any]] = []
@@ -151,7 +152,7 @@ def train_student(
     total_steps = steps_per_epoch * epochs
     loader = None
     if start_epoch < epochs:
-        loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, cycle=cycle,
+        loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, device=dev, cycle=cycle,
                              num_epochs=epochs - start_epoch)
     if steps_per_epoch < MIN_STEPS_PER_EPOCH and total_steps < MIN_TOTAL_STEPS:  # after every refusing check
         warnings.warn(f"only {steps_per_epoch} optimizer step(s) per epoch ({m.num_images} images, batch size "

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError
 
 Batches = Callable[[int], Iterable[tuple[Tensor, Tensor]]]
@@ -51,7 +52,7 @@ def train_classifier(
         raise NrrError(None, f"unknown optimizer '{optimizer}'; known: {', '.join(OPTIMIZERS)}")
     if epochs < 1 or lr <= 0 or not 0 <= warmup < 1:
         raise NrrError(None, f"need epochs >= 1, lr > 0 and 0 <= warmup < 1 (got {epochs}, {lr}, {warmup})")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     fork = [dev.index if dev.index is not None else torch.cuda.current_device()] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=fork):
         torch.manual_seed(seed)
