@@ -45,7 +45,7 @@ def distill_cmd(
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random draw (crops, selection, augmentation)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Teacher batch size for scoring."),
     nrr_batch_size: int = typer.Option(100, "--nrr-batch-size", min=1, help="Images refined together (BN statistics are per batch)."),
-    classes_per_pass: int = typer.Option(100, "--classes-per-pass", min=1, help="Classes gathered per pass over the input (bounds memory)."),
+    classes_per_pass: int = typer.Option(100, "--classes-per-pass", min=1, help="Classes gathered per pass over the input and refined together (NRR batches mix them; bounds memory; ranks take whole groups)."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per output shard."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     amp: Optional[str] = typer.Option(None, "--amp", help="Relabel with the teacher under autocast: bf16 or fp16 (default fp32)."),

@@ -22,7 +22,7 @@ from tests._real import FMNIST_CLASSES, FMNIST_TRAIN
 from tests._teacher import one_thread, teacher_path
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = dict(cidd={"mipc": 12, "num_crop": 3}, nrr={"iterations": 3})
+SMALL = dict(cidd={"mipc": 12, "num_crop": 3}, nrr={"iterations": 3}, classes_per_pass=5)  # two class groups
 
 
 @pytest.fixture(autouse=True)
@@ -100,7 +100,7 @@ import torch; torch.set_num_threads(1)
 from nrrstore.distill.pipeline import distill, method_config
 from nrrstore.models import load_teacher
 t = load_teacher({teacher!r})
-cfg = method_config("nrr", 2, 28, cidd={{"mipc": 12, "num_crop": 3}}, nrr={{"iterations": 3}})
+cfg = method_config("nrr", 2, 28, cidd={{"mipc": 12, "num_crop": 3}}, nrr={{"iterations": 3}}, classes_per_pass=5)
 def hook(c):
     if c == 4:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -138,7 +138,7 @@ def test_two_ranks_give_the_same_images(tmp_path: Path) -> None:
         "from nrrstore.distill.pipeline import distill, method_config\n"
         "from nrrstore.models import load_teacher\n"
         f"t = load_teacher({str(teacher_path())!r})\n"
-        "cfg = method_config('nrr', 2, 28, cidd={'mipc': 12, 'num_crop': 3}, nrr={'iterations': 3})\n"
+        "cfg = method_config('nrr', 2, 28, cidd={'mipc': 12, 'num_crop': 3}, nrr={'iterations': 3}, classes_per_pass=5)\n"
         f"r = distill({str(FMNIST_TRAIN)!r}, t, {str(tmp_path / 'two')!r}, cfg)\n"
         f"open({str(tmp_path)!r} + f'/summary-{{r.summary[\"rank\"]}}.json', 'w').write(json.dumps(r.summary))\n"
     )

@@ -65,7 +65,8 @@ class DistillConfig:
             "name": {"nrr": "nrr-dd", "rded": "rded", "random": "random-real"}[self.method],
             "method": self.method, "ipc": self.cidd.ipc, "cidd": self.cidd.to_dict(), "nrr": self.nrr.to_dict(),
             "image_format": self.image_format, "quality": self.quality, "shard_size": self.shard_size,
-            "nrr_batch_size": self.nrr_batch_size, "save_cams": self.save_cams, **self.extra,
+            "nrr_batch_size": self.nrr_batch_size, "classes_per_pass": self.classes_per_pass,
+            "save_cams": self.save_cams, **self.extra,
         }
 
 
@@ -257,18 +258,18 @@ def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, w
                     classes: list[str], params: dict[str, Any], rank: int, world: int, overwrite: bool,
                     progress: Progress | None, after_class: Callable[[int], None] | None) -> dict[str, Any]:
     _check_params(work, params, rank, world)
-    mine = [c for c in range(teacher.num_classes) if c % world == rank]
-    todo = [c for c in mine if not _class_done(work, c)]
+    groups = class_groups(teacher.num_classes, cfg.classes_per_pass, rank, world)
+    mine = [c for g in groups for c in g]
+    todo = [g for g in groups if not all(_class_done(work, c) for c in g)]  # a group is redone whole
     times = {"cidd_s": 0.0, "nrr_s": 0.0, "assemble_s": 0.0}
-    stats: dict[str, Any] = {"images_read": 0, "classes_done_before": len(mine) - len(todo)}
+    stats: dict[str, Any] = {"images_read": 0, "classes_done_before": len(mine) - sum(len(g) for g in todo)}
     cam_model = CamModel(teacher.model)
     step = "NRR (classes)" if cfg.nrr.refine else ("select (classes)" if cfg.method == "random"
                                                     else "select and stitch (classes)")
-    passes = -(-len(todo) // cfg.classes_per_pass)
-    for k, start in enumerate(range(0, len(todo), cfg.classes_per_pass)):
-        chunk = todo[start:start + cfg.classes_per_pass]
+    done = stats["classes_done_before"]
+    for k, chunk in enumerate(todo):
         t0 = time.perf_counter()
-        task = "CIDD (images decoded)" if passes == 1 else f"CIDD pass {k + 1}/{passes} (images decoded)"
+        task = "CIDD (images decoded)" if len(todo) == 1 else f"CIDD pass {k + 1}/{len(todo)} (images decoded)"
         cands = _discover_chunk(urls, teacher, cfg, chunk, classes, cam_model, stats, progress, task)
         times["cidd_s"] += time.perf_counter() - t0
         short = [(c, len(cands[c])) for c in chunk if len(cands[c]) < cfg.cidd.need]
@@ -278,10 +279,10 @@ def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, w
             raise NrrError(inputs if isinstance(inputs, (str, os.PathLike)) else urls[0],
                            f"too few images for ipc {cfg.cidd.ipc} x {cfg.cidd.factor ** 2} patches: {detail}")
         t0 = time.perf_counter()
-        for c in chunk:
-            _refine_and_save(work, c, cands.pop(c), teacher, cfg, cam_model)
+        for c in _refine_group(work, chunk, cands, teacher, cfg, cam_model):
+            done += 1
             if progress:
-                progress(step, len(mine) - len(todo) + todo.index(c) + 1, len(mine))
+                progress(step, done, len(mine))
             if after_class:
                 after_class(c)
         times["nrr_s"] += time.perf_counter() - t0
@@ -397,31 +398,59 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
     return cands
 
 
-def _refine_and_save(work: Path, c: int, cands: ClassCandidates, teacher: Teacher, cfg: DistillConfig,
-                     cam_model: CamModel) -> None:
-    """Select, stitch and refine one class; save it atomically (arrays first, the json marks it done)."""
-    images, metas = select_and_stitch(cands)
-    labels = torch.full((images.shape[0],), c, dtype=torch.long)
+def class_groups(num_classes: int, group_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's class groups: classes ``[g*G, (g+1)*G)`` form group g, and rank r takes ``g % world == r``.
+
+    A group is gathered in one pass over the input and refined together, so NRR's batches mix its
+    classes: the BatchNorm-statistics loss matches dataset-wide running statistics, which a batch of
+    one class cannot (SRe2L batches many classes for the same reason). Groups are fixed by the class
+    count and ``classes_per_pass`` alone, so the images do not depend on the number of ranks.
+    """
+    groups = [list(range(g, min(g + group_size, num_classes))) for g in range(0, num_classes, group_size)]
+    return [grp for g, grp in enumerate(groups) if g % world == rank]
+
+
+def _refine_group(work: Path, group: list[int], cands: dict[int, ClassCandidates], teacher: Teacher,
+                  cfg: DistillConfig, cam_model: CamModel) -> list[int]:
+    """Select and stitch every class of ``group``, refine them in mixed-class batches, save each class.
+
+    Batches take the images slot-major (slot 0 of every class, then slot 1, ...), ``nrr_batch_size`` at
+    a time. Each class is saved atomically (arrays first, the json marks it done); a group interrupted
+    half-saved is redone whole on resume, which gives the same bytes.
+    """
+    used = {c: len(cands[c]) for c in group}
+    picked = {c: select_and_stitch(cands.pop(c)) for c in group}  # c -> (images [ipc,C,H,W], metas)
+    ipc = cfg.cidd.ipc
+    order = [(c, s) for s in range(ipc) for c in group]
+    images = torch.stack([picked[c][0][s] for c, s in order])
+    labels = torch.tensor([c for c, _ in order], dtype=torch.long)
     outs, batch_stats = [], []
-    for s in range(0, images.shape[0], cfg.nrr_batch_size):
+    for s in range(0, len(order), cfg.nrr_batch_size):
         x, st = refine(teacher, images[s:s + cfg.nrr_batch_size], labels[s:s + cfg.nrr_batch_size], cfg.nrr,
                        cam_model=cam_model)
         st.pop("loss_history", None)
         outs.append(x.cpu())
         batch_stats.append(st)
     final = torch.cat(outs)
-    u8 = to_uint8(final)  # [ipc, C, H, W]
-    arrays = {"images": u8.permute(0, 2, 3, 1).numpy()}
+    cams = None
     if cfg.save_cams:
         with torch.no_grad():
             dev = next(teacher.model.parameters()).device
-            cam = cam_model.cam(teacher.normalize(final.to(dev)), labels.to(dev))
-        arrays["cams"] = (cam.cpu().numpy() * 255.0).round().astype(np.uint8)
-    for name, arr in arrays.items():  # plain .npy so assembly can memory-map them
-        with atomic_open(_class_file(work, c, f"{name}.npy")) as f:
-            np.save(f, arr, allow_pickle=False)
-    record = {"metas": metas, "nrr": batch_stats, "sources_used": len(cands)}
-    atomic_write_bytes(_class_file(work, c, "json"), json.dumps(record, sort_keys=True).encode())
+            cams = torch.cat([cam_model.cam(teacher.normalize(final[s:s + cfg.nrr_batch_size].to(dev)),
+                                            labels[s:s + cfg.nrr_batch_size].to(dev)).cpu()
+                              for s in range(0, len(order), cfg.nrr_batch_size)])
+    u8 = to_uint8(final)
+    for c in group:
+        rows = [i for i, (cc, _) in enumerate(order) if cc == c]  # slots 0..ipc-1 in order
+        arrays = {"images": u8[rows].permute(0, 2, 3, 1).numpy()}
+        if cams is not None:
+            arrays["cams"] = (cams[rows].numpy() * 255.0).round().astype(np.uint8)
+        for name, arr in arrays.items():  # plain .npy so assembly can memory-map them
+            with atomic_open(_class_file(work, c, f"{name}.npy")) as f:
+                np.save(f, arr, allow_pickle=False)
+        record = {"metas": picked[c][1], "nrr": batch_stats, "group": group, "sources_used": used[c]}
+        atomic_write_bytes(_class_file(work, c, "json"), json.dumps(record, sort_keys=True).encode())
+    return list(group)
 
 
 def _load_class(work: Path, c: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
