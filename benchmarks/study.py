@@ -62,6 +62,19 @@ V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "nrr-f2": ("nrr", {"correct_only": True, "factor": 2}, {}, {}),
     "nrr-f2-excess": ("nrr", {"correct_only": True, "factor": 2, "cam_score": "excess"}, {}, {}),
     "nrr-f2-noref": ("nrr", {"correct_only": True, "factor": 2}, {"refine": False}, {}),
+    # from here on: NRR refines mixed-class batches (class groups); the rows above refined one class per batch
+    "g-s50": ("nrr", {"correct_only": True, "scale": [0.5, 1.0]}, {}, {}),
+    "g-s50-noref": ("nrr", {"correct_only": True, "scale": [0.5, 1.0]}, {"refine": False}, {}),
+    "g-s50-bn1": ("nrr", {"correct_only": True, "scale": [0.5, 1.0]}, {"alpha_bn": 1.0}, {}),
+    "g-s50-lr.002": ("nrr", {"correct_only": True, "scale": [0.5, 1.0]}, {"lr": 0.002}, {}),
+    "g-s50-it50": ("nrr", {"correct_only": True, "scale": [0.5, 1.0]}, {"iterations": 50}, {}),
+    "g-s50-eps.3": ("nrr", {"correct_only": True, "scale": [0.5, 1.0]}, {"eps": 0.3}, {}),
+    "g-s50-m30": ("nrr", {"correct_only": True, "scale": [0.5, 1.0], "mipc": 30}, {}, {}),
+    "g-s50-any": ("nrr", {"scale": [0.5, 1.0]}, {}, {}),
+    "g-whole": ("nrr", {"correct_only": True, "num_crop": 1, "scale": [1.0, 1.0]}, {}, {}),
+    "g-whole-bn1": ("nrr", {"correct_only": True, "num_crop": 1, "scale": [1.0, 1.0]}, {"alpha_bn": 1.0}, {}),
+    "g-whole-lr.002": ("nrr", {"correct_only": True, "num_crop": 1, "scale": [1.0, 1.0]}, {"lr": 0.002}, {}),
+    "rded-f2": ("rded", {"factor": 2}, {}, {}),
     # refinement
     "nrr-bn0": ("nrr", {"correct_only": True}, {"alpha_bn": 0.0}, {}),
     "nrr-bn0.1": ("nrr", {"correct_only": True}, {"alpha_bn": 0.1}, {}),
@@ -73,6 +86,11 @@ V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "nrr-it500": ("nrr", {"correct_only": True}, {"iterations": 500}, {}),
     "nrr-lr0.003": ("nrr", {"correct_only": True}, {"lr": 0.003}, {}),
     "nrr-lr0.03": ("nrr", {"correct_only": True}, {"lr": 0.03}, {}),
+    # DBR loss (students) on random real images: the objective is the same for every image set
+    "random-adbr0.3": ("random", {}, {}, {"alpha_dbr": 0.3}),
+    "random-adbr0.1": ("random", {}, {}, {"alpha_dbr": 0.1}),
+    "random-l1": ("random", {}, {}, {"dbr_norm": "l1"}),
+    "random-smoothl1": ("random", {}, {}, {"dbr_norm": "smooth_l1"}),
     # DBR loss (students), on the nrr-correct images
     "nrr-adbr0.3": ("nrr", {"correct_only": True}, {}, {"alpha_dbr": 0.3}),
     "nrr-adbr3": ("nrr", {"correct_only": True}, {}, {"alpha_dbr": 3.0}),
@@ -84,9 +102,10 @@ LABELS = ("dbr", "onehot", "kd")
 
 
 def store_key(name: str) -> str:
-    """Variants that differ only in student options share one distilled store."""
+    """Variants that differ only in student options share one distilled store. ("g-" rows were made after
+    NRR started refining mixed-class batches, so they never reuse a store of the rows above them.)"""
     preset, cidd, nrr, _ = V[name]
-    return json.dumps([preset, cidd, nrr], sort_keys=True)
+    return json.dumps([preset, cidd, nrr, name.startswith("g-")], sort_keys=True)
 
 
 def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> Path:

@@ -97,7 +97,7 @@ def test_killed_evaluate_resumes_and_skips_finished_cells(small_store, fmnist_te
     fresh = evaluate_store(small_store, fmnist_test_shards, tmp_path / "fresh", seeds=2, labels=["onehot", "dbr"],
                            protocol=PROTO)
     assert [c["top1"] for c in again["cells"]] == [c["top1"] for c in fresh["cells"]]  # deterministic
-    with pytest.raises(NrrError, match="another protocol"):
+    with pytest.raises(NrrError, match="another store, data set or student protocol"):
         evaluate_store(small_store, fmnist_test_shards, work, seeds=2, labels=["onehot", "dbr"],
                        protocol=StudentProtocol(epochs=3))
 
@@ -109,6 +109,10 @@ def test_bad_inputs_are_one_line_errors(small_store, teacher, fmnist_train_shard
     relabel(bare, teacher, 2, overwrite=True)  # distances but no soft labels
     with pytest.raises(NrrError, match="no full soft labels.*--full-softlabels"):
         evaluate_store(bare, fmnist_test_shards, tmp_path / "w1", labels=["kd"], protocol=PROTO)
+    # A work folder belongs to one store: results of another are never reused.
+    evaluate_store(small_store, fmnist_test_shards, tmp_path / "w0", labels=["onehot"], seeds=1, protocol=PROTO)
+    with pytest.raises(NrrError, match="another store"):
+        evaluate_store(bare, fmnist_test_shards, tmp_path / "w0", labels=["onehot"], seeds=1, protocol=PROTO)
     # A held-out set with other classes.
     other = tmp_path / "other"
     shutil.copytree(fmnist_test_shards, other)

@@ -263,7 +263,8 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
 
     sets = ["store"] + (["random"] if train is not None else [])
     plan = [(images, kind, seed) for images in sets for seed in range(seeds) for kind in kinds]
-    proto = protocol.to_dict()
+    proto = {**protocol.to_dict(), "store_files": store_fingerprint(st), "train": None if train is None else str(train),
+             "val": str(val)}
     results: dict[str, dict[str, dict[int, float]]] = {}
     records: list[dict[str, Any]] = []
     done_before = 0
@@ -308,6 +309,16 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
     }
 
 
+def store_fingerprint(store: Store) -> str:
+    """sha256 over the store's listed files (path and sha256): cell results belong to one store's bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(store.manifest.files, key=lambda f: f.path):
+        h.update(f"{f.path}\x00{f.sha256}\n".encode())
+    return h.hexdigest()
+
+
 def _load_cell(path: Path, proto: dict[str, Any], images: str, kind: str, seed: int) -> dict[str, Any] | None:
     if not path.is_file():
         return None
@@ -316,8 +327,8 @@ def _load_cell(path: Path, proto: dict[str, Any], images: str, kind: str, seed: 
     except (OSError, ValueError):
         return None  # a damaged result is recomputed (the student resumes from its checkpoint)
     if rec.get("protocol") != proto or (rec.get("images"), rec.get("labels"), rec.get("seed")) != (images, kind, seed):
-        raise NrrError(path, "this work folder holds results of another protocol; use a new --work folder "
-                             "or delete it")
+        raise NrrError(path, "this work folder holds results for another store, data set or student protocol; "
+                             "use a new --work folder or delete it")
     return rec
 
 
