@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError
+from nrrstore.progress import StepProgress
 
 Batches = Callable[[int], Iterable[tuple[Tensor, Tensor]]]
-Progress = Callable[[int, int | None], None]  # (steps done, total steps or None when unknown)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -34,7 +34,7 @@ def train_classifier(
     optimizer: str = "sgd",
     device: str | torch.device = "cpu",
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     *,
     momentum: float = 0.9,
     warmup: float = 0.05,
@@ -90,7 +90,7 @@ def _run(
     steps_per_epoch: int | None,
     opt: torch.optim.Optimizer,
     dev: torch.device,
-    progress: Progress | None,
+    progress: StepProgress | None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     total: int | None = None
