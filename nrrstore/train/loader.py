@@ -29,22 +29,19 @@ import urllib.request
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning
-from nrrstore.format import quant
+from nrrstore.format.distances import EpochLabels, read_epoch_labels
 from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
-from nrrstore.train.augment import EXPLICIT_COLUMNS, AugRecipe, ViewBatch
+from nrrstore.train.augment import AugRecipe, ViewBatch
 from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
 
 LABEL_MODES = ("dbr", "kd", "onehot")
@@ -157,56 +154,6 @@ def to_chw(pixels: np.ndarray) -> torch.Tensor:
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
-@dataclass
-class EpochLabels:
-    """What one stored epoch provides: per-image distances and, in explicit mode, view parameters."""
-
-    d_org: np.ndarray | None  # float32 [N], row = image
-    d_aug: np.ndarray | None
-    explicit: tuple[ViewBatch, np.ndarray] | None
-
-
-def read_epoch_labels(store: Store, epoch: int, need_distances: bool = True) -> EpochLabels:
-    """One epoch of the distance table, checked against the store and widened to float32.
-
-    Only that epoch's row groups are read (``Store.read_distances``).
-    """
-    section = store.manifest.labels.get("distances") or {}
-    explicit = section.get("mode", "seeded") == "explicit"
-    part = next((p for p in store.distance_files() if p["first_epoch"] <= epoch <= p["last_epoch"]), None)
-    where = store.path / part["path"] if part else store.path
-    cols = (["image", "d_org", "d_aug"] if need_distances else ["image"]) + (list(EXPLICIT_COLUMNS) if explicit else [])
-    try:
-        table = store.read_distances(epoch, columns=cols)
-    except KeyError as exc:  # a column the mode requires is absent
-        raise NrrError(where, f"distance table lacks column {exc}") from None
-    n = store.num_images
-    image = table.column("image").to_numpy()
-    if table.num_rows != n or not np.array_equal(image, np.arange(n)):
-        raise NrrError(where, f"distance table image ids do not match the store's images (epoch {epoch}: "
-                              f"{table.num_rows} rows, expected images 0..{n - 1} once each, in order)")
-    d_org = d_aug = None
-    if need_distances:
-        precision = section.get("precision", "fp16")
-        d_org, d_aug = (_widen(table.column(c), precision, section, where) for c in ("d_org", "d_aug"))
-        if not (np.isfinite(d_org).all() and np.isfinite(d_aug).all()):
-            raise NrrError(where, f"distance table holds non-finite distances in epoch {epoch}")
-    params = None
-    if explicit:
-        params = ViewBatch.from_columns({c: table.column(c).to_numpy() for c in EXPLICIT_COLUMNS}, os.fspath(where))
-    return EpochLabels(d_org, d_aug, params)
-
-
-def _widen(col: pa.ChunkedArray, precision: str, section: dict[str, Any], where: Path) -> np.ndarray:
-    values = col.to_numpy()
-    if precision == "int8":
-        qmax = (section.get("quant") or {}).get("max")
-        if qmax is None:
-            raise NrrError(where, "int8 distance table without labels.distances.quant.max in the manifest")
-        return quant.decode(values, qmax)
-    return values.astype(np.float32)
-
-
 class DistilledDataset(ViewStream, IterableDataset):
     """Epochs of a store as an iterable of whole batches (rendered on the CPU when iterated directly;
     :func:`make_loader` adds decoding workers and a device).
@@ -244,7 +191,7 @@ class DistilledDataset(ViewStream, IterableDataset):
         m = st.manifest
         if labels not in LABEL_MODES:
             raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)}")
-        recipe = store_recipe(m, st.path / "manifest.json")
+        recipe = store_recipe(m, st.manifest_path)
         dist = m.labels.get("distances") or {}
         explicit = dist.get("mode", "seeded") == "explicit"
         super().__init__(st, recipe, batch_size, [], [], rank=rank, world_size=world_size, drop_last=drop_last,
@@ -315,24 +262,25 @@ class DistilledDataset(ViewStream, IterableDataset):
         return assemble(self.items(), BatchAssembler(self.recipe, self.channels, "cpu", self.mean, self.std))
 
     # -- labels of the work items ------------------------------------------------------------------
-    def _epoch_labels(self, view_epoch: int) -> tuple[EpochLabels | None, _SoftCache | None]:
+    def _epoch_labels(self, view_epoch: int) -> tuple[EpochLabels | None, _SoftCache | None, Any]:
         if self._store is None:
             self._store = open_store(self.root)
-        stored = None
+        stored = views = None
         if self.labels == "dbr" or self.explicit:
             stored = read_epoch_labels(self._store, view_epoch, need_distances=self.labels == "dbr")
+            if stored.views is not None:
+                views = ViewBatch.from_columns(stored.views, stored.where)
         soft = None
         if self.want_soft:
             soft = _SoftCache(SoftLabels(self.root, self._soft_section), view_epoch, self.recipe.group_size,
                               self.num_images)
-        return stored, soft
+        return stored, soft, views
 
     def _explicit_views(self, context: Any) -> tuple[ViewBatch, np.ndarray] | None:
-        stored = context[0]
-        return None if stored is None else stored.explicit
+        return context[2]
 
     def _item_labels(self, context: Any, own: np.ndarray) -> dict[str, torch.Tensor]:
-        stored, soft = context
+        stored, soft, _ = context
         out: dict[str, torch.Tensor] = {}
         if self.labels == "dbr":
             assert stored is not None and stored.d_org is not None and stored.d_aug is not None

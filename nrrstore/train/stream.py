@@ -68,7 +68,7 @@ class ImageBlocks:
         idx = store.index
         n = idx.num_rows
         if not np.array_equal(idx.column("image").to_numpy(), np.arange(n)):
-            raise NrrError(store.path / "index.parquet", "index rows are not images 0..N-1 in order")
+            raise NrrError(store.index_path, "index rows are not images 0..N-1 in order")
         shards = idx.column("shard").to_pylist()
         self.shards = list(dict.fromkeys(shards))
         code = {s: i for i, s in enumerate(self.shards)}

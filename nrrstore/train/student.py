@@ -37,11 +37,11 @@ from nrrstore.format.lock import output_lock
 from nrrstore.format.reader import Store
 from nrrstore.models import build_model
 from nrrstore.models.checkpoint import save_torch_atomic
+from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, store_recipe, to_chw
 from nrrstore.train.losses import DBR_NORMS, dbr_loss, kd_loss, sce_loss
 
-Progress = Callable[[str, int, "int | None"], None]
 CHECKPOINT_FORMAT = "nrrstore-student"
 #: A student with fewer than this many optimizer steps per epoch AND fewer than `MIN_TOTAL_STEPS` in all
 #: has seen too few updates for its accuracy to say much (a warning says so). RDED's own protocol for
@@ -125,10 +125,10 @@ def train_student(
     if not (lr > 0 and weight_decay >= 0 and alpha_dbr >= 0 and kd_temperature > 0):
         raise NrrError(None, "need lr > 0, weight_decay >= 0, alpha_dbr >= 0 and kd_temperature > 0")
     batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images, m.num_classes)
-    recipe = store_recipe(m, st.path / "manifest.json")
+    recipe = store_recipe(m, st.manifest_path)
     _check_val_classes(val_spec, m.classes)
     args = {
-        "store_index_sha256": getattr(m.file("index.parquet"), "sha256", None),
+        "store_index_sha256": m.index_sha256,
         "labels_files": sorted(f.sha256 for f in m.files if f.kind in ("distances", "softlabels")),
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
         "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
