@@ -39,6 +39,7 @@ from nrrstore.models import build_model
 from nrrstore.models.checkpoint import save_torch_atomic
 from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
+from nrrstore.train.accuracy import evaluate
 from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, store_recipe, to_chw
 from nrrstore.train.losses import DBR_NORMS, dbr_loss, kd_loss, sce_loss
 
@@ -186,12 +187,12 @@ def train_student(
                                      "lower the learning rate")
             record.update(epoch=epoch, lr=rate, seconds=round(time.perf_counter() - t_epoch, 3))
             if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
-                record["top1"] = evaluate_student(model, val_spec, st, eval_batch_size, dev)["top1"]
+                record["top1"] = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)["top1"]
             history.append(record)
             if ckpt is not None:
                 _save_checkpoint(ckpt, args, model, opt, epoch + 1, history)
             sums, seen, t_epoch = {}, 0, time.perf_counter()
-    result = evaluate_student(model, val_spec, st, eval_batch_size, dev)
+    result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)
     if history:
         history[-1]["top1"] = result["top1"]
     return {
@@ -254,27 +255,6 @@ def val_batches(val_spec: Any, store: Store, batch_size: int = 500) -> Iterator[
             yield flush()
     if xs:
         yield flush()
-
-
-@torch.no_grad()
-def evaluate_student(model: nn.Module, val_spec: Any, store: Store, batch_size: int = 500,
-                     device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Top-1 and mean cross-entropy of ``model`` on the held-out shards (train/eval mode restored)."""
-    was = model.training
-    model.eval()
-    correct, n, loss = 0, 0, 0.0
-    try:
-        for x, y in val_batches(val_spec, store, batch_size):
-            logits = model(x.to(device))
-            y = y.to(device)
-            correct += int((logits.argmax(1) == y).sum())
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            n += int(y.numel())
-    finally:
-        model.train(was)
-    if n == 0:
-        raise NrrError(None, "the held-out set has no images")
-    return {"top1": correct / n, "loss": loss / n, "n": n}
 
 
 # -- checkpoints --------------------------------------------------------------------------------------
