@@ -12,7 +12,8 @@ Splitting, so that any number of ranks and workers see one well-defined sequence
 - DataLoader workers decode whole partner groups (work item ``j`` to worker ``j % workers``) and
   send uint8 images; the consumer renders them on ``device``: 0 and N workers yield the same
   batches, and no image is decoded twice in an epoch;
-- resuming at ``(epoch, step)`` is ``start_step=step``.
+- resuming at ``(epoch, step)`` is ``start_step=step``; a checkpointed loader resumes with
+  :meth:`DistilledLoader.state_dict` / :meth:`DistilledLoader.load_state_dict`.
 
 A store is a local folder or an ``http(s)://`` URL (:class:`RemoteStore`: HTTP Range requests, so
 an epoch still costs its own row groups and each group one request per shard it touches).
@@ -45,6 +46,8 @@ from nrrstore.train.augment import AugRecipe, ViewBatch
 from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
 
 LABEL_MODES = ("dbr", "kd", "onehot")
+LOADER_STATE_FORMAT = "nrrstore-loader"
+LOADER_STATE_VERSION = 1
 
 
 def store_recipe(manifest: Manifest, where: str | os.PathLike[str] | None = None) -> AugRecipe:
@@ -197,6 +200,7 @@ class DistilledDataset(ViewStream, IterableDataset):
         super().__init__(st, recipe, batch_size, [], [], rank=rank, world_size=world_size, drop_last=drop_last,
                          cache_mb=cache_mb, explicit=explicit)
         self.root = st.path
+        self.index_sha256 = m.index_sha256
         self.labels = labels
         self.want_soft = softlabels or labels == "kd"
         if labels == "dbr" and not dist:
@@ -322,6 +326,11 @@ class DistilledLoader:
     Workers send uint8 images (a quarter of float32's bytes); rendering, float conversion and
     normalization run in this process, on the GPU when ``device`` is one, with pinned memory and
     asynchronous copies. ``decoded`` counts the images decoded during the last pass.
+
+    Checkpointing, as torchdata's ``StatefulDataLoader``, mosaicml-streaming and litdata offer it:
+    :meth:`state_dict` says where the loader stands (plain numbers, for ``torch.save`` or JSON) and
+    :meth:`load_state_dict` on a loader of the same store makes its next pass yield exactly the
+    batches the saved one had not yet yielded; the passes after that are whole again.
     """
 
     def __init__(self, dataset: DistilledDataset, workers: int | None = 0, device: str | torch.device = "cpu",
@@ -332,25 +341,86 @@ class DistilledLoader:
         self.pin_memory = pin_default(self.device) if pin_memory is None else bool(pin_memory)
         self.prefetch_factor = prefetch_factor
         self.decoded = 0
+        self._yielded = 0  # batches of the current pass handed out (0: no pass under way)
+        self._resume_at = 0  # batches the next pass skips (set by load_state_dict)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        skip, self._resume_at = self._resume_at, 0
+        self._yielded = skip
+        return self._batches(skip)
+
+    def _batches(self, skip: int) -> Iterator[dict[str, Any]]:
         ds = self.dataset
         assembler = BatchAssembler(ds.recipe, ds.channels, self.device, ds.mean, ds.std)
         if self.workers:
-            items: Any = DataLoader(ItemSource(ds), batch_size=None, num_workers=self.workers,
+            items: Any = DataLoader(ItemSource(ds, skip), batch_size=None, num_workers=self.workers,
                                     pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor or 2)
         else:
-            items = ds.items()
+            items = ds.items(skip=skip)
         try:
             for item in items:
                 if self.pin_memory and not self.workers:
                     item = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
-                yield from assembler.feed(item)
+                for batch in assembler.feed(item):
+                    self._yielded += 1  # before handing it out: a state taken now must not yield it again
+                    yield batch
+            self._yielded = 0  # the pass is complete: the next one starts afresh
         finally:
             self.decoded = assembler.decoded
+
+    # -- checkpointing ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: its pass (first epoch, start step, epochs), the batches of it already
+        yielded, and the ``(epoch, step)`` of the next batch, plus what a restored loader must share."""
+        ds = self.dataset
+        per_epoch = len(ds.rank_batches())
+        done = ds.start_step + self._yielded  # this rank's batches of the pass, counted from its first epoch
+        following = None
+        if per_epoch and done < ds.num_epochs * per_epoch:
+            following = {"epoch": ds.epoch + done // per_epoch, "step": done % per_epoch}
+        return {
+            "format": LOADER_STATE_FORMAT, "version": LOADER_STATE_VERSION,
+            "epoch": ds.epoch, "start_step": ds.start_step, "num_epochs": ds.num_epochs,
+            "batches_yielded": self._yielded, "next": following, **self._identity(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where a :meth:`state_dict` of a loader over the same store and batches left off.
+
+        Refuses (one line) a state of another store, recipe, batch size, split over ranks or label
+        mode, whose numbers would mean other batches. A state from any rank fits every rank: all
+        ranks yield the same number of batches per epoch.
+        """
+        if not isinstance(state, dict) or state.get("format") != LOADER_STATE_FORMAT:
+            raise NrrError(None, "not an nrrstore loader state (from DistilledLoader.state_dict)")
+        if state.get("version") != LOADER_STATE_VERSION:
+            raise NrrError(None, f"loader state version {state.get('version')!r} is not supported "
+                                 f"(this nrrstore reads version {LOADER_STATE_VERSION})")
+        mine = self._identity()
+        differ = sorted(k for k in mine if state.get(k) != mine[k])
+        if differ:
+            raise NrrError(None, f"the loader state belongs to another loader ({', '.join(differ)} differ); "
+                                 "restore it into a loader of the same store with the same batches")
+        try:
+            epoch, start, count, yielded = (int(state[k]) for k in ("epoch", "start_step", "num_epochs",
+                                                                     "batches_yielded"))
+        except (KeyError, TypeError, ValueError):
+            raise NrrError(None, "malformed loader state (epoch, start_step, num_epochs, batches_yielded)") from None
+        if yielded < 0:
+            raise NrrError(None, f"malformed loader state: batches_yielded {yielded}")
+        self.dataset.set_epoch(epoch, start, count)
+        self._resume_at = yielded
+        self._yielded = yielded
+
+    def _identity(self) -> dict[str, Any]:
+        """What decides which batches a step number means: a restored loader must agree on all of it."""
+        ds = self.dataset
+        return {"store_index_sha256": ds.index_sha256, "augmentation": ds.recipe.to_dict(),
+                "batch_size": ds.batch_size, "world_size": ds.world_size, "drop_last": ds.drop_last,
+                "labels": ds.labels}
 
 
 def make_loader(
