@@ -28,7 +28,6 @@ from nrrstore.format.tables import DISTANCE_TYPES, EXPLICIT_COLUMNS, distance_sc
 if TYPE_CHECKING:
     from nrrstore.format.reader import Store
 
-PRECISIONS = tuple(DISTANCE_TYPES)
 MODES = ("seeded", "explicit")
 DEFAULT_EPOCHS_PER_FILE = 100
 #: Columns whose bytes do not grow with the number of images in an epoch (delta-encoded to almost nothing).

@@ -39,7 +39,6 @@ from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
 
 LABEL_KINDS = ("dbr", "kd", "onehot")
-IMAGE_SETS = ("store", "random")
 LRS_WEIGHT = 0.5
 
 
