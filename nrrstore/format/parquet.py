@@ -72,8 +72,10 @@ class RowGroupFile:
             self._csv.write_table(table)
 
     def close(self) -> None:
-        """Finish the file(s) and put them in place."""
+        """Finish the file(s) and put them in place (no write and a ``schema``: a valid file of no rows)."""
         try:
+            if self._parquet is None and self.schema is not None:
+                self._parquet = pq.ParquetWriter(self._handles[0], self.schema, **self._options)
             for w in (self._parquet, self._csv):
                 if w is not None:
                     w.close()
