@@ -12,7 +12,7 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import typer
@@ -210,9 +210,3 @@ class ProgressBar:
     def __exit__(self, *exc: Any) -> None:
         self._progress.__exit__(*exc)
 
-
-def iter_progress(items: list[Any], task: str, progress: Callable[[str, int, int | None], None] | None) -> Iterator[Any]:
-    for i, item in enumerate(items):
-        yield item
-        if progress:
-            progress(task, i + 1, len(items))

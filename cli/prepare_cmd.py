@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 
 from nrrstore.sources.prepare import MODES, class_names_from_arg, prepare_idx, prepare_imagefolder
+from nrrstore.units import human_bytes
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty).")
@@ -31,9 +32,8 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(summary)
         return
-    mb = summary["bytes"] / 1e6
     print(f"wrote {summary['count']} images of {summary['num_classes']} classes in {len(summary['shards'])} "
-          f"shards ({mb:.1f} MB) to {summary['out_dir']}")
+          f"shards ({human_bytes(summary['bytes'])}) to {summary['out_dir']}")
 
 
 def idx(

@@ -9,8 +9,7 @@ from __future__ import annotations
 import os
 import textwrap
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -18,15 +17,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from nrrstore.errors import os_errors_name
 from nrrstore.format.atomic import atomic_open
-from nrrstore.format.manifest import MANIFEST_NAME
+from nrrstore.format.cams import read_cams
+from nrrstore.format.layout import is_store
 from nrrstore.format.outputs import check_output_file
 from nrrstore.format.reader import Store
-
-Progress = Callable[[str, int, "int | None"], None]
-
-
-def is_store(path: str | os.PathLike[str]) -> bool:
-    return Path(path).is_dir() and (Path(path) / MANIFEST_NAME).is_file()
+from nrrstore.progress import Progress
+from nrrstore.units import human_bytes
 
 
 def inspect_path(path: str | os.PathLike[str], grid: str | os.PathLike[str] | None = None,
@@ -42,7 +38,7 @@ def inspect_path(path: str | os.PathLike[str], grid: str | os.PathLike[str] | No
         store = Store(path)
         info = store.info()
         if grid is not None:
-            shown = save_contact_sheet(_store_samples(store), store.classes, grid, per_class, cams=_store_cams(store))
+            shown = save_contact_sheet(_store_samples(store), store.classes, grid, per_class, cams=read_cams(store))
             info["grid"] = {"path": str(grid), "per_class": shown, "asked": per_class, "cams": "cams" in store.manifest.labels}
         return info
     return _inspect_shards(path, grid, per_class, progress)
@@ -51,16 +47,6 @@ def inspect_path(path: str | os.PathLike[str], grid: str | os.PathLike[str] | No
 def _store_samples(store: Store) -> Iterator[tuple[int, np.ndarray, int]]:
     for img in store.iter_images():
         yield img.label, img.pixels, img.index
-
-
-def _store_cams(store: Store) -> Any:
-    """The store's CAM masks (zarr, [N,H,W] uint8) when it keeps them, else None."""
-    cams = (store.manifest.labels or {}).get("cams")
-    if not cams:
-        return None
-    import zarr
-
-    return zarr.open_array(str(store.path / cams["path"]), mode="r")
 
 
 def _inspect_shards(path: str | os.PathLike[str], grid: Any, per_class: int, progress: Progress | None) -> dict[str, Any]:
@@ -150,10 +136,10 @@ def format_info(info: dict[str, Any], width: int = 100) -> str:
         what += ", sizes " + ", ".join(f"{k} ({v})" for k, v in info["image_sizes"].items())
     rows: list[tuple[str, str]] = [("images", what),
                                    ("per class", ", ".join(f"{k} {v}" for k, v in info["per_class"].items()))]
-    sizes = [f"{k} {_human(c['bytes'])} ({c['files']} file{'s' if c['files'] != 1 else ''})"
+    sizes = [f"{k} {human_bytes(c['bytes'])} ({c['files']} file{'s' if c['files'] != 1 else ''})"
              for k, c in sorted(info["components"].items())]
     if "total_bytes" in info:
-        sizes.append(f"total {_human(info['total_bytes'])}")
+        sizes.append(f"total {human_bytes(info['total_bytes'])}")
     rows.append(("bytes", ", ".join(sizes)))
     if info.get("normalization"):
         rows.append(("normalization", _flat(info["normalization"])))
@@ -203,14 +189,6 @@ def _value(v: Any) -> str:
     if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
         return v[:12] + "..."  # a sha256: its start identifies it
     return str(v)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _tile(pixels: np.ndarray, cell: int) -> Image.Image:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from nrrstore.errors import NrrError
 from nrrstore.train import augment as A
-from nrrstore.train import rng
+from nrrstore.sampling import rng
 
 # ------------------------------------------------------------------------------------------
 # Recipe

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nrrstore.errors import NrrError
-from nrrstore.train import rng
+from nrrstore.sampling import rng
 
 # Random123 tests/kat_vectors (github.com/DEShawResearch/random123): CTR[4], KEY[2] -> OUT[4].
 KAT_10 = [

@@ -12,7 +12,8 @@ import torch
 
 from nrrstore.errors import NrrError
 from nrrstore.models import build_model
-from nrrstore.train.teacher import evaluate, train_classifier
+from nrrstore.train.accuracy import evaluate
+from nrrstore.train.teacher import train_classifier
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST train-set pixel statistics

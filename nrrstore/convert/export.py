@@ -10,7 +10,8 @@ Class folder names are the class names made safe for file systems. Note that tor
 numbers classes by *sorted folder name*, which may differ from the store's class order;
 ``numbered=True`` prefixes ``{index:05d}-`` so that both agree (the ``label`` column is the store's).
 
-Atomic: everything is written into ``.tmp-<name>`` beside ``DIR`` and renamed into place at the end.
+Atomic: everything is written into a hidden folder beside ``DIR`` and renamed into place at the end
+(:class:`~nrrstore.format.outputs.StagedFolder`).
 """
 
 from __future__ import annotations
@@ -18,28 +19,25 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError, os_errors_name
-from nrrstore.format.atomic import fsync_dir, is_inside
+from nrrstore.format.atomic import is_inside
+from nrrstore.format.distances import read_epoch_labels
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import check_output_folder, install_folder
+from nrrstore.format.outputs import StagedFolder, check_output_folder
+from nrrstore.format.parquet import RowGroupFile
 from nrrstore.format.reader import Store
+from nrrstore.format.tables import EXPLICIT_COLUMNS
 from nrrstore.format.tario import iter_tar_samples
-from nrrstore.train.augment import EXPLICIT_COLUMNS
-from nrrstore.train.loader import read_epoch_labels
+from nrrstore.progress import Progress
 
-Progress = Callable[[str, int, "int | None"], None]
 EXPORT_MARKER = "export.json"
+EXPORT_KIND = "an nrrstore export"
 FORMATS = ("imagefolder",)
 _BAD = re.compile(r"[^A-Za-z0-9._ +-]+")
 
@@ -71,7 +69,6 @@ def export_imagefolder(
     """Write ``store`` as an ImageFolder tree at ``out`` with its distances joined to keys."""
     t0 = time.perf_counter()
     st = Store(store)
-    m = st.manifest
     out = Path(out)
     _check_target(out, overwrite)
     if is_inside(out, st.path):
@@ -83,12 +80,9 @@ def export_imagefolder(
 def _export(st: Store, out: Path, csv: bool, numbered: bool, overwrite: bool, progress: Progress | None,
             t0: float) -> dict[str, Any]:
     m = st.manifest
-    tmp = out.with_name(f".tmp-{out.name}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     folders = folder_names(m.classes, numbered)
-    try:
-        tmp.mkdir(parents=True)
+    with StagedFolder(out, overwrite, marker=EXPORT_MARKER, kind=EXPORT_KIND) as stage:
+        tmp = stage.path
         for f in folders:
             (tmp / f).mkdir()
         index = st.index
@@ -123,12 +117,7 @@ def _export(st: Store, out: Path, csv: bool, numbered: bool, overwrite: bool, pr
             "sorted_folders_match_class_order": sorted(folders) == folders,
         }
         (tmp / EXPORT_MARKER).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        fsync_dir(tmp)
-        _check_target(out, overwrite)
-        install_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        stage.commit()
     return {"out": str(out), "images": m.num_images, "classes": len(folders), "epochs": epochs,
             "files": sorted(files), "sorted_folders_match_class_order": info["sorted_folders_match_class_order"],
             "seconds": round(time.perf_counter() - t0, 3)}
@@ -137,35 +126,16 @@ def _export(st: Store, out: Path, csv: bool, numbered: bool, overwrite: bool, pr
 def _write_distances(st: Store, tmp: Path, keys: list[str], labels: np.ndarray, paths: list[str], csv: bool,
                      progress: Progress | None) -> None:
     """One epoch at a time: ``distances.parquet`` gets one row group per epoch, the CSV is streamed."""
-    explicit = (st.manifest.labels.get("distances") or {}).get("mode") == "explicit"
-    key_col, label_col, path_col = pa.array(keys, pa.string()), pa.array(labels.astype(np.int32)), pa.array(paths, pa.string())
     n = st.num_images
-    pq_writer = csv_writer = None
-    try:
+    label_col = labels.astype(np.int32)
+    with RowGroupFile(tmp / "distances.parquet", csv=tmp / "distances.csv" if csv else None) as table:
         for e in range(st.num_epochs):
             lab = read_epoch_labels(st, e)
-            cols: dict[str, Any] = {"epoch": pa.array(np.full(n, e, np.int32)), "image": pa.array(np.arange(n, dtype=np.int32)),
-                                    "key": key_col, "label": label_col, "path": path_col,
-                                    "d_org": pa.array(lab.d_org), "d_aug": pa.array(lab.d_aug)}
-            if explicit:
-                raw = st.read_distances(e, columns=list(EXPLICIT_COLUMNS))
-                cols.update({c: raw.column(c) for c in EXPLICIT_COLUMNS})
-            table = pa.table(cols)
-            if pq_writer is None:
-                pq_writer = pq.ParquetWriter(tmp / "distances.parquet", table.schema, compression="zstd", store_schema=False)
-                if csv:
-                    csv_writer = pacsv.CSVWriter(tmp / "distances.csv", table.schema)
-            pq_writer.write_table(table, row_group_size=max(1, n))
-            if csv_writer is not None:
-                csv_writer.write_table(table)
+            table.write({"epoch": np.full(n, e, np.int32), "image": np.arange(n, dtype=np.int32), "key": keys,
+                         "label": label_col, "path": paths, "d_org": lab.d_org, "d_aug": lab.d_aug, **(lab.views or {})})
             if progress:
                 progress("export distances", e + 1, st.num_epochs)
-    finally:
-        if pq_writer is not None:
-            pq_writer.close()
-        if csv_writer is not None:
-            csv_writer.close()
 
 
 def _check_target(out: Path, overwrite: bool) -> None:
-    check_output_folder(out, overwrite, marker=EXPORT_MARKER, kind="an nrrstore export")
+    check_output_folder(out, overwrite, marker=EXPORT_MARKER, kind=EXPORT_KIND)

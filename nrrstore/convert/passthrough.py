@@ -14,28 +14,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from nrrstore.errors import NrrError
 from nrrstore.format.images import ImageHeader, probe_image
 
-HEADER_BYTES = 256 * 1024
-"""Bytes read to probe a file's header (a JPEG's EXIF/ICC blocks come before its frame header)."""
-
-
-def read_file(path: str | os.PathLike[str], limit: int | None = None) -> bytes:
-    """The bytes of an image file (the first ``limit`` only, when given)."""
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of an image file."""
     try:
         with open(path, "rb") as f:
-            return f.read() if limit is None else f.read(limit)
+            return f.read()
     except OSError as exc:
         raise NrrError(path, f"cannot read: {exc.strerror or exc}") from None
-
-
-def file_headers(paths: Iterable[Path]) -> Iterable[tuple[str, bytes]]:
-    """``(where, leading bytes)`` of files, for :func:`passthrough_format`."""
-    for p in paths:
-        yield os.fspath(p), read_file(p, HEADER_BYTES)
 
 
 class NotAsIs(Exception):

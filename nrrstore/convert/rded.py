@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +24,13 @@ from nrrstore.convert.passthrough import AsIs, NotAsIs, read_file
 from nrrstore.errors import NrrError, os_errors_name, path_text, staged_as
 from nrrstore.format.keys import image_key
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import install_folder
-from nrrstore.format.writer import StoreWriter, check_output_dir
+from nrrstore.format.writer import StoreWriter, check_output_dir, staged_store
+from nrrstore.progress import Progress
 from nrrstore.sources.imagefolder import IMAGE_FILE_EXTS, read_image_file
 from nrrstore.sources.prepare import MODES as IMAGE_MODES
 from nrrstore.sources.prepare import convert_mode
 from nrrstore.sources.shards import check_class_names, load_class_names
 
-Progress = Callable[[str, int, "int | None"], None]
 
 _CLASS_DIR_RE = re.compile(r"^\d+$")
 #: The hidden name a store is built and relabelled under before it is put in place.
@@ -141,17 +139,19 @@ def import_rded(
     source = {"format": "rded", "path": path_text(root.resolve()), "bytes": total_bytes, "files": len(images),
               "total_bytes": total_bytes}
     out = Path(out)
-    stage = out.with_name(f"{STAGE_PREFIX}{out.name}") if teacher is not None else out
     method = {"import": {"from": "rded", "image_mode": mode}}
     summary: dict[str, Any] = {"store": str(out), "images": len(images), "classes": len(names),
                                "source_bytes": total_bytes, "image_mode": mode}
     with output_lock(out), os_errors_name(out):
+        # with a teacher the store is built and relabelled under a hidden name, and put in place after both
+        stage = staged_store(out, overwrite, prefix=STAGE_PREFIX) if teacher is not None else None
+        target = stage.path if stage is not None else out
         try:
-            if stage != out and stage.exists():
-                shutil.rmtree(stage)  # the leftover of a killed run
+            if stage is not None:
+                stage.create()  # removing the leftover of a killed run
 
             def write(as_is: AsIs | None, fmt: str | None, why: str) -> str:
-                return _write(root, images, stage, names, source, method, as_is, fmt, quality, mode, shard_size,
+                return _write(root, images, target, names, source, method, as_is, fmt, quality, mode, shard_size,
                               overwrite, progress, why)
 
             if image_format is not None:
@@ -163,19 +163,18 @@ def import_rded(
                     stored = write(None, "png", exc.why)
             summary["images_stored"] = stored
             summary["import_seconds"] = round(time.perf_counter() - t0, 3)
-            if teacher is not None:
+            if stage is not None:
                 from nrrstore.distill.relabel import relabel
 
-                summary["relabel"] = relabel(stage, teacher, 300 if epochs is None else epochs, progress=progress,
+                summary["relabel"] = relabel(stage.path, teacher, 300 if epochs is None else epochs, progress=progress,
                                              **(relabel_options or {}))
                 summary["relabel"]["store"] = str(out)
-                check_output_dir(out, overwrite)
-                install_folder(stage, out)
+                stage.commit()
         except BaseException as exc:
-            if stage != out:
-                shutil.rmtree(stage, ignore_errors=True)
-            if isinstance(exc, NrrError) and staged_as(exc, stage, out) is not exc:
-                raise staged_as(exc, stage, out) from None
+            if stage is not None:
+                stage.discard()
+                if isinstance(exc, NrrError) and staged_as(exc, stage.path, out) is not exc:
+                    raise staged_as(exc, stage.path, out) from None
             raise
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary

@@ -26,47 +26,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from nrrstore.errors import NrrError, os_errors_name
+from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_open
+from nrrstore.format.distances import split_bytes
 from nrrstore.format.outputs import check_output_file
 from nrrstore.format.reader import Store
+from nrrstore.units import human_bytes
 
 SCHEMES = ("full_fp32", "full_fp16", "topk", "dbr_fp16", "dbr_int8", "onehot")
-#: Columns of the distance table whose bytes do not grow with the number of images in an epoch.
-FIXED_COLUMNS = ("epoch", "image")
-#: What zstd adds to every compressed page whatever its size (frame and block headers).
-ZSTD_PAGE_BYTES = 9
-_ITEM_BYTES = {"BOOLEAN": 1 / 8, "INT32": 4, "FLOAT": 4, "INT64": 8, "DOUBLE": 8, "INT96": 12}
-
-
-def split_distance_bytes(st: Store) -> tuple[int, int]:
-    """(value bytes, fixed bytes) of the store's distance files, from their Parquet metadata.
-
-    Value bytes scale with the views: the compressed data of the value columns. Fixed bytes do not:
-    file footers and magic, the ``epoch`` and ``image`` columns, and each value column chunk's page
-    header and zstd frame (the header is what the uncompressed chunk holds beyond its raw values).
-    """
-    value = fixed = 0
-    for part in st.distance_files():
-        path = st.path / part["path"]
-        md = pq.ParquetFile(path).metadata
-        values = 0
-        for g in range(md.num_row_groups):
-            for c in range(md.num_columns):
-                col, schema = md.row_group(g).column(c), md.schema.column(c)
-                if schema.name in FIXED_COLUMNS:
-                    continue
-                item = schema.length if schema.physical_type == "FIXED_LEN_BYTE_ARRAY" else \
-                    _ITEM_BYTES.get(schema.physical_type, 0)
-                header = max(0, col.total_uncompressed_size - round(col.num_values * item)) if item else 0
-                page = header + (ZSTD_PAGE_BYTES if col.compression == "ZSTD" else 0)
-                values += col.total_compressed_size - min(col.total_compressed_size, page)
-        value += values
-        fixed += path.stat().st_size - values
-    return value, fixed
 
 
 def label_costs(images: int, epochs: int, classes: int, topk: int = 10) -> dict[str, int]:
@@ -105,7 +75,7 @@ def size_report(
     components: dict[str, int] = {}
     for f in m.files:
         components[f.kind] = components.get(f.kind, 0) + f.bytes
-    manifest_bytes = (Path(store) / "manifest.json").stat().st_size
+    manifest_bytes = fs.file_size(st.manifest_path)
     components["manifest"] = manifest_bytes
     total = sum(components.values())
     dist = m.labels.get("distances") or {}
@@ -120,7 +90,7 @@ def size_report(
     per_view = stored_label_bytes / views if stored_label_bytes and stored_epochs else None
     value_per_view = fixed_per_epoch = None
     if per_view is not None and dist:
-        value, fixed = split_distance_bytes(st)
+        value, fixed = split_bytes(st)
         value_per_view, fixed_per_epoch = value / views, fixed / stored_epochs
     extrapolation = []
     for n_ipc in ipc:
@@ -147,27 +117,19 @@ def size_report(
     }
 
 
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def format_report(r: dict[str, Any]) -> str:
-    """The report as aligned text (decimal units: 1 MB = 10^6 bytes)."""
+    """The report as aligned text (decimal units: 1 MB = 10^6 bytes, see `nrrstore.units`)."""
     k = r["topk"]
     lines = [f"store {r['store']}: {r['num_images']} images, {r['num_classes']} classes, {r['epochs']} epochs"
              + ("" if r["epochs_stored"] else " (none stored: --epochs assumed)") + f" = {r['views']} views"]
-    lines.append("  on disk: " + ", ".join(f"{kind} {human(b)}" for kind, b in sorted(r["components"].items()))
-                 + f"; total {human(r['total_bytes'])}")
+    lines.append("  on disk: " + ", ".join(f"{kind} {human_bytes(b)}" for kind, b in sorted(r["components"].items()))
+                 + f"; total {human_bytes(r['total_bytes'])}")
     if r["source"]:
         s = r["source"]
         ratio = f" (store is {s['store_vs_source'] * 100:.2f}% of it)" if s["store_vs_source"] else ""
-        images = f" + images {human(s['images_bytes'])}" if s["images_bytes"] else ""
-        lines.append(f"  converted from {s['format']} {s['path']}: {human(s['folder_bytes'])}{images}, "
-                     f"total {human(s['total_bytes'])}{ratio}")
+        images = f" + images {human_bytes(s['images_bytes'])}" if s["images_bytes"] else ""
+        lines.append(f"  converted from {s['format']} {s['path']}: {human_bytes(s['folder_bytes'])}{images}, "
+                     f"total {human_bytes(s['total_bytes'])}{ratio}")
     header = ["", *_scheme_titles(k)]
     rows = [["this store", *(_cell(r["label_costs"], s) for s in (*SCHEMES, "stored"))]]
     for e in r["extrapolation"]:
@@ -181,7 +143,7 @@ def format_report(r: dict[str, Any]) -> str:
         d = r["distances"] or {}
         lines.append(f"  stored distances ({d.get('precision')}, {d.get('mode')}): {r['stored_bytes_per_view']:.2f} B/view "
                      f"in this store = {r['stored_value_bytes_per_view']:.2f} B/view of values + a fixed "
-                     f"{human(r['stored_fixed_bytes_per_epoch'])} per epoch (Parquet footers, epoch and image columns)")
+                     f"{human_bytes(r['stored_fixed_bytes_per_epoch'])} per epoch (Parquet footers, epoch and image columns)")
         lines.append("  'stored' extrapolates the values per view and the fixed part per epoch (an estimate: "
                      "compression varies with the data)")
     return "\n".join(lines)
@@ -192,7 +154,7 @@ def _scheme_titles(k: int) -> list[str]:
 
 
 def _cell(costs: dict[str, int], scheme: str) -> str:
-    return human(costs[scheme]) if scheme in costs else "-"
+    return human_bytes(costs[scheme]) if scheme in costs else "-"
 
 
 # -- the chart ------------------------------------------------------------------------------------------
@@ -236,7 +198,7 @@ def plot_report(r: dict[str, Any], path: str | os.PathLike[str], overwrite: bool
     for e in range(lo, hi + 1):
         x = x_of(10 ** e)
         d.line([(x, top - 4), (x, axis_bottom)], fill=(220, 220, 220))
-        d.text((x - 12, axis_bottom + 4), human(10 ** e).replace(".0 ", " "), fill="black", font=font)
+        d.text((x - 12, axis_bottom + 4), human_bytes(10 ** e).replace(".0 ", " "), fill="black", font=font)
     for g, (name, costs) in enumerate(groups):
         y0 = top + g * group_h
         d.text((6, y0 + (len(schemes) * bar_h) // 2 - 6), name, fill="black", font=font)
@@ -246,7 +208,7 @@ def plot_report(r: dict[str, Any], path: str | os.PathLike[str], overwrite: bool
                 continue
             y = y0 + s * bar_h
             d.rectangle([left, y + 1, max(left + 1, x_of(v)), y + bar_h - 2], fill=_COLORS[s])
-            d.text((min(x_of(v) + 4, width - right - 10), y), human(v), fill="black", font=font)
+            d.text((min(x_of(v) + 4, width - right - 10), y), human_bytes(v), fill="black", font=font)
     d.line([(left, top - 4), (left, axis_bottom)], fill="black")
     ly = axis_bottom + 24
     for s, title in enumerate(titles):

@@ -9,16 +9,14 @@ order, and two calls with the same seed give the same bytes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from nrrstore.errors import NrrError
 from nrrstore.format.keys import image_key
 from nrrstore.format.writer import StoreWriter
+from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names, resolve_shards
-
-Progress = Callable[[str, int, "int | None"], None]
 
 
 def random_real_store(

@@ -16,10 +16,12 @@ Protocol details, each RDED's unless said otherwise:
 
 * Crops: torchvision's RandomResizedCrop box sampling (10 attempts, then a centre crop), scale
   (0.08, 1) and square boxes (ratio (1, 1), as RDED's ``MultiRandomCrop``), resized to side
-  ``image_size // factor`` with bilinear antialiased interpolation. Random numbers come from the
-  counter-based Philox generator of `nrrstore.train.rng` at counter (stream, class, image index,
-  slot): a crop depends only on (seed, class, index of the image within its class), so batching,
-  class order and the rank a class runs on change nothing.
+  ``image_size // factor`` with bilinear antialiased interpolation. The boxes come from the one
+  sampler the augmentation replay uses too (`nrrstore.sampling.crops`, exact arithmetic), driven by
+  the counter-based Philox generator at counter (stream, class, image index, slot): a crop depends
+  only on (seed, class, index of the image within its class), so batching, class order and the
+  rank a class runs on change nothing. The manifest records the sampler's version
+  (``cidd.crop_sampler``); square crops are the same under every version.
 * Patches are quantized to uint8 before scoring: scores describe the pixels that will be stored.
 * Score: the normalized patch is zero-padded (zero in normalized space, i.e. the mean colour) to
   the teacher's input size, centred as RDED's ``pad`` does; CE and softmax confidence of the true
@@ -52,7 +54,8 @@ from nrrstore.distill.nrr import eval_mode, from_uint8, model_device, to_uint8
 from nrrstore.errors import NrrError
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
-from nrrstore.train import rng
+from nrrstore.sampling import rng
+from nrrstore.sampling.crops import SAMPLER_VERSION, SLOTS_PER_CROP, random_resized_crop
 
 PER_IMAGE = ("cam", "score")
 SELECT = ("low", "high", "random")
@@ -61,8 +64,7 @@ CAM_SCORES = ("share", "density", "excess")
 
 STREAM_CROP = 0x43494444  # "CIDD": counter word 0 of crop-box draws
 STREAM_SELECT = STREAM_CROP + 1  # counter word 0 of select="random"
-RRC_ATTEMPTS = 10
-SLOTS_PER_CROP = 4 * RRC_ATTEMPTS  # crop k, attempt a: slots 40k + 4a + (0 scale, 1 ratio, 2 top, 3 left)
+# crop k of an image draws at slots 40k .. 40k+39 (nrrstore.sampling.crops)
 _MAX_WORD = 2**32 - 1
 
 
@@ -108,6 +110,8 @@ class CiddConfig:
         "excess" subtracts that area share (CAM mass beyond what a uniform map would put there).
     seed: integer in [0, 2**64); with the class index it determines every random draw.
     batch_size: inputs per teacher forward pass.
+    crop_sampler: the version of the crop sampler (`nrrstore.sampling.crops`): the current one, or
+        1 (CIDD before 0.2, libm log/exp) for square crops only, which both versions draw alike.
     """
 
     ipc: int
@@ -124,6 +128,7 @@ class CiddConfig:
     sources: str = "first"
     correct_only: bool = False
     cam_score: str = "share"
+    crop_sampler: int = SAMPLER_VERSION
 
     def __post_init__(self) -> None:
         for name in ("ipc", "factor", "mipc", "num_crop", "batch_size"):
@@ -146,6 +151,9 @@ class CiddConfig:
         object.__setattr__(self, "cam_top", float(t))
         object.__setattr__(self, "scale", _range_pair(self.scale, "scale", 1.0))
         object.__setattr__(self, "ratio", _range_pair(self.ratio, "ratio", math.inf))
+        if self.crop_sampler != SAMPLER_VERSION and not (self.crop_sampler == 1 and self.ratio == (1.0, 1.0)):
+            raise NrrError(None, f"CIDD: crop sampler version {self.crop_sampler!r} cannot be drawn by this nrrstore "
+                                 f"(it draws version {SAMPLER_VERSION}, and version 1 for square crops only)")
         seed = self.seed
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
             raise NrrError(None, f"CIDD: seed must be an integer in [0, 2**64), got {seed!r}")
@@ -169,7 +177,7 @@ class CiddConfig:
                 "per_image": self.per_image, "select": self.select, "cam_top": self.cam_top,
                 "scale": list(self.scale), "ratio": list(self.ratio), "seed": self.seed,
                 "batch_size": self.batch_size, "sources": self.sources, "correct_only": self.correct_only,
-                "cam_score": self.cam_score}
+                "cam_score": self.cam_score, "crop_sampler": self.crop_sampler}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CiddConfig:
@@ -177,6 +185,7 @@ class CiddConfig:
         if unknown:
             raise NrrError(None, f"CIDD: unknown parameters {', '.join(unknown)}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        kw.setdefault("crop_sampler", 1)  # recorded since version 2
         return cls(**kw)
 
 
@@ -199,44 +208,15 @@ def sample_boxes(
     torchvision's ``RandomResizedCrop.get_params``, all attempts evaluated at once: the first of 10
     attempts whose box fits wins, else a centre crop clipped to the ratio range.
     """
-    lab = np.asarray(labels, dtype=np.int64).reshape(-1, 1, 1)
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1, 1, 1)
+    lab = np.asarray(labels, dtype=np.int64).reshape(-1, 1)
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1, 1)
     if lab.shape != idx.shape:
         raise ValueError("one label per index")
     if idx.size and (idx.min() < 0 or idx.max() > _MAX_WORD or lab.min() < 0 or lab.max() > _MAX_WORD):
         raise NrrError(None, "CIDD: class and image indices must lie in [0, 2**32)")
-    b = idx.shape[0]
-    crop = np.arange(num_crop, dtype=np.int64).reshape(1, -1, 1)
-    base = crop * SLOTS_PER_CROP + 4 * np.arange(RRC_ATTEMPTS, dtype=np.int64).reshape(1, 1, -1)
-    u_scale = rng.uniform_array(seed, STREAM_CROP, lab, idx, base)  # [B, K, A]
-    u_ratio = rng.uniform_array(seed, STREAM_CROP, lab, idx, base + 1)
-    area = float(height) * float(width)
-    target = area * (scale[0] + (scale[1] - scale[0]) * u_scale)
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = np.exp(lo + (hi - lo) * u_ratio)
-    w = np.rint(np.sqrt(target * aspect)).astype(np.int64)
-    h = np.rint(np.sqrt(target / aspect)).astype(np.int64)
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = ok.argmax(-1)[..., None]  # first fitting attempt; 0 where none fits (handled below)
-    fits = ok.any(-1)
-    h = np.take_along_axis(h, first, -1)[..., 0]
-    w = np.take_along_axis(w, first, -1)[..., 0]
-    slot = np.take_along_axis(np.broadcast_to(base, ok.shape), first, -1)[..., 0]
-    # Fallback (no attempt fits): torchvision's centre crop clipped to the ratio range.
-    in_ratio = width / height
-    fb_w, fb_h = width, height
-    if in_ratio < ratio[0]:
-        fb_h = max(int(round(width / ratio[0])), 1)
-    elif in_ratio > ratio[1]:
-        fb_w = max(int(round(height * ratio[1])), 1)
-    h = np.where(fits, h, fb_h)
-    w = np.where(fits, w, fb_w)
-    lab2, idx2 = lab[..., 0], idx[..., 0]
-    top = rng.randint_array(seed, height - h + 1, STREAM_CROP, lab2, idx2, slot + 2)
-    left = rng.randint_array(seed, width - w + 1, STREAM_CROP, lab2, idx2, slot + 3)
-    top = np.where(fits, top, (height - h) // 2)
-    left = np.where(fits, left, (width - w) // 2)
-    return np.stack([top, left, h, w], -1).reshape(b, num_crop, 4).astype(np.int64)
+    first_slot = np.arange(num_crop, dtype=np.int64).reshape(1, -1) * SLOTS_PER_CROP
+    box = random_resized_crop(seed, STREAM_CROP, lab, idx, first_slot, height, width, scale, ratio)
+    return np.stack(box, -1).reshape(idx.shape[0], num_crop, 4)
 
 
 def crop_resize(images: Tensor, boxes: np.ndarray, side: int, owner: np.ndarray | None = None) -> Tensor:

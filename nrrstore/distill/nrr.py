@@ -22,7 +22,7 @@ alpha_bn; the defaults of `NrrConfig` are choices of ours, documented field by f
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,11 +35,10 @@ from nrrstore.errors import NrrError
 from nrrstore.models.bn_stats import BNStatsLoss
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
+from nrrstore.progress import StepProgress
 
 OPTIMIZERS = ("sgd", "adam")
 ADAM_EPS = 1e-8
-
-Progress = Callable[[int, int], None]  # (steps done, total steps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +188,7 @@ def refine(
     images01: Tensor,
     labels: Tensor,
     cfg: NrrConfig = NrrConfig(),
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     cam_model: CamModel | None = None,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Refine the non-critical regions of `images01` [B,C,H,W] (pixels in [0,1]) for `labels` [B].
@@ -259,7 +258,7 @@ def _iterate(
     active: Tensor,
     bn: BNStatsLoss | None,
     cfg: NrrConfig,
-    progress: Progress | None,
+    progress: StepProgress | None,
 ) -> tuple[Tensor, list[tuple[float, float]]]:
     """The masked descent loop; returns the final iterate and (CE, BN loss) before each step."""
     x = x0.clone()

@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +31,18 @@ from nrrstore.distill.cidd import ClassCandidates, CiddConfig, discover, select_
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
 from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes
+from nrrstore.format.cams import write_cams
 from nrrstore.format.images import effective_quality
 from nrrstore.format.keys import image_key
+from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
-from nrrstore.format.manifest import MANIFEST_NAME, load_manifest
+from nrrstore.format.manifest import load_manifest
 from nrrstore.format.writer import StoreWriter, check_output_dir
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
+from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_labels, iter_samples, read_class_names, resolve_shards
 
-Progress = Callable[[str, int, "int | None"], None]
 METHODS = ("nrr", "rded", "random")
 IMAGE_FORMATS = ("png", "webp", "jpg", "jpeg")
 
@@ -58,7 +60,6 @@ class DistillConfig:
     classes_per_pass: int = 100
     nrr_batch_size: int = 100
     save_cams: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +67,7 @@ class DistillConfig:
             "method": self.method, "ipc": self.cidd.ipc, "cidd": self.cidd.to_dict(), "nrr": self.nrr.to_dict(),
             "image_format": self.image_format, "quality": self.quality, "shard_size": self.shard_size,
             "nrr_batch_size": self.nrr_batch_size, "classes_per_pass": self.classes_per_pass,
-            "save_cams": self.save_cams, **self.extra,
+            "save_cams": self.save_cams,
         }
 
 
@@ -233,7 +234,7 @@ def distill(
         "config": cfg.to_dict(), "inputs": urls, "teacher_sha256": teacher.sha256, "classes": classes,
         "tool_version": __version__,
     }
-    if (out / MANIFEST_NAME).is_file() and not overwrite:
+    if is_store(out) and not overwrite:
         m = load_manifest(out)
         made_by = {k: v for k, v in m.method.items() if k not in ("relabel", "sources_used")}  # added after distill
         if made_by == cfg.to_dict() and m.teacher.get("sha256") == teacher.sha256 and m.source.get("shards") == urls:
@@ -492,14 +493,10 @@ def _assemble(out: Path, work: Path, teacher: Teacher, cfg: DistillConfig, class
                 if progress:
                     progress("writing store", w.num_images, total)
         if cfg.save_cams:
-            import zarr
-
             h, wd = per_class[0][0]["cams"].shape[1:]
-            arr = zarr.create_array(str(w.file_path("cams.zarr", "cams")), shape=(total, h, wd), chunks=(min(total, 1024), h, wd),
-                                    dtype="uint8", zarr_format=3, fill_value=0)
-            step = arr.chunks[0]
-            for lo in range(0, total, step):  # chunk by chunk: memory stays one chunk
-                hi = min(lo + step, total)
-                arr[lo:hi] = np.stack([per_class[i % len(classes)][0]["cams"][i // len(classes)] for i in range(lo, hi)])
-            w.set_meta("labels", {"cams": {"path": "cams.zarr", "shape": [total, h, wd], "dtype": "uint8"}})
+
+            def cams(lo: int, hi: int) -> np.ndarray:  # store order is slot-major, as the images above
+                return np.stack([per_class[i % len(classes)][0]["cams"][i // len(classes)] for i in range(lo, hi)])
+
+            w.set_meta("labels", {"cams": write_cams(w, total, h, wd, cams)})
         return w.finalize(progress)

@@ -37,55 +37,36 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader
 
 from nrrstore.devices import amp_dtype, autocast, resolve_device
 from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
-from nrrstore.format import quant
-from nrrstore.format.atomic import tmp_name
+from nrrstore.format import fs, quant
+from nrrstore.format.distances import (
+    DEFAULT_EPOCHS_PER_FILE,
+    DistanceFile,
+    check_mode,
+    check_precision,
+    distances_section,
+    epoch_chunks,
+    install_chunks,
+)
+from nrrstore.format.layout import RELABEL_WORK_DIR as WORK_DIR
+from nrrstore.format.layout import DISTANCE_FILE_GLOB, distance_file_name
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_writable
 from nrrstore.format.reader import Store
-from nrrstore.format.softlabels import (
-    SOFTLABELS_PATH,
-    create_softlabels,
-    softlabels_section,
-)
-from nrrstore.format.tables import DISTANCE_TYPES, distance_schema
+from nrrstore.format.softlabels import WORK_NAME as SOFTLABELS_WORK_NAME
+from nrrstore.format.softlabels import create_softlabels, install_softlabels, softlabels_section
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.models.checkpoint import Teacher, load_teacher
+from nrrstore.progress import Progress
 from nrrstore.train.augment import RECIPE_VERSION, AugRecipe, epoch_columns
 from nrrstore.train.loader import RemoteStore, open_store, store_recipe
 from nrrstore.train.losses import distances
 from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
-
-Progress = Callable[[str, int, "int | None"], None]
-WORK_DIR = ".relabel"
-MODES = ("seeded", "explicit")
-DEFAULT_EPOCHS_PER_FILE = 100
-
-
-def chunk_name(first: int, last: int) -> str:
-    return f"distances-e{first:04d}-e{last:04d}.parquet"
-
-
-def parquet_options(precision: str) -> dict[str, Any]:
-    """Column encodings that make a view cost little more than its two values (measured: P3).
-
-    ``epoch`` (constant per row group) and ``image`` (0..N-1) are delta-encoded to almost nothing;
-    statistics are written for ``epoch`` only (readers find an epoch's row group by them); int8
-    codes and fp32 values are byte-stream-split so zstd sees their high bytes together (fp16 gains
-    nothing from it on real distances).
-    """
-    enc: dict[str, str] = {"epoch": "DELTA_BINARY_PACKED", "image": "DELTA_BINARY_PACKED"}
-    if precision != "fp16":
-        enc.update(d_org="BYTE_STREAM_SPLIT", d_aug="BYTE_STREAM_SPLIT")
-    return {"compression": "zstd", "write_statistics": ["epoch"], "store_schema": False,
-            "use_dictionary": False, "column_encoding": enc}
 
 
 def default_recipe(store: Store, teacher: Teacher, **overrides: Any) -> AugRecipe:
@@ -95,7 +76,7 @@ def default_recipe(store: Store, teacher: Teacher, **overrides: Any) -> AugRecip
     computes every distance afresh, so nothing ties it to the renderer of earlier labels.
     """
     m = store.manifest
-    base = store_recipe(m, store.path / "manifest.json").to_dict() if m.augmentation else \
+    base = store_recipe(m, store.manifest_path).to_dict() if m.augmentation else \
         AugRecipe(size=teacher.image_size, seed=0).to_dict()
     base["version"] = RECIPE_VERSION
     base.update({k: v for k, v in overrides.items() if v is not None})
@@ -143,7 +124,7 @@ def _store_job(job: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
 def _stopped(exc: BaseException, root: Path, work: Path, world: int) -> BaseException:
     if isinstance(exc, OSError):
         exc = NrrError(root, os_problem(exc))
-    finished = sorted(work.glob("distances-*.parquet")) if work.is_dir() else []
+    finished = sorted(work.glob(DISTANCE_FILE_GLOB)) if work.is_dir() else []
     if not finished:
         if world == 1:
             shutil.rmtree(work, ignore_errors=True)
@@ -198,10 +179,8 @@ def relabel(
     m = st.manifest
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, dev)
-    if precision not in DISTANCE_TYPES:
-        raise NrrError(None, f"unknown precision {precision!r}; use one of {', '.join(DISTANCE_TYPES)}")
-    if mode not in MODES:
-        raise NrrError(None, f"unknown distance mode {mode!r}; use seeded or explicit")
+    check_precision(precision)
+    check_mode(mode)
     for name, v in (("epochs", epochs), ("epochs per file", epochs_per_file), ("batch size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise NrrError(None, f"{name} must be a positive integer, got {v!r}")
@@ -230,10 +209,10 @@ def relabel(
         "teacher_sha256": teacher.sha256, "epochs": epochs, "recipe": recipe.to_dict(), "precision": precision,
         "mode": mode, "full_softlabels": bool(full_softlabels), "epochs_per_file": epochs_per_file,
         "batch_size": batch_size, "quant_max": quant_max, "num_images": m.num_images, "amp": amp_key(amp),
-        "index_sha256": getattr(m.file("index.parquet"), "sha256", None),
+        "index_sha256": m.index_sha256,
     }
     state = _start(st, work, args, quant_max, overwrite, rank, world)
-    chunks = [(a, min(a + epochs_per_file, epochs) - 1) for a in range(0, epochs, epochs_per_file)]
+    chunks = epoch_chunks(epochs, epochs_per_file)
     job = _Job(st, teacher, recipe, epochs, precision, mode, full_softlabels, batch_size, dev, amp_dt, workers, work,
                cache_mb, progress)
     resumed = computed = 0
@@ -248,7 +227,7 @@ def relabel(
         for k, (first, last) in enumerate(chunks):
             if k % world != rank:
                 continue
-            if (work / chunk_name(first, last)).is_file():
+            if fs.is_file(work / distance_file_name(first, last)):
                 resumed += 1
                 continue
             job.compute_chunk(first, last, state["quant_max"])
@@ -312,15 +291,11 @@ def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: 
     """Install the finished files and rewrite the manifest (rank 0 only)."""
     epochs, precision, mode = args["epochs"], args["precision"], args["mode"]
     full_softlabels = args["full_softlabels"]
-    files = _install(st, work, chunks, full_softlabels)
-    section: dict[str, Any] = {
-        "files": [{"path": f"labels/{chunk_name(a, b)}", "first_epoch": a, "last_epoch": b} for a, b in chunks],
-        "epochs": epochs, "precision": precision, "mode": mode,
-    }
-    if precision == "int8":
-        section["quant"] = {"max": state["quant_max"]}
+    files = install_chunks(st.path, work, chunks)
+    if full_softlabels:
+        files.update(install_softlabels(st.path, work))
     labels = {k: v for k, v in m.labels.items() if k not in ("distances", "softlabels")}
-    labels["distances"] = section
+    labels["distances"] = distances_section(chunks, precision, mode, state["quant_max"])
     if full_softlabels:
         labels["softlabels"] = softlabels_section((epochs, m.num_images, m.num_classes),
                                                   (1, job.block_of_softlabels, m.num_classes))
@@ -329,16 +304,16 @@ def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: 
                                                  "batch_size", "amp")},
                          "quant_max": state["quant_max"], "device": dev.type}
     old = [f.path for f in m.files if f.kind in ("distances", "softlabels")]
-    update_store(st.path, kinds=files, remove_prefixes=tuple(old), sections={
+    updated = update_store(st.path, kinds=files, remove_prefixes=tuple(old), sections={
         "labels": labels, "augmentation": recipe.to_dict(), "teacher": teacher_section(teacher),
         "normalization": m.normalization or {"mean": list(teacher.mean), "std": list(teacher.std)},
         "method": method,
     })
-    _remove_unlisted(st.path, old, files)
     shutil.rmtree(work)
-    total_bytes = sum((st.path / p).stat().st_size for p in files if p.endswith(".parquet"))
+    distance_files = [f for f in updated.files if f.kind == "distances"]
+    total_bytes = sum(f.bytes for f in distance_files)
     views = epochs * m.num_images
-    return {"files": sorted(p for p in files if p.endswith(".parquet")), "distance_bytes": total_bytes,
+    return {"files": [f.path for f in distance_files], "distance_bytes": total_bytes,
             "bytes_per_view": total_bytes / max(1, views), "clipped": job.clipped}
 
 
@@ -378,7 +353,7 @@ class _Job:
         teacher.model.to(device).eval()
 
     def softlabels(self) -> Any:
-        return create_softlabels(self.work / "softlabels.zarr", self.epochs, self.n, self.st.manifest.num_classes,
+        return create_softlabels(self.work / SOFTLABELS_WORK_NAME, self.epochs, self.n, self.st.manifest.num_classes,
                                  self.block_of_softlabels)
 
     def epochs_of(self, first: int, last: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -441,73 +416,13 @@ class _Job:
 
     def compute_chunk(self, first: int, last: int, quant_max: float | None) -> None:
         soft_out = self.softlabels() if self.soft else None
-        path = self.work / chunk_name(first, last)
-        tmp = tmp_name(path)
-        schema = distance_schema(self.precision, self.mode == "explicit")
-        writer = pq.ParquetWriter(tmp, schema, **parquet_options(self.precision))
-        try:
+        m = self.st.manifest
+        with DistanceFile(self.work / distance_file_name(first, last), self.n, self.precision,
+                          explicit=self.mode == "explicit", quant_max=quant_max) as table:
             for e, d_org, d_aug, soft in self.epochs_of(first, last):
                 if soft_out is not None:
                     soft_out[e] = soft
-                writer.write_table(self._table(e, d_org, d_aug, quant_max, schema), row_group_size=max(1, self.n))
-            writer.close()
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(Exception):  # on a full disk closing fails too; the file must still go
-                writer.close()
-            tmp.unlink(missing_ok=True)
-            raise
-
-    def _table(self, epoch: int, d_org: np.ndarray, d_aug: np.ndarray, quant_max: float | None,
-               schema: pa.Schema) -> pa.Table:
-        if self.precision == "int8":
-            assert quant_max is not None
-            self.clipped += int((d_org > quant_max).sum() + (d_aug > quant_max).sum())
-            values = [quant.encode(d_org, quant_max), quant.encode(d_aug, quant_max)]
-        else:
-            dtype = np.float16 if self.precision == "fp16" else np.float32
-            values = [d_org.astype(dtype), d_aug.astype(dtype)]
-        data = {"epoch": np.full(self.n, epoch, np.int32), "image": np.arange(self.n, dtype=np.int32),
-                "d_org": values[0], "d_aug": values[1]}
-        if self.mode == "explicit":
-            m = self.st.manifest
-            data.update(epoch_columns(self.recipe, epoch, self.n, m.image.height, m.image.width))
-        return pa.table({f.name: pa.array(data[f.name], type=f.type) for f in schema}, schema=schema)
-
-
-# -- state and installation ---------------------------------------------------------------------------
-def _install(st: Store, work: Path, chunks: list[tuple[int, int]], soft: bool) -> dict[str, str]:
-    """Move finished files into ``labels/`` (idempotent, so an interrupted install can be rerun)."""
-    labels_dir = st.path / "labels"
-    labels_dir.mkdir(exist_ok=True)
-    files: dict[str, str] = {}
-    for a, b in chunks:
-        name = chunk_name(a, b)
-        if (work / name).is_file():
-            os.replace(work / name, labels_dir / name)
-        elif not (labels_dir / name).is_file():
-            raise NrrError(work, f"relabel state says {name} is finished, but it is missing; delete this folder to start over")
-        files[f"labels/{name}"] = "distances"
-    if soft:
-        dst = st.path / SOFTLABELS_PATH
-        if (work / "softlabels.zarr").is_dir():
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(work / "softlabels.zarr", dst)
-        files[SOFTLABELS_PATH] = "softlabels"
-    return files
-
-
-def _remove_unlisted(root: Path, old: list[str], new: dict[str, str]) -> None:
-    """Delete replaced label files that the new manifest no longer lists."""
-    keep = set(new)
-    for rel in old:
-        if rel in keep or any(rel.startswith(k.rstrip("/") + "/") for k in keep):
-            continue
-        p = root / rel
-        p.unlink(missing_ok=True)
-    soft = root / SOFTLABELS_PATH
-    if SOFTLABELS_PATH not in keep and soft.exists():
-        shutil.rmtree(soft)
+                views = epoch_columns(self.recipe, e, self.n, m.image.height, m.image.width) \
+                    if self.mode == "explicit" else None
+                table.write_epoch(e, d_org, d_aug, views)
+        self.clipped += table.clipped

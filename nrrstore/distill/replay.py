@@ -108,7 +108,7 @@ def replay_check(
     section = m.labels.get("distances") or {}
     if not section:
         raise NrrError(st.path, "the store has no DBR distances to replay")
-    recipe = store_recipe(m, st.path / "manifest.json")
+    recipe = store_recipe(m, st.manifest_path)
     if teacher.num_classes != m.num_classes:
         raise NrrError(teacher.spec, f"teacher has {teacher.num_classes} classes but the store has {m.num_classes}")
     if teacher.in_channels != m.image.channels:

@@ -1,4 +1,11 @@
-"""The storage layer: store layout, manifest, shards, index, tables, verification (no torch models)."""
+"""The storage layer: the only code that knows the bytes on disk (no torch models).
+
+`layout` names every file of a store; each component has one module that writes and reads it
+(`manifest`, `tario` image shards, `index`, `distances`, `softlabels`, `cams`, over `parquet`
+and `atomic` writes); `outputs` stages folder outputs, `lock` guards writers, `update` adds
+components to a finished store, and `verify` checks one end to end. File operations beyond reading
+and atomic writing go through `fs`.
+"""
 
 from nrrstore.format.manifest import FORMAT_VERSION, Manifest, load_manifest
 from nrrstore.format.reader import Store, StoreImage

@@ -118,8 +118,3 @@ def decode_image(data: bytes, where: str | None = None, max_pixels: int = MAX_PI
         img = img.convert("RGB" if img.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA", "PA") else "L")
     return np.asarray(img, dtype=np.uint8)
 
-
-def image_ext(name: str) -> str | None:
-    """The image extension of a webdataset member suffix (``"png"``, ``"jpg"``...), or None."""
-    ext = name.rsplit(".", 1)[-1].lower()
-    return ext if ext in IMAGE_EXTS else None

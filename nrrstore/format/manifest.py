@@ -23,13 +23,11 @@ from typing import Any
 
 from nrrstore import __version__
 from nrrstore.errors import FormatVersionError, NrrError, os_problem
+from nrrstore.format.layout import INDEX_NAME, MANIFEST_NAME
 
 FORMAT_NAME = "nrrstore"
 FORMAT_VERSION = "1.1"
 DIGEST_KEY = "manifest_sha256"
-MANIFEST_NAME = "manifest.json"
-INDEX_NAME = "index.parquet"
-FILE_KINDS = ("index", "images", "distances", "softlabels", "cams", "meta")
 
 
 @dataclass
@@ -78,6 +76,12 @@ class Manifest:
 
     def file(self, path: str) -> FileEntry | None:
         return next((f for f in self.files if f.path == path), None)
+
+    @property
+    def index_sha256(self) -> str | None:
+        """The checksum of the key index: it pins the images' order, which jobs that resume check."""
+        entry = self.file(INDEX_NAME)
+        return entry.sha256 if entry is not None else None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document; key order is fixed so equal manifests serialize to equal bytes."""

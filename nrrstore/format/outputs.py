@@ -1,10 +1,14 @@
-"""Where a command may write: checks at the door, and moving a finished folder into place.
+"""Where a command may write: checks at the door, and folders staged under a hidden name.
 
 Why at the door: a run refused after an hour of work (an existing output, a missing or read-only
 folder) wastes the hour, and a refusal half-way leaves things behind. Every command that writes a
 file or folder checks its output here before it starts: the parent folder must exist and be
 writable, and an existing output is only replaced with ``overwrite`` and, for folders, only when it
 is one of ours (it holds the ``marker`` file that our writer puts there).
+
+Why staged: a folder output (a store, shards, an export) is built under a hidden sibling name and
+renamed into place when complete, so a crash, a full disk or a kill leaves either the old output or
+the new one, never half of one. :class:`StagedFolder` is that one procedure for every command.
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from nrrstore.errors import NrrError
-from nrrstore.format.atomic import fsync_dir
+from nrrstore.format.atomic import TMP_PREFIX, fsync_dir
 
 OLD_PREFIX = ".old-"
 
@@ -80,3 +85,48 @@ def install_folder(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+class StagedFolder:
+    """A folder output built under a hidden sibling name (``prefix`` + name) and put in place when complete.
+
+    The output is checked at the door (:func:`check_output_folder`: absent, empty, or ``overwrite`` of
+    a folder of ``kind`` holding ``marker``). ``with`` creates the staging folder, first removing the
+    leftover of a killed run, and removes it again unless :meth:`commit` was reached; :meth:`commit`
+    checks the output once more (time has passed) and renames the staging folder into place
+    (:func:`install_folder`). ``path`` stages somewhere else than beside the output (a job's work folder).
+    """
+
+    def __init__(self, final: str | os.PathLike[str], overwrite: bool, *, marker: str, kind: str,
+                 prefix: str = TMP_PREFIX, path: str | os.PathLike[str] | None = None) -> None:
+        self.final = Path(final)
+        self.overwrite, self.marker, self.kind = overwrite, marker, kind
+        check_output_folder(self.final, overwrite, marker=marker, kind=kind)
+        target = Path(os.path.abspath(final))  # a name to put the prefix before, even for "." or "x/.."
+        self.path = Path(path) if path is not None else target.with_name(f"{prefix}{target.name}")
+        self.committed = False
+
+    def create(self) -> Path:
+        """An empty staging folder (a killed run's leftover is removed first)."""
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+        return self.path
+
+    def commit(self) -> None:
+        """Put the finished folder in place (replacing an old output of ours only now)."""
+        fsync_dir(self.path)
+        check_output_folder(self.final, self.overwrite, marker=self.marker, kind=self.kind)
+        install_folder(self.path, Path(os.path.abspath(self.final)))
+        self.committed = True
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> StagedFolder:
+        self.create()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self.committed:
+            self.discard()

@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError
-from nrrstore.format.images import decode_image
-from nrrstore.format.manifest import INDEX_NAME, Manifest, load_manifest
-from nrrstore.format.tables import INDEX_SCHEMA
+from nrrstore.format.distances import epoch_part, read_epoch_table
+from nrrstore.format.images import IMAGE_EXTS, decode_image
+from nrrstore.format.index import read_index
+from nrrstore.format.layout import INDEX_NAME, MANIFEST_NAME
+from nrrstore.format.manifest import Manifest, load_manifest
 from nrrstore.format.tario import iter_tar_samples
 
 
@@ -42,10 +43,6 @@ class Store:
         self.path = Path(path)
         self.manifest: Manifest = load_manifest(self.path, check_digest)
 
-    @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> "Store":
-        return cls(path)
-
     # -- facts ------------------------------------------------------------------------------------
     @property
     def classes(self) -> list[str]:
@@ -54,6 +51,15 @@ class Store:
     @property
     def num_images(self) -> int:
         return self.manifest.num_images
+
+    @property
+    def manifest_path(self) -> Path:
+        """Where the manifest lives (what messages about its values name)."""
+        return self.path / MANIFEST_NAME
+
+    @property
+    def index_path(self) -> Path:
+        return self.path / INDEX_NAME
 
     def info(self) -> dict[str, Any]:
         """Counts, sizes per component and the recorded parameters, as plain data."""
@@ -79,17 +85,8 @@ class Store:
     # -- index & images -------------------------------------------------------------------------
     @cached_property
     def index(self) -> pa.Table:
-        path = self.path / INDEX_NAME
-        try:
-            table = pq.read_table(self._table_source(INDEX_NAME))
-        except FileNotFoundError:
-            raise NrrError(path, "missing index") from None
-        except (pa.ArrowException, OSError) as exc:
-            raise NrrError(path, f"unreadable index: {exc}") from None
-        if not table.schema.equals(INDEX_SCHEMA):
-            raise NrrError(path, "index columns do not match the format's schema")
-        check_labels(table.column("label").to_numpy(), table.column("key"), self.manifest.num_classes, path)
-        return table
+        """The key index (see :mod:`nrrstore.format.index`), checked."""
+        return read_index(self._table_source(INDEX_NAME), self.index_path, self.manifest.num_classes)
 
     def _table_source(self, rel: str) -> Any:
         """What pyarrow opens for the Parquet file ``rel`` (a path here; remote stores override)."""
@@ -108,7 +105,7 @@ class Store:
         path = self.path / shard
         first = self._first_index_of_shard.get(shard, 0)
         for n, (key, members) in enumerate(iter_tar_samples(path)):
-            img = next((m for e, m in members.items() if e in ("png", "jpg", "jpeg", "webp")), None)
+            img = next((m for e, m in members.items() if e in IMAGE_EXTS), None)
             where = f"{path}:{key}"
             if img is None:
                 raise NrrError(path, f"sample {key!r} has no image member")
@@ -132,7 +129,7 @@ class Store:
             yield from self.iter_shard(shard)
 
     def read_bytes(self, index: int) -> bytes:
-        """The encoded image bytes of image ``index`` (one seek)."""
+        """The encoded image bytes of image ``index`` as stored (one seek), e.g. to copy them undecoded."""
         row = self.index.slice(index, 1).to_pylist()[0]
         return self._read_span(row["shard"], row["offset"], row["size"])
 
@@ -172,40 +169,14 @@ class Store:
         return int(d.get("epochs", 0))
 
     def read_distances(self, epoch: int, columns: list[str] | None = None) -> pa.Table:
-        """The rows of one epoch, reading only that epoch's row group(s) of the part that holds it."""
-        part = next((p for p in self.distance_files() if p["first_epoch"] <= epoch <= p["last_epoch"]), None)
+        """The rows of one epoch, reading only that epoch's row group(s) of the part that holds it.
+
+        As stored (int8 codes stay codes); :func:`nrrstore.format.distances.read_epoch_labels` decodes them.
+        """
+        part = epoch_part(self, epoch)
         if part is None:
             raise NrrError(self.path, f"no distances stored for epoch {epoch} (store has {self.num_epochs} epochs)")
-        path = self.path / part["path"]
-        try:
-            pf = pq.ParquetFile(self._table_source(part["path"]))
-            groups = [g for g in range(pf.metadata.num_row_groups) if _row_group_epoch(pf, g) == epoch]
-            if not groups:
-                raise NrrError(path, f"epoch {epoch} missing from the distance table")
-            return pf.read_row_groups(groups, columns=columns)
-        except (pa.ArrowException, OSError) as exc:
-            raise NrrError(path, f"unreadable distance table: {exc}") from None
-
-
-def _row_group_epoch(pf: pq.ParquetFile, group: int) -> int | None:
-    """The epoch of a row group, from its column statistics (min == max by construction)."""
-    col = pf.schema_arrow.get_field_index("epoch")
-    stats = pf.metadata.row_group(group).column(col).statistics
-    if stats is None or not stats.has_min_max or stats.min != stats.max:
-        return None
-    return int(stats.min)
-
-
-def check_labels(labels: np.ndarray, keys: Any, num_classes: int, where: str | os.PathLike[str]) -> None:
-    """Refuse a label outside ``0..num_classes-1``, naming the first offending key (``keys[i]``)."""
-    if labels.size == 0:
-        return
-    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        key = keys[i].as_py() if hasattr(keys[i], "as_py") else keys[i]
-        raise NrrError(where, f"key {key!r}: label {int(labels[i])} outside the store's {num_classes} classes "
-                              f"(0..{num_classes - 1})" + (f"; {bad.size} such rows" if bad.size > 1 else ""))
+        return read_epoch_table(self._table_source(part["path"]), self.path / part["path"], epoch, columns)
 
 
 def _parse_label(data: bytes | None, where: str) -> int:

@@ -15,9 +15,12 @@ from typing import Any
 import numpy as np
 
 from nrrstore.errors import NrrError
+from nrrstore.format import fs
+from nrrstore.format.layout import SOFTLABELS_PATH
 
-SOFTLABELS_PATH = "labels/softlabels.zarr"
 ZSTD_LEVEL = 3
+WORK_NAME = "softlabels.zarr"
+"""The array's folder name inside a job's work folder, before :func:`install_softlabels` moves it."""
 
 
 def create_softlabels(path: str | os.PathLike[str], epochs: int, num_images: int, num_classes: int,
@@ -36,6 +39,25 @@ def create_softlabels(path: str | os.PathLike[str], epochs: int, num_images: int
         raise NrrError(p, f"existing soft-label array has shape {arr.shape}, chunks {arr.chunks}; expected {shape}, {chunks}")
     return zarr.create_array(store=p, shape=shape, chunks=chunks, dtype="float16",
                              compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0.0, zarr_format=3)
+
+
+def create_store_softlabels(root: str | os.PathLike[str], epochs: int, num_images: int, num_classes: int,
+                            block: int) -> Any:
+    """:func:`create_softlabels` at the store's own place for them (a store being built)."""
+    return create_softlabels(Path(root) / SOFTLABELS_PATH, epochs, num_images, num_classes, block)
+
+
+def install_softlabels(root: str | os.PathLike[str], work: str | os.PathLike[str]) -> dict[str, str]:
+    """Move the array a job wrote in ``work`` into the store (replacing the old one); idempotent.
+
+    Returns the store path and its kind, as :func:`~nrrstore.format.update.update_store` takes them.
+    """
+    src, dst = Path(work) / WORK_NAME, Path(root) / SOFTLABELS_PATH
+    if src.is_dir():
+        fs.remove(dst)
+        fs.make_dirs(dst.parent)
+        fs.move(src, dst)
+    return {SOFTLABELS_PATH: "softlabels"}
 
 
 def softlabels_section(shape: tuple[int, ...], chunks: tuple[int, ...], temperature: float = 1.0) -> dict[str, Any]:

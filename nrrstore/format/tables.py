@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 #: Value types of the distance columns per precision mode.
@@ -29,20 +30,23 @@ INDEX_SCHEMA = pa.schema(
     ]
 )
 
-#: Columns that *explicit*-mode stores add to the distance table (the augmentation of each view).
-EXPLICIT_FIELDS = [
-    pa.field("crop_i", pa.int32(), nullable=False),
-    pa.field("crop_j", pa.int32(), nullable=False),
-    pa.field("crop_h", pa.int32(), nullable=False),
-    pa.field("crop_w", pa.int32(), nullable=False),
-    pa.field("flip", pa.bool_(), nullable=False),
-    pa.field("partner", pa.int32(), nullable=False),
-    pa.field("lam", pa.float32(), nullable=False),
-    pa.field("box_y1", pa.int16(), nullable=False),
-    pa.field("box_x1", pa.int16(), nullable=False),
-    pa.field("box_y2", pa.int16(), nullable=False),
-    pa.field("box_x2", pa.int16(), nullable=False),
-]
+#: Columns that *explicit*-mode stores add to the distance table (the augmentation of each view), with
+#: their on-disk dtypes: the one definition, from which the Arrow fields below and the replay's
+#: column checks (`nrrstore.train.augment.ViewBatch`) both follow.
+EXPLICIT_COLUMNS: dict[str, np.dtype] = {
+    "crop_i": np.dtype(np.int32),
+    "crop_j": np.dtype(np.int32),
+    "crop_h": np.dtype(np.int32),
+    "crop_w": np.dtype(np.int32),
+    "flip": np.dtype(np.bool_),
+    "partner": np.dtype(np.int32),
+    "lam": np.dtype(np.float32),
+    "box_y1": np.dtype(np.int16),
+    "box_x1": np.dtype(np.int16),
+    "box_y2": np.dtype(np.int16),
+    "box_x2": np.dtype(np.int16),
+}
+EXPLICIT_FIELDS = [pa.field(name, pa.from_numpy_dtype(dtype), nullable=False) for name, dtype in EXPLICIT_COLUMNS.items()]
 
 
 def distance_schema(precision: str = "fp16", explicit: bool = False) -> pa.Schema:

@@ -58,10 +58,6 @@ class TarShardWriter:
         self.count += 1
         return spans
 
-    @property
-    def bytes_written(self) -> int:
-        return self._file.tell()
-
     def close(self) -> None:
         self._tar.close()
         self._ctx.__exit__(None, None, None)

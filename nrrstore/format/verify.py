@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError
+from nrrstore.format import fs
 from nrrstore.format.atomic import file_sha256
+from nrrstore.format.distances import file_problems
 from nrrstore.format.keys import check_key
-from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, digest_problem
+from nrrstore.format.layout import INDEX_NAME, MANIFEST_NAME
+from nrrstore.format.manifest import digest_problem
 from nrrstore.format.reader import Store
-
-Progress = Callable[[str, int, "int | None"], None]
+from nrrstore.progress import Progress
 
 
 def verify_store(path: str | os.PathLike[str], progress: Progress | None = None, decode: bool = True) -> list[str]:
@@ -43,18 +42,17 @@ def _verify_files(store: Store, root: Path, progress: Progress | None, decode: b
     # 1. Every file: present, right size, right checksum.
     for i, f in enumerate(m.files):
         p = root / f.path
-        if not p.is_file():
+        if not fs.is_file(p):
             problems.append(f"{p}: missing")
-        elif p.stat().st_size != f.bytes:
-            problems.append(f"{p}: size {p.stat().st_size} bytes, manifest says {f.bytes}")
+        elif fs.file_size(p) != f.bytes:
+            problems.append(f"{p}: size {fs.file_size(p)} bytes, manifest says {f.bytes}")
         elif file_sha256(p) != f.sha256:
             problems.append(f"{p}: sha256 mismatch (file changed or corrupt)")
         if progress:
             progress("checksums", i + 1, len(m.files))
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel != MANIFEST_NAME and rel not in listed:
-            problems.append(f"{p}: not listed in the manifest")
+    for rel in fs.list_files(root):
+        if rel != MANIFEST_NAME and rel not in listed:
+            problems.append(f"{root / rel}: not listed in the manifest")
     for s in m.shards + [INDEX_NAME]:
         if s not in listed:
             problems.append(f"{root / s}: required file not listed in the manifest")
@@ -101,21 +99,7 @@ def _verify_files(store: Store, root: Path, progress: Progress | None, decode: b
 
     # 4. Distance tables: epochs and image ids in range.
     for part in store.distance_files():
-        p = root / part["path"]
-        try:
-            t = pq.read_table(p, columns=["epoch", "image"])
-        except (pa.ArrowException, OSError) as exc:
-            problems.append(f"{p}: unreadable distance table: {exc}")
-            continue
-        img = t.column("image").to_numpy()
-        ep = t.column("epoch").to_numpy()
-        if img.size and (img.min() < 0 or img.max() >= m.num_images):
-            problems.append(f"{p}: image ids outside 0..{m.num_images - 1}")
-        if ep.size and (ep.min() < part["first_epoch"] or ep.max() > part["last_epoch"]):
-            problems.append(f"{p}: epochs outside {part['first_epoch']}..{part['last_epoch']}")
-        expected = (part["last_epoch"] - part["first_epoch"] + 1) * m.num_images
-        if t.num_rows != expected:
-            problems.append(f"{p}: {t.num_rows} rows, expected {expected} (every image in every epoch)")
+        problems.extend(file_problems(store, part))
     return problems
 
 

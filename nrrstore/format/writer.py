@@ -1,58 +1,43 @@
 """Writing a store: images into shards, an index, extra files, and the manifest last, atomically.
 
-Everything is written inside a hidden sibling folder ``.tmp-<name>``; `finalize` hashes every file,
-writes the manifest, and renames the folder into place. A crash or kill at any point therefore leaves
-either no store or a complete one (plus a hidden temporary folder that the next run removes).
+Everything is written inside a hidden sibling folder (:class:`~nrrstore.format.outputs.StagedFolder`);
+`finalize` hashes every file, writes the manifest, and renames the folder into place. A crash or kill
+at any point therefore leaves either no store or a complete one (plus a hidden temporary folder that
+the next run removes).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError, os_errors_name
-from nrrstore.format.atomic import TMP_PREFIX, atomic_write_bytes, file_sha256, fsync_dir
+from nrrstore.format import fs
+from nrrstore.format.atomic import atomic_write_bytes, file_sha256
 from nrrstore.format.images import ImageHeader, effective_quality, encode_image, probe_image
+from nrrstore.format.index import IndexRow, write_index
 from nrrstore.format.keys import check_key
-from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, FileEntry, ImageInfo, Manifest, creation_time
-from nrrstore.format.outputs import check_output_folder, install_folder
-from nrrstore.format.tables import INDEX_SCHEMA
+from nrrstore.format.layout import IMAGES_DIR, INDEX_NAME, MANIFEST_NAME, shard_path
+from nrrstore.format.manifest import FileEntry, ImageInfo, Manifest, creation_time
+from nrrstore.format.outputs import StagedFolder, check_output_folder
 from nrrstore.format.tario import TarShardWriter
+from nrrstore.progress import Progress
 
-Progress = Callable[[str, int, "int | None"], None]
-IMAGES_DIR = "images"
-
-
-def parquet_write(table: pa.Table, path: str | os.PathLike[str], **kwargs: Any) -> None:
-    """Parquet with the settings every store table uses (zstd, stable bytes, no pandas metadata)."""
-    kwargs.setdefault("compression", "zstd")
-    pq.write_table(table, path, write_statistics=True, store_schema=False, **kwargs)
+STORE_KIND = "an nrrstore store"
 
 
-@dataclass
-class _Row:
-    key: str
-    label: int
-    shard: str
-    ext: str
-    offset: int
-    size: int
-    meta_offset: int
-    meta_size: int
+def check_output_dir(path: str | os.PathLike[str], overwrite: bool) -> None:
+    """Refuse to write a store over something that is not ours to replace (see `check_output_folder`)."""
+    check_output_folder(path, overwrite, marker=MANIFEST_NAME, kind=STORE_KIND)
 
 
-def check_output_dir(path: Path, overwrite: bool) -> None:
-    """Refuse to write over something that is not ours to replace (see `check_output_folder`)."""
-    check_output_folder(path, overwrite, marker=MANIFEST_NAME, kind="an nrrstore store")
+def staged_store(final: str | os.PathLike[str], overwrite: bool, **kwargs: Any) -> StagedFolder:
+    """A store's :class:`~nrrstore.format.outputs.StagedFolder` (``kwargs``: ``prefix``, ``path``)."""
+    return StagedFolder(final, overwrite, marker=MANIFEST_NAME, kind=STORE_KIND, **kwargs)
 
 
 class StoreWriter:
@@ -78,12 +63,11 @@ class StoreWriter:
         if shard_size < 1:
             raise NrrError(path, "shard size must be positive")
         self.path = Path(path)
-        check_output_dir(self.path, overwrite)
-        self.tmp = self.path.with_name(f"{TMP_PREFIX}{self.path.name}")
+        self._stage = staged_store(self.path, overwrite)
+        self.tmp = self._stage.path
         with os_errors_name(self.path):
-            if self.tmp.exists():
-                shutil.rmtree(self.tmp)  # leftovers of a killed earlier run
-            (self.tmp / IMAGES_DIR).mkdir(parents=True)
+            self._stage.create()
+            (self.tmp / IMAGES_DIR).mkdir()
         self.classes = list(classes)
         self.image_format = image_format.lower().replace("jpeg", "jpg")
         self.quality = quality
@@ -92,7 +76,7 @@ class StoreWriter:
             "normalization": normalization, "teacher": teacher or {}, "method": method or {},
             "augmentation": augmentation, "source": source or {}, "labels": {},
         }
-        self._rows: list[_Row] = []
+        self._rows: list[IndexRow] = []
         self._keys: set[str] = set()
         self._shards: list[str] = []
         self._shard: TarShardWriter | None = None
@@ -139,7 +123,7 @@ class StoreWriter:
         with os_errors_name(self.path):
             shard = self._current_shard()
             spans = shard.add(key, {self.image_format: data, "cls": str(int(label)).encode(), "json": meta_bytes})
-            self._rows.append(_Row(key, int(label), self._shards[-1], self.image_format,
+            self._rows.append(IndexRow(key, int(label), self._shards[-1], self.image_format,
                                    spans[self.image_format].offset, spans[self.image_format].size,
                                    spans["json"].offset, spans["json"].size))
             self._keys.add(key)
@@ -150,7 +134,7 @@ class StoreWriter:
 
     def _current_shard(self) -> TarShardWriter:
         if self._shard is None:
-            rel = f"{IMAGES_DIR}/shard-{len(self._shards):06d}.tar"
+            rel = shard_path(len(self._shards))
             self._shards.append(rel)
             self._kinds[rel] = "images"
             self._shard = TarShardWriter(self.tmp / rel)
@@ -193,14 +177,12 @@ class StoreWriter:
             self._shard = None
         if not self._rows:
             raise NrrError(self.path, "no images were written")
-        cols = {n: [getattr(r, n) for r in self._rows] for n in ("key", "label", "shard", "ext", "offset", "size", "meta_offset", "meta_size")}
-        table = pa.table({"image": pa.array(np.arange(len(self._rows), dtype=np.int32)), **cols}, schema=INDEX_SCHEMA)
-        parquet_write(table, self.tmp / INDEX_NAME)
+        write_index(self.tmp / INDEX_NAME, self._rows)
         self._kinds[INDEX_NAME] = "index"
         files = collect_files(self.tmp, self._kinds, progress)
         assert self._shape is not None
         h, w = self._shape[:2]
-        per_class = np.bincount(cols["label"], minlength=len(self.classes)).tolist()
+        per_class = np.bincount([r.label for r in self._rows], minlength=len(self.classes)).tolist()
         manifest = Manifest(
             classes=self.classes,
             image=ImageInfo(h, w, 3 if len(self._shape) == 3 else 1, self.image_format,
@@ -209,8 +191,7 @@ class StoreWriter:
             shard_size=self.shard_size, files=files, created=creation_time(), **self.meta,
         )
         atomic_write_bytes(self.tmp / MANIFEST_NAME, manifest.to_json().encode())
-        fsync_dir(self.tmp)
-        install_folder(self.tmp, self.path)
+        self._stage.commit()
         self._done = True
         return manifest
 
@@ -218,7 +199,7 @@ class StoreWriter:
         if self._shard is not None:
             self._shard.abort()
             self._shard = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._stage.discard()
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -233,12 +214,11 @@ def collect_files(root: Path, kinds: dict[str, str], progress: Progress | None =
 
     Files inside a registered folder (a zarr array) take that folder's kind.
     """
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    paths = [rel for rel in fs.list_files(root) if rel.split("/")[-1] != MANIFEST_NAME]
     out: list[FileEntry] = []
-    for i, p in enumerate(paths):
-        rel = p.relative_to(root).as_posix()
+    for i, rel in enumerate(paths):
         kind = kinds.get(rel) or next((k for d, k in kinds.items() if rel.startswith(d.rstrip("/") + "/")), "meta")
-        out.append(FileEntry(rel, p.stat().st_size, file_sha256(p), kind))
+        out.append(FileEntry(rel, fs.file_size(root / rel), file_sha256(root / rel), kind))
         if progress:
             progress("hashing", i + 1, len(paths))
     return out

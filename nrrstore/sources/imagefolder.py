@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
 from nrrstore.errors import NrrError, path_text
 from nrrstore.format.images import MAX_PIXELS, decode_image
+from nrrstore.progress import Progress
 
-Progress = Callable[[str, int, "int | None"], None]
 
 #: The extensions torchvision's ImageFolder accepts (case-insensitive).
 IMAGE_FILE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -5,8 +5,8 @@ The output folder is what every nrrstore command reads as input: ``{prefix}-0000
 ``shards.json`` (counts, sizes and sha256 of each shard; informational, readers do not need it).
 
 Why a whole-folder rename: a killed conversion must not leave a folder that looks complete but
-misses its last shards, so everything is written into ``.tmp-<name>`` beside the target and renamed
-into place at the end. Bytes are deterministic (fixed encoder settings, tar mtime 0, gzip mtime 0
+misses its last shards, so everything is written into a hidden folder beside the target and renamed
+into place at the end (:class:`~nrrstore.format.outputs.StagedFolder`). Bytes are deterministic (fixed encoder settings, tar mtime 0, gzip mtime 0
 with no file name), so two runs give identical sha256 with the same Pillow/zlib build.
 """
 
@@ -18,23 +18,23 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image
 
 from nrrstore.errors import NrrError, os_errors_name
-from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, fsync_dir, is_inside
-from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import check_output_folder, install_folder
+from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, is_inside
 from nrrstore.format.images import MAX_PIXELS, encode_image
 from nrrstore.format.keys import check_key
+from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import StagedFolder, check_output_folder
 from nrrstore.format.tario import TarShardWriter
+from nrrstore.progress import Progress
 from nrrstore.sources.idx import read_idx_pair
 from nrrstore.sources.imagefolder import list_imagefolder, read_image_file
 from nrrstore.sources.shards import check_class_names, load_class_names
 
-Progress = Callable[[str, int, "int | None"], None]
 
 SHARDS_INDEX = "shards.json"
 SHARDS_FORMAT = "nrrstore-prepared-shards"
@@ -44,9 +44,12 @@ _IMAGE_FORMATS = ("png", "webp", "jpg")
 _PROGRESS_EVERY = 64
 
 
+PREPARED_KIND = "a folder made by prepare"
+
+
 def _check_target(out_dir: Path, overwrite: bool) -> None:
     """Refuse to clobber anything that is not an earlier `prepare` output (fail before any work)."""
-    check_output_folder(out_dir, overwrite, marker=SHARDS_INDEX, kind="a folder made by prepare")
+    check_output_folder(out_dir, overwrite, marker=SHARDS_INDEX, kind=PREPARED_KIND)
 
 
 def default_prefix(images: str | os.PathLike[str] | np.ndarray) -> str:
@@ -133,7 +136,7 @@ def write_shards(
         raise NrrError(None, f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
         raise NrrError(None, f"resize must be a positive number of pixels, got {resize!r}")
-    target = Path(os.path.abspath(out_dir))  # a name to put ".tmp-" before, even for "." or "x/.."
+    target = Path(os.path.abspath(out_dir))
     if not target.name:
         raise NrrError(out_dir, "cannot write shards into a file system root")
     _check_target(target, overwrite)
@@ -146,10 +149,7 @@ def _write_shards(samples: Iterable[tuple[str, np.ndarray, int]], out_dir: str |
                   names: list[str], shard_size: int, prefix: str, gzip: bool, image_format: str, mode: str,
                   overwrite: bool, total: int | None, progress: Progress | None,
                   resize: int | None) -> dict[str, Any]:
-    tmp = target.with_name(f".tmp-{target.name}")
-    shutil.rmtree(tmp, ignore_errors=True)  # the leftover of a killed run
-    tmp.mkdir()
-
+    stage = StagedFolder(target, overwrite, marker=SHARDS_INDEX, kind=PREPARED_KIND)
     shards: list[dict[str, Any]] = []
     per_class = [0] * len(names)
     seen: set[str] = set()
@@ -166,45 +166,44 @@ def _write_shards(samples: Iterable[tuple[str, np.ndarray, int]], out_dir: str |
         if progress is not None:
             progress("write shards", count, total)
 
-    try:
-        for key, image, label in samples:
-            check_key(key)
-            if key in seen:
-                raise NrrError(None, f"duplicate key {key!r}")
-            seen.add(key)
-            if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < len(names):
-                raise NrrError(None, f"sample {key!r}: label {label!r} outside the {len(names)} classes")
-            pixels = convert_mode(np.asarray(image), mode)
-            if resize is not None:
-                pixels = resize_square(pixels, resize)
-            data = encode_image(pixels, image_format)
-            if writer is not None and writer.count >= shard_size:
-                close_current()
+    with stage:
+        tmp = stage.path
+        try:
+            for key, image, label in samples:
+                check_key(key)
+                if key in seen:
+                    raise NrrError(None, f"duplicate key {key!r}")
+                seen.add(key)
+                if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < len(names):
+                    raise NrrError(None, f"sample {key!r}: label {label!r} outside the {len(names)} classes")
+                pixels = convert_mode(np.asarray(image), mode)
+                if resize is not None:
+                    pixels = resize_square(pixels, resize)
+                data = encode_image(pixels, image_format)
+                if writer is not None and writer.count >= shard_size:
+                    close_current()
+                if writer is None:
+                    writer = TarShardWriter(tmp / f"{prefix}-{len(shards):06d}.tar")
+                writer.add(key, {image_format: data, "cls": str(int(label)).encode()})
+                per_class[int(label)] += 1
+                count += 1
+                if progress is not None and count % _PROGRESS_EVERY == 0:
+                    progress("write shards", count, total)
             if writer is None:
-                writer = TarShardWriter(tmp / f"{prefix}-{len(shards):06d}.tar")
-            writer.add(key, {image_format: data, "cls": str(int(label)).encode()})
-            per_class[int(label)] += 1
-            count += 1
-            if progress is not None and count % _PROGRESS_EVERY == 0:
-                progress("write shards", count, total)
-        if writer is None:
-            raise NrrError(None, "no samples to write")
-        close_current()
-        index = {
-            "format": SHARDS_FORMAT, "version": SHARDS_VERSION, "prefix": prefix, "count": count,
-            "num_classes": len(names), "per_class": per_class, "shard_size": shard_size,
-            "image_format": image_format, "gzip": gzip, "shards": shards,
-        }
-        atomic_write_bytes(tmp / "classes.txt", "".join(f"{n}\n" for n in names).encode("utf-8"))
-        atomic_write_bytes(tmp / SHARDS_INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
-        fsync_dir(tmp)
-        _check_target(target, overwrite)
-        install_folder(tmp, target)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                raise NrrError(None, "no samples to write")
+            close_current()
+            index = {
+                "format": SHARDS_FORMAT, "version": SHARDS_VERSION, "prefix": prefix, "count": count,
+                "num_classes": len(names), "per_class": per_class, "shard_size": shard_size,
+                "image_format": image_format, "gzip": gzip, "shards": shards,
+            }
+            atomic_write_bytes(tmp / "classes.txt", "".join(f"{n}\n" for n in names).encode("utf-8"))
+            atomic_write_bytes(tmp / SHARDS_INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+            stage.commit()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
     return {**index, "out_dir": os.fspath(out_dir), "bytes": sum(s["bytes"] for s in shards)}
 
 

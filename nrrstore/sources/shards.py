@@ -21,8 +21,8 @@ from braceexpand import UnbalancedBracesError, braceexpand
 from nrrstore.errors import NrrError
 from nrrstore.format.images import IMAGE_EXTS, MAX_PIXELS, decode_image
 from nrrstore.format.tario import iter_tar_samples
+from nrrstore.progress import Progress
 
-Progress = Callable[[str, int, "int | None"], None]
 
 #: File name endings taken as shards when a directory is given.
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")

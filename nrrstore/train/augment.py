@@ -3,8 +3,8 @@
 A store keeps only two numbers per (image, epoch) view, so the student's loader must rebuild
 the very view the teacher saw. In *seeded* mode every parameter is a pure function of
 ``(recipe.seed, epoch, image index)`` through the counter-based generator of
-:mod:`nrrstore.train.rng`; in *explicit* mode the parameters come from stored columns
-(:data:`EXPLICIT_COLUMNS`, what converted SRe2L files carry). Both go through the same
+:mod:`nrrstore.sampling.rng`; in *explicit* mode the parameters come from stored columns
+(:data:`~nrrstore.format.tables.EXPLICIT_COLUMNS`, what converted SRe2L files carry). Both go through the same
 :func:`render_view` / :func:`mix_views`, used by the relabeling job (teacher side) and by the
 loader (student side), which is what makes replay bit-exact.
 
@@ -12,9 +12,10 @@ Why the arithmetic looks unusual: parameters must be identical on every platform
 Python version. Only integer arithmetic and IEEE-754 basic operations (+ - * /, sqrt, which are
 correctly rounded everywhere) and exact operations (frexp, ldexp, floor, rint) are used. The
 logarithm and exponential needed by RandomResizedCrop's log-uniform aspect ratio and by Beta
-sampling are our own polynomial evaluations (:func:`det_log`, :func:`det_exp`) instead of the
-platform libm, whose last bit may differ between systems. Random draws live at fixed counter
-slots, so a draw never depends on how many draws another decision used.
+sampling are our own polynomial evaluations (:mod:`nrrstore.sampling.exactmath`) instead of the
+platform libm, whose last bit may differ between systems; the crop itself is drawn by the one
+RandomResizedCrop sampler (:mod:`nrrstore.sampling.crops`), which CIDD uses too. Random draws live
+at fixed counter slots, so a draw never depends on how many draws another decision used.
 
 Residual risk, stated plainly: parameters (crop, flip, partner, lambda, box) are exact
 everywhere. Pixels depend on the recipe's ``version`` (the renderer): version 2 (current) renders
@@ -37,7 +38,10 @@ import torch
 import torch.nn.functional as F
 
 from nrrstore.errors import NrrError
-from nrrstore.train import rng
+from nrrstore.format.tables import EXPLICIT_COLUMNS
+from nrrstore.sampling import rng
+from nrrstore.sampling.crops import random_resized_crop
+from nrrstore.sampling.exactmath import det_exp, det_log
 
 RECIPE_VERSION = 2
 """The renderer new recipes get: 2 = batched (:mod:`nrrstore.train.render`)."""
@@ -50,8 +54,7 @@ STREAM_VIEW = 1
 STREAM_GROUPS = 2
 STREAM_MEMBERS = 3
 
-RRC_ATTEMPTS = 10
-SLOT_RRC = 0  # attempt a uses slots 4a (scale), 4a+1 (log-ratio), 4a+2 (top), 4a+3 (left)
+SLOT_RRC = 0  # the crop's slots 0..39 (see nrrstore.sampling.crops)
 SLOT_FLIP = 40
 SLOT_MIX_GATE = 41
 SLOT_BOX_Y = 42
@@ -60,66 +63,11 @@ SLOT_BETA = 64  # Beta attempt t uses slots 64+2t and 65+2t
 BETA_ATTEMPTS = 32
 MAX_SIDE = 32767  # boxes are stored as int16
 
-EXPLICIT_COLUMNS: dict[str, np.dtype] = {
-    "crop_i": np.dtype(np.int32),
-    "crop_j": np.dtype(np.int32),
-    "crop_h": np.dtype(np.int32),
-    "crop_w": np.dtype(np.int32),
-    "flip": np.dtype(np.bool_),
-    "partner": np.dtype(np.int32),
-    "lam": np.dtype(np.float32),
-    "box_y1": np.dtype(np.int16),
-    "box_x1": np.dtype(np.int16),
-    "box_y2": np.dtype(np.int16),
-    "box_x2": np.dtype(np.int16),
-}
-"""Explicit-mode columns and their on-disk dtypes (one row per image for one epoch)."""
 
 
-# --------------------------------------------------------------------------------------------
-# Deterministic log / exp from basic IEEE operations only.
-
-_LN2_HI = 6.93147180369123816490e-01  # fdlibm split of ln 2: k * _LN2_HI is exact for |k| < 2**20
-_LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e00
-_SQRT_HALF = 0.70710678118654757
-_LOG_COEF = tuple(1.0 / (2 * k + 1) for k in range(12, -1, -1))  # 1/25, ..., 1/3, 1
-_EXP_COEF = tuple(1.0 / math.factorial(n) for n in range(13, -1, -1))  # 1/13!, ..., 1, 1
+# Constants of Cheng's Beta sampler (log 4, 1 + log 5).
 _LOG4 = 1.3862943611198906
 _ONE_PLUS_LOG5 = 2.6094379124341003
-
-
-def det_log(x: np.ndarray | float) -> np.ndarray:
-    """Natural log of positive finite x, to ~1e-16 relative, identical on every platform.
-
-    x = m * 2**e with m in [sqrt(1/2), sqrt(2)); log m = 2 atanh(s), s = (m-1)/(m+1), by its
-    odd series to s**25 (|s| < 0.172, so the truncation is below 1e-19).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    m, e = np.frexp(x)
-    low = m < _SQRT_HALF
-    m = np.where(low, m * 2.0, m)
-    ef = (e - low.astype(e.dtype)).astype(np.float64)
-    s = (m - 1.0) / (m + 1.0)
-    z = s * s
-    p = np.full_like(z, _LOG_COEF[0])
-    for c in _LOG_COEF[1:]:
-        p = p * z + c
-    return ef * _LN2_HI + (2.0 * s * p + ef * _LN2_LO)
-
-
-def det_exp(x: np.ndarray | float) -> np.ndarray:
-    """exp(x) to ~1e-16 relative, identical on every platform (underflows to 0 below -1100).
-
-    x = k ln2 + r with |r| <= ln2/2; exp r by its Taylor series to r**13; then an exact ldexp.
-    """
-    x = np.clip(np.asarray(x, dtype=np.float64), -1100.0, 709.0)
-    k = np.rint(x * _INV_LN2)
-    r = (x - k * _LN2_HI) - k * _LN2_LO
-    p = np.full_like(r, _EXP_COEF[0])
-    for c in _EXP_COEF[1:]:
-        p = p * r + c
-    return np.ldexp(p, k.astype(np.int32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -429,54 +377,6 @@ class ViewBatch:
         return batch, partner
 
 
-def _rrc(
-    recipe: AugRecipe, epoch: int, idx: np.ndarray, height: np.ndarray, width: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """torchvision RandomResizedCrop.get_params, vectorized: 10 attempts, then center crop."""
-    seed = recipe.seed
-    s0, s1 = recipe.scale
-    lr0, lr1 = (float(v) for v in det_log(np.array(recipe.ratio, dtype=np.float64)))
-    n = len(idx)
-    top = np.zeros(n, np.int64)
-    left = np.zeros(n, np.int64)
-    ch = np.zeros(n, np.int64)
-    cw = np.zeros(n, np.int64)
-    done = np.zeros(n, np.bool_)
-    area = height.astype(np.float64) * width.astype(np.float64)
-    for a in range(RRC_ATTEMPTS):
-        rows = np.flatnonzero(~done)
-        if rows.size == 0:
-            break
-        ii = idx[rows]
-        slot = SLOT_RRC + 4 * a
-        u_s = rng.uniform_array(seed, STREAM_VIEW, epoch, ii, slot)
-        u_r = rng.uniform_array(seed, STREAM_VIEW, epoch, ii, slot + 1)
-        target = area[rows] * (s0 + (s1 - s0) * u_s)
-        aspect = det_exp(lr0 + (lr1 - lr0) * u_r)
-        w = np.rint(np.sqrt(target * aspect))
-        h = np.rint(np.sqrt(target / aspect))
-        ok = (w > 0) & (w <= width[rows]) & (h > 0) & (h <= height[rows])
-        rows, ii = rows[ok], ii[ok]
-        h, w = h[ok].astype(np.int64), w[ok].astype(np.int64)
-        top[rows] = rng.randint_array(seed, height[rows] - h + 1, STREAM_VIEW, epoch, ii, slot + 2)
-        left[rows] = rng.randint_array(seed, width[rows] - w + 1, STREAM_VIEW, epoch, ii, slot + 3)
-        ch[rows], cw[rows] = h, w
-        done[rows] = True
-    rows = np.flatnonzero(~done)
-    if rows.size:
-        hh, ww = height[rows].copy(), width[rows].copy()
-        in_ratio = ww.astype(np.float64) / hh.astype(np.float64)
-        rmin, rmax = recipe.ratio
-        tall = in_ratio < rmin
-        wide = in_ratio > rmax
-        hh[tall] = np.maximum(np.rint(ww[tall] / rmin), 1).astype(np.int64)
-        ww[wide] = np.maximum(np.rint(hh[wide] * rmax), 1).astype(np.int64)
-        ch[rows], cw[rows] = hh, ww
-        top[rows] = (height[rows] - hh) // 2
-        left[rows] = (width[rows] - ww) // 2
-    return top, left, ch, cw
-
-
 def _beta(recipe: AugRecipe, epoch: int, idx: np.ndarray) -> np.ndarray:
     """Symmetric Beta(alpha, alpha) draws; alpha 1 is one uniform, exactly.
 
@@ -554,7 +454,7 @@ def view_params_batch(
     hh = _as_column(height, n, "height")
     ww = _as_column(width, n, "width")
     seed, size = recipe.seed, recipe.size
-    top, left, ch, cw = _rrc(recipe, epoch, idx, hh, ww)
+    top, left, ch, cw = random_resized_crop(seed, STREAM_VIEW, epoch, idx, SLOT_RRC, hh, ww, recipe.scale, recipe.ratio)
     flip = rng.uniform_array(seed, STREAM_VIEW, epoch, idx, SLOT_FLIP) < recipe.flip_p
     lam = np.ones(n, np.float64)
     box = [np.zeros(n, np.int64) for _ in range(4)]  # y1, x1, y2, x2

@@ -23,22 +23,22 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nrrstore.errors import NrrError, os_errors_name, os_problem
 from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_output_file, check_parent
 from nrrstore.format.reader import Store
 from nrrstore.models.checkpoint import Teacher, load_teacher
+from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
 
-Progress = Callable[[str, int, "int | None"], None]
 LABEL_KINDS = ("dbr", "kd", "onehot")
-IMAGE_SETS = ("store", "random")
 LRS_WEIGHT = 0.5
 
 
@@ -137,7 +137,7 @@ def make_baseline(store: Store, train: Any, teacher: Teacher | None, seed: int, 
 
     m = store.manifest
     needs_teacher = bool({"dbr", "kd"} & set(labels))
-    if (out / "manifest.json").is_file():
+    if is_store(out):
         have = Store(out).manifest.labels
         if not needs_teacher or (have.get("distances") and ("kd" not in labels or have.get("softlabels"))):
             return out

@@ -12,7 +12,8 @@ Splitting, so that any number of ranks and workers see one well-defined sequence
 - DataLoader workers decode whole partner groups (work item ``j`` to worker ``j % workers``) and
   send uint8 images; the consumer renders them on ``device``: 0 and N workers yield the same
   batches, and no image is decoded twice in an epoch;
-- resuming at ``(epoch, step)`` is ``start_step=step``.
+- resuming at ``(epoch, step)`` is ``start_step=step``; a checkpointed loader resumes with
+  :meth:`DistilledLoader.state_dict` / :meth:`DistilledLoader.load_state_dict`.
 
 A store is a local folder or an ``http(s)://`` URL (:class:`RemoteStore`: HTTP Range requests, so
 an epoch still costs its own row groups and each group one request per shard it touches).
@@ -29,25 +30,24 @@ import urllib.request
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning
-from nrrstore.format import quant
+from nrrstore.format.distances import EpochLabels, read_epoch_labels
 from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
-from nrrstore.train.augment import EXPLICIT_COLUMNS, AugRecipe, ViewBatch
+from nrrstore.train.augment import AugRecipe, ViewBatch
 from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
 
 LABEL_MODES = ("dbr", "kd", "onehot")
+LOADER_STATE_FORMAT = "nrrstore-loader"
+LOADER_STATE_VERSION = 1
 
 
 def store_recipe(manifest: Manifest, where: str | os.PathLike[str] | None = None) -> AugRecipe:
@@ -157,56 +157,6 @@ def to_chw(pixels: np.ndarray) -> torch.Tensor:
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
-@dataclass
-class EpochLabels:
-    """What one stored epoch provides: per-image distances and, in explicit mode, view parameters."""
-
-    d_org: np.ndarray | None  # float32 [N], row = image
-    d_aug: np.ndarray | None
-    explicit: tuple[ViewBatch, np.ndarray] | None
-
-
-def read_epoch_labels(store: Store, epoch: int, need_distances: bool = True) -> EpochLabels:
-    """One epoch of the distance table, checked against the store and widened to float32.
-
-    Only that epoch's row groups are read (``Store.read_distances``).
-    """
-    section = store.manifest.labels.get("distances") or {}
-    explicit = section.get("mode", "seeded") == "explicit"
-    part = next((p for p in store.distance_files() if p["first_epoch"] <= epoch <= p["last_epoch"]), None)
-    where = store.path / part["path"] if part else store.path
-    cols = (["image", "d_org", "d_aug"] if need_distances else ["image"]) + (list(EXPLICIT_COLUMNS) if explicit else [])
-    try:
-        table = store.read_distances(epoch, columns=cols)
-    except KeyError as exc:  # a column the mode requires is absent
-        raise NrrError(where, f"distance table lacks column {exc}") from None
-    n = store.num_images
-    image = table.column("image").to_numpy()
-    if table.num_rows != n or not np.array_equal(image, np.arange(n)):
-        raise NrrError(where, f"distance table image ids do not match the store's images (epoch {epoch}: "
-                              f"{table.num_rows} rows, expected images 0..{n - 1} once each, in order)")
-    d_org = d_aug = None
-    if need_distances:
-        precision = section.get("precision", "fp16")
-        d_org, d_aug = (_widen(table.column(c), precision, section, where) for c in ("d_org", "d_aug"))
-        if not (np.isfinite(d_org).all() and np.isfinite(d_aug).all()):
-            raise NrrError(where, f"distance table holds non-finite distances in epoch {epoch}")
-    params = None
-    if explicit:
-        params = ViewBatch.from_columns({c: table.column(c).to_numpy() for c in EXPLICIT_COLUMNS}, os.fspath(where))
-    return EpochLabels(d_org, d_aug, params)
-
-
-def _widen(col: pa.ChunkedArray, precision: str, section: dict[str, Any], where: Path) -> np.ndarray:
-    values = col.to_numpy()
-    if precision == "int8":
-        qmax = (section.get("quant") or {}).get("max")
-        if qmax is None:
-            raise NrrError(where, "int8 distance table without labels.distances.quant.max in the manifest")
-        return quant.decode(values, qmax)
-    return values.astype(np.float32)
-
-
 class DistilledDataset(ViewStream, IterableDataset):
     """Epochs of a store as an iterable of whole batches (rendered on the CPU when iterated directly;
     :func:`make_loader` adds decoding workers and a device).
@@ -244,12 +194,13 @@ class DistilledDataset(ViewStream, IterableDataset):
         m = st.manifest
         if labels not in LABEL_MODES:
             raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)}")
-        recipe = store_recipe(m, st.path / "manifest.json")
+        recipe = store_recipe(m, st.manifest_path)
         dist = m.labels.get("distances") or {}
         explicit = dist.get("mode", "seeded") == "explicit"
         super().__init__(st, recipe, batch_size, [], [], rank=rank, world_size=world_size, drop_last=drop_last,
                          cache_mb=cache_mb, explicit=explicit)
         self.root = st.path
+        self.index_sha256 = m.index_sha256
         self.labels = labels
         self.want_soft = softlabels or labels == "kd"
         if labels == "dbr" and not dist:
@@ -315,24 +266,25 @@ class DistilledDataset(ViewStream, IterableDataset):
         return assemble(self.items(), BatchAssembler(self.recipe, self.channels, "cpu", self.mean, self.std))
 
     # -- labels of the work items ------------------------------------------------------------------
-    def _epoch_labels(self, view_epoch: int) -> tuple[EpochLabels | None, _SoftCache | None]:
+    def _epoch_labels(self, view_epoch: int) -> tuple[EpochLabels | None, _SoftCache | None, Any]:
         if self._store is None:
             self._store = open_store(self.root)
-        stored = None
+        stored = views = None
         if self.labels == "dbr" or self.explicit:
             stored = read_epoch_labels(self._store, view_epoch, need_distances=self.labels == "dbr")
+            if stored.views is not None:
+                views = ViewBatch.from_columns(stored.views, stored.where)
         soft = None
         if self.want_soft:
             soft = _SoftCache(SoftLabels(self.root, self._soft_section), view_epoch, self.recipe.group_size,
                               self.num_images)
-        return stored, soft
+        return stored, soft, views
 
     def _explicit_views(self, context: Any) -> tuple[ViewBatch, np.ndarray] | None:
-        stored = context[0]
-        return None if stored is None else stored.explicit
+        return context[2]
 
     def _item_labels(self, context: Any, own: np.ndarray) -> dict[str, torch.Tensor]:
-        stored, soft = context
+        stored, soft, _ = context
         out: dict[str, torch.Tensor] = {}
         if self.labels == "dbr":
             assert stored is not None and stored.d_org is not None and stored.d_aug is not None
@@ -374,6 +326,11 @@ class DistilledLoader:
     Workers send uint8 images (a quarter of float32's bytes); rendering, float conversion and
     normalization run in this process, on the GPU when ``device`` is one, with pinned memory and
     asynchronous copies. ``decoded`` counts the images decoded during the last pass.
+
+    Checkpointing, as torchdata's ``StatefulDataLoader``, mosaicml-streaming and litdata offer it:
+    :meth:`state_dict` says where the loader stands (plain numbers, for ``torch.save`` or JSON) and
+    :meth:`load_state_dict` on a loader of the same store makes its next pass yield exactly the
+    batches the saved one had not yet yielded; the passes after that are whole again.
     """
 
     def __init__(self, dataset: DistilledDataset, workers: int | None = 0, device: str | torch.device = "cpu",
@@ -384,25 +341,86 @@ class DistilledLoader:
         self.pin_memory = pin_default(self.device) if pin_memory is None else bool(pin_memory)
         self.prefetch_factor = prefetch_factor
         self.decoded = 0
+        self._yielded = 0  # batches of the current pass handed out (0: no pass under way)
+        self._resume_at = 0  # batches the next pass skips (set by load_state_dict)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        skip, self._resume_at = self._resume_at, 0
+        self._yielded = skip
+        return self._batches(skip)
+
+    def _batches(self, skip: int) -> Iterator[dict[str, Any]]:
         ds = self.dataset
         assembler = BatchAssembler(ds.recipe, ds.channels, self.device, ds.mean, ds.std)
         if self.workers:
-            items: Any = DataLoader(ItemSource(ds), batch_size=None, num_workers=self.workers,
+            items: Any = DataLoader(ItemSource(ds, skip), batch_size=None, num_workers=self.workers,
                                     pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor or 2)
         else:
-            items = ds.items()
+            items = ds.items(skip=skip)
         try:
             for item in items:
                 if self.pin_memory and not self.workers:
                     item = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
-                yield from assembler.feed(item)
+                for batch in assembler.feed(item):
+                    self._yielded += 1  # before handing it out: a state taken now must not yield it again
+                    yield batch
+            self._yielded = 0  # the pass is complete: the next one starts afresh
         finally:
             self.decoded = assembler.decoded
+
+    # -- checkpointing ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the loader stands: its pass (first epoch, start step, epochs), the batches of it already
+        yielded, and the ``(epoch, step)`` of the next batch, plus what a restored loader must share."""
+        ds = self.dataset
+        per_epoch = len(ds.rank_batches())
+        done = ds.start_step + self._yielded  # this rank's batches of the pass, counted from its first epoch
+        following = None
+        if per_epoch and done < ds.num_epochs * per_epoch:
+            following = {"epoch": ds.epoch + done // per_epoch, "step": done % per_epoch}
+        return {
+            "format": LOADER_STATE_FORMAT, "version": LOADER_STATE_VERSION,
+            "epoch": ds.epoch, "start_step": ds.start_step, "num_epochs": ds.num_epochs,
+            "batches_yielded": self._yielded, "next": following, **self._identity(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue where a :meth:`state_dict` of a loader over the same store and batches left off.
+
+        Refuses (one line) a state of another store, recipe, batch size, split over ranks or label
+        mode, whose numbers would mean other batches. A state from any rank fits every rank: all
+        ranks yield the same number of batches per epoch.
+        """
+        if not isinstance(state, dict) or state.get("format") != LOADER_STATE_FORMAT:
+            raise NrrError(None, "not an nrrstore loader state (from DistilledLoader.state_dict)")
+        if state.get("version") != LOADER_STATE_VERSION:
+            raise NrrError(None, f"loader state version {state.get('version')!r} is not supported "
+                                 f"(this nrrstore reads version {LOADER_STATE_VERSION})")
+        mine = self._identity()
+        differ = sorted(k for k in mine if state.get(k) != mine[k])
+        if differ:
+            raise NrrError(None, f"the loader state belongs to another loader ({', '.join(differ)} differ); "
+                                 "restore it into a loader of the same store with the same batches")
+        try:
+            epoch, start, count, yielded = (int(state[k]) for k in ("epoch", "start_step", "num_epochs",
+                                                                     "batches_yielded"))
+        except (KeyError, TypeError, ValueError):
+            raise NrrError(None, "malformed loader state (epoch, start_step, num_epochs, batches_yielded)") from None
+        if yielded < 0:
+            raise NrrError(None, f"malformed loader state: batches_yielded {yielded}")
+        self.dataset.set_epoch(epoch, start, count)
+        self._resume_at = yielded
+        self._yielded = yielded
+
+    def _identity(self) -> dict[str, Any]:
+        """What decides which batches a step number means: a restored loader must agree on all of it."""
+        ds = self.dataset
+        return {"store_index_sha256": ds.index_sha256, "augmentation": ds.recipe.to_dict(),
+                "batch_size": ds.batch_size, "world_size": ds.world_size, "drop_last": ds.drop_last,
+                "labels": ds.labels}
 
 
 def make_loader(

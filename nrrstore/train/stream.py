@@ -68,7 +68,7 @@ class ImageBlocks:
         idx = store.index
         n = idx.num_rows
         if not np.array_equal(idx.column("image").to_numpy(), np.arange(n)):
-            raise NrrError(store.path / "index.parquet", "index rows are not images 0..N-1 in order")
+            raise NrrError(store.index_path, "index rows are not images 0..N-1 in order")
         shards = idx.column("shard").to_pylist()
         self.shards = list(dict.fromkeys(shards))
         code = {s: i for i, s in enumerate(self.shards)}
@@ -245,10 +245,13 @@ class ViewStream:
         return max(0, len(self.epochs) * len(self.rank_batches()) - self.start_step)
 
     # -- items -------------------------------------------------------------------------------------------
-    def items(self, worker: int = 0, workers: int = 1) -> Iterator[dict[str, Any]]:
-        """This worker's share of the work items, in order (item j goes to worker j % workers)."""
+    def items(self, worker: int = 0, workers: int = 1, skip: int = 0) -> Iterator[dict[str, Any]]:
+        """This worker's share of the work items, in order (item j goes to worker j % workers).
+
+        ``skip``: further batches to leave out after ``start_step`` (a resumed pass).
+        """
         mine = list(enumerate(self.rank_batches()))
-        j, skip = 0, self.start_step  # start_step counts this rank's batches across the epochs
+        j, skip = 0, self.start_step + skip  # start_step counts this rank's batches across the epochs
         for epoch, view_epoch in zip(self.epochs, self.view_epochs):
             batches, skip = mine[skip:], max(0, skip - len(mine))
             if not batches:
@@ -308,15 +311,16 @@ class ViewStream:
 
 
 class ItemSource(IterableDataset):
-    """What a DataLoader iterates: a stream's work items, worker w taking items j % workers == w."""
+    """What a DataLoader iterates: a stream's work items, worker w taking items j % workers == w
+    (``skip``: as :meth:`ViewStream.items`)."""
 
-    def __init__(self, stream: ViewStream) -> None:
+    def __init__(self, stream: ViewStream, skip: int = 0) -> None:
         super().__init__()
-        self.stream = stream
+        self.stream, self.skip = stream, skip
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
-        return self.stream.items(*((info.id, info.num_workers) if info is not None else (0, 1)))
+        return self.stream.items(*((info.id, info.num_workers) if info is not None else (0, 1)), skip=self.skip)
 
 
 # -- the consumer -----------------------------------------------------------------------------------

@@ -37,11 +37,12 @@ from nrrstore.format.lock import output_lock
 from nrrstore.format.reader import Store
 from nrrstore.models import build_model
 from nrrstore.models.checkpoint import save_torch_atomic
+from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
+from nrrstore.train.accuracy import evaluate
 from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, store_recipe, to_chw
 from nrrstore.train.losses import DBR_NORMS, dbr_loss, kd_loss, sce_loss
 
-Progress = Callable[[str, int, "int | None"], None]
 CHECKPOINT_FORMAT = "nrrstore-student"
 #: A student with fewer than this many optimizer steps per epoch AND fewer than `MIN_TOTAL_STEPS` in all
 #: has seen too few updates for its accuracy to say much (a warning says so). RDED's own protocol for
@@ -125,10 +126,10 @@ def train_student(
     if not (lr > 0 and weight_decay >= 0 and alpha_dbr >= 0 and kd_temperature > 0):
         raise NrrError(None, "need lr > 0, weight_decay >= 0, alpha_dbr >= 0 and kd_temperature > 0")
     batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images, m.num_classes)
-    recipe = store_recipe(m, st.path / "manifest.json")
+    recipe = store_recipe(m, st.manifest_path)
     _check_val_classes(val_spec, m.classes)
     args = {
-        "store_index_sha256": getattr(m.file("index.parquet"), "sha256", None),
+        "store_index_sha256": m.index_sha256,
         "labels_files": sorted(f.sha256 for f in m.files if f.kind in ("distances", "softlabels")),
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
         "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
@@ -186,12 +187,12 @@ def train_student(
                                      "lower the learning rate")
             record.update(epoch=epoch, lr=rate, seconds=round(time.perf_counter() - t_epoch, 3))
             if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
-                record["top1"] = evaluate_student(model, val_spec, st, eval_batch_size, dev)["top1"]
+                record["top1"] = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)["top1"]
             history.append(record)
             if ckpt is not None:
                 _save_checkpoint(ckpt, args, model, opt, epoch + 1, history)
             sums, seen, t_epoch = {}, 0, time.perf_counter()
-    result = evaluate_student(model, val_spec, st, eval_batch_size, dev)
+    result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)
     if history:
         history[-1]["top1"] = result["top1"]
     return {
@@ -254,27 +255,6 @@ def val_batches(val_spec: Any, store: Store, batch_size: int = 500) -> Iterator[
             yield flush()
     if xs:
         yield flush()
-
-
-@torch.no_grad()
-def evaluate_student(model: nn.Module, val_spec: Any, store: Store, batch_size: int = 500,
-                     device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Top-1 and mean cross-entropy of ``model`` on the held-out shards (train/eval mode restored)."""
-    was = model.training
-    model.eval()
-    correct, n, loss = 0, 0, 0.0
-    try:
-        for x, y in val_batches(val_spec, store, batch_size):
-            logits = model(x.to(device))
-            y = y.to(device)
-            correct += int((logits.argmax(1) == y).sum())
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            n += int(y.numel())
-    finally:
-        model.train(was)
-    if n == 0:
-        raise NrrError(None, "the held-out set has no images")
-    return {"top1": correct / n, "loss": loss / n, "n": n}
 
 
 # -- checkpoints --------------------------------------------------------------------------------------

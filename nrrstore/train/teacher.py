@@ -1,4 +1,4 @@
-"""Training and evaluating a teacher classifier; the caller supplies the batches.
+"""Training a teacher classifier; the caller supplies the batches (evaluation: `nrrstore.train.accuracy`).
 
 Default recipe: SGD, momentum 0.9, lr 0.01, weight decay 5e-4 (the ConvNet recipe of the
 dataset-distillation literature), linear warm-up over the first 5% of steps, then cosine decay to 0.
@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError
+from nrrstore.progress import StepProgress
 
 Batches = Callable[[int], Iterable[tuple[Tensor, Tensor]]]
-Progress = Callable[[int, int | None], None]  # (steps done, total steps or None when unknown)
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
@@ -34,7 +34,7 @@ def train_classifier(
     optimizer: str = "sgd",
     device: str | torch.device = "cpu",
     seed: int = 0,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     *,
     momentum: float = 0.9,
     warmup: float = 0.05,
@@ -90,7 +90,7 @@ def _run(
     steps_per_epoch: int | None,
     opt: torch.optim.Optimizer,
     dev: torch.device,
-    progress: Progress | None,
+    progress: StepProgress | None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     total: int | None = None
@@ -132,28 +132,3 @@ def _run(
         top1.append(float(correct) / seen)
     return {"steps": step, "warmup_steps": warmup_steps, "train_loss": losses, "train_top1": top1,
             "seconds": round(time.perf_counter() - start, 3)}
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], device: str | torch.device | None = None
-) -> dict[str, Any]:
-    """Top-1 accuracy and mean cross-entropy over `batches`; the model's train/eval mode is restored."""
-    if device is None:
-        param = next(iter(model.parameters()), None)
-        device = param.device if param is not None else "cpu"
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    try:
-        for x, y in batches:
-            x, y = x.to(device), y.to(device, dtype=torch.long)
-            logits = model(x)
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
-            n += y.numel()
-    finally:
-        model.train(was_training)
-    if n == 0:
-        raise NrrError(None, "evaluation got no batches")
-    return {"top1": correct / n, "n": n, "loss": loss_sum / n}

@@ -18,7 +18,8 @@ from nrrstore.models.checkpoint import Teacher, save_teacher
 from nrrstore.models.registry import build_model
 from nrrstore.sources.batches import estimate_normalization, first_per_class, shard_batches
 from nrrstore.sources.shards import iter_samples, read_class_names
-from nrrstore.train.teacher import OPTIMIZERS, evaluate, train_classifier
+from nrrstore.train.accuracy import evaluate
+from nrrstore.train.teacher import OPTIMIZERS, train_classifier
 
 
 def _shape_and_classes(spec: Any) -> tuple[int, int, int, list[str]]:

@@ -1,0 +1,41 @@
+"""Where everything lives inside a store: the one place that knows the store's file names.
+
+Every path is relative to the store root and ``/``-separated, as the manifest records it. Code
+outside :mod:`nrrstore.format` asks these functions (or a `Store`) instead of spelling names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.parquet"
+IMAGES_DIR = "images"
+LABELS_DIR = "labels"
+SOFTLABELS_PATH = f"{LABELS_DIR}/softlabels.zarr"
+CAMS_PATH = "cams.zarr"
+RELABEL_WORK_DIR = ".relabel"
+"""Inside the store: a relabel job's finished chunk files and resume state, until it installs them."""
+
+
+def shard_path(number: int) -> str:
+    """The ``number``-th image shard (store order)."""
+    return f"{IMAGES_DIR}/shard-{number:06d}.tar"
+
+
+DISTANCE_FILE_GLOB = "distances-*.parquet"
+
+
+def distance_file_name(first_epoch: int, last_epoch: int) -> str:
+    """The file name of the distance table holding epochs ``first_epoch..last_epoch``."""
+    return f"distances-e{first_epoch:04d}-e{last_epoch:04d}.parquet"
+
+
+def distance_path(first_epoch: int, last_epoch: int) -> str:
+    return f"{LABELS_DIR}/{distance_file_name(first_epoch, last_epoch)}"
+
+
+def is_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a finished store (a folder holding a manifest, which is written last)."""
+    return (Path(path) / MANIFEST_NAME).is_file()
