@@ -80,6 +80,11 @@ V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "g-s50-bn1-m40": ("nrr", {"correct_only": True, "scale": [0.5, 1.0], "mipc": 40}, {"alpha_bn": 1.0}, {}),
     "g-whole-bn1-m20": ("nrr", {"correct_only": True, "num_crop": 1, "scale": [1.0, 1.0], "mipc": 20},
                         {"alpha_bn": 1.0}, {}),
+    "g-whole-bn10": ("nrr", {"correct_only": True, "num_crop": 1, "scale": [1.0, 1.0]}, {"alpha_bn": 10.0}, {}),
+    "g-whole-bn10-m20": ("nrr", {"correct_only": True, "num_crop": 1, "scale": [1.0, 1.0], "mipc": 20},
+                         {"alpha_bn": 10.0}, {}),
+    "g-whole-m20-noref": ("nrr", {"correct_only": True, "num_crop": 1, "scale": [1.0, 1.0], "mipc": 20},
+                          {"refine": False}, {}),
     # refinement
     "nrr-bn0": ("nrr", {"correct_only": True}, {"alpha_bn": 0.0}, {}),
     "nrr-bn0.1": ("nrr", {"correct_only": True}, {"alpha_bn": 0.1}, {}),

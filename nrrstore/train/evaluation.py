@@ -40,6 +40,9 @@ from nrrstore.sources.shards import iter_samples, read_class_names
 
 LABEL_KINDS = ("dbr", "kd", "onehot")
 LRS_WEIGHT = 0.5
+#: Students checkpoint at most this often (and after their last epoch): a killed evaluate loses under a
+#: minute of a cell, and hundreds of sub-second epochs do not each pay for a checkpoint write.
+CHECKPOINT_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,7 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
     for n, (images, kind, seed) in enumerate(plan):
         cell_file = work / "cells" / f"{images}-{kind}-s{seed}.json"
         rec = _load_cell(cell_file, proto, images, kind, seed)
+        ckpt = work / "checkpoints" / f"{images}-{kind}-s{seed}.pt"
         if rec is None:
             path = st.path if images == "store" else \
                 make_baseline(st, train, base_teacher, seed, kinds, work / f"random-s{seed}", device, progress)
@@ -279,7 +283,7 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
                               batch_size=protocol.batch_size, lr=protocol.lr, weight_decay=protocol.weight_decay,
                               alpha_dbr=protocol.alpha_dbr, dbr_norm=protocol.dbr_norm,
                               kd_temperature=protocol.kd_temperature, seed=seed, device=device, workers=workers,
-                              checkpoint=work / "checkpoints" / f"{images}-{kind}-s{seed}.pt", resume=True,
+                              checkpoint=ckpt, resume=True, checkpoint_every_s=CHECKPOINT_EVERY_S,
                               arch_kwargs=protocol.arch_kwargs,
                               progress=(lambda task, d, tot: progress(f"{images} {kind} seed {seed}", d, tot))
                               if progress else None)
@@ -287,6 +291,7 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
                    "val_images": r["val_images"], "store": str(path), "batch_size": r["batch_size"],
                    "seconds": round(sum(h.get("seconds", 0.0) for h in r["history"]), 3), "protocol": proto}
             atomic_write_bytes(cell_file, json.dumps(rec, indent=2, sort_keys=True).encode())
+            ckpt.unlink(missing_ok=True)  # the cell's result is kept; its student is not needed any more
             train_seconds += rec["seconds"]
         else:
             done_before += 1

@@ -105,6 +105,7 @@ def train_student(
     eval_batch_size: int = 500,
     progress: Progress | None = None,
     overwrite: bool = False,
+    checkpoint_every_s: float = 0.0,
 ) -> dict[str, Any]:
     """Train ``arch`` from scratch on ``store`` and report top-1 on the real images of ``val_spec``.
 
@@ -112,6 +113,9 @@ def train_student(
     its parts, lr at the epoch's end, seconds, and top-1 when ``eval_every`` divides the epoch
     number), ``steps``, and the arguments. ``model`` (the trained module) is returned too.
     An existing ``checkpoint`` is continued with ``resume``, replaced with ``overwrite``, else refused.
+    It is written after every epoch, or with ``checkpoint_every_s > 0`` after the first epoch that ends
+    at least that many seconds after the last write (and after the last epoch): small students run
+    hundreds of sub-second epochs, and a write per epoch would cost more than the training.
     Fewer than `MIN_STEPS_PER_EPOCH` optimizer steps per epoch and `MIN_TOTAL_STEPS` in all give an
     `NrrWarning`.
     """
@@ -163,7 +167,7 @@ def train_student(
     model.train()
     sums: dict[str, Any] = {}
     seen = 0
-    t_epoch = time.perf_counter()
+    t_epoch = last_save = time.perf_counter()
     for batch in loader if loader is not None else ():
         epoch, step = batch["epoch"], batch["step"]
         global_step = epoch * steps_per_epoch + step
@@ -189,8 +193,11 @@ def train_student(
             if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
                 record["top1"] = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)["top1"]
             history.append(record)
-            if ckpt is not None:
+            now = time.perf_counter()
+            if ckpt is not None and (checkpoint_every_s <= 0 or now - last_save >= checkpoint_every_s
+                                     or epoch + 1 == epochs):
                 _save_checkpoint(ckpt, args, model, opt, epoch + 1, history)
+                last_save = now
             sums, seen, t_epoch = {}, 0, time.perf_counter()
     result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)
     if history:
