@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -37,9 +36,9 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def idx(
-    images: Path = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte.gz).", metavar="IMAGES"),
-    labels: Path = typer.Argument(..., help="IDX labels file (e.g. train-labels-idx1-ubyte.gz).", metavar="LABELS"),
-    out: Path = _OUT,
+    images: str = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte.gz).", metavar="IMAGES"),
+    labels: str = typer.Argument(..., help="IDX labels file (e.g. train-labels-idx1-ubyte.gz).", metavar="LABELS"),
+    out: str = _OUT,
     classes: Optional[str] = typer.Option(
         None, "--classes", help="Class names: a file (one per line, or .json) or a comma-separated list. Default: 0..K-1."),
     shard_size: int = _SHARD_SIZE,
@@ -67,8 +66,8 @@ def idx(
 
 
 def imagefolder(
-    root: Path = typer.Argument(..., help="Folder with one sub-folder of images per class.", metavar="ROOT"),
-    out: Path = _OUT,
+    root: str = typer.Argument(..., help="Folder with one sub-folder of images per class.", metavar="ROOT"),
+    out: str = _OUT,
     shard_size: int = _SHARD_SIZE,
     per_class: Optional[int] = _PER_CLASS,
     limit: Optional[int] = _LIMIT,

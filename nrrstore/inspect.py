@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from nrrstore.errors import os_errors_name
+from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_open
 from nrrstore.format.manifest import MANIFEST_NAME
 from nrrstore.format.outputs import check_output_file
@@ -26,7 +27,16 @@ Progress = Callable[[str, int, "int | None"], None]
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
-    return Path(path).is_dir() and (Path(path) / MANIFEST_NAME).is_file()
+    """A folder or URL with a manifest (a URL naming shards, a pattern or a list is not a store)."""
+    loc = fs.location(path)
+    if isinstance(loc, Path):
+        return loc.is_dir() and (loc / MANIFEST_NAME).is_file()
+    if loc.lower().endswith((".tar", ".tar.gz", ".tgz", ".txt")) or "{" in loc:
+        return False
+    if fs.is_file(loc / MANIFEST_NAME):
+        return True
+    # an unfinished remote write (objects, no manifest yet) is a store too: opening it says so
+    return fs.can_list(loc) and any(rel.startswith("images/shard-") for rel in fs.list_files(loc))
 
 
 def inspect_path(path: str | os.PathLike[str], grid: str | os.PathLike[str] | None = None,
@@ -60,7 +70,7 @@ def _store_cams(store: Store) -> Any:
         return None
     import zarr
 
-    return zarr.open_array(str(store.path / cams["path"]), mode="r")
+    return zarr.open_array(fs.zarr_source(store.path / cams["path"]), mode="r")
 
 
 def _inspect_shards(path: str | os.PathLike[str], grid: Any, per_class: int, progress: Progress | None) -> dict[str, Any]:

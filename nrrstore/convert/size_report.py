@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from nrrstore.errors import NrrError, os_errors_name
+from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_open
 from nrrstore.format.outputs import check_output_file
 from nrrstore.format.reader import Store
@@ -105,7 +106,7 @@ def size_report(
     components: dict[str, int] = {}
     for f in m.files:
         components[f.kind] = components.get(f.kind, 0) + f.bytes
-    manifest_bytes = (Path(store) / "manifest.json").stat().st_size
+    manifest_bytes = fs.file_size(st.path / "manifest.json")
     components["manifest"] = manifest_bytes
     total = sum(components.values())
     dist = m.labels.get("distances") or {}

@@ -14,13 +14,16 @@ import shutil
 from pathlib import Path
 
 from nrrstore.errors import NrrError
+from nrrstore.format import fs
 from nrrstore.format.atomic import fsync_dir
 
 OLD_PREFIX = ".old-"
 
 
 def check_parent(path: str | os.PathLike[str]) -> None:
-    """The folder that will hold ``path`` must exist and be writable."""
+    """The folder that will hold ``path`` must exist and be writable (a URL is refused: not a local path)."""
+    if isinstance(fs.location(path), fs.Url):  # never written as a local folder named "s3:"
+        raise NrrError(path, "this output must be a local path (remote outputs: prepare, distill and relabel)")
     target = Path(os.path.abspath(path))
     if not target.name:
         raise NrrError(path, "cannot write into a file system root")

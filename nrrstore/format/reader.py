@@ -1,8 +1,9 @@
 """Reading a store: manifest, index, images by shard or by key, distance rows by epoch.
 
 The reader trusts only what the manifest lists and checks the format version on open. Random access
-uses the byte offsets in ``index.parquet`` (one seek and one read per image), the way litdata keeps a
-key index beside its chunks.
+uses the byte offsets in ``index.parquet`` (one seek and one read per image, or one range request on a
+remote store), the way litdata keeps a key index beside its chunks. A store is a local folder or a URL
+(s3://, gs://, http(s)://); every file access goes through :mod:`nrrstore.format.fs`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError
+from nrrstore.format import fs
 from nrrstore.format.images import decode_image
 from nrrstore.format.manifest import INDEX_NAME, Manifest, load_manifest
 from nrrstore.format.tables import INDEX_SCHEMA
@@ -36,10 +38,10 @@ class StoreImage:
 
 
 class Store:
-    """A finished store on the local file system."""
+    """A finished store: a local folder or a URL (``path`` is a `Path` or an `fs.Url`)."""
 
     def __init__(self, path: str | os.PathLike[str], check_digest: bool = True) -> None:
-        self.path = Path(path)
+        self.path: fs.Location = fs.location(path)
         self.manifest: Manifest = load_manifest(self.path, check_digest)
 
     @classmethod
@@ -81,8 +83,9 @@ class Store:
     def index(self) -> pa.Table:
         path = self.path / INDEX_NAME
         try:
-            table = pq.read_table(self._table_source(INDEX_NAME))
-        except FileNotFoundError:
+            source = path if isinstance(path, Path) else pa.BufferReader(fs.read_bytes(path))  # one request
+            table = pq.read_table(source)
+        except (FileNotFoundError, fs.NotFound):
             raise NrrError(path, "missing index") from None
         except (pa.ArrowException, OSError) as exc:
             raise NrrError(path, f"unreadable index: {exc}") from None
@@ -92,8 +95,9 @@ class Store:
         return table
 
     def _table_source(self, rel: str) -> Any:
-        """What pyarrow opens for the Parquet file ``rel`` (a path here; remote stores override)."""
-        return self.path / rel
+        """What pyarrow opens for the Parquet file ``rel``: a path, or a remote file of range requests."""
+        entry = self.manifest.file(rel)
+        return fs.table_source(self.path / rel, entry.bytes if entry else None)
 
     @cached_property
     def _key_to_row(self) -> dict[str, int]:
@@ -137,12 +141,13 @@ class Store:
         return self._read_span(row["shard"], row["offset"], row["size"])
 
     def _read_span(self, shard: str, offset: int, size: int) -> bytes:
-        with open(self.path / shard, "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
-        if len(data) != size:
-            raise NrrError(self.path / shard, f"truncated shard: wanted {size} bytes at {offset}")
-        return data
+        """One seek and read (one range request on a remote store)."""
+        try:
+            return fs.read_range(self.path / shard, offset, size)
+        except NrrError as exc:
+            if exc.problem.startswith("truncated"):
+                raise NrrError(self.path / shard, f"truncated shard: wanted {size} bytes at {offset}") from None
+            raise
 
     def get(self, key_or_index: str | int) -> StoreImage:
         """Random access to one image by key or store index."""

@@ -6,19 +6,17 @@ described completely in one run (one line per problem).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError
-from nrrstore.format.atomic import file_sha256
+from nrrstore.format import fs
 from nrrstore.format.keys import check_key
-from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, digest_problem
+from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, digest_problem, read_manifest_doc
 from nrrstore.format.reader import Store
 
 Progress = Callable[[str, int, "int | None"], None]
@@ -30,31 +28,32 @@ def verify_store(path: str | os.PathLike[str], progress: Progress | None = None,
     Raises `NrrError` only when there is no readable manifest at all.
     """
     store = Store(path, check_digest=False)  # an edited manifest is a problem to report, not a reason to stop
-    root = Path(path)
-    digest = digest_problem(json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8")))
+    root = store.path
+    digest = digest_problem(read_manifest_doc(root))
     return ([f"{root / MANIFEST_NAME}: {digest}"] if digest else []) + _verify_files(store, root, progress, decode)
 
 
-def _verify_files(store: Store, root: Path, progress: Progress | None, decode: bool) -> list[str]:
+def _verify_files(store: Store, root: fs.Location, progress: Progress | None, decode: bool) -> list[str]:
     m = store.manifest
     problems: list[str] = []
     listed = {f.path for f in m.files}
 
-    # 1. Every file: present, right size, right checksum.
+    # 1. Every file: present, right size, right checksum (one listing gives every size; http cannot list).
+    present = fs.list_files(root) if fs.can_list(root) else None
     for i, f in enumerate(m.files):
         p = root / f.path
-        if not p.is_file():
+        size = present.get(f.path) if present is not None else _size_or_none(p)
+        if size is None:
             problems.append(f"{p}: missing")
-        elif p.stat().st_size != f.bytes:
-            problems.append(f"{p}: size {p.stat().st_size} bytes, manifest says {f.bytes}")
-        elif file_sha256(p) != f.sha256:
+        elif size != f.bytes:
+            problems.append(f"{p}: size {size} bytes, manifest says {f.bytes}")
+        elif fs.sha256(p) != f.sha256:
             problems.append(f"{p}: sha256 mismatch (file changed or corrupt)")
         if progress:
             progress("checksums", i + 1, len(m.files))
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        if p.is_file() and rel != MANIFEST_NAME and rel not in listed:
-            problems.append(f"{p}: not listed in the manifest")
+    for rel in present or {}:
+        if rel != MANIFEST_NAME and rel not in listed:
+            problems.append(f"{root / rel}: not listed in the manifest")
     for s in m.shards + [INDEX_NAME]:
         if s not in listed:
             problems.append(f"{root / s}: required file not listed in the manifest")
@@ -103,7 +102,7 @@ def _verify_files(store: Store, root: Path, progress: Progress | None, decode: b
     for part in store.distance_files():
         p = root / part["path"]
         try:
-            t = pq.read_table(p, columns=["epoch", "image"])
+            t = pq.read_table(store._table_source(part["path"]), columns=["epoch", "image"])
         except (pa.ArrowException, OSError) as exc:
             problems.append(f"{p}: unreadable distance table: {exc}")
             continue
@@ -125,3 +124,10 @@ def _iter_all(store: Store, problems: list[str]):
             yield from store.iter_shard(shard)
         except NrrError as exc:
             problems.append(exc.message)
+
+
+def _size_or_none(p: fs.Location) -> int | None:
+    try:
+        return fs.file_size(p)
+    except (FileNotFoundError, fs.NotFound):
+        return None

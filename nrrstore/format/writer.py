@@ -50,6 +50,11 @@ class _Row:
     meta_size: int
 
 
+def store_object(rel: str) -> bool:
+    """Whether a relative path is one a store writer makes (what an unfinished remote store may hold)."""
+    return rel == INDEX_NAME or rel.startswith((f"{IMAGES_DIR}/", "labels/", "cams.zarr/"))
+
+
 def check_output_dir(path: Path, overwrite: bool) -> None:
     """Refuse to write over something that is not ours to replace (see `check_output_folder`)."""
     check_output_folder(path, overwrite, marker=MANIFEST_NAME, kind="an nrrstore store")

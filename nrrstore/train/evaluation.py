@@ -232,7 +232,7 @@ def evaluate_store(
         if {"dbr", "kd"} & set(kinds):
             base_teacher = _baseline_teacher(st, teacher, device)
     work = Path(work)
-    if work.resolve() == st.path.resolve() or st.path.resolve() in work.resolve().parents:
+    if isinstance(st.path, Path) and (work.resolve() == st.path.resolve() or st.path.resolve() in work.resolve().parents):
         raise NrrError(work, "the work folder must lie outside the store (evaluate never writes into a store)")
     created = not work.is_dir()
     if created:

@@ -1,0 +1,290 @@
+"""Where stores and shards live: a local path, or a URL that fsspec opens (s3://, gs://, http(s)://).
+
+Why one layer: every reader and writer asks here, so a store on S3, GCS or an HTTP server reads like a
+local folder; a URL scheme nrrstore cannot handle is refused instead of being written as a local folder
+named ``s3:``; a missing extra, a missing bucket or a denied request is one line naming the URL.
+Local paths (and ``file://`` URLs) use the operating system directly, so local behaviour, speed and
+error messages are those of plain files.
+
+Reads are ranged: :func:`read_range` is one request, and :class:`RangeFile` gives pyarrow a seekable
+file whose every read is one request (its size comes from the manifest, so not even a HEAD is sent).
+Endpoints and credentials come from the usual places: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_PROFILE``..., ``GOOGLE_APPLICATION_CREDENTIALS``, or fsspec's ``FSSPEC_S3_*``/``FSSPEC_GCS_*``
+variables (e.g. ``FSSPEC_S3_ENDPOINT_URL``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from nrrstore.errors import NrrError
+
+#: scheme -> (module fsspec needs for it, the nrrstore extra that installs it; None: a base dependency).
+SCHEMES: dict[str, tuple[str, str | None]] = {
+    "s3": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),
+    "http": ("aiohttp", None), "https": ("aiohttp", None),
+}
+#: Schemes nrrstore writes to (http servers are read-only).
+WRITABLE = ("s3", "gs", "gcs")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+STREAM_BLOCK = 16 << 20
+"""Bytes per request while a whole shard is read in order (readahead)."""
+
+
+class Url(str):
+    """A remote location that joins like a Path (``Url("s3://b/st") / "index.parquet"``).
+
+    Deliberately not ``os.PathLike``: handing one to ``open()`` by mistake fails instead of creating a
+    local file.
+    """
+
+    def __truediv__(self, rel: str) -> Url:
+        return Url(f"{self.rstrip('/')}/{rel}")
+
+    @property
+    def scheme(self) -> str:
+        return self.split("://", 1)[0].lower()
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> Url:
+        head = self.rstrip("/").rsplit("/", 1)[0]
+        return Url(head if "://" in head and head.split("://", 1)[1] else self)
+
+    @property
+    def bucket(self) -> str:
+        return self.split("://", 1)[1].split("/", 1)[0]
+
+
+Location = Path | Url
+
+
+class NotFound(NrrError):
+    """The file or object does not exist (so callers can say what that means where they are)."""
+
+
+def is_url(spec: str | os.PathLike[str]) -> bool:
+    """Whether ``spec`` has a ``scheme://`` other than ``file://`` (known or not)."""
+    m = _SCHEME_RE.match(os.fspath(spec)) if isinstance(spec, (str, os.PathLike)) else None
+    return bool(m) and m.group(1).lower() != "file"
+
+
+def location(spec: str | os.PathLike[str]) -> Location:
+    """A local `Path` (``file://`` URLs included) or a `Url` of a scheme nrrstore handles."""
+    if isinstance(spec, (Path, Url)):
+        return spec
+    text = os.fspath(spec)
+    m = _SCHEME_RE.match(text)
+    if not m:
+        return Path(text)
+    scheme = m.group(1).lower()
+    if scheme == "file":
+        return Path(text[m.end():] or "/")
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{s}://" for s in SCHEMES)
+        raise NrrError(text, f"unsupported URL scheme {scheme}:// (nrrstore reads local paths, file://, {known})")
+    if not text[m.end():].strip("/"):
+        raise NrrError(text, "URL names no bucket or host")
+    return Url(text)
+
+
+def writable_location(spec: str | os.PathLike[str]) -> Location:
+    """`location` for an output: http(s) is refused (read-only)."""
+    loc = location(spec)
+    if isinstance(loc, Url) and loc.scheme not in WRITABLE:
+        raise NrrError(loc, f"{loc.scheme}:// is read-only here; write to a local folder, s3:// or gs://")
+    return loc
+
+
+def filesystem(url: Url) -> tuple[Any, str]:
+    """The fsspec filesystem of ``url`` and the path it knows it by; a missing extra is one line."""
+    module, extra = SCHEMES[url.scheme]
+    try:
+        import fsspec
+
+        fs = fsspec.filesystem(url.scheme)
+    except ImportError:
+        how = f"pip install 'nrrstore[{extra}]'" if extra else f"pip install {module}"
+        raise NrrError(url, f"{url.scheme}:// needs the {module} package: {how}") from None
+    return fs, fs._strip_protocol(str(url))
+
+
+@contextlib.contextmanager
+def remote_errors(url: str) -> Iterator[None]:
+    """Report a failed remote operation as one `NrrError` line naming ``url``."""
+    try:
+        yield
+    except NrrError:
+        raise
+    except FileNotFoundError as exc:
+        raise NotFound(url, _not_found(url, exc)) from None
+    except PermissionError as exc:
+        raise NrrError(url, f"access denied ({_detail(exc)}); check the credentials and the bucket's "
+                            "permissions") from None
+    except Exception as exc:  # noqa: BLE001 - botocore, aiohttp, gcsfs: each has its own error types
+        raise NrrError(url, f"remote request failed: {type(exc).__name__}: {_detail(exc)}") from None
+
+
+def _detail(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _not_found(url: str, exc: FileNotFoundError) -> str:
+    text = _detail(exc)
+    if "bucket" in text.lower():
+        return f"bucket {Url(url).bucket!r} does not exist"
+    return "no such file or object"
+
+
+# -- reading -------------------------------------------------------------------------------------------
+def read_bytes(loc: Location) -> bytes:
+    """The whole file (one request when remote)."""
+    if isinstance(loc, Path):
+        return loc.read_bytes()
+    fs, path = filesystem(loc)
+    with remote_errors(loc):
+        return fs.cat_file(path)
+
+
+def read_range(loc: Location, start: int, size: int) -> bytes:
+    """Bytes ``[start, start+size)`` of a file: one seek and read, or one range request."""
+    if isinstance(loc, Path):
+        with open(loc, "rb") as f:
+            f.seek(start)
+            data = f.read(size)
+    else:
+        fs, path = filesystem(loc)
+        with remote_errors(loc):
+            data = fs.cat_file(path, start=start, end=start + size) if size else b""
+        if len(data) > size:  # a server that ignored the range sent everything
+            data = data[start:start + size]
+    if len(data) != size:
+        raise NrrError(loc, f"truncated: wanted {size} bytes at {start}, got {len(data)}")
+    return data
+
+
+def open_read(loc: Location) -> IO[bytes]:
+    """A file to read in order (remote: readahead in large ranged requests)."""
+    if isinstance(loc, Path):
+        return open(loc, "rb")
+    fs, path = filesystem(loc)
+    with remote_errors(loc):
+        return fs.open(path, "rb", block_size=STREAM_BLOCK, cache_type="readahead")
+
+
+class RangeFile(io.RawIOBase):
+    """A read-only seekable remote file whose every read is one range request (for pyarrow).
+
+    ``size`` (from the manifest) saves the request that would ask for it. Unbuffered on purpose: pyarrow
+    asks for exactly the footer and the column chunks it needs, and a block cache would fetch more.
+    """
+
+    def __init__(self, url: Url, size: int | None = None) -> None:
+        super().__init__()
+        self.url, self.pos = url, 0
+        self.size = file_size(url) if size is None else int(size)
+        self.requests = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self.size - self.pos))
+        if n:
+            buffer[:n] = read_range(self.url, self.pos, n)
+            self.requests += 1
+            self.pos += n
+        return n
+
+
+def table_source(loc: Location, size: int | None = None) -> Any:
+    """What pyarrow opens for a Parquet file: the path itself, or a `RangeFile`."""
+    return loc if isinstance(loc, Path) else RangeFile(loc, size)
+
+
+def zarr_source(loc: Location) -> Any:
+    """What ``zarr.open_array`` opens: a local path, or an fsspec store for a URL."""
+    if isinstance(loc, Path):
+        return str(loc)
+    from zarr.storage import FsspecStore
+
+    filesystem(loc)  # a missing extra: one line
+    with remote_errors(loc):
+        return FsspecStore.from_url(str(loc), read_only=True)
+
+
+# -- facts ---------------------------------------------------------------------------------------------
+def file_size(loc: Location) -> int:
+    if isinstance(loc, Path):
+        return loc.stat().st_size
+    fs, path = filesystem(loc)
+    with remote_errors(loc):
+        return int(fs.size(path))
+
+
+def is_file(loc: Location) -> bool:
+    if isinstance(loc, Path):
+        return loc.is_file()
+    fs, path = filesystem(loc)
+    with remote_errors(loc):
+        return bool(fs.isfile(path))
+
+
+def can_list(loc: Location) -> bool:
+    """Whether the files under ``loc`` can be listed (local folders and object stores; not http)."""
+    return isinstance(loc, Path) or loc.scheme in WRITABLE
+
+
+def list_files(root: Location) -> dict[str, int]:
+    """Every file under ``root`` (recursively): relative ``/``-separated path -> size in bytes.
+
+    Only where `can_list`; an absent folder or prefix has no files.
+    """
+    if isinstance(root, Path):
+        return {p.relative_to(root).as_posix(): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    fs, path = filesystem(root)
+    with remote_errors(root):
+        found = fs.find(path, detail=True)
+    base = path.rstrip("/") + "/"
+    return {k[len(base):]: int(v.get("size") or 0) for k, v in sorted(found.items())
+            if k.startswith(base) and v.get("type", "file") == "file"}
+
+
+def list_dir(loc: Location) -> list[tuple[str, bool]]:
+    """``(name, is_file)`` of the entries directly in ``loc``, sorted by name."""
+    if isinstance(loc, Path):
+        return sorted((p.name, p.is_file()) for p in loc.iterdir())
+    fs, path = filesystem(loc)
+    with remote_errors(loc):
+        entries = fs.ls(path, detail=True)
+    return sorted((e["name"].rstrip("/").rsplit("/", 1)[-1], e.get("type") == "file") for e in entries)
+
+
+def sha256(loc: Location, chunk: int = 1 << 20) -> str:
+    """sha256 of a file, read in order."""
+    h = hashlib.sha256()
+    with open_read(loc) as f, remote_errors(str(loc)) if isinstance(loc, Url) else contextlib.nullcontext():
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
