@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from nrrstore.errors import NrrError
+from nrrstore.format.outputs import local_output
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
@@ -75,7 +76,7 @@ def convert_softlabels_cmd(
 
         t = load_teacher(teacher, device)
     with ProgressBar() as bar:
-        summary = convert_sre2l(labels_dir, images, out, sampler_seed=sampler_seed, order_file=order_file,
+        summary = convert_sre2l(labels_dir, images, local_output(out), sampler_seed=sampler_seed, order_file=order_file,
                                 temperature=temperature, keep_full=keep_full, precision=precision, quant_max=quant_max,
                                 epochs_per_file=epochs_per_file, size=size, mode=mode,
                                 normalization=_normalization(mean, std, no_normalization), classes=classes,

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from nrrstore.errors import NrrError, os_errors_name
 from nrrstore.format.atomic import fsync_dir, is_inside
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import check_output_folder, install_folder
+from nrrstore.format.outputs import check_output_folder, install_folder, local_output
 from nrrstore.format.reader import Store
 from nrrstore.format.tario import iter_tar_samples
 from nrrstore.train.augment import EXPLICIT_COLUMNS
@@ -72,7 +72,7 @@ def export_imagefolder(
     t0 = time.perf_counter()
     st = Store(store)
     m = st.manifest
-    out = Path(out)
+    out = local_output(out)
     _check_target(out, overwrite)
     if isinstance(st.path, Path) and is_inside(out, st.path):
         raise NrrError(out, "the export may not lie inside the store")

@@ -112,7 +112,8 @@ def filesystem(url: Url) -> tuple[Any, str]:
     try:
         import fsspec
 
-        fs = fsspec.filesystem(url.scheme)
+        # no listings cache: nrrstore writes and then reads the same prefixes, and must see what is there now
+        fs = fsspec.filesystem(url.scheme, use_listings_cache=False)
     except ImportError:
         how = f"pip install 'nrrstore[{extra}]'" if extra else f"pip install {module}"
         raise NrrError(url, f"{url.scheme}:// needs the {module} package: {how}") from None
@@ -153,7 +154,7 @@ def read_bytes(loc: Location) -> bytes:
         return loc.read_bytes()
     fs, path = filesystem(loc)
     with remote_errors(loc):
-        return fs.cat_file(path)
+        return fs.cat_file(path, start=0)  # a range from 0: one GET (without it s3fs first asks for the size)
 
 
 def read_range(loc: Location, start: int, size: int) -> bytes:
@@ -194,6 +195,7 @@ class RangeFile(io.RawIOBase):
         self.url, self.pos = url, 0
         self.size = file_size(url) if size is None else int(size)
         self.requests = 0
+        self._last: tuple[int, bytes] = (0, b"")  # the last range read: pyarrow re-reads inside the footer
 
     def readable(self) -> bool:
         return True
@@ -212,8 +214,11 @@ class RangeFile(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         n = max(0, min(len(buffer), self.size - self.pos))
         if n:
-            buffer[:n] = read_range(self.url, self.pos, n)
-            self.requests += 1
+            start, data = self._last
+            if not start <= self.pos or self.pos + n > start + len(data):
+                start, data = self._last = (self.pos, read_range(self.url, self.pos, n))
+                self.requests += 1
+            buffer[:n] = data[self.pos - start:self.pos - start + n]
             self.pos += n
         return n
 

@@ -20,11 +20,17 @@ from nrrstore.format.atomic import fsync_dir
 OLD_PREFIX = ".old-"
 
 
+def local_output(path: str | os.PathLike[str]) -> Path:
+    """An output that only a local path can be: a URL is refused, never written as a folder named ``s3:``."""
+    loc = fs.location(path)
+    if isinstance(loc, fs.Url):
+        raise NrrError(path, "this output must be a local path (remote outputs: prepare, distill and relabel)")
+    return loc
+
+
 def check_parent(path: str | os.PathLike[str]) -> None:
     """The folder that will hold ``path`` must exist and be writable (a URL is refused: not a local path)."""
-    if isinstance(fs.location(path), fs.Url):  # never written as a local folder named "s3:"
-        raise NrrError(path, "this output must be a local path (remote outputs: prepare, distill and relabel)")
-    target = Path(os.path.abspath(path))
+    target = Path(os.path.abspath(local_output(path)))
     if not target.name:
         raise NrrError(path, "cannot write into a file system root")
     parent = target.parent

@@ -183,7 +183,8 @@ class Store:
             raise NrrError(self.path, f"no distances stored for epoch {epoch} (store has {self.num_epochs} epochs)")
         path = self.path / part["path"]
         try:
-            pf = pq.ParquetFile(self._table_source(part["path"]))
+            # remote: pre-buffering coalesces the row group's column chunks into one range request
+            pf = pq.ParquetFile(self._table_source(part["path"]), pre_buffer=not isinstance(self.path, Path))
             groups = [g for g in range(pf.metadata.num_row_groups) if _row_group_epoch(pf, g) == epoch]
             if not groups:
                 raise NrrError(path, f"epoch {epoch} missing from the distance table")

@@ -24,7 +24,7 @@ from nrrstore.format.atomic import TMP_PREFIX, atomic_write_bytes, file_sha256, 
 from nrrstore.format.images import ImageHeader, effective_quality, encode_image, probe_image
 from nrrstore.format.keys import check_key
 from nrrstore.format.manifest import INDEX_NAME, MANIFEST_NAME, FileEntry, ImageInfo, Manifest, creation_time
-from nrrstore.format.outputs import check_output_folder, install_folder
+from nrrstore.format.outputs import check_output_folder, install_folder, local_output
 from nrrstore.format.tables import INDEX_SCHEMA
 from nrrstore.format.tario import TarShardWriter
 
@@ -82,7 +82,7 @@ class StoreWriter:
             raise NrrError(path, "a store needs at least one class")
         if shard_size < 1:
             raise NrrError(path, "shard size must be positive")
-        self.path = Path(path)
+        self.path = local_output(path)
         check_output_dir(self.path, overwrite)
         self.tmp = self.path.with_name(f"{TMP_PREFIX}{self.path.name}")
         with os_errors_name(self.path):

@@ -31,7 +31,7 @@ from typing import Any
 from nrrstore.errors import NrrError, os_errors_name, os_problem
 from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import check_output_file, check_parent
+from nrrstore.format.outputs import check_output_file, check_parent, local_output
 from nrrstore.format.reader import Store
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.sources.shards import iter_samples, read_class_names
@@ -231,7 +231,7 @@ def evaluate_store(
         _check_real_set(train, "training (--train)", st)
         if {"dbr", "kd"} & set(kinds):
             base_teacher = _baseline_teacher(st, teacher, device)
-    work = Path(work)
+    work = local_output(work)
     if isinstance(st.path, Path) and (work.resolve() == st.path.resolve() or st.path.resolve() in work.resolve().parents):
         raise NrrError(work, "the work folder must lie outside the store (evaluate never writes into a store)")
     created = not work.is_dir()
