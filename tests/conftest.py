@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,11 @@ FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# Hugging Face `datasets` (test_ecosystem, README's example) works offline, caching in a scratch folder.
+_HF_HOME = tempfile.mkdtemp(prefix="nrrstore-test-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, True)
+os.environ.update(HF_HOME=_HF_HOME, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 
 def _install_cli_shim() -> None:
