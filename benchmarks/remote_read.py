@@ -11,7 +11,7 @@ Requests: over S3, the HTTP requests the loader sends (counted by a botocore eve
 locally, the read calls it makes on the store's files (counted by wrapping every file it opens, pyarrow's
 included). The figure each side: ``remote / local``; the target is <= 1.3 for both.
 
-    python benchmarks/remote_read.py [--images 2048] [--epochs 20] [--repeat 3] [--json]
+    python benchmarks/remote_read.py [--images 2048] [--epochs 20] [--repeat 3] [--reuse] [--json]
 """
 
 from __future__ import annotations
@@ -46,9 +46,15 @@ IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def build(images: int, epochs: int) -> Path:
+def build(images: int, epochs: int, reuse: bool = False) -> Path:
     """A relabelled 224 px JPEG store (the distances' values do not matter for reading speed)."""
     store = WORK / "store"
+    if reuse and (store / "manifest.json").is_file():
+        from nrrstore.format import Store
+
+        st = Store(store)
+        if st.num_images == images and st.num_epochs == epochs:
+            return store
     if store.exists():
         shutil.rmtree(store)
     store.parent.mkdir(parents=True, exist_ok=True)
@@ -166,14 +172,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--epoch", type=int, default=7, help="the epoch read")
+    ap.add_argument("--epoch", type=int, default=None, help="the epoch read (default: the middle one)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--reuse", action="store_true", help="keep benchmarks/_work's store when it has these sizes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.epoch is None:
+        args.epoch = args.epochs // 2
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     os.environ.update(CREDENTIALS)
-    store = build(args.images, args.epochs)
+    store = build(args.images, args.epochs, args.reuse)
     server = MotoProcess()
     try:
         os.environ["AWS_ENDPOINT_URL"] = server.endpoint

@@ -109,10 +109,11 @@ def test_prepare_to_s3_is_the_local_output_byte_for_byte(s3: str, moto_s3, tmp_p
 def test_distill_s3_to_s3_then_stream_and_verify(s3: str, moto_s3, tmp_path: Path) -> None:
     src = upload_train(moto_s3, s3)
     out = f"{s3}/stores/nrr"
-    res = cli("distill", "--in", src, "--out", out, "--teacher", teacher_path(), *SMALL, "--relabel-epochs", "2")
+    opts = (*SMALL, "--relabel-epochs", "2", "--full-softlabels", "--save-cams")
+    res = cli("distill", "--in", src, "--out", out, "--teacher", teacher_path(), *opts)
     assert res.exit_code == 0, res.output
     local = tmp_path / "local"
-    res = cli("distill", "--in", src, "--out", local, "--teacher", teacher_path(), *SMALL, "--relabel-epochs", "2")
+    res = cli("distill", "--in", src, "--out", local, "--teacher", teacher_path(), *opts)
     assert res.exit_code == 0, res.output
     assert objects(moto_s3, out) == local_files(local)  # the same bytes, remote or local
     assert staging_empty(tmp_path)
@@ -133,9 +134,28 @@ def test_distill_s3_to_s3_then_stream_and_verify(s3: str, moto_s3, tmp_path: Pat
     assert all(n == 1 for path, n in gets.items() if not path.endswith(".tar")), gets  # manifest, index, table
     assert sum(n for path, n in gets.items() if path.endswith(".tar")) <= 2  # 20 images: one partner group
     assert not any(method == "HEAD" for method, _ in moto_s3.requests), moto_s3.requests  # sizes: manifest
-    for a, b in zip(make_loader(out, epoch=0, batch_size=8, workers=2), make_loader(local, epoch=0, batch_size=8),
-                    strict=True):
-        assert torch.equal(a["images"], b["images"]) and torch.equal(a["d_org"], b["d_org"])
+    for a, b in zip(make_loader(out, epoch=0, batch_size=8, workers=2, labels="kd"),
+                    make_loader(local, epoch=0, batch_size=8, labels="kd"), strict=True):
+        assert torch.equal(a["images"], b["images"]) and torch.equal(a["soft"], b["soft"])  # zarr over s3
+    assert cli("inspect", out, "--grid", tmp_path / "sheet.png", "--per-class", "2").exit_code == 0  # CAMs too
+
+    # relabel in place: only the changed label file and the manifest travel (the images are vouched for)
+    moto_s3.requests.clear()
+    args = ("--teacher", teacher_path(), "--epochs", "2", "--precision", "fp32", "--overwrite")
+    res = cli("relabel", out, *args)
+    assert res.exit_code == 0, res.output
+    assert cli("relabel", local, *args).exit_code == 0
+    assert objects(moto_s3, out) == local_files(local)
+    puts = [path for (method, path), n in moto_s3.requests.items() if method == "PUT"]
+    assert not any("/images/" in p or p.endswith("index.parquet") for p in puts), puts
+    assert staging_empty(tmp_path)
+    # the other readers of a remote store: size-report, export (to a local folder), kd labels from zarr
+    want, got = (json.loads(cli("size-report", s, "--json").stdout) for s in (local, out))
+    assert got["components"] == want["components"]
+    assert cli("export", out, "--to", "imagefolder", tmp_path / "exp").exit_code == 0
+    assert cli("export", local, "--to", "imagefolder", tmp_path / "exp2").exit_code == 0
+    a, b = local_files(tmp_path / "exp"), local_files(tmp_path / "exp2")
+    assert a.keys() == b.keys() and all(a[k] == b[k] for k in a if k != "export.json")
 
     # a damaged object is found, one line per problem
     bucket, _, key = f"{out}/images/shard-000000.tar".removeprefix("s3://").partition("/")
