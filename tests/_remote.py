@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
-import shutil
 import socket
 import threading
 import uuid
@@ -172,8 +170,3 @@ def hidden_module(name: str) -> Iterator[None]:
     finally:
         del sys.modules[name]
         sys.modules.update(saved)
-
-
-def clean_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    os.makedirs(path, exist_ok=True)

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from nrrstore.distill.pipeline import distill, method_config
 from nrrstore.errors import NrrError
-from nrrstore.format import Store, fs, remote
+from nrrstore.format import fs, remote
 from nrrstore.models import load_teacher
 from nrrstore.sources.shards import iter_samples
 from nrrstore.train.loader import make_loader

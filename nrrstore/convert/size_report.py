@@ -53,7 +53,7 @@ def split_distance_bytes(st: Store) -> tuple[int, int]:
     value = fixed = 0
     for part in st.distance_files():
         path = st.path / part["path"]
-        md = pq.ParquetFile(path).metadata
+        md = pq.ParquetFile(st._table_source(part["path"])).metadata
         values = 0
         for g in range(md.num_row_groups):
             for c in range(md.num_columns):
@@ -66,7 +66,7 @@ def split_distance_bytes(st: Store) -> tuple[int, int]:
                 page = header + (ZSTD_PAGE_BYTES if col.compression == "ZSTD" else 0)
                 values += col.total_compressed_size - min(col.total_compressed_size, page)
         value += values
-        fixed += path.stat().st_size - values
+        fixed += fs.file_size(path) - values
     return value, fixed
 
 

@@ -106,6 +106,11 @@ def writable_location(spec: str | os.PathLike[str]) -> Location:
     return loc
 
 
+def object_path(url: Url) -> str:
+    """How the URL's filesystem names it (``bucket/key`` for object stores)."""
+    return filesystem(url)[1]
+
+
 def filesystem(url: Url) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` and the path it knows it by; a missing extra is one line."""
     module, extra = SCHEMES[url.scheme]
@@ -289,7 +294,8 @@ def list_dir(loc: Location) -> list[tuple[str, bool]]:
 def sha256(loc: Location, chunk: int = 1 << 20) -> str:
     """sha256 of a file, read in order."""
     h = hashlib.sha256()
-    with open_read(loc) as f, remote_errors(str(loc)) if isinstance(loc, Url) else contextlib.nullcontext():
+    guard = remote_errors(loc) if isinstance(loc, Url) else contextlib.nullcontext()
+    with open_read(loc) as f, guard:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

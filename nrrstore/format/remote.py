@@ -73,8 +73,7 @@ def check_remote_output(url: fs.Url, overwrite: bool, *, marker: str, kind: str,
 def probe_write(url: fs.Url) -> None:
     """Write and delete one empty object, so a bucket that refuses writes fails now, not after the work."""
     filesystem, _ = fs.filesystem(url)
-    probe = url / f"{PROBE_PREFIX}{os.getpid()}"
-    _, path = fs.filesystem(probe)
+    path = fs.object_path(url / f"{PROBE_PREFIX}{os.getpid()}")
     with fs.remote_errors(url):
         filesystem.pipe_file(path, b"")
         filesystem.rm_file(path)
@@ -169,7 +168,7 @@ def fetch_store(url: fs.Url, local: Path) -> None:
         dst = tmp / f.path
         dst.parent.mkdir(parents=True, exist_ok=True)
         with fs.remote_errors(url / f.path):
-            filesystem.get_file(fs.filesystem(url / f.path)[1], str(dst))
+            filesystem.get_file(fs.object_path(url / f.path), str(dst))
     (tmp / MANIFEST_NAME).write_bytes(manifest)
     fsync_dir(tmp)
     install_folder(tmp, local)
@@ -194,9 +193,9 @@ def publish(local: Path, url: fs.Url, marker: str) -> None:
         _rm(filesystem, url / marker)
     for rel in send:
         with fs.remote_errors(url / rel):
-            filesystem.put_file(str(local / rel), fs.filesystem(url / rel)[1])
+            filesystem.put_file(str(local / rel), fs.object_path(url / rel))
     with fs.remote_errors(url / marker):
-        filesystem.pipe_file(fs.filesystem(url / marker)[1], new_marker)
+        filesystem.pipe_file(fs.object_path(url / marker), new_marker)
     for rel in remote:
         if rel not in mine:
             _rm(filesystem, url / rel)
@@ -204,7 +203,7 @@ def publish(local: Path, url: fs.Url, marker: str) -> None:
 
 def _rm(filesystem: Any, url: fs.Url) -> None:
     with fs.remote_errors(url):
-        filesystem.rm_file(fs.filesystem(url)[1])
+        filesystem.rm_file(fs.object_path(url))
 
 
 def _vouched(marker: bytes) -> dict[str, str]:
