@@ -145,8 +145,9 @@ def _discard_if_idle(stage: Path, local: Path, fetched: bool) -> None:
 
 
 def _as_remote(exc: NrrError, local: Path, url: fs.Url) -> NrrError:
-    """The same error, naming the output URL where it names the staged copy."""
-    pattern = re.compile(re.escape(path_text(local)) + r"(?=/|$|[\s:;,)'\"])")
+    """The same error, naming the output URL where it names the staged copy (not its hidden work folders,
+    which stay local: a message telling where finished work is kept must point there)."""
+    pattern = re.compile(re.escape(path_text(local)) + r"(?=/[^.]|$|[\s:;,)'\"])")
     path = None if exc.path is None else pattern.sub(str(url), exc.path)
     return type(exc)(path, pattern.sub(str(url), exc.problem))
 
