@@ -147,7 +147,7 @@ def import_rded_cmd(
 
 
 def size_report_cmd(
-    store: str = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     classes: int = typer.Option(1000, "--classes", min=1, help="Classes of the extrapolation (ImageNet-1K: 1000)."),
     ipc: list[int] = typer.Option([10, 50, 200], "--ipc", min=1, help="Images per class of the extrapolation (repeat the option)."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Epochs of the extrapolation (and of a store without labels)."),
@@ -174,7 +174,7 @@ def size_report_cmd(
 
 
 def export_cmd(
-    store: str = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     to: str = typer.Option("imagefolder", "--to", help="Layout to export to (imagefolder)."),
     out: str = typer.Argument(..., help="Output folder.", metavar="OUT"),
     csv: bool = typer.Option(False, "--csv", help="Also write the distances as distances.csv."),

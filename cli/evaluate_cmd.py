@@ -13,7 +13,7 @@ from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 @handle_errors
 def evaluate_cmd(
-    store: str = typer.Argument(..., help="The store to evaluate.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store to evaluate (a folder or a URL).", metavar="STORE"),
     val: str = typer.Option(..., "--val", help="Real held-out shards to test students on."),
     train: Optional[str] = typer.Option(None, "--train", help="Real training shards: adds the random-real "
                                         "baseline at the same IPC."),

@@ -9,7 +9,8 @@ import typer
 from nrrstore.sources.prepare import MODES, class_names_from_arg, prepare_idx, prepare_imagefolder
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
-_OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty).")
+_OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty), or an "
+                    "s3:// or gs:// URL.")
 _SHARD_SIZE = typer.Option(1000, "--shard-size", min=1, help="Samples per shard.")
 _PER_CLASS = typer.Option(None, "--per-class", min=1, help="Keep only the first N images of each class (file order).")
 _LIMIT = typer.Option(None, "--limit", min=1, help="Keep only the first N images (after --per-class).")

@@ -20,7 +20,7 @@ _AMP = typer.Option(None, "--amp", help="Run the teacher under autocast: bf16 or
 
 
 def relabel_cmd(
-    store: str = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     teacher: str = typer.Option(..., "--teacher", "-t", help="Teacher checkpoint file (nrrstore format)."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Training epochs to label (one view per image each)."),
     precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
@@ -66,7 +66,7 @@ def relabel_cmd(
 
 
 def train_student_cmd(
-    store: str = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     val: str = typer.Option(..., "--val", help="Held-out real images: shard folder, pattern, list or URL."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),

@@ -313,7 +313,8 @@ def test_bad_credentials_and_denied_bucket(s3: str, moto_s3, tmp_path: Path, mon
     iam.create_user(UserName="reader")
     iam.put_user_policy(UserName="reader", PolicyName="other-bucket-only", PolicyDocument=json.dumps({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": ["arn:aws:s3:::other", "arn:aws:s3:::other/*"]}],
+        "Statement": [{"Effect": "Allow", "Action": "s3:*",
+                       "Resource": ["arn:aws:s3:::other", "arn:aws:s3:::other/*"]}],
     }))
     key = iam.create_access_key(UserName="reader")["AccessKey"]
     monkeypatch.setattr(settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # from now on moto checks every request

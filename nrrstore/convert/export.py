@@ -115,7 +115,8 @@ def _export(st: Store, out: Path, csv: bool, numbered: bool, overwrite: bool, pr
             _write_distances(st, tmp, keys, labels, paths, csv, progress)
             files += ["distances.parquet"] + (["distances.csv"] if csv else [])
         info = {
-            "format": "nrrstore-export", "version": 1, "layout": "imagefolder", "store": str(st.path.resolve() if isinstance(st.path, Path) else st.path),
+            "format": "nrrstore-export", "version": 1, "layout": "imagefolder",
+            "store": str(st.path.resolve() if isinstance(st.path, Path) else st.path),
             "classes": [{"index": i, "name": n, "folder": f} for i, (n, f) in enumerate(zip(m.classes, folders))],
             "images": m.num_images, "epochs": epochs,
             "distance_columns": "epoch, image, key, label, path, d_org, d_aug (float32)"

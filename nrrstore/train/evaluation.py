@@ -232,7 +232,8 @@ def evaluate_store(
         if {"dbr", "kd"} & set(kinds):
             base_teacher = _baseline_teacher(st, teacher, device)
     work = local_output(work)
-    if isinstance(st.path, Path) and (work.resolve() == st.path.resolve() or st.path.resolve() in work.resolve().parents):
+    local = st.path.resolve() if isinstance(st.path, Path) else None  # a remote store cannot hold the work folder
+    if local is not None and (work.resolve() == local or local in work.resolve().parents):
         raise NrrError(work, "the work folder must lie outside the store (evaluate never writes into a store)")
     created = not work.is_dir()
     if created:
