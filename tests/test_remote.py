@@ -299,6 +299,9 @@ def test_missing_extras_name_the_install(s3: str, tmp_path: Path, monkeypatch: p
                             f"pip install 'nrrstore[{extra}]'")
             assert_one_line(cli("prepare", "imagefolder", image_tree(tmp_path / "t", 1), "--out",
                                 f"{scheme}://bucket/x"), f"pip install 'nrrstore[{extra}]'")
+            assert_one_line(cli("distill", "--in", FMNIST_TRAIN, "--out", f"{scheme}://bucket/x", "--teacher",
+                                teacher_path(), "--ipc", "1"), f"pip install 'nrrstore[{extra}]'")
+    assert not list(tmp_path.glob("**/.work-*")) and not any(Path(f"{s}:").exists() for s in ("s3", "gs"))
     assert staging_empty(tmp_path)
 
 

@@ -115,14 +115,13 @@ def filesystem(url: Url) -> tuple[Any, str]:
     """The fsspec filesystem of ``url`` and the path it knows it by; a missing extra is one line."""
     module, extra = SCHEMES[url.scheme]
     try:
-        import fsspec
+        from fsspec.core import url_to_fs
 
         # no listings cache: nrrstore writes and then reads the same prefixes, and must see what is there now
-        fs = fsspec.filesystem(url.scheme, use_listings_cache=False)
+        return url_to_fs(str(url), use_listings_cache=False)
     except ImportError:
         how = f"pip install 'nrrstore[{extra}]'" if extra else f"pip install {module}"
         raise NrrError(url, f"{url.scheme}:// needs the {module} package: {how}") from None
-    return fs, fs._strip_protocol(str(url))
 
 
 @contextlib.contextmanager
