@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
 
 from nrrstore.errors import NrrError
+from nrrstore.format.outputs import local_output
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
@@ -36,12 +36,12 @@ def _normalization(mean: Optional[str], std: Optional[str], none: bool) -> objec
 
 
 def convert_softlabels_cmd(
-    labels_dir: Path = typer.Argument(..., help="The soft-label folder (SRe2L: epoch_E/batch_B.tar).", metavar="LABELS"),
+    labels_dir: str = typer.Argument(..., help="The soft-label folder (SRe2L: epoch_E/batch_B.tar).", metavar="LABELS"),
     images: str = typer.Option(..., "--images", help="The images the labels were made on: an ImageFolder tree, or shards."),
-    out: Path = typer.Option(..., "--out", help="Output store folder."),
+    out: str = typer.Option(..., "--out", help="Output store folder."),
     fmt: str = typer.Option("sre2l", "--format", help="Soft-label format (sre2l: SRe2L/FKD relabel output)."),
     sampler_seed: int = typer.Option(42, "--sampler-seed", min=0, help="Seed of the relabel run's RandomSampler generator."),
-    order_file: Optional[Path] = typer.Option(None, "--order-file", help="Image order per epoch instead of the sampler: .npy [E, N] or text, one line per epoch."),
+    order_file: Optional[str] = typer.Option(None, "--order-file", help="Image order per epoch instead of the sampler: .npy [E, N] or text, one line per epoch."),
     temperature: float = typer.Option(1.0, "--temperature", min=1e-6, help="Divide the stored logits by this before computing distances."),
     keep_full: bool = typer.Option(False, "--keep-full", help="Also keep the full soft labels (fp16 zarr, KD baseline)."),
     precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
@@ -52,7 +52,7 @@ def convert_softlabels_cmd(
     mean: Optional[str] = typer.Option(None, "--mean", help="Teacher input mean per channel, e.g. 0.485,0.456,0.406 (default: ImageNet's for RGB)."),
     std: Optional[str] = typer.Option(None, "--std", help="Teacher input std per channel."),
     no_normalization: bool = typer.Option(False, "--no-normalization", help="The teacher took [0, 1] pixels."),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="Class names file (one per line, or JSON) instead of the folder names."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names file (one per line, or JSON) instead of the folder names."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes converting epochs in parallel (default: one per CPU up to 4 for large folders; 0: none)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Convert only the first N epochs (they must be "
@@ -76,7 +76,7 @@ def convert_softlabels_cmd(
 
         t = load_teacher(teacher, device)
     with ProgressBar() as bar:
-        summary = convert_sre2l(labels_dir, images, out, sampler_seed=sampler_seed, order_file=order_file,
+        summary = convert_sre2l(labels_dir, images, local_output(out), sampler_seed=sampler_seed, order_file=order_file,
                                 temperature=temperature, keep_full=keep_full, precision=precision, quant_max=quant_max,
                                 epochs_per_file=epochs_per_file, size=size, mode=mode,
                                 normalization=_normalization(mean, std, no_normalization), classes=classes,
@@ -96,10 +96,10 @@ def convert_softlabels_cmd(
 
 
 def import_rded_cmd(
-    syn_data: Path = typer.Argument(..., help="RDED output: one folder per class number (00000/...), images named "
+    syn_data: str = typer.Argument(..., help="RDED output: one folder per class number (00000/...), images named "
                                     "class00000_id00000.jpg.", metavar="SYN_DATA"),
-    out: Path = typer.Option(..., "--out", help="Output store folder."),
-    classes: Optional[Path] = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
+    out: str = typer.Option(..., "--out", help="Output store folder."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
     image_format: Optional[str] = typer.Option(None, "--image-format", help="Re-encode as png, webp or jpg (default: "
                                                "keep the source files' bytes when they can be, else png)."),
     quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
@@ -147,12 +147,12 @@ def import_rded_cmd(
 
 
 def size_report_cmd(
-    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     classes: int = typer.Option(1000, "--classes", min=1, help="Classes of the extrapolation (ImageNet-1K: 1000)."),
     ipc: list[int] = typer.Option([10, 50, 200], "--ipc", min=1, help="Images per class of the extrapolation (repeat the option)."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Epochs of the extrapolation (and of a store without labels)."),
     topk: int = typer.Option(10, "--topk", min=1, help="k of the FKD-style top-k scheme."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a bar chart (log scale) into this PNG file."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw a bar chart (log scale) into this PNG file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     as_json: bool = _JSON,
 ) -> None:
@@ -174,9 +174,9 @@ def size_report_cmd(
 
 
 def export_cmd(
-    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     to: str = typer.Option("imagefolder", "--to", help="Layout to export to (imagefolder)."),
-    out: Path = typer.Argument(..., help="Output folder.", metavar="OUT"),
+    out: str = typer.Argument(..., help="Output folder.", metavar="OUT"),
     csv: bool = typer.Option(False, "--csv", help="Also write the distances as distances.csv."),
     numbered: bool = typer.Option(False, "--numbered", help="Prefix class folders with their index so sorted order = class order."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export."),

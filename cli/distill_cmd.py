@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -17,7 +16,8 @@ def distill_cmd(
     ipc: int = typer.Option(..., "--ipc", min=1, help="Synthetic images per class."),
     teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint (nrrstore teacher train), or an architecture "
                                 "spec such as torchvision:NAME or timm:NAME."),
-    out: Path = typer.Option(..., "--out", help="Output store folder."),
+    out: str = typer.Option(..., "--out", help="Output store: a folder, or an s3:// or gs:// URL (uploaded, "
+                            "manifest last)."),
     method: str = typer.Option("nrr", "--method", help="nrr (NRR-DD), rded (high confidence, no refinement) or random (random real images)."),
     factor: Optional[int] = typer.Option(None, "--factor", min=1, help="Patches per side (beta = factor^2). Default: 2 at >= 128 px, else 1."),
     mipc: Optional[int] = typer.Option(None, "--mipc", min=1, help="Real images considered per class (default 300)."),

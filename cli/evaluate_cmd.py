@@ -7,12 +7,13 @@ from typing import Optional
 
 import typer
 
+from nrrstore.format import fs
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 
 @handle_errors
 def evaluate_cmd(
-    store: Path = typer.Argument(..., help="The store to evaluate.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store to evaluate (a folder or a URL).", metavar="STORE"),
     val: str = typer.Option(..., "--val", help="Real held-out shards to test students on."),
     train: Optional[str] = typer.Option(None, "--train", help="Real training shards: adds the random-real "
                                         "baseline at the same IPC."),
@@ -31,9 +32,9 @@ def evaluate_cmd(
     kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="KD temperature."),
     full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Top-1 (fraction, e.g. 0.93) of the "
                                              "student on the full real data with hard labels: adds HLR and LRS."),
-    work: Optional[Path] = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
+    work: Optional[str] = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
                                         "(default: .eval-STORE beside the store); rerun to resume."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw the table as a PNG bar chart."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw the table as a PNG bar chart."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
     workers: int = typer.Option(0, "--workers", min=0, help="Loader worker processes."),
@@ -49,7 +50,7 @@ def evaluate_cmd(
     kinds = [k.strip() for k in labels.split(",") if k.strip()] if labels else None
     protocol = StudentProtocol(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, alpha_dbr=alpha_dbr,
                                dbr_norm=dbr_norm, kd_temperature=kd_temperature)
-    work_dir = work if work is not None else store.with_name(f".eval-{store.name}")
+    work_dir = work if work is not None else default_work(store)
     with ProgressBar() as bar:
         result = evaluate_store(store, val, work_dir, train=train, teacher=teacher, seeds=seeds, labels=kinds,
                                 protocol=protocol, full_acc=full_acc, device=device, workers=workers, progress=bar)
@@ -62,6 +63,12 @@ def evaluate_cmd(
         print(format_table(result))
         if result["cells_resumed"]:
             print(f"({result['cells_resumed']} cell(s) were already done in {work_dir})")
+
+
+def default_work(store: str) -> Path:
+    """``.eval-NAME`` beside a local store; in the current folder for a store given by URL."""
+    loc = fs.location(store)
+    return loc.with_name(f".eval-{loc.name}") if isinstance(loc, Path) else Path(f".eval-{loc.name}")
 
 
 def register(app: typer.Typer) -> None:

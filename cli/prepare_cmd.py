@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional
 
 import typer
@@ -11,7 +10,8 @@ from nrrstore.sources.prepare import MODES, class_names_from_arg, prepare_idx, p
 from nrrstore.units import human_bytes
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
-_OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty).")
+_OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty), or an "
+                    "s3:// or gs:// URL.")
 _SHARD_SIZE = typer.Option(1000, "--shard-size", min=1, help="Samples per shard.")
 _PER_CLASS = typer.Option(None, "--per-class", min=1, help="Keep only the first N images of each class (file order).")
 _LIMIT = typer.Option(None, "--limit", min=1, help="Keep only the first N images (after --per-class).")
@@ -37,9 +37,9 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def idx(
-    images: Path = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte.gz).", metavar="IMAGES"),
-    labels: Path = typer.Argument(..., help="IDX labels file (e.g. train-labels-idx1-ubyte.gz).", metavar="LABELS"),
-    out: Path = _OUT,
+    images: str = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte.gz).", metavar="IMAGES"),
+    labels: str = typer.Argument(..., help="IDX labels file (e.g. train-labels-idx1-ubyte.gz).", metavar="LABELS"),
+    out: str = _OUT,
     classes: Optional[str] = typer.Option(
         None, "--classes", help="Class names: a file (one per line, or .json) or a comma-separated list. Default: 0..K-1."),
     shard_size: int = _SHARD_SIZE,
@@ -67,8 +67,8 @@ def idx(
 
 
 def imagefolder(
-    root: Path = typer.Argument(..., help="Folder with one sub-folder of images per class.", metavar="ROOT"),
-    out: Path = _OUT,
+    root: str = typer.Argument(..., help="Folder with one sub-folder of images per class.", metavar="ROOT"),
+    out: str = _OUT,
     shard_size: int = _SHARD_SIZE,
     per_class: Optional[int] = _PER_CLASS,
     limit: Optional[int] = _LIMIT,

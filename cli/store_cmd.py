@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -15,9 +14,9 @@ from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 @handle_errors
 def inspect_cmd(
-    path: Path = typer.Argument(..., help="A store folder, a folder of .tar shards, a brace pattern or a shard list.",
-                                metavar="PATH"),
-    grid: Optional[Path] = typer.Option(None, "--grid", help="Write a contact sheet PNG: a row per class, a column "
+    path: str = typer.Argument(..., help="A store, a folder of .tar shards, a brace pattern or a shard list "
+                               "(paths or URLs).", metavar="PATH"),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Write a contact sheet PNG: a row per class, a column "
                                         "per image (each followed by its CAM when the store keeps CAMs)."),
     per_class: int = typer.Option(10, "--per-class", min=1, help="Images per class on the contact sheet."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --grid file."),
@@ -34,7 +33,7 @@ def inspect_cmd(
 
 @handle_errors
 def verify_cmd(
-    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     no_decode: bool = typer.Option(False, "--no-decode", help="Only check sizes and checksums."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Also replay views with this teacher and compare "
                                           "the distances with the stored ones (catches a wrong teacher, seed or "

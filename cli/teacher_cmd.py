@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -20,7 +19,7 @@ def train_cmd(
     arch: str = typer.Option("convnet3", "--arch", help="convnet3..convnet6, resnet18, resnet18_cifar, or a spec "
                              "such as torchvision:NAME, timm:NAME or package.module:factory."),
     epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the training images."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint file to write (atomically; an existing one needs "
+    out: str = typer.Option(..., "--out", help="Checkpoint file to write (atomically; an existing one needs "
                              "--overwrite)."),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per optimizer step."),
     lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (5% linear warm-up, then cosine to 0)."),

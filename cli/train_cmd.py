@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -21,7 +20,7 @@ _AMP = typer.Option(None, "--amp", help="Run the teacher under autocast: bf16 or
 
 
 def relabel_cmd(
-    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     teacher: str = typer.Option(..., "--teacher", "-t", help="Teacher checkpoint file (nrrstore format)."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Training epochs to label (one view per image each)."),
     precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
@@ -67,7 +66,7 @@ def relabel_cmd(
 
 
 def train_student_cmd(
-    store: Path = typer.Argument(..., help="The store folder.", metavar="STORE"),
+    store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     val: str = typer.Option(..., "--val", help="Held-out real images: shard folder, pattern, list or URL."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
@@ -79,7 +78,7 @@ def train_student_cmd(
     lr: float = typer.Option(1e-3, "--lr", min=1e-12, help="AdamW learning rate (cosine to 0)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0, help="AdamW weight decay."),
     seed: int = typer.Option(0, "--seed", min=0, help="Student initialisation seed."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint if it exists."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --checkpoint instead of refusing."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),

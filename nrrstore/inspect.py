@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from nrrstore.errors import os_errors_name
 from nrrstore.format.atomic import atomic_open
 from nrrstore.format.cams import read_cams
-from nrrstore.format.layout import is_store
+from nrrstore.format.layout import names_a_store
 from nrrstore.format.outputs import check_output_file
 from nrrstore.format.reader import Store
 from nrrstore.progress import Progress
@@ -34,7 +34,7 @@ def inspect_path(path: str | os.PathLike[str], grid: str | os.PathLike[str] | No
     """
     if grid is not None:
         check_output_file(grid, overwrite)
-    if is_store(path):
+    if names_a_store(path):
         store = Store(path)
         info = store.info()
         if grid is not None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,11 @@ FMNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# Hugging Face `datasets` (test_ecosystem, README's example) works offline, caching in a scratch folder.
+_HF_HOME = tempfile.mkdtemp(prefix="nrrstore-test-hf-")
+atexit.register(shutil.rmtree, _HF_HOME, True)
+os.environ.update(HF_HOME=_HF_HOME, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 
 
 def _install_cli_shim() -> None:
@@ -82,3 +91,43 @@ def teacher():
 
     with one_thread():
         return load_teacher(teacher_path())
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 server on 127.0.0.1 (a free port) for the whole session; stopped at the end."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    from tests._remote import MotoS3
+
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_s3, monkeypatch, tmp_path):
+    """A fresh bucket on the moto server, this process's environment pointed at it: yields ``s3://bucket``.
+
+    ``NRRSTORE_STAGING`` (where remote writes are staged) goes to the test's temporary folder.
+    """
+    from tests._remote import reset_fsspec
+
+    for k, v in moto_s3.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("NRRSTORE_STAGING", str(tmp_path / "staging"))
+    reset_fsspec()
+    yield f"s3://{moto_s3.new_bucket()}"
+    reset_fsspec()
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A loopback HTTP server (Range requests) over ``tmp_path / "www"``: yields (folder, server)."""
+    from tests._remote import RangeHTTP
+
+    root = tmp_path / "www"
+    root.mkdir()
+    server = RangeHTTP(root)
+    yield root, server
+    server.stop()

@@ -16,8 +16,8 @@ OUTSIDE_FORMAT = sorted(p for d in ("nrrstore", "cli") for p in (ROOT / d).rglob
 #: The store's own names, which only nrrstore/format/layout.py spells.
 STORE_NAMES = re.compile(r"""["'](?:manifest\.json|index\.parquet|cams\.zarr|softlabels\.zarr)["']"""
                          r"""|["'](?:labels/|\.relabel\b|\.tmp-|\.old-)""")
-#: Known exceptions: the hand-written HTTP client, which the fsspec work replaces.
-ALLOWED = {("nrrstore/train/loader.py", '"manifest.json"')}
+#: Known exceptions (none since the fsspec layer replaced the hand-written HTTP client in train/loader.py).
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def _imports(path: Path) -> set[str]:

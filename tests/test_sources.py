@@ -102,7 +102,10 @@ def test_resolve_directory_sorted_and_filtered(tmp_path: Path) -> None:
     assert resolve_shards(tmp_path) == [str(tmp_path / n) for n in ["a-000000.tar.gz", "b-000001.tar", "c.tgz"]]
 
 
-def test_resolve_brace_list_file_and_urls(tmp_path: Path) -> None:
+def test_resolve_brace_list_file_and_urls(tmp_path: Path, http_root) -> None:
+    www, server = http_root  # URLs are checked to exist: a loopback server holds them
+    for name in ("s-0.tar", "s-1.tar", "x-1.tar", "x-2.tar"):
+        (www / name).write_bytes(b"x")
     for i in range(3):
         (tmp_path / f"train-{i:06d}.tar").write_bytes(b"x")
     pattern = str(tmp_path / "train-{000000..000002}.tar")
@@ -112,13 +115,13 @@ def test_resolve_brace_list_file_and_urls(tmp_path: Path) -> None:
     sub.mkdir()
     listing = sub / "shards.txt"
     listing.write_text("# the training shards\n../train-000002.tar\n\n  ../train-{000000..000001}.tar  \n"
-                       "pipe:cat /dev/null\nhttps://example.org/s-{0..1}.tar\n")
+                       f"pipe:cat /dev/null\n{server.url}/s-{{0..1}}.tar\n")
     assert resolve_shards(listing) == [str(sub / "../train-000002.tar"), str(sub / "../train-000000.tar"),
                                        str(sub / "../train-000001.tar"), "pipe:cat /dev/null",
-                                       "https://example.org/s-0.tar", "https://example.org/s-1.tar"]
+                                       f"{server.url}/s-0.tar", f"{server.url}/s-1.tar"]
     # A list of specs, and a single file.
     assert resolve_shards([expected[1], tmp_path / "train-000000.tar"]) == [expected[1], expected[0]]
-    assert resolve_shards("http://host/x-{1..2}.tar") == ["http://host/x-1.tar", "http://host/x-2.tar"]
+    assert resolve_shards(f"{server.url}/x-{{1..2}}.tar") == [f"{server.url}/x-1.tar", f"{server.url}/x-2.tar"]
 
 
 def test_resolve_errors_name_the_path(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from nrrstore.errors import NrrError, os_errors_name
 from nrrstore.format.atomic import is_inside
 from nrrstore.format.distances import read_epoch_labels
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import StagedFolder, check_output_folder
+from nrrstore.format.outputs import StagedFolder, check_output_folder, local_output
 from nrrstore.format.parquet import RowGroupFile
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import EXPLICIT_COLUMNS
@@ -69,9 +69,9 @@ def export_imagefolder(
     """Write ``store`` as an ImageFolder tree at ``out`` with its distances joined to keys."""
     t0 = time.perf_counter()
     st = Store(store)
-    out = Path(out)
+    out = local_output(out)
     _check_target(out, overwrite)
-    if is_inside(out, st.path):
+    if isinstance(st.path, Path) and is_inside(out, st.path):
         raise NrrError(out, "the export may not lie inside the store")
     with output_lock(out), os_errors_name(out):
         return _export(st, out, csv, numbered, overwrite, progress, t0)
@@ -109,7 +109,8 @@ def _export(st: Store, out: Path, csv: bool, numbered: bool, overwrite: bool, pr
             _write_distances(st, tmp, keys, labels, paths, csv, progress)
             files += ["distances.parquet"] + (["distances.csv"] if csv else [])
         info = {
-            "format": "nrrstore-export", "version": 1, "layout": "imagefolder", "store": str(st.path.resolve()),
+            "format": "nrrstore-export", "version": 1, "layout": "imagefolder",
+            "store": str(st.path.resolve() if isinstance(st.path, Path) else st.path),
             "classes": [{"index": i, "name": n, "folder": f} for i, (n, f) in enumerate(zip(m.classes, folders))],
             "images": m.num_images, "epochs": epochs,
             "distance_columns": "epoch, image, key, label, path, d_org, d_aug (float32)"

@@ -24,6 +24,7 @@ from nrrstore.convert.passthrough import AsIs, NotAsIs, read_file
 from nrrstore.errors import NrrError, os_errors_name, path_text, staged_as
 from nrrstore.format.keys import image_key
 from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import local_output
 from nrrstore.format.writer import StoreWriter, check_output_dir, staged_store
 from nrrstore.progress import Progress
 from nrrstore.sources.imagefolder import IMAGE_FILE_EXTS, read_image_file
@@ -138,7 +139,7 @@ def import_rded(
     total_bytes = sum(r.path.stat().st_size for r in images)
     source = {"format": "rded", "path": path_text(root.resolve()), "bytes": total_bytes, "files": len(images),
               "total_bytes": total_bytes}
-    out = Path(out)
+    out = local_output(out)
     method = {"import": {"from": "rded", "image_mode": mode}}
     summary: dict[str, Any] = {"store": str(out), "images": len(images), "classes": len(names),
                                "source_bytes": total_bytes, "image_mode": mode}

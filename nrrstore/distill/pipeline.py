@@ -30,14 +30,15 @@ from nrrstore import __version__
 from nrrstore.distill.cidd import ClassCandidates, CiddConfig, discover, select_and_stitch
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
 from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
+from nrrstore.format import fs, remote
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes
 from nrrstore.format.cams import write_cams
 from nrrstore.format.images import effective_quality
 from nrrstore.format.keys import image_key
-from nrrstore.format.layout import is_store
+from nrrstore.format.layout import MANIFEST_NAME, is_store
 from nrrstore.format.lock import output_lock
 from nrrstore.format.manifest import load_manifest
-from nrrstore.format.writer import StoreWriter, check_output_dir
+from nrrstore.format.writer import STORE_KIND, StoreWriter, check_output_dir, store_object
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
 from nrrstore.progress import Progress
@@ -206,7 +207,7 @@ def _check_params(work: Path, params: dict[str, Any], rank: int, world: int) -> 
 
 @dataclass
 class DistillResult:
-    store: Path
+    store: fs.Location
     summary: dict[str, Any]
 
 
@@ -220,9 +221,13 @@ def distill(
     progress: Progress | None = None,
     after_class: Callable[[int], None] | None = None,
 ) -> DistillResult:
-    """Distill the shards ``inputs`` into the store ``out`` (see the module docstring)."""
+    """Distill the shards ``inputs`` into the store ``out``, a folder or an s3:// or gs:// URL (see the
+    module docstring; remote outputs are made in a staging folder and uploaded, `nrrstore.format.remote`)."""
     t_start = time.perf_counter()
-    out = Path(out)
+    loc = fs.writable_location(out)
+    if isinstance(loc, fs.Url):
+        return _distill_remote(inputs, teacher, loc, cfg, overwrite, progress, after_class)
+    out = loc
     urls = resolve_shards(inputs)
     rank, world = dist_info()
     names = read_class_names(inputs)
@@ -234,11 +239,9 @@ def distill(
         "config": cfg.to_dict(), "inputs": urls, "teacher_sha256": teacher.sha256, "classes": classes,
         "tool_version": __version__,
     }
-    if is_store(out) and not overwrite:
-        m = load_manifest(out)
-        made_by = {k: v for k, v in m.method.items() if k not in ("relabel", "sources_used")}  # added after distill
-        if made_by == cfg.to_dict() and m.teacher.get("sha256") == teacher.sha256 and m.source.get("shards") == urls:
-            return DistillResult(out, {"store": str(out), "resumed": "complete", "images": m.num_images})
+    finished = _finished(out, cfg, teacher, urls, overwrite)
+    if finished is not None:
+        return finished
     if rank == 0:
         check_output_dir(out, overwrite)
     work = work_dir(out)
@@ -253,6 +256,40 @@ def distill(
             raise stopped from None
     summary.update(total_s=round(time.perf_counter() - t_start, 3))
     return DistillResult(out, summary)
+
+
+def _finished(out: fs.Location, cfg: DistillConfig, teacher: Teacher, urls: list[str],
+              overwrite: bool) -> DistillResult | None:
+    """The store ``out`` when it is already complete and made by this very job (a rerun is a no-op)."""
+    if overwrite or not is_store(out):
+        return None
+    m = load_manifest(out)
+    made_by = {k: v for k, v in m.method.items() if k not in ("relabel", "sources_used")}  # added after distill
+    if made_by == cfg.to_dict() and m.teacher.get("sha256") == teacher.sha256 and m.source.get("shards") == urls:
+        return DistillResult(out, {"store": str(out), "resumed": "complete", "images": m.num_images})
+    return None
+
+
+def _distill_remote(inputs: Any, teacher: Teacher, url: fs.Url, cfg: DistillConfig, overwrite: bool,
+                    progress: Progress | None, after_class: Callable[[int], None] | None) -> DistillResult:
+    """Distill into the staging folder of ``url`` (resumable there), then upload the store, manifest last."""
+    urls = resolve_shards(inputs)
+    finished = _finished(url, cfg, teacher, urls, overwrite)
+    if finished is not None:
+        return finished
+    fingerprint = {"job": "distill", "config": cfg.to_dict(), "inputs": urls, "teacher_sha256": teacher.sha256,
+                   "tool_version": __version__, "overwrite": overwrite}
+
+    def job(local: Path) -> dict[str, Any]:
+        return distill(inputs, teacher, local, cfg, overwrite=overwrite, progress=progress,
+                       after_class=after_class).summary
+
+    if dist_info()[0] != 0:  # under torchrun rank 0 publishes; the ranks share its staging folder
+        return DistillResult(url, job(remote.twin(url)))
+    summary = remote.run_remote(url, fingerprint, job, marker=MANIFEST_NAME, kind=STORE_KIND,
+                                ours=store_object, overwrite=overwrite)
+    summary["store"] = str(url)
+    return DistillResult(url, summary)
 
 
 def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, work: Path, cfg: DistillConfig,

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 
 from nrrstore.devices import amp_dtype, autocast, resolve_device
 from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
-from nrrstore.format import fs, quant
+from nrrstore.format import fs, quant, remote
 from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
     DistanceFile,
@@ -53,18 +53,19 @@ from nrrstore.format.distances import (
     install_chunks,
 )
 from nrrstore.format.layout import RELABEL_WORK_DIR as WORK_DIR
-from nrrstore.format.layout import DISTANCE_FILE_GLOB, distance_file_name
+from nrrstore.format.layout import DISTANCE_FILE_GLOB, MANIFEST_NAME, distance_file_name
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_writable
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import WORK_NAME as SOFTLABELS_WORK_NAME
 from nrrstore.format.softlabels import create_softlabels, install_softlabels, softlabels_section
 from nrrstore.format.update import update_store
+from nrrstore.format.writer import STORE_KIND, store_object
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
 from nrrstore.train.augment import RECIPE_VERSION, AugRecipe, epoch_columns
-from nrrstore.train.loader import RemoteStore, open_store, store_recipe
+from nrrstore.train.loader import open_store, store_recipe
 from nrrstore.train.losses import distances
 from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
 
@@ -102,10 +103,9 @@ def _store_job(job: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
     def run(store: Store | str | os.PathLike[str], *args: Any, **kwargs: Any) -> dict[str, Any]:
         from nrrstore.distill.pipeline import dist_info
 
-        root = store.path if isinstance(store, Store) else store
-        if isinstance(root, str) and root.startswith(("http://", "https://")):
-            return job(store, *args, **kwargs)  # refused inside: a URL is not written to
-        root = Path(root)
+        root = store.path if isinstance(store, Store) else fs.writable_location(store)
+        if isinstance(root, fs.Url):
+            return _remote_job(run, root, args, kwargs)
         if root.is_dir():
             check_writable(root)
         rank, world = dist_info()
@@ -119,6 +119,27 @@ def _store_job(job: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
                 raise stopped from None
 
     return run
+
+
+def _remote_job(run: Callable[..., dict[str, Any]], url: fs.Url, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Relabel a store on an object store: fetched into its staging folder, relabelled there (resumable as
+    locally), then the new label files and the manifest (last) are uploaded (`nrrstore.format.remote`)."""
+    from nrrstore.distill.pipeline import dist_info
+
+    if args and not isinstance(args[0], Teacher):
+        args = (load_teacher(args[0], resolve_device(kwargs.get("device", "cpu"))), *args[1:])
+    local_only = ("progress", "device", "workers", "cache_mb")
+    fingerprint = {"job": "relabel", "args": [a.sha256 if isinstance(a, Teacher) else a.to_dict()
+                                              if isinstance(a, AugRecipe) else a for a in args],
+                   "kwargs": {k: v.to_dict() if isinstance(v, AugRecipe) else v
+                              for k, v in kwargs.items() if k not in local_only}}
+    if dist_info()[0] != 0:  # under torchrun rank 0 fetches and publishes; the ranks share its staging folder
+        return run(remote.twin(url), *args, **kwargs)
+    summary = remote.run_remote(url, fingerprint, lambda local: run(local, *args, **kwargs), marker=MANIFEST_NAME,
+                                kind=STORE_KIND, ours=store_object, fetch=True)
+    summary["store"] = str(url)
+    return summary
 
 
 def _stopped(exc: BaseException, root: Path, work: Path, world: int) -> BaseException:
@@ -174,8 +195,6 @@ def relabel(
     dev = resolve_device(device)
     amp_dt = amp_dtype(amp, dev)
     st = open_store(store)
-    if isinstance(st, RemoteStore):
-        raise NrrError(st.path, "relabel writes into the store: give a local folder, not a URL")
     m = st.manifest
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, dev)

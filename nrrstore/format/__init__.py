@@ -3,8 +3,10 @@
 `layout` names every file of a store; each component has one module that writes and reads it
 (`manifest`, `tario` image shards, `index`, `distances`, `softlabels`, `cams`, over `parquet`
 and `atomic` writes); `outputs` stages folder outputs, `lock` guards writers, `update` adds
-components to a finished store, and `verify` checks one end to end. File operations beyond reading
-and atomic writing go through `fs`.
+components to a finished store, and `verify` checks one end to end. `fs` says where files live (a
+local path, or an s3://, gs:// or http(s):// URL through fsspec) and is the one door for reading them
+and for the file operations beyond atomic writing; `remote` writes outputs to object stores (staged
+locally, uploaded with the manifest last).
 """
 
 from nrrstore.format.manifest import FORMAT_VERSION, Manifest, load_manifest

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nrrstore.format import fs
 from nrrstore.format.layout import CAMS_PATH
 
 if TYPE_CHECKING:
@@ -46,4 +47,4 @@ def read_cams(store: Store) -> Any:
         return None
     import zarr
 
-    return zarr.open_array(str(store.path / section.get("path", CAMS_PATH)), mode="r")
+    return zarr.open_array(fs.zarr_source(store.path / section.get("path", CAMS_PATH)), mode="r")

@@ -167,7 +167,8 @@ def read_epoch_table(source: Any, where: str | os.PathLike[str], epoch: int,
                      columns: list[str] | None = None) -> pa.Table:
     """The rows of ``epoch`` from one distance file, reading only that epoch's row group(s)."""
     try:
-        pf = pq.ParquetFile(source)
+        # remote (a range-request file): pre-buffering coalesces the row group's column chunks into one request
+        pf = pq.ParquetFile(source, pre_buffer=isinstance(source, fs.RangeFile))
         groups = [g for g in range(pf.metadata.num_row_groups) if _row_group_epoch(pf, g) == epoch]
         if not groups:
             raise NrrError(where, f"epoch {epoch} missing from the distance table")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nrrstore.format import fs
+
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.parquet"
 IMAGES_DIR = "images"
@@ -37,5 +39,20 @@ def distance_path(first_epoch: int, last_epoch: int) -> str:
 
 
 def is_store(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a finished store (a folder holding a manifest, which is written last)."""
-    return (Path(path) / MANIFEST_NAME).is_file()
+    """Whether ``path`` (a folder or URL) is a finished store: it holds a manifest, which is written last."""
+    return fs.is_file(fs.location(path) / MANIFEST_NAME)
+
+
+def names_a_store(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a store rather than shards (a URL naming shards, a pattern or a list is not one).
+
+    An unfinished remote write (objects, no manifest yet) names a store too: opening it says so.
+    """
+    loc = fs.location(path)
+    if isinstance(loc, Path):
+        return loc.is_dir() and is_store(loc)
+    if loc.lower().endswith((".tar", ".tar.gz", ".tgz", ".txt")) or "{" in loc:
+        return False
+    if is_store(loc):
+        return True
+    return fs.can_list(loc) and any(rel.startswith(f"{IMAGES_DIR}/shard-") for rel in fs.list_files(loc))

@@ -23,6 +23,7 @@ from typing import Any
 
 from nrrstore import __version__
 from nrrstore.errors import FormatVersionError, NrrError, os_problem
+from nrrstore.format import fs
 from nrrstore.format.layout import INDEX_NAME, MANIFEST_NAME
 
 FORMAT_NAME = "nrrstore"
@@ -196,19 +197,37 @@ def check_format(d: Any, where: str | None) -> None:
 
 
 def load_manifest(store: str | os.PathLike[str], check_digest: bool = True) -> Manifest:
-    """The manifest of ``store``; ``check_digest=False`` reads an edited one (for `verify` to report)."""
-    path = Path(store) / MANIFEST_NAME
-    if not Path(store).exists():
-        raise NrrError(store, "no such store")
-    if not path.is_file():
-        raise NrrError(path, "missing manifest (not a store, or an incomplete one)")
+    """The manifest of ``store`` (a folder or a URL); ``check_digest=False`` reads an edited one (for
+    `verify` to report)."""
+    return Manifest.from_dict(read_manifest_doc(store), str(fs.location(store) / MANIFEST_NAME), check_digest)
+
+
+def read_manifest_doc(store: str | os.PathLike[str]) -> Any:
+    """The parsed JSON of ``store``'s manifest; a missing one says whether the store is absent or unfinished.
+
+    On an object store the manifest is the commit point, written after every other object: a prefix
+    with objects and no manifest is an unfinished remote write (schemas/FORMAT.md).
+    """
+    root = fs.location(store)
+    path = root / MANIFEST_NAME
+    if isinstance(root, Path):
+        if not root.exists():
+            raise NrrError(store, "no such store")
+        if not path.is_file():
+            raise NrrError(path, "missing manifest (not a store, or an incomplete one)")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NrrError(path, f"manifest is not valid JSON ({exc})") from None
+        raw = fs.read_bytes(path)
+    except fs.NotFound as exc:
+        if "bucket" in exc.problem or not fs.can_list(root) or not fs.list_files(root):
+            raise NrrError(root, exc.problem if "bucket" in exc.problem else "no such store") from None
+        raise NrrError(path, "missing manifest: an unfinished remote write (its objects are there, the manifest "
+                             "is written last); rerun the same command to resume it") from None
     except OSError as exc:
         raise NrrError(path, f"cannot read: {os_problem(exc)}") from None
-    return Manifest.from_dict(d, str(path), check_digest)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NrrError(path, f"manifest is not valid JSON ({exc})") from None
 
 
 def creation_time() -> str:

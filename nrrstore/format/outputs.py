@@ -19,14 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from nrrstore.errors import NrrError
+from nrrstore.format import fs
 from nrrstore.format.atomic import TMP_PREFIX, fsync_dir
 
 OLD_PREFIX = ".old-"
 
 
+def local_output(path: str | os.PathLike[str]) -> Path:
+    """An output that only a local path can be: a URL is refused, never written as a folder named ``s3:``."""
+    loc = fs.location(path)
+    if isinstance(loc, fs.Url):
+        raise NrrError(path, "this output must be a local path (remote outputs: prepare, distill and relabel)")
+    return loc
+
+
 def check_parent(path: str | os.PathLike[str]) -> None:
-    """The folder that will hold ``path`` must exist and be writable."""
-    target = Path(os.path.abspath(path))
+    """The folder that will hold ``path`` must exist and be writable (a URL is refused: not a local path)."""
+    target = Path(os.path.abspath(local_output(path)))
     if not target.name:
         raise NrrError(path, "cannot write into a file system root")
     parent = target.parent

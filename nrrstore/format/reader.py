@@ -1,8 +1,9 @@
 """Reading a store: manifest, index, images by shard or by key, distance rows by epoch.
 
 The reader trusts only what the manifest lists and checks the format version on open. Random access
-uses the byte offsets in ``index.parquet`` (one seek and one read per image), the way litdata keeps a
-key index beside its chunks.
+uses the byte offsets in ``index.parquet`` (one seek and one read per image, or one range request on a
+remote store), the way litdata keeps a key index beside its chunks. A store is a local folder or a URL
+(s3://, gs://, http(s)://); every file access goes through :mod:`nrrstore.format.fs`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from nrrstore.errors import NrrError
+from nrrstore.format import fs
 from nrrstore.format.distances import epoch_part, read_epoch_table
 from nrrstore.format.images import IMAGE_EXTS, decode_image
 from nrrstore.format.index import read_index
@@ -37,10 +39,10 @@ class StoreImage:
 
 
 class Store:
-    """A finished store on the local file system."""
+    """A finished store: a local folder or a URL (``path`` is a `Path` or an `fs.Url`)."""
 
     def __init__(self, path: str | os.PathLike[str], check_digest: bool = True) -> None:
-        self.path = Path(path)
+        self.path: fs.Location = fs.location(path)
         self.manifest: Manifest = load_manifest(self.path, check_digest)
 
     # -- facts ------------------------------------------------------------------------------------
@@ -53,12 +55,12 @@ class Store:
         return self.manifest.num_images
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> fs.Location:
         """Where the manifest lives (what messages about its values name)."""
         return self.path / MANIFEST_NAME
 
     @property
-    def index_path(self) -> Path:
+    def index_path(self) -> fs.Location:
         return self.path / INDEX_NAME
 
     def info(self) -> dict[str, Any]:
@@ -85,12 +87,18 @@ class Store:
     # -- index & images -------------------------------------------------------------------------
     @cached_property
     def index(self) -> pa.Table:
-        """The key index (see :mod:`nrrstore.format.index`), checked."""
-        return read_index(self._table_source(INDEX_NAME), self.index_path, self.manifest.num_classes)
+        """The key index (see :mod:`nrrstore.format.index`), checked; one request on a remote store."""
+        path = self.index_path
+        try:
+            source = path if isinstance(path, Path) else pa.BufferReader(fs.read_bytes(path))
+        except fs.NotFound:
+            raise NrrError(path, "missing index") from None
+        return read_index(source, path, self.manifest.num_classes)
 
     def _table_source(self, rel: str) -> Any:
-        """What pyarrow opens for the Parquet file ``rel`` (a path here; remote stores override)."""
-        return self.path / rel
+        """What pyarrow opens for the Parquet file ``rel``: a path, or a remote file of range requests."""
+        entry = self.manifest.file(rel)
+        return fs.table_source(self.path / rel, entry.bytes if entry else None)
 
     @cached_property
     def _key_to_row(self) -> dict[str, int]:
@@ -134,12 +142,13 @@ class Store:
         return self._read_span(row["shard"], row["offset"], row["size"])
 
     def _read_span(self, shard: str, offset: int, size: int) -> bytes:
-        with open(self.path / shard, "rb") as f:
-            f.seek(offset)
-            data = f.read(size)
-        if len(data) != size:
-            raise NrrError(self.path / shard, f"truncated shard: wanted {size} bytes at {offset}")
-        return data
+        """One seek and read (one range request on a remote store)."""
+        try:
+            return fs.read_range(self.path / shard, offset, size)
+        except NrrError as exc:
+            if exc.problem.startswith("truncated"):
+                raise NrrError(self.path / shard, f"truncated shard: wanted {size} bytes at {offset}") from None
+            raise
 
     def get(self, key_or_index: str | int) -> StoreImage:
         """Random access to one image by key or store index."""

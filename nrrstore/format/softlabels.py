@@ -72,9 +72,9 @@ class SoftLabels:
     def __init__(self, store_root: str | os.PathLike[str], section: dict[str, Any]) -> None:
         import zarr
 
-        self.path = Path(store_root) / section.get("path", SOFTLABELS_PATH)
+        self.path = fs.location(store_root) / section.get("path", SOFTLABELS_PATH)
         try:
-            self._arr = zarr.open_array(self.path, mode="r")
+            self._arr = zarr.open_array(fs.zarr_source(self.path), mode="r")
         except Exception as exc:  # zarr raises several unrelated types for a missing/corrupt array
             raise NrrError(self.path, f"unreadable soft-label array: {type(exc).__name__}: {exc}") from None
         if self._arr.ndim != 3:
@@ -96,4 +96,4 @@ class SoftLabels:
         import zarr
 
         self.__dict__.update(state)
-        self._arr = zarr.open_array(self.path, mode="r")
+        self._arr = zarr.open_array(fs.zarr_source(self.path), mode="r")

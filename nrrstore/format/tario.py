@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from nrrstore.errors import NrrError
+from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_open
 
 
@@ -103,7 +104,7 @@ def iter_tar_samples(
     close = False
     if isinstance(source, (str, os.PathLike)):
         try:
-            fileobj: BinaryIO = open(source, "rb")
+            fileobj: BinaryIO = fs.open_read(fs.location(source))  # type: ignore[assignment]
         except FileNotFoundError:
             raise NrrError(where, "no such file") from None
         except IsADirectoryError:
@@ -115,7 +116,7 @@ def iter_tar_samples(
     cur_key: str | None = None
     cur: dict[str, bytes] = {}
     try:
-        seekable = close  # a local file: read in random-access mode so the end marker can be checked
+        seekable = close  # opened here (local or remote): random-access mode, so the end marker can be checked
         try:
             tar = tarfile.open(fileobj=fileobj, mode="r:*" if seekable else "r|*")
         except tarfile.ReadError as exc:

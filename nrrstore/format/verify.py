@@ -6,19 +6,16 @@ described completely in one run (one line per problem).
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
-from nrrstore.format.atomic import file_sha256
 from nrrstore.format.distances import file_problems
 from nrrstore.format.keys import check_key
 from nrrstore.format.layout import INDEX_NAME, MANIFEST_NAME
-from nrrstore.format.manifest import digest_problem
+from nrrstore.format.manifest import digest_problem, read_manifest_doc
 from nrrstore.format.reader import Store
 from nrrstore.progress import Progress
 
@@ -29,28 +26,30 @@ def verify_store(path: str | os.PathLike[str], progress: Progress | None = None,
     Raises `NrrError` only when there is no readable manifest at all.
     """
     store = Store(path, check_digest=False)  # an edited manifest is a problem to report, not a reason to stop
-    root = Path(path)
-    digest = digest_problem(json.loads((root / MANIFEST_NAME).read_text(encoding="utf-8")))
+    root = store.path
+    digest = digest_problem(read_manifest_doc(root))
     return ([f"{root / MANIFEST_NAME}: {digest}"] if digest else []) + _verify_files(store, root, progress, decode)
 
 
-def _verify_files(store: Store, root: Path, progress: Progress | None, decode: bool) -> list[str]:
+def _verify_files(store: Store, root: fs.Location, progress: Progress | None, decode: bool) -> list[str]:
     m = store.manifest
     problems: list[str] = []
     listed = {f.path for f in m.files}
 
-    # 1. Every file: present, right size, right checksum.
+    # 1. Every file: present, right size, right checksum (one listing gives every size; http cannot list).
+    present = fs.list_files(root) if fs.can_list(root) else None
     for i, f in enumerate(m.files):
         p = root / f.path
-        if not fs.is_file(p):
+        size = present.get(f.path) if present is not None else _size_or_none(p)
+        if size is None:
             problems.append(f"{p}: missing")
-        elif fs.file_size(p) != f.bytes:
-            problems.append(f"{p}: size {fs.file_size(p)} bytes, manifest says {f.bytes}")
-        elif file_sha256(p) != f.sha256:
+        elif size != f.bytes:
+            problems.append(f"{p}: size {size} bytes, manifest says {f.bytes}")
+        elif fs.sha256(p) != f.sha256:
             problems.append(f"{p}: sha256 mismatch (file changed or corrupt)")
         if progress:
             progress("checksums", i + 1, len(m.files))
-    for rel in fs.list_files(root):
+    for rel in present or {}:
         if rel != MANIFEST_NAME and rel not in listed:
             problems.append(f"{root / rel}: not listed in the manifest")
     for s in m.shards + [INDEX_NAME]:
@@ -109,3 +108,10 @@ def _iter_all(store: Store, problems: list[str]):
             yield from store.iter_shard(shard)
         except NrrError as exc:
             problems.append(exc.message)
+
+
+def _size_or_none(p: fs.Location) -> int | None:
+    try:
+        return fs.file_size(p)
+    except (FileNotFoundError, fs.NotFound):
+        return None

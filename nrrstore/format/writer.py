@@ -21,9 +21,9 @@ from nrrstore.format.atomic import atomic_write_bytes, file_sha256
 from nrrstore.format.images import ImageHeader, effective_quality, encode_image, probe_image
 from nrrstore.format.index import IndexRow, write_index
 from nrrstore.format.keys import check_key
-from nrrstore.format.layout import IMAGES_DIR, INDEX_NAME, MANIFEST_NAME, shard_path
+from nrrstore.format.layout import CAMS_PATH, IMAGES_DIR, INDEX_NAME, LABELS_DIR, MANIFEST_NAME, shard_path
 from nrrstore.format.manifest import FileEntry, ImageInfo, Manifest, creation_time
-from nrrstore.format.outputs import StagedFolder, check_output_folder
+from nrrstore.format.outputs import StagedFolder, check_output_folder, local_output
 from nrrstore.format.tario import TarShardWriter
 from nrrstore.progress import Progress
 
@@ -38,6 +38,11 @@ def check_output_dir(path: str | os.PathLike[str], overwrite: bool) -> None:
 def staged_store(final: str | os.PathLike[str], overwrite: bool, **kwargs: Any) -> StagedFolder:
     """A store's :class:`~nrrstore.format.outputs.StagedFolder` (``kwargs``: ``prefix``, ``path``)."""
     return StagedFolder(final, overwrite, marker=MANIFEST_NAME, kind=STORE_KIND, **kwargs)
+
+
+def store_object(rel: str) -> bool:
+    """Whether a relative path is one a store writer makes (what an unfinished remote store may hold)."""
+    return rel == INDEX_NAME or rel.startswith((f"{IMAGES_DIR}/", f"{LABELS_DIR}/", f"{CAMS_PATH}/"))
 
 
 class StoreWriter:
@@ -62,7 +67,7 @@ class StoreWriter:
             raise NrrError(path, "a store needs at least one class")
         if shard_size < 1:
             raise NrrError(path, "shard size must be positive")
-        self.path = Path(path)
+        self.path = local_output(path)
         self._stage = staged_store(self.path, overwrite)
         self.tmp = self._stage.path
         with os_errors_name(self.path):

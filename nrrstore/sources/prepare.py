@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from nrrstore.errors import NrrError, os_errors_name
+from nrrstore.format import fs, remote
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, is_inside
 from nrrstore.format.images import MAX_PIXELS, encode_image
 from nrrstore.format.keys import check_key
@@ -33,7 +34,7 @@ from nrrstore.format.tario import TarShardWriter
 from nrrstore.progress import Progress
 from nrrstore.sources.idx import read_idx_pair
 from nrrstore.sources.imagefolder import list_imagefolder, read_image_file
-from nrrstore.sources.shards import check_class_names, load_class_names
+from nrrstore.sources.shards import SHARD_SUFFIXES, check_class_names, load_class_names
 
 
 SHARDS_INDEX = "shards.json"
@@ -47,9 +48,18 @@ _PROGRESS_EVERY = 64
 PREPARED_KIND = "a folder made by prepare"
 
 
-def _check_target(out_dir: Path, overwrite: bool) -> None:
+def _check_target(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
     """Refuse to clobber anything that is not an earlier `prepare` output (fail before any work)."""
-    check_output_folder(out_dir, overwrite, marker=SHARDS_INDEX, kind=PREPARED_KIND)
+    loc = fs.writable_location(out_dir)
+    if isinstance(loc, fs.Url):
+        remote.check_remote_output(loc, overwrite, marker=SHARDS_INDEX, kind=PREPARED_KIND, ours=_prepared_object)
+    else:
+        check_output_folder(loc, overwrite, marker=SHARDS_INDEX, kind=PREPARED_KIND)
+
+
+def _prepared_object(rel: str) -> bool:
+    """What a prepare output holds besides its marker (an unfinished remote one may hold these)."""
+    return rel == "classes.txt" or rel.endswith(SHARD_SUFFIXES)
 
 
 def default_prefix(images: str | os.PathLike[str] | np.ndarray) -> str:
@@ -125,7 +135,12 @@ def write_shards(
     makes every image ``resize x resize`` (`resize_square`). The output is locked while it is written
     (`nrrstore.format.lock`); an operating-system error (a full disk) names ``out_dir``.
     """
-    out_dir = Path(out_dir)
+    loc = fs.writable_location(out_dir)
+    if isinstance(loc, fs.Url):
+        return _write_remote(samples, loc, class_names, shard_size=shard_size, prefix=prefix, gzip=gzip,
+                             image_format=image_format, mode=mode, overwrite=overwrite, total=total,
+                             progress=progress, resize=resize)
+    out_dir = loc
     names = check_class_names(class_names)
     check_key(prefix, "prefix")
     if shard_size < 1:
@@ -207,6 +222,18 @@ def _write_shards(samples: Iterable[tuple[str, np.ndarray, int]], out_dir: str |
     return {**index, "out_dir": os.fspath(out_dir), "bytes": sum(s["bytes"] for s in shards)}
 
 
+def _write_remote(samples: Iterable[tuple[str, np.ndarray, int]], url: fs.Url, class_names: Sequence[str],
+                  **kw: Any) -> dict[str, Any]:
+    """Shards for an object store: written in the URL's staging folder, then uploaded (``shards.json`` last)."""
+    check_class_names(class_names)
+    check_key(kw["prefix"], "prefix")
+    summary = remote.run_remote(
+        url, {"job": "prepare", "classes": list(class_names), **{k: v for k, v in kw.items() if k != "progress"}},
+        lambda local: write_shards(samples, local, class_names, **kw), marker=SHARDS_INDEX,
+        kind=PREPARED_KIND, ours=_prepared_object, overwrite=kw["overwrite"])
+    return {**summary, "out_dir": str(url)}
+
+
 def select_indices(labels: np.ndarray, per_class: int | None = None, limit: int | None = None,
                    skip: int = 0) -> np.ndarray:
     """Indices to keep, in file order: after the first ``skip`` images, the first ``per_class`` of each
@@ -266,7 +293,7 @@ def prepare_idx(
     ``prefix`` defaults to the one the images file's name suggests (`default_prefix`).
     """
     prefix = default_prefix(images) if prefix is None else prefix
-    _check_target(Path(out_dir), overwrite)
+    _check_target(out_dir, overwrite)
     if isinstance(images, np.ndarray) or isinstance(labels, np.ndarray):
         imgs, labs = np.asarray(images), np.asarray(labels).astype(np.int64)
         if len(imgs) != len(labs):
@@ -314,11 +341,10 @@ def prepare_imagefolder(
     All images must share one size (a teacher takes one input size) unless ``resize`` makes them
     ``resize x resize``; the first file of another size is refused, naming the first file too.
     """
-    out_dir = Path(out_dir)
     _check_target(out_dir, overwrite)
     root = Path(root)
     classes, entries = list_imagefolder(root)
-    if is_inside(out_dir, root):
+    if isinstance(fs.location(out_dir), Path) and is_inside(Path(out_dir), root):
         raise NrrError(out_dir, f"the output folder may not lie inside the input tree {root}")
     idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit, skip)
 

@@ -19,6 +19,7 @@ import numpy as np
 from braceexpand import UnbalancedBracesError, braceexpand
 
 from nrrstore.errors import NrrError
+from nrrstore.format import fs
 from nrrstore.format.images import IMAGE_EXTS, MAX_PIXELS, decode_image
 from nrrstore.format.tario import iter_tar_samples
 from nrrstore.progress import Progress
@@ -26,7 +27,6 @@ from nrrstore.progress import Progress
 
 #: File name endings taken as shards when a directory is given.
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
-_URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass
@@ -43,13 +43,13 @@ class Sample:
 
 def is_remote(url: str) -> bool:
     """True for `pipe:` commands and URLs with a scheme other than ``file://``."""
-    return url.startswith("pipe:") or (bool(_URL_RE.match(url)) and not url.startswith("file://"))
+    return url.startswith("pipe:") or fs.is_url(url)
 
 
 def _local_path(spec: str) -> Path:
-    if spec.startswith("file://"):
-        spec = re.sub(r"^file://", "", spec)
-    return Path(spec).expanduser()
+    loc = fs.location(spec)
+    assert isinstance(loc, Path)
+    return loc.expanduser()
 
 
 def _is_shard_name(name: str) -> bool:
@@ -63,9 +63,11 @@ def _expand(pattern: str, where: str) -> list[str]:
         raise NrrError(where, "unbalanced braces in shard pattern") from None
 
 
-def _resolve_one(spec: str, base: Path | None, from_list: Path | None) -> list[str]:
-    if is_remote(spec):
+def _resolve_one(spec: str, base: fs.Location | None, from_list: fs.Location | None) -> list[str]:
+    if spec.startswith("pipe:"):
         return _expand(spec, spec)
+    if fs.is_url(spec) or (isinstance(base, fs.Url) and not spec.startswith("/")):
+        return _resolve_remote(fs.location(spec) if fs.is_url(spec) else base / spec, spec, from_list)
     path = _local_path(spec)
     if base is not None and not path.is_absolute():
         path = base / path
@@ -91,9 +93,56 @@ def _resolve_one(spec: str, base: Path | None, from_list: Path | None) -> list[s
     return [os.fspath(path)]
 
 
-def _read_list(path: Path) -> list[str]:
+def _resolve_remote(url: fs.Location, spec: str, from_list: fs.Location | None) -> list[str]:
+    """A URL: a brace pattern, a list, a shard, or (object stores) a prefix holding shards.
+
+    Every shard is checked to exist here (object stores: one listing per folder; http: one HEAD per
+    shard), so a typo fails before any work starts. http servers cannot list folders: name the shards.
+    """
+    assert isinstance(url, fs.Url)
+    listed = f" (listed in {from_list})" if from_list is not None else ""
+    if "{" in url:
+        urls = [fs.Url(u) for u in _expand(url, spec)]
+        _check_exist(urls, f" (from the pattern {spec!r})")
+        return [str(u) for u in urls]
+    if url.lower().endswith(".txt"):
+        if from_list is not None:
+            raise NrrError(url, f"a shard list may not name another list (listed in {from_list})")
+        return _read_list(url)
+    if _is_shard_name(url.name) or not fs.can_list(url):
+        _check_exist([url], listed)
+        return [str(url)]
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        names = [name for name, is_file in fs.list_dir(url) if is_file and _is_shard_name(name)]
+    except fs.NotFound as exc:
+        raise NrrError(url, f"{exc.problem}{listed}") from None
+    if not names:
+        raise NrrError(url, "no .tar shards found (looked for *.tar, *.tar.gz, *.tgz)")
+    return [str(url / name) for name in names]
+
+
+def _check_exist(urls: list[fs.Url], where: str) -> None:
+    folders: dict[str, set[str]] = {}
+    for url in urls:
+        if fs.can_list(url):
+            parent = url.parent
+            if parent not in folders:
+                try:
+                    folders[parent] = {name for name, is_file in fs.list_dir(parent) if is_file}
+                except fs.NotFound as exc:
+                    raise NrrError(url if "bucket" not in exc.problem else parent, f"{exc.problem}{where}") from None
+            found = url.name in folders[parent]
+        else:
+            found = fs.is_file(url)
+        if not found:
+            raise NrrError(url, f"no such file or object{where}")
+
+
+def _read_list(path: fs.Location) -> list[str]:
+    try:
+        lines = fs.read_bytes(path).decode("utf-8").splitlines()
+    except fs.NotFound:
+        raise NrrError(path, "no such file or object") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise NrrError(path, f"cannot read shard list: {exc}") from None
     out: list[str] = []
@@ -112,8 +161,9 @@ def resolve_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     Accepted: a directory (its ``*.tar``/``*.tar.gz``/``*.tgz`` files, sorted by name), a brace
     pattern (``train-{000000..000009}.tar``), a ``.txt`` file listing one shard per line (relative
     entries resolved against the list's folder, ``#`` comments), a single shard file, ``pipe:``
-    commands and URLs (passed through, braces expanded), or a list of any of these. Local files
-    are checked to exist here, so a typo fails before any work starts.
+    commands (braces expanded), each of these as an ``s3://``, ``gs://`` or ``http(s)://`` URL (http
+    cannot list folders), or a list of any of these. Files are checked to exist here, so a typo fails
+    before any work starts; a URL scheme nrrstore cannot read is refused.
     """
     if isinstance(spec, (str, os.PathLike)):
         specs = [os.fspath(spec)]
@@ -130,10 +180,12 @@ def resolve_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str
 
 
 def open_shard(url: str) -> BinaryIO:
-    """Open a shard for streaming: local files directly, ``pipe:`` and URLs through webdataset's gopen."""
-    if not is_remote(url):
+    """Open a shard for streaming: files and URLs through :mod:`nrrstore.format.fs`, ``pipe:`` through
+    webdataset's gopen."""
+    if not url.startswith("pipe:"):
+        loc = fs.location(url)
         try:
-            return open(_local_path(url), "rb")
+            return fs.open_read(loc.expanduser() if isinstance(loc, Path) else loc)  # type: ignore[return-value]
         except FileNotFoundError:
             raise NrrError(url, "no such file or directory") from None
         except OSError as exc:
@@ -211,7 +263,7 @@ def iter_samples(
         only = want
         want = lambda label, key: only(label)  # type: ignore[misc]  # noqa: E731
     for i, shard in enumerate(shards):
-        if is_remote(shard):
+        if shard.startswith("pipe:"):
             yield from _remote_samples(shard, num_classes, max_pixels, want, decode)
         else:
             yield from _samples_of(iter_tar_samples(shard), shard, num_classes, max_pixels, want, decode)
@@ -282,14 +334,14 @@ def iter_labels(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
 
 def load_class_names(path: str | os.PathLike[str]) -> list[str]:
     """Read class names from a ``.json`` file (a list or ``{"classes": [...]}``) or a text file (one per line)."""
-    path = Path(path)
+    path = fs.location(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        text = fs.read_bytes(path).decode("utf-8")
+    except (FileNotFoundError, fs.NotFound):
         raise NrrError(path, "no such file or directory") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise NrrError(path, f"cannot read class names: {exc}") from None
-    if path.suffix.lower() == ".json":
+    if str(path).lower().endswith(".json"):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -325,14 +377,16 @@ def check_class_names(names: Sequence[str], where: str | os.PathLike[str] | None
 
 
 def read_class_names(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[str] | None:
-    """Class names from ``classes.txt`` or ``classes.json`` beside the first local shard, else None."""
+    """Class names from ``classes.txt`` or ``classes.json`` beside the first shard that is a file or a
+    URL (not a ``pipe:`` command), else None."""
     for shard in resolve_shards(spec):
-        if is_remote(shard):
+        if shard.startswith("pipe:"):
             continue
-        folder = _local_path(shard).parent
+        loc = fs.location(shard)
+        folder = loc.expanduser().parent if isinstance(loc, Path) else loc.parent
         for name in ("classes.txt", "classes.json"):
             candidate = folder / name
-            if candidate.is_file():
+            if fs.is_file(candidate):
                 return load_class_names(candidate)
         return None
     return None

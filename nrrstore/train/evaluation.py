@@ -32,7 +32,7 @@ from nrrstore.errors import NrrError, os_errors_name, os_problem
 from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import check_output_file, check_parent
+from nrrstore.format.outputs import check_output_file, check_parent, local_output
 from nrrstore.format.reader import Store
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
@@ -234,8 +234,9 @@ def evaluate_store(
         _check_real_set(train, "training (--train)", st)
         if {"dbr", "kd"} & set(kinds):
             base_teacher = _baseline_teacher(st, teacher, device)
-    work = Path(work)
-    if work.resolve() == st.path.resolve() or st.path.resolve() in work.resolve().parents:
+    work = local_output(work)
+    local = st.path.resolve() if isinstance(st.path, Path) else None  # a remote store cannot hold the work folder
+    if local is not None and (work.resolve() == local or local in work.resolve().parents):
         raise NrrError(work, "the work folder must lie outside the store (evaluate never writes into a store)")
     created = not work.is_dir()
     if created:

@@ -15,18 +15,14 @@ Splitting, so that any number of ranks and workers see one well-defined sequence
 - resuming at ``(epoch, step)`` is ``start_step=step``; a checkpointed loader resumes with
   :meth:`DistilledLoader.state_dict` / :meth:`DistilledLoader.load_state_dict`.
 
-A store is a local folder or an ``http(s)://`` URL (:class:`RemoteStore`: HTTP Range requests, so
-an epoch still costs its own row groups and each group one request per shard it touches).
+A store is a local folder or a URL (s3://, gs://, http(s)://, through :mod:`nrrstore.format.fs`): an
+epoch costs its own row groups and each partner group one range request per shard it touches.
 The distance table is read for the current epoch only (its row groups), never the other epochs.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
-import urllib.error
-import urllib.request
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -58,97 +54,8 @@ def store_recipe(manifest: Manifest, where: str | os.PathLike[str] | None = None
 
 
 def open_store(store: Store | str | os.PathLike[str]) -> Store:
-    """A `Store` for a local folder, a `RemoteStore` for an ``http(s)://`` URL."""
-    if isinstance(store, Store):
-        return store
-    if isinstance(store, str) and store.startswith(("http://", "https://")):
-        return RemoteStore(store)
-    return Store(store)
-
-
-# -- remote stores ------------------------------------------------------------------------------------
-class URL(str):
-    """An http(s) location that joins like a Path (``url / "labels/x.parquet"``), so code paths agree."""
-
-    def __truediv__(self, rel: str) -> URL:
-        return URL(f"{self.rstrip('/')}/{rel}")
-
-
-def http_read(url: str, start: int | None = None, stop: int | None = None, timeout: float = 60.0) -> bytes:
-    """Bytes ``[start, stop)`` of ``url`` with one Range request (the whole body without a range)."""
-    headers = {} if start is None else {"Range": f"bytes={start}-{int(stop) - 1}"}
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
-            data, status = r.read(), r.status
-    except urllib.error.HTTPError as exc:
-        raise NrrError(url, f"HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise NrrError(url, f"cannot fetch: {getattr(exc, 'reason', exc)}") from None
-    if start is not None:
-        if status == 200:  # the server ignored the range and sent everything
-            data = data[start:stop]
-        if len(data) != int(stop) - start:
-            raise NrrError(url, f"truncated: wanted bytes {start}..{stop}, got {len(data)}")
-    return data
-
-
-class HttpFile(io.RawIOBase):
-    """A read-only, seekable file over HTTP Range requests (what pyarrow needs to read one row group)."""
-
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
-        super().__init__()
-        self.url, self.timeout, self.pos = url, timeout, 0
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout) as r:
-                self.size = int(r.headers["Content-Length"])
-        except urllib.error.HTTPError as exc:
-            raise NrrError(url, f"HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, OSError, TypeError, ValueError) as exc:
-            raise NrrError(url, f"cannot stat over HTTP: {getattr(exc, 'reason', exc)}") from None
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
-        self.pos = max(0, base + offset)
-        return self.pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self.size - self.pos))
-        if n:
-            buffer[:n] = http_read(self.url, self.pos, self.pos + n, self.timeout)
-            self.pos += n
-        return n
-
-
-class RemoteStore(Store):
-    """A finished store served over http(s): manifest, index, shards and distances by Range requests.
-
-    One epoch's distances cost pyarrow's footer read (the file's last 64 KiB) plus that epoch's
-    column chunks. Read-only; soft labels (zarr) are not read over HTTP.
-    """
-
-    def __init__(self, url: str) -> None:  # noqa: D107 - no local folder, so Store.__init__ does not apply
-        self.path = URL(url)  # type: ignore[assignment]
-        where = self.path / "manifest.json"
-        try:
-            doc = json.loads(http_read(where))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise NrrError(where, f"manifest is not valid JSON ({exc})") from None
-        self.manifest = Manifest.from_dict(doc, where)
-
-    def _table_source(self, rel: str) -> Any:
-        return HttpFile(self.path / rel)
-
-    def _read_span(self, shard: str, offset: int, size: int) -> bytes:
-        return http_read(self.path / shard, offset, offset + size)
+    """A `Store` for a folder or URL (an open `Store` is passed through)."""
+    return store if isinstance(store, Store) else Store(store)
 
 
 def to_chw(pixels: np.ndarray) -> torch.Tensor:
@@ -210,8 +117,6 @@ class DistilledDataset(ViewStream, IterableDataset):
         if self.want_soft and not self._soft_section:
             raise NrrError(st.path, "store has no soft labels (labels.softlabels); relabel with --full-softlabels "
                                     "to train with labels='kd'")
-        if self.want_soft and isinstance(st, RemoteStore):
-            raise NrrError(st.path, "soft labels are not read over HTTP; use a local copy of the store for labels='kd'")
         stored = [int(dist["epochs"])] if dist else []
         if self._soft_section:
             stored.append(int(self._soft_section["shape"][0]))

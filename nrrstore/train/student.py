@@ -34,6 +34,7 @@ from torch import nn
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
 from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import local_output
 from nrrstore.format.reader import Store
 from nrrstore.models import build_model
 from nrrstore.models.checkpoint import save_torch_atomic
@@ -145,7 +146,7 @@ def train_student(
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch = 0
-    ckpt = Path(checkpoint) if checkpoint is not None else None
+    ckpt = local_output(checkpoint) if checkpoint is not None else None
     if resume and ckpt is None:
         raise NrrError(None, "resume needs a checkpoint path (--checkpoint)")
     if ckpt is not None and not resume and ckpt.exists() and not overwrite:
