@@ -39,12 +39,17 @@ from nrrstore.models import load_teacher  # noqa: E402
 from nrrstore.train.augment import AugRecipe  # noqa: E402
 from nrrstore.train.student import train_student  # noqa: E402
 
-# name -> (preset, cidd overrides, nrr overrides, student overrides). The "nrr" row is the preset as it
-# stood before the study (v0.1 defaults plus a seeded random choice of source images).
+# name -> (preset, cidd overrides, nrr overrides, student overrides). Every "nrr-*"/"g-*" row states its
+# options on top of the preset as it stood before the study (PRE below: v0.1 defaults plus a seeded random
+# choice of source images), so the rows keep their meaning now that the preset has the study's defaults;
+# "nrr" alone is the preset as it is now.
+PRE_CIDD: dict[str, Any] = {"correct_only": False, "scale": [0.08, 1.0], "mipc": 300}
+PRE_NRR: dict[str, Any] = {"alpha_bn": 0.01}
 V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "random": ("random", {}, {}, {}),
     "rded": ("rded", {}, {}, {}),
     "nrr": ("nrr", {}, {}, {}),
+    "nrr-v0.1": ("nrr", {}, {}, {}),
     "nrr-first": ("nrr", {"sources": "first"}, {}, {}),
     # selection
     "nrr-correct": ("nrr", {"correct_only": True}, {}, {}),
@@ -108,6 +113,8 @@ V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "nrr-smoothl1": ("nrr", {"correct_only": True}, {}, {"dbr_norm": "smooth_l1"}),
     "nrr-kdT20": ("nrr", {"correct_only": True}, {}, {"kd_temperature": 20.0}),
 }
+V.update({n: (p, {**PRE_CIDD, **c}, {**PRE_NRR, **r}, st) for n, (p, c, r, st) in V.items()
+          if p == "nrr" and n != "nrr"})
 LABELS = ("dbr", "onehot", "kd")
 
 
