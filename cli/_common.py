@@ -19,8 +19,8 @@ import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    ProgressColumn,
     Progress,
+    ProgressColumn,
     Task,
     TextColumn,
     TimeElapsedColumn,
@@ -78,7 +78,7 @@ def handle_errors(fn: F) -> F:
             fail("interrupted", 130)
         except (SystemExit, typer.Exit, typer.Abort, _click.exceptions.ClickException):
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug: still one line, unless asked for the traceback
+        except Exception as exc:  # a bug: still one line, unless asked for the traceback
             if os.environ.get(TRACEBACK_ENV) == "1":
                 raise
             fail(f"internal error: {type(exc).__name__}: {exc} (rerun with {TRACEBACK_ENV}=1 for the traceback, "
@@ -145,7 +145,7 @@ def usage_error_line(exc: _click.exceptions.ClickException) -> str:
     message = message[:1].lower() + message[1:]
     if param is not None:
         return f"{_param_name(param)}: {message}{hint}"
-    command = re.fullmatch(r"no such command '(.+?)'\.?\s*(?:did you mean (.+?)\??)?", message, re.I)
+    command = re.fullmatch(r"no such command '(.+?)'\.?\s*(?:did you mean (.+?)\??)?", message, re.IGNORECASE)
     if command:
         maybe = f" (did you mean {command.group(2)}?)" if command.group(2) else ""
         return f"{command.group(1)}: no such command{maybe}{hint}"
@@ -207,6 +207,6 @@ class ProgressBar:
         self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(*exc)
 

@@ -32,7 +32,6 @@ from nrrstore.sources.prepare import MODES as IMAGE_MODES
 from nrrstore.sources.prepare import convert_mode
 from nrrstore.sources.shards import check_class_names, load_class_names
 
-
 _CLASS_DIR_RE = re.compile(r"^\d+$")
 #: The hidden name a store is built and relabelled under before it is put in place.
 STAGE_PREFIX = ".import-"

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from nrrstore import __version__
-from nrrstore.distill.cidd import ClassCandidates, CiddConfig, discover, select_and_stitch
+from nrrstore.distill.cidd import CiddConfig, ClassCandidates, discover, select_and_stitch
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
 from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
 from nrrstore.format import fs, remote
@@ -402,8 +402,8 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
         batch.clear()
 
     filled = 0
-    needed = lambda c: c in want and counts[c] < mipc  # noqa: E731 - images of other classes are not decoded
-    sampled = (lambda c, key: key in chosen[c]) if chosen is not None else None  # noqa: E731
+    needed = lambda c: c in want and counts[c] < mipc  # images of other classes are not decoded
+    sampled = (lambda c, key: key in chosen[c]) if chosen is not None else None
     # known up front for a seeded sample; at most mipc per class when taking the first ones
     expected = sum(len(chosen[c]) for c in chunk) if chosen is not None else mipc * len(chunk)
     n = 0

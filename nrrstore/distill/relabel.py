@@ -52,16 +52,16 @@ from nrrstore.format.distances import (
     epoch_chunks,
     install_chunks,
 )
-from nrrstore.format.layout import RELABEL_WORK_DIR as WORK_DIR
 from nrrstore.format.layout import DISTANCE_FILE_GLOB, MANIFEST_NAME, distance_file_name
+from nrrstore.format.layout import RELABEL_WORK_DIR as WORK_DIR
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_writable
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import WORK_NAME as SOFTLABELS_WORK_NAME
 from nrrstore.format.softlabels import create_softlabels, install_softlabels, softlabels_section
 from nrrstore.format.update import update_store
-from nrrstore.format.writer import STORE_KIND, store_object
 from nrrstore.format.workstate import load_state, save_state
+from nrrstore.format.writer import STORE_KIND, store_object
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
 from nrrstore.train.augment import RECIPE_VERSION, AugRecipe, epoch_columns

@@ -118,7 +118,7 @@ class Manifest:
         return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str | None = None, check_digest: bool = True) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], where: str | None = None, check_digest: bool = True) -> Manifest:
         """Parse a manifest document; ``check_digest`` refuses one whose values were edited (1.1+)."""
         check_format(d, where)
         if check_digest:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
@@ -136,6 +135,6 @@ class StagedFolder:
         self.create()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if not self.committed:
             self.discard()

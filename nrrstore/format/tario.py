@@ -12,11 +12,12 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import zlib
 import tarfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
@@ -74,7 +75,7 @@ class TarShardWriter:
         except RuntimeError:
             pass
 
-    def __enter__(self) -> "TarShardWriter":
+    def __enter__(self) -> TarShardWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -206,7 +206,7 @@ class StoreWriter:
             self._shard = None
         self._stage.discard()
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> StoreWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

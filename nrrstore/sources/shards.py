@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 from braceexpand import UnbalancedBracesError, braceexpand
@@ -23,7 +24,6 @@ from nrrstore.format import fs
 from nrrstore.format.images import IMAGE_EXTS, MAX_PIXELS, decode_image
 from nrrstore.format.tario import iter_tar_samples
 from nrrstore.progress import Progress
-
 
 #: File name endings taken as shards when a directory is given.
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -261,7 +261,7 @@ def iter_samples(
             (lambda label, key, w=want: w(label) and keep(label, key))  # type: ignore[misc]
     elif want is not None:
         only = want
-        want = lambda label, key: only(label)  # type: ignore[misc]  # noqa: E731
+        want = lambda label, key: only(label)  # type: ignore[misc]
     for i, shard in enumerate(shards):
         if shard.startswith("pipe:"):
             yield from _remote_samples(shard, num_classes, max_pixels, want, decode)

@@ -58,11 +58,11 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable or refused files
         text = str(exc)
-        found = re.search(r"GLOBAL (\S+)", text) or re.search(r"unrecognized function (.+?)(?: which|$)", text, re.M)
+        found = re.search(r"GLOBAL (\S+)", text) or re.search(r"unrecognized function (.+?)(?: which|$)", text, re.MULTILINE)
         if found:
             raise NrrError(path, f"refused to load: it needs {found.group(1)}, which an SRe2L label file never "
                                  "holds (only tensors, numbers and numpy integers are admitted)") from None
-        inner = re.search(r"WeightsUnpickler error:\s*(\S.*?)\s*(?:\n\n|$)", text, re.S)
+        inner = re.search(r"WeightsUnpickler error:\s*(\S.*?)\s*(?:\n\n|$)", text, re.DOTALL)
         if inner:
             why = " ".join(inner.group(1).split())
             raise NrrError(path, f"refused to load: {why} (only tensors, numbers and "
