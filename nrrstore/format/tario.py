@@ -17,11 +17,15 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from types import TracebackType
+from typing import TYPE_CHECKING, BinaryIO
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_open
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,12 @@ class TarShardWriter:
         except RuntimeError:
             pass
 
-    def __enter__(self) -> TarShardWriter:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 _BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -65,7 +69,7 @@ class BNStatsLoss:
         self._handles.clear()
         self._terms.clear()
 
-    def __enter__(self) -> BNStatsLoss:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -14,12 +14,17 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from nrrstore.convert.sre2l.rows import EpochRows, EpochWork
 from nrrstore.errors import NrrError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 
 @dataclass
@@ -88,8 +93,10 @@ class EpochPool:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> EpochPool:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
