@@ -470,7 +470,7 @@ def view_params_batch(
             half = np.floor(0.5 * np.sqrt(1.0 - raw) * size).astype(np.int64)
             y1, x1 = np.maximum(ry - half, 0), np.maximum(rx - half, 0)
             y2, x2 = np.minimum(ry + half, size), np.minimum(rx + half, size)
-            for col, val in zip(box, (y1, x1, y2, x2)):
+            for col, val in zip(box, (y1, x1, y2, x2), strict=True):
                 col[rows] = val
             lam[rows] = 1.0 - ((y2 - y1) * (x2 - x1)).astype(np.float64) / float(size * size)
     return ViewBatch(
@@ -593,7 +593,7 @@ def render_batch_v1(
         return cache[i]
 
     views, lams = [], []
-    for i, q in zip(idx.tolist(), partner.tolist()):
+    for i, q in zip(idx.tolist(), partner.tolist(), strict=True):
         p = params(i)
         views.append(mix_views(view_of(i), view_of(q), p, recipe.mix))
         lams.append(p.lam)

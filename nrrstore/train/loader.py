@@ -139,7 +139,7 @@ class DistilledDataset(ViewStream, IterableDataset):
         self.epoch, self.start_step, self.num_epochs = int(epoch), int(start_step), int(num_epochs)
         epochs = list(range(self.epoch, self.epoch + self.num_epochs))
         views = [self._resolve_epoch(e) for e in epochs]
-        cycled = [(e, v) for e, v in zip(epochs, views) if e != v]
+        cycled = [(e, v) for e, v in zip(epochs, views, strict=True) if e != v]
         if cycled:
             e, v = cycled[0]
             warnings.warn(f"{self.root}: the store has {self.stored_epochs} epochs; epoch {e} replays stored "

@@ -252,7 +252,7 @@ class ViewStream:
         """
         mine = list(enumerate(self.rank_batches()))
         j, skip = 0, self.start_step + skip  # start_step counts this rank's batches across the epochs
-        for epoch, view_epoch in zip(self.epochs, self.view_epochs):
+        for epoch, view_epoch in zip(self.epochs, self.view_epochs, strict=True):
             batches, skip = mine[skip:], max(0, skip - len(mine))
             if not batches:
                 continue
@@ -441,7 +441,7 @@ class BatchAssembler:
                       ViewParams(*crops[r].tolist(), bool(flip[r]), float(lam[r]), *boxes[r].tolist()), self.recipe.mix)
             for r in range(row, row + count)])
         if self.mean is not None and self.std is not None:
-            for c, (mean, std) in enumerate(zip(self.mean, self.std)):
+            for c, (mean, std) in enumerate(zip(self.mean, self.std, strict=True)):
                 views[:, c].sub_(mean).div_(std)
         return views
 

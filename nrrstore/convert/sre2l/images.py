@@ -63,7 +63,7 @@ class ImageSource:
             counts: dict[str, int] = {}
             for s in stems:
                 counts[s] = counts.get(s, 0) + 1
-            for i, (e, s) in enumerate(zip(self.entries, stems)):
+            for i, (e, s) in enumerate(zip(self.entries, stems, strict=True)):
                 key = s if counts[s] == 1 else f"{s[:190]}-{i:07d}"
                 image = read_file(e.path) if encoded else convert_mode(read_image_file(e.path), mode)
                 yield key, image, e.label, {"source": path_text(e.path.relative_to(root))}, path_text(e.path)
@@ -86,7 +86,7 @@ def open_image_source(spec: str | os.PathLike[str], classes: Sequence[str] | Non
         names, entries = list_imagefolder(path)
         sizes = [e.path.stat().st_size for e in entries]
         digest = hashlib.sha256("\n".join(f"{e.path.relative_to(path).as_posix()}:{s}"
-                                          for e, s in zip(entries, sizes)).encode()).hexdigest()
+                                          for e, s in zip(entries, sizes, strict=True)).encode()).hexdigest()
         if classes is not None and len(classes) != len(names):
             raise NrrError(path, f"{len(names)} class folders, but {len(classes)} class names were given")
         return ImageSource("imagefolder", text, list(classes) if classes is not None else names, len(entries),
@@ -94,7 +94,7 @@ def open_image_source(spec: str | os.PathLike[str], classes: Sequence[str] | Non
     shards = resolve_shards(text)
     local = [s for s in shards if not is_remote(s)]
     sizes = [os.path.getsize(s) for s in local]
-    digest = hashlib.sha256("\n".join(f"{s}:{n}" for s, n in zip(local, sizes)).encode()).hexdigest()
+    digest = hashlib.sha256("\n".join(f"{s}:{n}" for s, n in zip(local, sizes, strict=True)).encode()).hexdigest()
     names = list(classes) if classes is not None else read_class_names(shards)
     return ImageSource("shards", text, names, None, sum(sizes), len(shards), digest, shards=shards)
 

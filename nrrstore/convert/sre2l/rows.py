@@ -104,7 +104,7 @@ class EpochWork:
                 box = rec.box  # SRe2L's (x1, y1, x2, y2), x on the height axis, is our (y1, x1, y2, x2)
                 if not (0 <= box[0] <= box[2] <= self.size and 0 <= box[1] <= box[3] <= self.size):
                     raise NrrError(path, f"CutMix box {list(box)} does not lie inside the {self.size}x{self.size} views")
-            for c, v in zip(("box_y1", "box_x1", "box_y2", "box_x2"), box):
+            for c, v in zip(("box_y1", "box_x1", "box_y2", "box_x2"), box, strict=True):
                 cols[c][pos] = v
             # widened into one reused buffer: a fresh 1 MB tensor per file costs more in page faults
             # than the distances themselves
