@@ -10,6 +10,7 @@ from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
+_IPC = typer.Option([10, 50, 200], "--ipc", min=1, help="Images per class of the extrapolation (repeat the option).")
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:
@@ -147,7 +148,7 @@ def import_rded_cmd(
 def size_report_cmd(
     store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     classes: int = typer.Option(1000, "--classes", min=1, help="Classes of the extrapolation (ImageNet-1K: 1000)."),
-    ipc: list[int] = typer.Option([10, 50, 200], "--ipc", min=1, help="Images per class of the extrapolation (repeat the option)."),
+    ipc: list[int] = _IPC,
     epochs: int = typer.Option(300, "--epochs", min=1, help="Epochs of the extrapolation (and of a store without labels)."),
     topk: int = typer.Option(10, "--topk", min=1, help="k of the FKD-style top-k scheme."),
     plot: str | None = typer.Option(None, "--plot", help="Also draw a bar chart (log scale) into this PNG file."),

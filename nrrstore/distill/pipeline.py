@@ -106,10 +106,10 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
         raise NrrError(None, f"unknown image format {image_format!r}; use one of {', '.join(IMAGE_FORMATS)}")
     factor = default_factor(image_size)
     base_c: dict[str, Any] = {
-        "nrr": dict(factor=factor, per_image="cam", select="low", cam_top=0.5, sources="random"),
-        "rded": dict(factor=factor, per_image="score", select="high", cam_top=1.0, sources="random"),
-        "random": dict(factor=1, num_crop=1, scale=(1.0, 1.0), ratio=(1.0, 1.0), per_image="score",
-                       select="random", cam_top=1.0, sources="random"),
+        "nrr": {"factor": factor, "per_image": "cam", "select": "low", "cam_top": 0.5, "sources": "random"},
+        "rded": {"factor": factor, "per_image": "score", "select": "high", "cam_top": 1.0, "sources": "random"},
+        "random": {"factor": 1, "num_crop": 1, "scale": (1.0, 1.0), "ratio": (1.0, 1.0), "per_image": "score",
+                   "select": "random", "cam_top": 1.0, "sources": "random"},
     }[method]
     base_n: dict[str, Any] = {} if method == "nrr" else {"refine": False}
     c_over = {k: v for k, v in (cidd or {}).items() if v is not None}

@@ -72,7 +72,7 @@ class ReplayReport:
 def sampled_epochs(stored: int, sample: int) -> list[int]:
     """Up to `MAX_EPOCHS_SAMPLED` epochs spread evenly over the stored ones, first and last included."""
     k = max(1, min(stored, MAX_EPOCHS_SAMPLED, sample))
-    return sorted({int(round(x)) for x in np.linspace(0, stored - 1, k)})
+    return sorted({round(x) for x in np.linspace(0, stored - 1, k).tolist()})
 
 
 def beyond_tolerance(stored: np.ndarray, replayed: np.ndarray, precision: str, qmax: float | None,

@@ -24,7 +24,8 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing; it appears under its name only if the block completes."""
     path = Path(path)
     tmp = tmp_name(path)
-    f = open(tmp, "wb")
+    # Not a `with`: closed before the rename below, or by discard(), which also deletes the temporary file.
+    f = open(tmp, "wb")  # noqa: SIM115 - see above
     try:
         yield f
         f.flush()

@@ -9,6 +9,7 @@ damage into an `NrrError` naming the shard.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
@@ -43,7 +44,8 @@ class TarShardWriter:
         self.path = Path(path)
         self._ctx = atomic_open(self.path)
         self._file = self._ctx.__enter__()
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
+        # Not a `with`: the writer owns the archive across add() calls, and close() or abort() closes it.
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)  # noqa: SIM115 - see above
         self.count = 0
 
     def add(self, key: str, members: dict[str, bytes]) -> dict[str, MemberSpan]:
@@ -70,14 +72,10 @@ class TarShardWriter:
 
     def abort(self) -> None:
         """Drop the partial shard (its temporary file is removed)."""
-        try:
+        with contextlib.suppress(Exception):  # we are discarding the file anyway
             self._tar.close()
-        except Exception:  # noqa: BLE001 - we are discarding the file anyway
-            pass
-        try:
+        with contextlib.suppress(RuntimeError):
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except RuntimeError:
-            pass
 
     def __enter__(self) -> Self:
         return self
@@ -125,7 +123,8 @@ def iter_tar_samples(
     try:
         seekable = close  # opened here (local or remote): random-access mode, so the end marker can be checked
         try:
-            tar = tarfile.open(fileobj=fileobj, mode="r:*" if seekable else "r|*")
+            # entered by `with tar:` below; opened apart so that only its own ReadError reads "not a readable tar"
+            tar = tarfile.open(fileobj=fileobj, mode="r:*" if seekable else "r|*")  # noqa: SIM115 - see above
         except tarfile.ReadError as exc:
             raise NrrError(where, f"not a readable tar file ({exc})") from None
         with tar:

@@ -141,9 +141,9 @@ def _linear_of(module: nn.Module | None) -> nn.Linear | None:
     """The Linear itself, or the last layer of a Sequential whose other layers are Dropout/Flatten/Identity."""
     if isinstance(module, nn.Linear):
         return module
-    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[-1], nn.Linear):
-        if all(isinstance(m, (nn.Dropout, nn.Flatten, nn.Identity)) for m in list(module)[:-1]):
-            return module[-1]
+    if (isinstance(module, nn.Sequential) and len(module) and isinstance(module[-1], nn.Linear)
+            and all(isinstance(m, (nn.Dropout, nn.Flatten, nn.Identity)) for m in list(module)[:-1])):
+        return module[-1]
     return None
 
 

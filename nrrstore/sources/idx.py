@@ -25,7 +25,8 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 def _open(path: Path) -> BinaryIO:
     try:
-        f = open(path, "rb")
+        # entered by `with f:` below; opened apart so that only open's own errors get these messages
+        f = open(path, "rb")  # noqa: SIM115 - see above
     except FileNotFoundError:
         raise NrrError(path, "no such file or directory") from None
     except IsADirectoryError:

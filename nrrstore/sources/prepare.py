@@ -86,7 +86,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = int(round((nw - size) / 2)), int(round((nh - size) / 2))
+    left, top = round((nw - size) / 2), round((nh - size) / 2)
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
@@ -106,10 +106,10 @@ def _finish_shard(writer: TarShardWriter, gzip: bool) -> Path:
     if not gzip:
         return writer.path
     final = writer.path.with_name(writer.path.name + ".gz")
-    with atomic_open(final) as raw, open(writer.path, "rb") as src:
-        # filename="" and mtime=0 keep the gzip header free of names and times.
-        with gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-            shutil.copyfileobj(src, gz, 1 << 20)
+    # filename="" and mtime=0 keep the gzip header free of names and times.
+    with (atomic_open(final) as raw, open(writer.path, "rb") as src,
+          gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz):
+        shutil.copyfileobj(src, gz, 1 << 20)
     writer.path.unlink()
     return final
 

@@ -286,8 +286,7 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
                               kd_temperature=protocol.kd_temperature, seed=seed, device=device, workers=workers,
                               checkpoint=ckpt, resume=True, checkpoint_every_s=CHECKPOINT_EVERY_S,
                               arch_kwargs=protocol.arch_kwargs,
-                              progress=(lambda task, d, tot: progress(f"{images} {kind} seed {seed}", d, tot))
-                              if progress else None)
+                              progress=_as_task(progress, f"{images} {kind} seed {seed}") if progress else None)
             rec = {"images": images, "labels": kind, "seed": seed, "top1": r["top1"], "val_loss": r["val_loss"],
                    "val_images": r["val_images"], "store": str(path), "batch_size": r["batch_size"],
                    "seconds": round(sum(h.get("seconds", 0.0) for h in r["history"]), 3), "protocol": proto}
@@ -313,6 +312,11 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
         "table": table, "metrics": metrics(results, full_acc, main), "cells": records,
         "cells_resumed": done_before, "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _as_task(progress: Progress, task: str) -> Progress:
+    """``progress`` with every report filed under ``task`` (a student's steps under its cell's name)."""
+    return lambda _task, done, total: progress(task, done, total)
 
 
 def store_fingerprint(store: Store) -> str:
@@ -355,8 +359,8 @@ def format_table(result: dict[str, Any]) -> str:
     """A readable table: top-1 mean +- std per image set and label kind, then the metrics."""
     kinds = result["labels"]
     names = {"store": "distilled store", "random": "random real (same IPC)"}
-    lines = [f"students: {result['protocol']['arch']}, {result['protocol']['epochs']} epochs, "
-             f"{result['seeds']} seed(s); top-1 % on {result['val']} (IPC {result['ipc']})",
+    lines = [(f"students: {result['protocol']['arch']}, {result['protocol']['epochs']} epochs, "
+              f"{result['seeds']} seed(s); top-1 % on {result['val']} (IPC {result['ipc']})"),
              f"{'images':26}" + "".join(f"{k:>16}" for k in kinds)]
     for images, per in result["table"].items():
         cells = [f"{per[k]['mean'] * 100:6.2f} +- {per[k]['std'] * 100:4.2f}" if k in per else "-" for k in kinds]

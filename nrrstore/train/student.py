@@ -278,7 +278,7 @@ def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,
                      opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
     try:
         rec = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, refused globals...
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (corrupt zip, refused globals...)
         raise NrrError(path, f"unreadable student checkpoint: {type(exc).__name__}") from None
     if not isinstance(rec, dict) or rec.get("format") != CHECKPOINT_FORMAT:
         raise NrrError(path, "not an nrrstore student checkpoint")
