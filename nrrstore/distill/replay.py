@@ -122,7 +122,9 @@ def replay_check(
     converted = "convert" in m.method
     epochs = sampled_epochs(st.num_epochs, sample)
     per_epoch = min(m.num_images, math.ceil(sample / len(epochs)))
-    stored_all, replayed_all, where = [], [], []
+    stored_all: list[np.ndarray] = []
+    replayed_all: list[np.ndarray] = []
+    where: list[tuple[int, int]] = []  # (epoch, image) of each view
     dev = resolve_device(device if device is not None else next(teacher.model.parameters()).device)
     amp = amp_key((m.method.get("relabel") or {}).get("amp"))
     try:

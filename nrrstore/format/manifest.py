@@ -213,7 +213,7 @@ def read_manifest_doc(store: str | os.PathLike[str]) -> Any:
     if isinstance(root, Path):
         if not root.exists():
             raise NrrError(store, "no such store")
-        if not path.is_file():
+        if not (root / MANIFEST_NAME).is_file():  # `path`, known local here
             raise NrrError(path, "missing manifest (not a store, or an incomplete one)")
     try:
         raw = fs.read_bytes(path)

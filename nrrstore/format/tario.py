@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
@@ -98,7 +98,7 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def iter_tar_samples(
-    source: str | os.PathLike[str] | BinaryIO, where: str | None = None
+    source: str | os.PathLike[str] | IO[bytes], where: str | None = None
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {ext: bytes})`` per sample of a tar stream, in file order.
 
@@ -109,7 +109,7 @@ def iter_tar_samples(
     close = False
     if isinstance(source, (str, os.PathLike)):
         try:
-            fileobj: BinaryIO = fs.open_read(fs.location(source))  # type: ignore[assignment]
+            fileobj: IO[bytes] = fs.open_read(fs.location(source))
         except FileNotFoundError:
             raise NrrError(where, "no such file") from None
         except IsADirectoryError:

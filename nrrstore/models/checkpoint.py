@@ -231,7 +231,7 @@ def _from_spec(
                              "also give num_classes, image_size and normalization")
     mean = [float(v) for v in normalization["mean"]]
     std = [float(v) for v in normalization["std"]]
-    record = {
+    record: dict[str, Any] = {
         "arch": spec, "arch_kwargs": dict(arch_kwargs or {}), "num_classes": int(num_classes),
         "in_channels": int(in_channels if in_channels is not None else len(mean)), "image_size": int(image_size),
         "classes": [str(c) for c in (classes if classes is not None else range(num_classes))],

@@ -634,14 +634,15 @@ def render_batch(
     if len(shapes) != 1:
         raise NrrError(None, f"render_batch needs images of one size and channel count, got {sorted(shapes)}")
     c = next(iter(shapes))[0]
-    if explicit is None:
+    if params is None:  # no explicit columns: the plan's seeded views
         assert plan is not None
         h, w = next(iter(shapes))[1:]
         views = view_params_batch(recipe, epoch, need, h, w)
     else:
         views = params.take(need)
     pixels = torch.from_numpy(np.stack([to_xmajor(imgs[int(i)].permute(1, 2, 0).numpy()) for i in need]))
-    check_crops(views, *next(iter(shapes))[1:])
+    height, width = next(iter(shapes))[1:]
+    check_crops(views, height, width)
     renderer = Renderer(recipe.size, c, device)
     rendered = renderer.render(pixels, view_taps(views.crop_i, views.crop_j, views.crop_h, views.crop_w,
                                                  views.flip, recipe.size))

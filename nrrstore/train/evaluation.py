@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nrrstore.errors import NrrError, os_errors_name, os_problem
+from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
@@ -75,7 +76,7 @@ def available_labels(store: Store) -> list[str]:
     return kinds
 
 
-def _missing_label_hint(kind: str, store: Path) -> str:
+def _missing_label_hint(kind: str, store: fs.Location) -> str:
     if kind == "dbr":
         return (f"the store has no DBR distances; add them with `nrrstore relabel {store} --teacher T.pt "
                 "--epochs 300`")
@@ -151,6 +152,7 @@ def make_baseline(store: Store, train: Any, teacher: Teacher | None, seed: int, 
         assert teacher is not None
         dist = m.labels["distances"] if m.labels.get("distances") else None
         epochs = int(dist["epochs"]) if dist else int(m.labels["softlabels"]["shape"][0])
+        assert m.augmentation is not None  # labels are written with the recipe whose views they label
         relabel(out, teacher, epochs, AugRecipe.from_dict(m.augmentation),
                 precision=str(dist.get("precision", "fp16")) if dist else "fp16", full_softlabels="kd" in labels,
                 overwrite=True, device=device, progress=progress)

@@ -113,7 +113,7 @@ class DistilledDataset(ViewStream, IterableDataset):
         if labels == "dbr" and not dist:
             raise NrrError(st.path, "store has no DBR distances (labels.distances); run `nrrstore relabel` first, "
                                     "or train with labels='onehot'")
-        self._soft_section = m.labels.get("softlabels")
+        self._soft_section: dict[str, Any] = m.labels.get("softlabels") or {}
         if self.want_soft and not self._soft_section:
             raise NrrError(st.path, "store has no soft labels (labels.softlabels); relabel with --full-softlabels "
                                     "to train with labels='kd'")

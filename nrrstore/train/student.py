@@ -246,7 +246,7 @@ def val_batches(val_spec: Any, store: Store, batch_size: int = 500) -> Iterator[
         x = torch.stack(xs).float().div_(255.0)
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        if mean is not None:
+        if mean is not None and std is not None:  # both or neither
             x = (x - mean) / std
         out = (x, torch.tensor(ys, dtype=torch.int64))
         xs.clear()

@@ -73,7 +73,11 @@ class ImageSource:
             if key in seen:
                 key = f"{key[:190]}-{i:07d}"
             seen.add(key)
-            image = smp.data if encoded else convert_mode(smp.image, mode)
+            if encoded:
+                assert smp.data is not None  # iter_samples keeps every image member's bytes
+                image = smp.data
+            else:
+                image = convert_mode(smp.image, mode)
             meta = {"source_key": path_text(smp.key), "shard": path_text(os.path.basename(smp.shard))}
             yield key, image, smp.label, meta, f"{path_text(smp.shard)}: {path_text(smp.key)}"
 
@@ -95,8 +99,8 @@ def open_image_source(spec: str | os.PathLike[str], classes: Sequence[str] | Non
     local = [s for s in shards if not is_remote(s)]
     sizes = [os.path.getsize(s) for s in local]
     digest = hashlib.sha256("\n".join(f"{s}:{n}" for s, n in zip(local, sizes, strict=True)).encode()).hexdigest()
-    names = list(classes) if classes is not None else read_class_names(shards)
-    return ImageSource("shards", text, names, None, sum(sizes), len(shards), digest, shards=shards)
+    shard_classes = list(classes) if classes is not None else read_class_names(shards)
+    return ImageSource("shards", text, shard_classes, None, sum(sizes), len(shards), digest, shards=shards)
 
 
 def _check_normalization(norm: Any, channels: int) -> dict[str, list[float]] | None:
@@ -126,7 +130,7 @@ def write_images(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: 
 def _images_store(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: int, num_classes: int,
                   args: dict[str, Any], progress: Progress | None, as_is: AsIs | None, why: str = "") -> None:
     classes = src.classes or [str(i) for i in range(num_classes)]
-    source = {
+    source: dict[str, Any] = {
         "format": "sre2l", "path": path_text(folder.root.resolve()), "bytes": folder.bytes, "files": folder.files,
         "epochs": folder.epochs, "batch_size": batch, "num_classes": num_classes,
         "images": src.describe(), "total_bytes": folder.bytes + src.bytes,

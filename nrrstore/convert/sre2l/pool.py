@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -64,7 +64,7 @@ class EpochPool:
         self.work, self.workers = work, workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def epochs(self, first: int, last: int, orders: Iterator[np.ndarray]) -> Iterator[EpochRows]:
+    def epochs(self, first: int, last: int, orders: Iterator[np.ndarray]) -> Generator[EpochRows, None, None]:
         """Rows of epochs ``first..last``; ``orders`` yields each epoch's image order in turn."""
         if self.workers <= 1 or first == last:
             for e in range(first, last + 1):
