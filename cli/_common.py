@@ -12,15 +12,16 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    ProgressColumn,
     Progress,
+    ProgressColumn,
     Task,
     TextColumn,
     TimeElapsedColumn,
@@ -32,7 +33,11 @@ from typer.core import TyperArgument, TyperGroup
 
 from nrrstore.errors import NrrError, NrrWarning, os_problem, path_text
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
+
+P = ParamSpec("P")
+R = TypeVar("R")
 err_console = Console(stderr=True)
 #: Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
 TRACEBACK_ENV = "NRRSTORE_TRACEBACK"
@@ -40,7 +45,7 @@ TRACEBACK_ENV = "NRRSTORE_TRACEBACK"
 _OUTPUT_PARAMS = ("out", "checkpoint", "grid", "plot", "work", "store")
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line ``nrrstore: message`` on stderr and exit with ``code``."""
     print(f"nrrstore: {' '.join(message.split())}", file=sys.stderr)
     raise SystemExit(code)
@@ -53,7 +58,7 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         print(f"nrrstore: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
-def handle_errors(fn: F) -> F:
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a command so that every failure is one line on stderr and a non-zero exit code.
 
     `NrrError` (the library's own) is printed as is; an operating-system error names its file, else the
@@ -62,7 +67,7 @@ def handle_errors(fn: F) -> F:
     """
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         shown = warnings.showwarning
         warnings.showwarning = _show_warning
         try:
@@ -72,13 +77,14 @@ def handle_errors(fn: F) -> F:
         except BrokenPipeError:
             raise  # stdout closed by a pager or `head`: not an error of ours (handled in OneLineErrors)
         except OSError as exc:
-            where = exc.filename or next((kwargs[k] for k in _OUTPUT_PARAMS if kwargs.get(k) is not None), None)
+            options: dict[str, Any] = kwargs  # the command's parameters (output paths: str or Path)
+            where = exc.filename or next((options[k] for k in _OUTPUT_PARAMS if options.get(k) is not None), None)
             fail(f"{path_text(where)}: {os_problem(exc)}" if where is not None else os_problem(exc))
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except (SystemExit, typer.Exit, typer.Abort, _click.exceptions.ClickException):
             raise
-        except Exception as exc:  # noqa: BLE001 - a bug: still one line, unless asked for the traceback
+        except Exception as exc:  # a bug: still one line, unless asked for the traceback
             if os.environ.get(TRACEBACK_ENV) == "1":
                 raise
             fail(f"internal error: {type(exc).__name__}: {exc} (rerun with {TRACEBACK_ENV}=1 for the traceback, "
@@ -86,18 +92,20 @@ def handle_errors(fn: F) -> F:
         finally:
             warnings.showwarning = shown
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class OneLineErrors(TyperGroup):
     """The root command group: usage errors (unknown option, bad value) as one line, exit code 2."""
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False,
+                                windows_expand_args=windows_expand_args, **extra)
         except _click.exceptions.NoArgsIsHelpError as exc:
             try:
                 print(exc.format_message())  # a group called without a command: its help
@@ -127,7 +135,7 @@ def _usage_name(self: TyperArgument) -> str:
 
 
 if hasattr(TyperArgument, "_usage_display_name"):
-    TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]
+    TyperArgument._usage_display_name = _usage_name  # type: ignore[method-assign]  # deliberate patch, see _usage_name
 
 
 def usage_error_line(exc: _click.exceptions.ClickException) -> str:
@@ -145,7 +153,7 @@ def usage_error_line(exc: _click.exceptions.ClickException) -> str:
     message = message[:1].lower() + message[1:]
     if param is not None:
         return f"{_param_name(param)}: {message}{hint}"
-    command = re.fullmatch(r"no such command '(.+?)'\.?\s*(?:did you mean (.+?)\??)?", message, re.I)
+    command = re.fullmatch(r"no such command '(.+?)'\.?\s*(?:did you mean (.+?)\??)?", message, re.IGNORECASE)
     if command:
         maybe = f" (did you mean {command.group(2)}?)" if command.group(2) else ""
         return f"{command.group(1)}: no such command{maybe}{hint}"
@@ -203,10 +211,12 @@ class ProgressBar:
             self._tasks[task] = self._progress.add_task(task, total=total)
         self._progress.update(self._tasks[task], completed=done, total=total)
 
-    def __enter__(self) -> ProgressBar:
+    def __enter__(self) -> Self:
         self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._progress.__exit__(exc_type, exc, tb)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from nrrstore.errors import NrrError
@@ -12,9 +10,10 @@ from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
+_IPC = typer.Option([10, 50, 200], "--ipc", min=1, help="Images per class of the extrapolation (repeat the option).")
 
 
-def _floats(text: Optional[str], name: str) -> Optional[list[float]]:
+def _floats(text: str | None, name: str) -> list[float] | None:
     if text is None:
         return None
     try:
@@ -23,7 +22,7 @@ def _floats(text: Optional[str], name: str) -> Optional[list[float]]:
         raise NrrError(None, f"{name} must be comma-separated numbers, got {text!r}") from None
 
 
-def _normalization(mean: Optional[str], std: Optional[str], none: bool) -> object:
+def _normalization(mean: str | None, std: str | None, none: bool) -> object:
     if none:
         if mean or std:
             raise NrrError(None, "--no-normalization contradicts --mean/--std")
@@ -41,23 +40,23 @@ def convert_softlabels_cmd(
     out: str = typer.Option(..., "--out", help="Output store folder."),
     fmt: str = typer.Option("sre2l", "--format", help="Soft-label format (sre2l: SRe2L/FKD relabel output)."),
     sampler_seed: int = typer.Option(42, "--sampler-seed", min=0, help="Seed of the relabel run's RandomSampler generator."),
-    order_file: Optional[str] = typer.Option(None, "--order-file", help="Image order per epoch instead of the sampler: .npy [E, N] or text, one line per epoch."),
+    order_file: str | None = typer.Option(None, "--order-file", help="Image order per epoch instead of the sampler: .npy [E, N] or text, one line per epoch."),
     temperature: float = typer.Option(1.0, "--temperature", min=1e-6, help="Divide the stored logits by this before computing distances."),
     keep_full: bool = typer.Option(False, "--keep-full", help="Also keep the full soft labels (fp16 zarr, KD baseline)."),
     precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
-    quant_max: Optional[float] = typer.Option(None, "--quant-max", help="int8 scale in nats (default: from epoch 0)."),
+    quant_max: float | None = typer.Option(None, "--quant-max", help="int8 scale in nats (default: from epoch 0)."),
     epochs_per_file: int = typer.Option(100, "--epochs-per-file", min=1, help="Epochs per Parquet file (the resume unit)."),
-    size: Optional[int] = typer.Option(None, "--size", min=1, help="Views' output size in pixels (default: the image height)."),
+    size: int | None = typer.Option(None, "--size", min=1, help="Views' output size in pixels (default: the image height)."),
     mode: str = typer.Option("keep", "--mode", help="Image channels: keep, L or RGB (torchvision's ImageFolder loads RGB)."),
-    mean: Optional[str] = typer.Option(None, "--mean", help="Teacher input mean per channel, e.g. 0.485,0.456,0.406 (default: ImageNet's for RGB)."),
-    std: Optional[str] = typer.Option(None, "--std", help="Teacher input std per channel."),
+    mean: str | None = typer.Option(None, "--mean", help="Teacher input mean per channel, e.g. 0.485,0.456,0.406 (default: ImageNet's for RGB)."),
+    std: str | None = typer.Option(None, "--std", help="Teacher input std per channel."),
     no_normalization: bool = typer.Option(False, "--no-normalization", help="The teacher took [0, 1] pixels."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Class names file (one per line, or JSON) instead of the folder names."),
+    classes: str | None = typer.Option(None, "--classes", help="Class names file (one per line, or JSON) instead of the folder names."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Processes converting epochs in parallel (default: one per CPU up to 4 for large folders; 0: none)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Convert only the first N epochs (they must be "
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Processes converting epochs in parallel (default: one per CPU up to 4 for large folders; 0: none)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Convert only the first N epochs (they must be "
                                          "complete): for a label folder still being written."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="The teacher that made the labels: replay a sample "
+    teacher: str | None = typer.Option(None, "--teacher", help="The teacher that made the labels: replay a sample "
                                           "of views and refuse labels that do not describe them (wrong seed, size or "
                                           "images)."),
     replay_sample: int = typer.Option(256, "--replay-sample", min=1, help="Views replayed with --teacher."),
@@ -99,20 +98,20 @@ def import_rded_cmd(
     syn_data: str = typer.Argument(..., help="RDED output: one folder per class number (00000/...), images named "
                                     "class00000_id00000.jpg.", metavar="SYN_DATA"),
     out: str = typer.Option(..., "--out", help="Output store folder."),
-    classes: Optional[str] = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
-    image_format: Optional[str] = typer.Option(None, "--image-format", help="Re-encode as png, webp or jpg (default: "
+    classes: str | None = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
+    image_format: str | None = typer.Option(None, "--image-format", help="Re-encode as png, webp or jpg (default: "
                                                "keep the source files' bytes when they can be, else png)."),
-    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
+    quality: int | None = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
     mode: str = typer.Option("keep", "--mode", help="Image channels: keep (with --teacher: the teacher's), L or RGB. "
                              "RDED writes RGB even for grey data."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="Relabel right after import with this teacher checkpoint."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to relabel (default 300 with --teacher)."),
+    teacher: str | None = typer.Option(None, "--teacher", "-t", help="Relabel right after import with this teacher checkpoint."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs to relabel (default 300 with --teacher)."),
     precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Augmentation seed for relabelling (default 0)."),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Augmentation seed for relabelling (default 0)."),
     device: str = typer.Option("cpu", "--device", help="Torch device for relabelling."),
-    amp: Optional[str] = typer.Option(None, "--amp", help="Relabel under autocast: bf16 or fp16 (default fp32)."),
+    amp: str | None = typer.Option(None, "--amp", help="Relabel under autocast: bf16 or fp16 (default fp32)."),
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:
@@ -149,10 +148,10 @@ def import_rded_cmd(
 def size_report_cmd(
     store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     classes: int = typer.Option(1000, "--classes", min=1, help="Classes of the extrapolation (ImageNet-1K: 1000)."),
-    ipc: list[int] = typer.Option([10, 50, 200], "--ipc", min=1, help="Images per class of the extrapolation (repeat the option)."),
+    ipc: list[int] = _IPC,
     epochs: int = typer.Option(300, "--epochs", min=1, help="Epochs of the extrapolation (and of a store without labels)."),
     topk: int = typer.Option(10, "--topk", min=1, help="k of the FKD-style top-k scheme."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw a bar chart (log scale) into this PNG file."),
+    plot: str | None = typer.Option(None, "--plot", help="Also draw a bar chart (log scale) into this PNG file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     as_json: bool = _JSON,
 ) -> None:

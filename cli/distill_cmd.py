@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from nrrstore.errors import NrrError
@@ -19,24 +17,24 @@ def distill_cmd(
     out: str = typer.Option(..., "--out", help="Output store: a folder, or an s3:// or gs:// URL (uploaded, "
                             "manifest last)."),
     method: str = typer.Option("nrr", "--method", help="nrr (NRR-DD), rded (high confidence, no refinement) or random (random real images)."),
-    factor: Optional[int] = typer.Option(None, "--factor", min=1, help="Patches per side (beta = factor^2). Default: 2 at >= 128 px, else 1."),
-    mipc: Optional[int] = typer.Option(None, "--mipc", min=1, help="Real images considered per class (default 300)."),
-    num_crop: Optional[int] = typer.Option(None, "--num-crop", min=1, help="Candidate crops per real image (default 5)."),
-    select: Optional[str] = typer.Option(None, "--select", help="low (NRR-DD), high (RDED) or random."),
-    per_image: Optional[str] = typer.Option(None, "--per-image", help="Crop kept per real image: cam (highest CAM ratio) or score (lowest CE)."),
-    cam_top: Optional[float] = typer.Option(None, "--cam-top", help="Fraction t of candidates kept by CAM ratio before selection (default 0.5 for nrr)."),
-    cam_score: Optional[str] = typer.Option(None, "--cam-score", help="CAM criterion of a crop: share (of the image's CAM), density (share / area share) or excess (share - area share)."),
-    correct_only: Optional[bool] = typer.Option(None, "--correct-only/--any-prediction", help="Select only among candidates the teacher classifies correctly."),
-    sources: Optional[str] = typer.Option(None, "--sources", help="Which mipc real images per class: random (seeded sample, default) or first (shard order)."),
-    eps: Optional[float] = typer.Option(None, "--eps", help="NRR CAM threshold: mask = max(0, eps - CAM) (default 0.5)."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="NRR step size (default 0.01 with adam)."),
-    iterations: Optional[int] = typer.Option(None, "--iterations", min=0, help="NRR steps (default 200)."),
-    alpha_bn: Optional[float] = typer.Option(None, "--alpha-bn", help="Weight of the BN-statistics loss (default 0.01)."),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam (mask on the update) or sgd (plain masked gradient descent)."),
+    factor: int | None = typer.Option(None, "--factor", min=1, help="Patches per side (beta = factor^2). Default: 2 at >= 128 px, else 1."),
+    mipc: int | None = typer.Option(None, "--mipc", min=1, help="Real images considered per class (default 300)."),
+    num_crop: int | None = typer.Option(None, "--num-crop", min=1, help="Candidate crops per real image (default 5)."),
+    select: str | None = typer.Option(None, "--select", help="low (NRR-DD), high (RDED) or random."),
+    per_image: str | None = typer.Option(None, "--per-image", help="Crop kept per real image: cam (highest CAM ratio) or score (lowest CE)."),
+    cam_top: float | None = typer.Option(None, "--cam-top", help="Fraction t of candidates kept by CAM ratio before selection (default 0.5 for nrr)."),
+    cam_score: str | None = typer.Option(None, "--cam-score", help="CAM criterion of a crop: share (of the image's CAM), density (share / area share) or excess (share - area share)."),
+    correct_only: bool | None = typer.Option(None, "--correct-only/--any-prediction", help="Select only among candidates the teacher classifies correctly."),
+    sources: str | None = typer.Option(None, "--sources", help="Which mipc real images per class: random (seeded sample, default) or first (shard order)."),
+    eps: float | None = typer.Option(None, "--eps", help="NRR CAM threshold: mask = max(0, eps - CAM) (default 0.5)."),
+    lr: float | None = typer.Option(None, "--lr", help="NRR step size (default 0.01 with adam)."),
+    iterations: int | None = typer.Option(None, "--iterations", min=0, help="NRR steps (default 200)."),
+    alpha_bn: float | None = typer.Option(None, "--alpha-bn", help="Weight of the BN-statistics loss (default 0.01)."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="adam (mask on the update) or sgd (plain masked gradient descent)."),
     no_refine: bool = typer.Option(False, "--no-refine", help="Skip NRR (RDED-style images)."),
-    image_format: Optional[str] = typer.Option(None, "--image-format", help="png (lossless), webp or jpg (default: jpg "
+    image_format: str | None = typer.Option(None, "--image-format", help="png (lossless), webp or jpg (default: jpg "
                                                "quality 90 at >= 128 px, else png)."),
-    quality: Optional[int] = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg (default 90 at >= 128 "
+    quality: int | None = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg (default 90 at >= 128 "
                                           "px, 95 if jpg is asked below) / lossy webp."),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also store each image's CAM (cams.zarr) for inspect --grid."),
     relabel_epochs: int = typer.Option(300, "--relabel-epochs", min=0, help="Then compute DBR distances for this many student epochs (0: skip)."),
@@ -48,7 +46,7 @@ def distill_cmd(
     classes_per_pass: int = typer.Option(100, "--classes-per-pass", min=1, help="Classes gathered per pass over the input and refined together (NRR batches mix them; bounds memory; ranks take whole groups)."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per output shard."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    amp: Optional[str] = typer.Option(None, "--amp", help="Relabel with the teacher under autocast: bf16 or fp16 (default fp32)."),
+    amp: str | None = typer.Option(None, "--amp", help="Relabel with the teacher under autocast: bf16 or fp16 (default fp32)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (with time per stage)."),
 ) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,26 +14,26 @@ from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 def evaluate_cmd(
     store: str = typer.Argument(..., help="The store to evaluate (a folder or a URL).", metavar="STORE"),
     val: str = typer.Option(..., "--val", help="Real held-out shards to test students on."),
-    train: Optional[str] = typer.Option(None, "--train", help="Real training shards: adds the random-real "
+    train: str | None = typer.Option(None, "--train", help="Real training shards: adds the random-real "
                                         "baseline at the same IPC."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="The store's teacher, to relabel the baseline "
+    teacher: str | None = typer.Option(None, "--teacher", help="The store's teacher, to relabel the baseline "
                                           "(default: the path the store records)."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Students per cell."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated label kinds: dbr, kd, onehot "
+    labels: str | None = typer.Option(None, "--labels", help="Comma-separated label kinds: dbr, kd, onehot "
                                          "(default: all the store has)."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Student batch size (default: "
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Student batch size (default: "
                                              "RDED's rule, 10/50/100 at IPC 1/10/50)."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", help="Weight of L_dbr."),
     dbr_norm: str = typer.Option("l2", "--dbr-norm", help="L_dbr norm: l2, l1 or smooth_l1."),
     kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="KD temperature."),
-    full_acc: Optional[float] = typer.Option(None, "--full-acc", help="Top-1 (fraction, e.g. 0.93) of the "
+    full_acc: float | None = typer.Option(None, "--full-acc", help="Top-1 (fraction, e.g. 0.93) of the "
                                              "student on the full real data with hard labels: adds HLR and LRS."),
-    work: Optional[str] = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
+    work: str | None = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
                                         "(default: .eval-STORE beside the store); rerun to resume."),
-    plot: Optional[str] = typer.Option(None, "--plot", help="Also draw the table as a PNG bar chart."),
+    plot: str | None = typer.Option(None, "--plot", help="Also draw the table as a PNG bar chart."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
     workers: int = typer.Option(0, "--workers", min=0, help="Loader worker processes."),

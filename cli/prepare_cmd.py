@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -40,17 +40,17 @@ def idx(
     images: str = typer.Argument(..., help="IDX images file (e.g. train-images-idx3-ubyte.gz).", metavar="IMAGES"),
     labels: str = typer.Argument(..., help="IDX labels file (e.g. train-labels-idx1-ubyte.gz).", metavar="LABELS"),
     out: str = _OUT,
-    classes: Optional[str] = typer.Option(
+    classes: str | None = typer.Option(
         None, "--classes", help="Class names: a file (one per line, or .json) or a comma-separated list. Default: 0..K-1."),
     shard_size: int = _SHARD_SIZE,
-    per_class: Optional[int] = _PER_CLASS,
-    limit: Optional[int] = _LIMIT,
+    per_class: int | None = _PER_CLASS,
+    limit: int | None = _LIMIT,
     skip: int = _SKIP,
-    prefix: Optional[str] = _PREFIX,
+    prefix: str | None = _PREFIX,
     gzip: bool = _GZIP,
     image_format: str = _FORMAT,
     mode: str = _MODE,
-    resize: Optional[int] = _RESIZE,
+    resize: int | None = _RESIZE,
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:
@@ -70,15 +70,15 @@ def imagefolder(
     root: str = typer.Argument(..., help="Folder with one sub-folder of images per class.", metavar="ROOT"),
     out: str = _OUT,
     shard_size: int = _SHARD_SIZE,
-    per_class: Optional[int] = _PER_CLASS,
-    limit: Optional[int] = _LIMIT,
+    per_class: int | None = _PER_CLASS,
+    limit: int | None = _LIMIT,
     skip: int = _SKIP,
     prefix: str = typer.Option("train", "--prefix", help="Shard and key prefix: PREFIX-000000.tar, "
                                          "PREFIX_0000000."),
     gzip: bool = _GZIP,
     image_format: str = _FORMAT,
     mode: str = _MODE,
-    resize: Optional[int] = _RESIZE,
+    resize: int | None = _RESIZE,
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from nrrstore.format.reader import Store
@@ -16,7 +14,7 @@ from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 def inspect_cmd(
     path: str = typer.Argument(..., help="A store, a folder of .tar shards, a brace pattern or a shard list "
                                "(paths or URLs).", metavar="PATH"),
-    grid: Optional[str] = typer.Option(None, "--grid", help="Write a contact sheet PNG: a row per class, a column "
+    grid: str | None = typer.Option(None, "--grid", help="Write a contact sheet PNG: a row per class, a column "
                                         "per image (each followed by its CAM when the store keeps CAMs)."),
     per_class: int = typer.Option(10, "--per-class", min=1, help="Images per class on the contact sheet."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --grid file."),
@@ -35,7 +33,7 @@ def inspect_cmd(
 def verify_cmd(
     store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     no_decode: bool = typer.Option(False, "--no-decode", help="Only check sizes and checksums."),
-    teacher: Optional[str] = typer.Option(None, "--teacher", help="Also replay views with this teacher and compare "
+    teacher: str | None = typer.Option(None, "--teacher", help="Also replay views with this teacher and compare "
                                           "the distances with the stored ones (catches a wrong teacher, seed or "
                                           "recipe)."),
     sample: int = typer.Option(256, "--sample", min=1, help="Views to replay with --teacher."),

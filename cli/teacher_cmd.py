@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
@@ -26,12 +24,12 @@ def train_cmd(
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9), adam or adamw."),
     flip: bool = typer.Option(False, "--flip", help="Random horizontal flips while training."),
-    norm: Optional[str] = typer.Option(None, "--norm", help="ConvNet norm: batch, group, instance or none (default group)."),
-    width: Optional[int] = typer.Option(None, "--width", min=1, help="ConvNet channels (default 128)."),
-    depth: Optional[int] = typer.Option(None, "--depth", min=1, help="ConvNet blocks (default: the arch's, e.g. 3)."),
-    limit_per_class: Optional[int] = typer.Option(None, "--limit-per-class", min=1, help="Train on the first N images "
+    norm: str | None = typer.Option(None, "--norm", help="ConvNet norm: batch, group, instance or none (default group)."),
+    width: int | None = typer.Option(None, "--width", min=1, help="ConvNet channels (default 128)."),
+    depth: int | None = typer.Option(None, "--depth", min=1, help="ConvNet blocks (default: the arch's, e.g. 3)."),
+    limit_per_class: int | None = typer.Option(None, "--limit-per-class", min=1, help="Train on the first N images "
                                                   "of each class only (a quick teacher from a large set)."),
-    val: Optional[str] = typer.Option(None, "--val", help="Held-out shards to report top-1 on."),
+    val: str | None = typer.Option(None, "--val", help="Held-out shards to report top-1 on."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the initialization and the data order."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint file."),

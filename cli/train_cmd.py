@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from nrrstore.devices import amp_dtype
@@ -25,16 +23,16 @@ def relabel_cmd(
     epochs: int = typer.Option(300, "--epochs", min=1, help="Training epochs to label (one view per image each)."),
     precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
-    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Augmentation seed (default: the store's, else 0)."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", min=1, help="Partner group size (default: the store's, else 64)."),
-    mix: Optional[str] = typer.Option(None, "--mix", help="cutmix, mixup or none (default: the store's, else cutmix)."),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Augmentation seed (default: the store's, else 0)."),
+    group_size: int | None = typer.Option(None, "--group-size", min=1, help="Partner group size (default: the store's, else 64)."),
+    mix: str | None = typer.Option(None, "--mix", help="cutmix, mixup or none (default: the store's, else cutmix)."),
     explicit: bool = typer.Option(False, "--explicit", help="Store each view's parameters as columns (explicit mode)."),
-    quant_max: Optional[float] = typer.Option(None, "--quant-max", help="int8 scale in nats (default: from epoch 0)."),
+    quant_max: float | None = typer.Option(None, "--quant-max", help="int8 scale in nats (default: from epoch 0)."),
     epochs_per_file: int = typer.Option(DEFAULT_EPOCHS_PER_FILE, "--epochs-per-file", min=1, help="Epochs per Parquet file (the resume unit)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Teacher batch size."),
     device: str = _DEVICE,
-    amp: Optional[str] = _AMP,
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on cpu, "
+    amp: str | None = _AMP,
+    workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on cpu, "
                                                                         "one per CPU up to 4 on a GPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing distances and soft labels."),
     as_json: bool = _JSON,
@@ -73,12 +71,12 @@ def train_student_cmd(
     labels: str = typer.Option("dbr", "--labels", help="dbr, kd or onehot."),
     alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", min=0.0, help="Weight of L_dbr (our default)."),
     kd_temperature: float = typer.Option(4.0, "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "
                                              "at IPC 1/10/50 for 10 classes)."),
     lr: float = typer.Option(1e-3, "--lr", min=1e-12, help="AdamW learning rate (cosine to 0)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0, help="AdamW weight decay."),
     seed: int = typer.Option(0, "--seed", min=0, help="Student initialisation seed."),
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
+    checkpoint: str | None = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint if it exists."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --checkpoint instead of refusing."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),

@@ -6,4 +6,4 @@ __version__ = "0.1.0"
 
 from nrrstore.errors import NrrError
 
-__all__ = ["__version__", "NrrError"]
+__all__ = ["NrrError", "__version__"]

@@ -36,9 +36,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     elif dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise NrrError(None, f"device {str(device)!r}: MPS is not available on this machine")
-    elif dev.type != "cpu":
-        if not _backend_available(dev.type):
-            raise NrrError(None, f"device {str(device)!r} is not available on this machine")
+    elif dev.type != "cpu" and not _backend_available(dev.type):
+        raise NrrError(None, f"device {str(device)!r} is not available on this machine")
     return dev
 
 

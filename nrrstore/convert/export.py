@@ -89,7 +89,7 @@ def _export(st: Store, out: Path, csv: bool, numbered: bool, overwrite: bool, pr
         keys = index.column("key").to_pylist()
         labels = index.column("label").to_numpy()
         exts = index.column("ext").to_pylist()
-        paths = [f"{folders[int(y)]}/{k}.{e}" for k, y, e in zip(keys, labels, exts)]
+        paths = [f"{folders[int(y)]}/{k}.{e}" for k, y, e in zip(keys, labels, exts, strict=True)]
         done = 0
         for shard in m.shards:
             for key, members in iter_tar_samples(st.path / shard):
@@ -111,7 +111,7 @@ def _export(st: Store, out: Path, csv: bool, numbered: bool, overwrite: bool, pr
         info = {
             "format": "nrrstore-export", "version": 1, "layout": "imagefolder",
             "store": str(st.path.resolve() if isinstance(st.path, Path) else st.path),
-            "classes": [{"index": i, "name": n, "folder": f} for i, (n, f) in enumerate(zip(m.classes, folders))],
+            "classes": [{"index": i, "name": n, "folder": f} for i, (n, f) in enumerate(zip(m.classes, folders, strict=True))],
             "images": m.num_images, "epochs": epochs,
             "distance_columns": "epoch, image, key, label, path, d_org, d_aug (float32)"
             + (", " + ", ".join(EXPLICIT_COLUMNS) if (m.labels.get("distances") or {}).get("mode") == "explicit" else ""),

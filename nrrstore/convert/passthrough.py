@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from nrrstore.errors import NrrError
 from nrrstore.format.images import ImageHeader, probe_image
 
+
 def read_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of an image file."""
     try:

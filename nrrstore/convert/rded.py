@@ -12,6 +12,7 @@ are ``c{class:05d}_{id:06d}``, the key nrrstore gives synthetic images.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -31,7 +32,6 @@ from nrrstore.sources.imagefolder import IMAGE_FILE_EXTS, read_image_file
 from nrrstore.sources.prepare import MODES as IMAGE_MODES
 from nrrstore.sources.prepare import convert_mode
 from nrrstore.sources.shards import check_class_names, load_class_names
-
 
 _CLASS_DIR_RE = re.compile(r"^\d+$")
 #: The hidden name a store is built and relabelled under before it is put in place.
@@ -76,7 +76,7 @@ def list_rded(root: str | os.PathLike[str]) -> tuple[list[str], list[RdedImage]]
         if not found:
             raise NrrError(folder, "no images in this class folder")
         ids = sorted(found, key=lambda r: r.id)
-        for a, b in zip(ids, ids[1:]):
+        for a, b in itertools.pairwise(ids):
             if a.id == b.id:
                 raise NrrError(b.path, f"image id {b.id} of class {c} appears twice ({a.path.name})")
         images.extend(ids)

@@ -138,7 +138,7 @@ def format_report(r: dict[str, Any]) -> str:
     widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(len(header))]
     lines.append("  labels stored as:")
     for row in [header, *rows]:
-        lines.append("    " + "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.append("    " + "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
     if r["stored_bytes_per_view"] is not None:
         d = r["distances"] or {}
         lines.append(f"  stored distances ({d.get('precision')}, {d.get('mode')}): {r['stored_bytes_per_view']:.2f} B/view "

@@ -184,7 +184,7 @@ class CiddConfig:
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise NrrError(None, f"CIDD: unknown parameters {', '.join(unknown)}")
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         kw.setdefault("crop_sampler", 1)  # recorded since version 2
         return cls(**kw)
 
@@ -418,7 +418,7 @@ def discover(
     found = [
         Candidate(
             key=str(keys[i]), label=int(lab[i]), index=int(idx[i]), crop=int(pick[i]),
-            box=tuple(int(v) for v in boxes[i, pick[i]]),  # type: ignore[arg-type]
+            box=_box(boxes[i, pick[i]]),
             source_size=(int(h), int(w)),
             cam_ratio=None if ratios is None else float(ratios[i, pick[i]]),
             ce=float(ce_l[i]), confidence=float(conf_l[i]), correct=bool(ok_l[i]),
@@ -426,6 +426,11 @@ def discover(
         for i in range(b)
     ]
     return patches.cpu(), found
+
+
+def _box(row: np.ndarray) -> tuple[int, int, int, int]:
+    top, left, height, width = (int(v) for v in row)
+    return top, left, height, width
 
 
 def _patch_side(teacher: Teacher, cfg: CiddConfig) -> int:

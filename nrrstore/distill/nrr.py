@@ -286,4 +286,4 @@ def _iterate(
         if progress is not None:
             progress(step + 1, cfg.iterations)
     history = [tuple(row) for row in torch.stack(recorded).tolist()] if recorded else []
-    return x, history  # type: ignore[return-value]
+    return x, history

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from nrrstore import __version__
-from nrrstore.distill.cidd import ClassCandidates, CiddConfig, discover, select_and_stitch
+from nrrstore.distill.cidd import CiddConfig, ClassCandidates, discover, select_and_stitch
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
 from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
 from nrrstore.format import fs, remote
@@ -120,11 +120,11 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
         # The study's defaults (benchmarks/RESULTS.md, chosen on a validation split of the training set):
         # only crops the teacher classifies correctly, at least half the image (zoomed-in crops hurt),
         # and a small random pool (mipc below) rather than RDED's 300.
-        "nrr": dict(factor=factor, per_image="cam", select="low", cam_top=0.5, sources="random",
-                    correct_only=True, scale=(0.5, 1.0)),
-        "rded": dict(factor=factor, per_image="score", select="high", cam_top=1.0, sources="random"),
-        "random": dict(factor=1, num_crop=1, scale=(1.0, 1.0), ratio=(1.0, 1.0), per_image="score",
-                       select="random", cam_top=1.0, sources="random"),
+        "nrr": {"factor": factor, "per_image": "cam", "select": "low", "cam_top": 0.5, "sources": "random",
+                "correct_only": True, "scale": (0.5, 1.0)},
+        "rded": {"factor": factor, "per_image": "score", "select": "high", "cam_top": 1.0, "sources": "random"},
+        "random": {"factor": 1, "num_crop": 1, "scale": (1.0, 1.0), "ratio": (1.0, 1.0), "per_image": "score",
+                   "select": "random", "cam_top": 1.0, "sources": "random"},
     }[method]
     # alpha_bn 1: BN statistics (over mixed-class batches) must weigh as much as the CE term to keep
     # refined pixels natural; SRe2L's 0.01 lets CE alone push them off the data (the study).
@@ -421,8 +421,8 @@ def _discover_chunk(urls: list[str], teacher: Teacher, cfg: DistillConfig, chunk
         batch.clear()
 
     filled = 0
-    needed = lambda c: c in want and counts[c] < mipc  # noqa: E731 - images of other classes are not decoded
-    sampled = (lambda c, key: key in chosen[c]) if chosen is not None else None  # noqa: E731
+    needed = lambda c: c in want and counts[c] < mipc  # images of other classes are not decoded
+    sampled = (lambda c, key: key in chosen[c]) if chosen is not None else None
     # known up front for a seeded sample; at most mipc per class when taking the first ones
     expected = sum(len(chosen[c]) for c in chunk) if chosen is not None else mipc * len(chunk)
     n = 0

@@ -52,16 +52,16 @@ from nrrstore.format.distances import (
     epoch_chunks,
     install_chunks,
 )
-from nrrstore.format.layout import RELABEL_WORK_DIR as WORK_DIR
 from nrrstore.format.layout import DISTANCE_FILE_GLOB, MANIFEST_NAME, distance_file_name
+from nrrstore.format.layout import RELABEL_WORK_DIR as WORK_DIR
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_writable
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import WORK_NAME as SOFTLABELS_WORK_NAME
 from nrrstore.format.softlabels import create_softlabels, install_softlabels, softlabels_section
 from nrrstore.format.update import update_store
-from nrrstore.format.writer import STORE_KIND, store_object
 from nrrstore.format.workstate import load_state, save_state
+from nrrstore.format.writer import STORE_KIND, store_object
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
 from nrrstore.train.augment import RECIPE_VERSION, AugRecipe, epoch_columns
@@ -223,7 +223,9 @@ def relabel(
     workers = worker_count(workers)
     rank, world = dist_info()
 
-    work = st.path / WORK_DIR
+    root = st.path
+    assert isinstance(root, Path)  # _store_job relabels a remote store in a local staging folder
+    work = root / WORK_DIR
     args = {
         "teacher_sha256": teacher.sha256, "epochs": epochs, "recipe": recipe.to_dict(), "precision": precision,
         "mode": mode, "full_softlabels": bool(full_softlabels), "epochs_per_file": epochs_per_file,
@@ -286,6 +288,7 @@ def _start(st: Store, work: Path, args: dict[str, Any], quant_max: float | None,
 
     Rank 0 decides (and creates the folder); the other ranks read what it wrote.
     """
+    state: dict[str, Any] | None = None
     if rank == 0:
         state = load_state(work, args, "relabel")
         m = st.manifest
@@ -300,8 +303,8 @@ def _start(st: Store, work: Path, args: dict[str, Any], quant_max: float | None,
     _barrier(world)
     if rank != 0:
         state = load_state(work, args, "relabel")
-        if state is None:
-            raise NrrError(work, "rank 0 wrote no relabel state (did it fail?)")
+    if state is None:  # rank 0 always has one here
+        raise NrrError(work, "rank 0 wrote no relabel state (did it fail?)")
     return state
 
 
@@ -423,8 +426,8 @@ class _Job:
     def _host(epoch: Any, buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
               ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None]:
         """One epoch's results on the host: the only wait for the device, once per epoch."""
-        d_org, d_aug, soft = (None if t is None else t.cpu().numpy() for t in buffers)
-        return int(epoch), d_org, d_aug, soft
+        d_org, d_aug, soft = buffers
+        return int(epoch), d_org.cpu().numpy(), d_aug.cpu().numpy(), None if soft is None else soft.cpu().numpy()
 
     def choose_quant_max(self) -> float:
         """int8 scale from epoch 0's distances (kept, so the chunk holding epoch 0 does not redo it)."""

@@ -72,7 +72,7 @@ class ReplayReport:
 def sampled_epochs(stored: int, sample: int) -> list[int]:
     """Up to `MAX_EPOCHS_SAMPLED` epochs spread evenly over the stored ones, first and last included."""
     k = max(1, min(stored, MAX_EPOCHS_SAMPLED, sample))
-    return sorted({int(round(x)) for x in np.linspace(0, stored - 1, k)})
+    return sorted({round(x) for x in np.linspace(0, stored - 1, k).tolist()})
 
 
 def beyond_tolerance(stored: np.ndarray, replayed: np.ndarray, precision: str, qmax: float | None,
@@ -122,7 +122,9 @@ def replay_check(
     converted = "convert" in m.method
     epochs = sampled_epochs(st.num_epochs, sample)
     per_epoch = min(m.num_images, math.ceil(sample / len(epochs)))
-    stored_all, replayed_all, where = [], [], []
+    stored_all: list[np.ndarray] = []
+    replayed_all: list[np.ndarray] = []
+    where: list[tuple[int, int]] = []  # (epoch, image) of each view
     dev = resolve_device(device if device is not None else next(teacher.model.parameters()).device)
     amp = amp_key((m.method.get("relabel") or {}).get("amp"))
     try:

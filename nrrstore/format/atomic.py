@@ -8,8 +8,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 TMP_PREFIX = ".tmp-"
 
@@ -23,7 +24,8 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing; it appears under its name only if the block completes."""
     path = Path(path)
     tmp = tmp_name(path)
-    f = open(tmp, "wb")
+    # Not a `with`: closed before the rename below, or by discard(), which also deletes the temporary file.
+    f = open(tmp, "wb")  # noqa: SIM115 - see above
     try:
         yield f
         f.flush()

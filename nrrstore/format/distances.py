@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from nrrstore.format.parquet import RowGroupFile
 from nrrstore.format.tables import DISTANCE_TYPES, EXPLICIT_COLUMNS, distance_schema
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
+
     from nrrstore.format.reader import Store
 
 MODES = ("seeded", "explicit")
@@ -115,10 +118,12 @@ class DistanceFile:
     def abort(self) -> None:
         self._file.abort()
 
-    def __enter__(self) -> DistanceFile:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:

@@ -88,7 +88,7 @@ class NotFound(NrrError):
 def is_url(spec: str | os.PathLike[str]) -> bool:
     """Whether ``spec`` has a ``scheme://`` other than ``file://`` (known or not)."""
     m = _SCHEME_RE.match(os.fspath(spec)) if isinstance(spec, (str, os.PathLike)) else None
-    return bool(m) and m.group(1).lower() != "file"
+    return m is not None and m.group(1).lower() != "file"
 
 
 def location(spec: str | os.PathLike[str]) -> Location:

@@ -101,7 +101,7 @@ def decode_image(data: bytes, where: str | None = None, max_pixels: int = MAX_PI
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
                 raise NrrError(where, f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} (decompression bomb?)")

@@ -22,7 +22,7 @@ from nrrstore.errors import NrrError, os_problem
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # the module or None: without it, locking is skipped
 
 LOCK_PREFIX = ".lock-"
 _held: dict[str, list[int]] = {}  # lock file -> [fd, depth] held by this process

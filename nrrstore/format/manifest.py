@@ -118,7 +118,7 @@ class Manifest:
         return json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str | None = None, check_digest: bool = True) -> "Manifest":
+    def from_dict(cls, d: dict[str, Any], where: str | None = None, check_digest: bool = True) -> Manifest:
         """Parse a manifest document; ``check_digest`` refuses one whose values were edited (1.1+)."""
         check_format(d, where)
         if check_digest:
@@ -213,7 +213,7 @@ def read_manifest_doc(store: str | os.PathLike[str]) -> Any:
     if isinstance(root, Path):
         if not root.exists():
             raise NrrError(store, "no such store")
-        if not path.is_file():
+        if not (root / MANIFEST_NAME).is_file():  # `path`, known local here
             raise NrrError(path, "missing manifest (not a store, or an incomplete one)")
     try:
         raw = fs.read_bytes(path)

@@ -16,11 +16,15 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
 from nrrstore.format.atomic import TMP_PREFIX, fsync_dir
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 OLD_PREFIX = ".old-"
 
@@ -132,10 +136,12 @@ class StagedFolder:
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def __enter__(self) -> StagedFolder:
+    def __enter__(self) -> Self:
         self.create()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if not self.committed:
             self.discard()

@@ -11,7 +11,8 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from nrrstore.format.atomic import atomic_open
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 
 def write_table(table: pa.Table, path: str | os.PathLike[str], **options: Any) -> None:
@@ -95,10 +99,12 @@ class RowGroupFile:
             with contextlib.suppress(BaseException):
                 ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
-    def __enter__(self) -> RowGroupFile:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:

@@ -75,7 +75,7 @@ class Store:
             "path": str(self.path), "kind": "store", "format_version": m.format_version,
             "tool_version": m.tool_version, "created": m.created,
             "num_images": m.num_images, "num_classes": m.num_classes,
-            "per_class": dict(zip(m.classes, m.per_class)),
+            "per_class": dict(zip(m.classes, m.per_class, strict=True)),
             "image": {"height": m.image.height, "width": m.image.width, "channels": m.image.channels,
                       "mode": m.image.mode, "encoding": m.image.encoding},
             "shards": len(m.shards), "components": by_kind,

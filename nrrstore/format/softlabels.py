@@ -75,7 +75,7 @@ class SoftLabels:
         self.path = fs.location(store_root) / section.get("path", SOFTLABELS_PATH)
         try:
             self._arr = zarr.open_array(fs.zarr_source(self.path), mode="r")
-        except Exception as exc:  # zarr raises several unrelated types for a missing/corrupt array
+        except Exception as exc:  # noqa: BLE001 - zarr raises several unrelated types for a missing/corrupt array
             raise NrrError(self.path, f"unreadable soft-label array: {type(exc).__name__}: {exc}") from None
         if self._arr.ndim != 3:
             raise NrrError(self.path, f"soft labels must be [epochs, images, classes], got shape {self._arr.shape}")
@@ -85,7 +85,7 @@ class SoftLabels:
     def read(self, epoch: int, start: int, stop: int) -> np.ndarray:
         try:
             block = self._arr[int(epoch), int(start):int(stop), :]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - as above: any zarr, codec or storage failure is one NrrError
             raise NrrError(self.path, f"cannot read soft labels of epoch {epoch}: {type(exc).__name__}: {exc}") from None
         return np.asarray(block, dtype=np.float32)
 

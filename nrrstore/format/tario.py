@@ -9,18 +9,24 @@ damage into an `NrrError` naming the shard.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
-import zlib
 import tarfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from types import TracebackType
+from typing import IO, TYPE_CHECKING
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_open
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,8 @@ class TarShardWriter:
         self.path = Path(path)
         self._ctx = atomic_open(self.path)
         self._file = self._ctx.__enter__()
-        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)
+        # Not a `with`: the writer owns the archive across add() calls, and close() or abort() closes it.
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.GNU_FORMAT)  # noqa: SIM115 - see above
         self.count = 0
 
     def add(self, key: str, members: dict[str, bytes]) -> dict[str, MemberSpan]:
@@ -65,19 +72,17 @@ class TarShardWriter:
 
     def abort(self) -> None:
         """Drop the partial shard (its temporary file is removed)."""
-        try:
+        with contextlib.suppress(Exception):  # we are discarding the file anyway
             self._tar.close()
-        except Exception:  # noqa: BLE001 - we are discarding the file anyway
-            pass
-        try:
+        with contextlib.suppress(RuntimeError):
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        except RuntimeError:
-            pass
 
-    def __enter__(self) -> "TarShardWriter":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is None:
             self.close()
         else:
@@ -93,7 +98,7 @@ def split_member_name(name: str) -> tuple[str, str]:
 
 
 def iter_tar_samples(
-    source: str | os.PathLike[str] | BinaryIO, where: str | None = None
+    source: str | os.PathLike[str] | IO[bytes], where: str | None = None
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
     """Yield ``(key, {ext: bytes})`` per sample of a tar stream, in file order.
 
@@ -104,7 +109,7 @@ def iter_tar_samples(
     close = False
     if isinstance(source, (str, os.PathLike)):
         try:
-            fileobj: BinaryIO = fs.open_read(fs.location(source))  # type: ignore[assignment]
+            fileobj: IO[bytes] = fs.open_read(fs.location(source))
         except FileNotFoundError:
             raise NrrError(where, "no such file") from None
         except IsADirectoryError:
@@ -118,7 +123,8 @@ def iter_tar_samples(
     try:
         seekable = close  # opened here (local or remote): random-access mode, so the end marker can be checked
         try:
-            tar = tarfile.open(fileobj=fileobj, mode="r:*" if seekable else "r|*")
+            # entered by `with tar:` below; opened apart so that only its own ReadError reads "not a readable tar"
+            tar = tarfile.open(fileobj=fileobj, mode="r:*" if seekable else "r|*")  # noqa: SIM115 - see above
         except tarfile.ReadError as exc:
             raise NrrError(where, f"not a readable tar file ({exc})") from None
         with tar:

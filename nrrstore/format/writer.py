@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from nrrstore.format.manifest import FileEntry, ImageInfo, Manifest, creation_ti
 from nrrstore.format.outputs import StagedFolder, check_output_folder, local_output
 from nrrstore.format.tario import TarShardWriter
 from nrrstore.progress import Progress
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 STORE_KIND = "an nrrstore store"
 
@@ -206,10 +210,12 @@ class StoreWriter:
             self._shard = None
         self._stage.discard()
 
-    def __enter__(self) -> "StoreWriter":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None or not self._done:
             self.abort()
 

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 _BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -38,8 +42,10 @@ class BNStatsLoss:
             x = inputs[0]
             mean = x.mean((0, 2, 3))
             var = x.var((0, 2, 3), correction=0)
-            self._terms[index] = torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(
-                var - module.running_var
+            # BN buffers (layers without them are not hooked); nn.Module's __getattr__ is typed Tensor | Module.
+            running_mean, running_var = cast(Tensor, module.running_mean), cast(Tensor, module.running_var)
+            self._terms[index] = torch.linalg.vector_norm(mean - running_mean) + torch.linalg.vector_norm(
+                var - running_var
             )
         return hook
 
@@ -65,7 +71,7 @@ class BNStatsLoss:
         self._handles.clear()
         self._terms.clear()
 
-    def __enter__(self) -> BNStatsLoss:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -141,9 +141,9 @@ def _linear_of(module: nn.Module | None) -> nn.Linear | None:
     """The Linear itself, or the last layer of a Sequential whose other layers are Dropout/Flatten/Identity."""
     if isinstance(module, nn.Linear):
         return module
-    if isinstance(module, nn.Sequential) and len(module) and isinstance(module[-1], nn.Linear):
-        if all(isinstance(m, (nn.Dropout, nn.Flatten, nn.Identity)) for m in list(module)[:-1]):
-            return module[-1]
+    if (isinstance(module, nn.Sequential) and len(module) and isinstance(module[-1], nn.Linear)
+            and all(isinstance(m, (nn.Dropout, nn.Flatten, nn.Identity)) for m in list(module)[:-1])):
+        return module[-1]
     return None
 
 
@@ -151,18 +151,21 @@ def _find_split(model: nn.Module) -> tuple[Split, nn.Linear]:
     name = type(model).__name__
     # nrrstore models and anything following the same protocol.
     head_linear = _linear_of(getattr(model, "classifier", None)) or _linear_of(getattr(model, "fc", None))
-    if callable(getattr(model, "features", None)) and callable(getattr(model, "head", None)) and head_linear:
+    features, head = getattr(model, "features", None), getattr(model, "head", None)
+    if callable(features) and callable(head) and head_linear:
         def own(x: Tensor) -> tuple[Tensor, Tensor]:
-            feats = model.features(x)
-            return feats, model.head(feats)
+            feats = features(x)
+            return feats, head(feats)
         return own, head_linear
     # timm.
-    if all(callable(getattr(model, a, None)) for a in ("forward_features", "forward_head", "get_classifier")):
-        linear = _linear_of(model.get_classifier())
+    forward_features, forward_head, get_classifier = (
+        getattr(model, a, None) for a in ("forward_features", "forward_head", "get_classifier"))
+    if callable(forward_features) and callable(forward_head) and callable(get_classifier):
+        linear = _linear_of(get_classifier())
         if linear is not None:
             def timm_like(x: Tensor) -> tuple[Tensor, Tensor]:
-                feats = model.forward_features(x)
-                return feats, model.forward_head(feats)
+                feats = forward_features(x)
+                return feats, forward_head(feats)
             return timm_like, linear
     # torchvision-style: capture the feature module's output with a hook during the normal forward.
     modules = dict(model.named_modules())

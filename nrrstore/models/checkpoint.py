@@ -169,15 +169,16 @@ def load_teacher(
     """
     device = resolve_device(device)
     target = os.fspath(path_or_spec)
-    spec_args = dict(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                     classes=classes, normalization=normalization, weights=weights, arch_kwargs=arch_kwargs)
+    spec_args = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size,
+                 "classes": classes, "normalization": normalization, "weights": weights, "arch_kwargs": arch_kwargs}
     if os.path.isfile(target):
         given = [k for k, v in spec_args.items() if v is not None]
         if given:
             raise NrrError(target, f"{', '.join(given)} apply to an architecture spec, not to a checkpoint file")
         teacher = _from_checkpoint(target)
     elif is_builtin(target) or is_external_spec(target):
-        teacher = _from_spec(target, **spec_args)
+        teacher = _from_spec(target, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                             classes=classes, normalization=normalization, weights=weights, arch_kwargs=arch_kwargs)
     else:
         raise NrrError(target, "no such teacher checkpoint file (nor an architecture spec)")
     teacher.model.to(device).eval()
@@ -230,7 +231,7 @@ def _from_spec(
                              "also give num_classes, image_size and normalization")
     mean = [float(v) for v in normalization["mean"]]
     std = [float(v) for v in normalization["std"]]
-    record = {
+    record: dict[str, Any] = {
         "arch": spec, "arch_kwargs": dict(arch_kwargs or {}), "num_classes": int(num_classes),
         "in_channels": int(in_channels if in_channels is not None else len(mean)), "image_size": int(image_size),
         "classes": [str(c) for c in (classes if classes is not None else range(num_classes))],
@@ -260,11 +261,11 @@ def _read_torch(path: str) -> tuple[Any, str]:
     except OSError as e:
         raise NrrError(path, f"cannot read: {e.strerror or e}") from None
     # torch.save writes a zip archive (or, in the legacy format, a pickle starting with PROTO 0x80).
-    if not (data.startswith(b"PK\x03\x04") or data.startswith(b"\x80")):
+    if not data.startswith((b"PK\x03\x04", b"\x80")):
         raise NrrError(path, "not a torch checkpoint (expected a file written by torch.save)")
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for refused globals; other types for corrupt files
+    except Exception as e:  # noqa: BLE001 - pickle.UnpicklingError for refused globals; other types for corrupt files
         raise NrrError(path, f"not a safe checkpoint: {_short_reason(e)}") from None
     return obj, hashlib.sha256(data).hexdigest()
 

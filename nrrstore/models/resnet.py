@@ -59,7 +59,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         planes_in = 64
         stages = []
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers)):
+        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=False)):
             stride = 1 if i == 0 else 2
             stage = []
             for b in range(blocks):

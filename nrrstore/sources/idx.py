@@ -8,12 +8,12 @@ own header is reported, because a silently short array would shift every later l
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import os
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -23,9 +23,10 @@ _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     try:
-        f = open(path, "rb")
+        # entered by `with f:` below; opened apart so that only open's own errors get these messages
+        f = open(path, "rb")  # noqa: SIM115 - see above
     except FileNotFoundError:
         raise NrrError(path, "no such file or directory") from None
     except IsADirectoryError:
@@ -34,10 +35,10 @@ def _open(path: Path) -> BinaryIO:
         raise NrrError(path, f"cannot open: {exc.strerror or exc}") from None
     with f:
         gzipped = f.read(2) == _GZIP_MAGIC  # by content, not by file name
-    return gzip.open(path, "rb") if gzipped else open(path, "rb")  # type: ignore[return-value]
+    return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
-def _read_upto(f: BinaryIO, n: int, chunk: int = 1 << 24) -> bytes:
+def _read_upto(f: io.BufferedIOBase, n: int, chunk: int = 1 << 24) -> bytes:
     # In chunks, so a forged header promising terabytes fails on the short read, not on allocation.
     parts: list[bytes] = []
     left = n

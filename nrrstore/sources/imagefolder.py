@@ -8,16 +8,15 @@ decode (a broken JPEG is an error, not a silently smaller class); other files ar
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from nrrstore.errors import NrrError, path_text
 from nrrstore.format.images import MAX_PIXELS, decode_image
 from nrrstore.progress import Progress
-
 
 #: The extensions torchvision's ImageFolder accepts (case-insensitive).
 IMAGE_FILE_EXTS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -17,8 +17,9 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -35,7 +36,6 @@ from nrrstore.progress import Progress
 from nrrstore.sources.idx import read_idx_pair
 from nrrstore.sources.imagefolder import list_imagefolder, read_image_file
 from nrrstore.sources.shards import SHARD_SUFFIXES, check_class_names, load_class_names
-
 
 SHARDS_INDEX = "shards.json"
 SHARDS_FORMAT = "nrrstore-prepared-shards"
@@ -71,8 +71,8 @@ def default_prefix(images: str | os.PathLike[str] | np.ndarray) -> str:
     """
     if isinstance(images, np.ndarray):
         return "train"
-    name = re.sub(r"\.gz$", "", Path(images).name, flags=re.I)
-    stem = re.split(r"[-_.](?:images|labels|imgs|idx\d)", name, maxsplit=1, flags=re.I)[0]
+    name = re.sub(r"\.gz$", "", Path(images).name, flags=re.IGNORECASE)
+    stem = re.split(r"[-_.](?:images|labels|imgs|idx\d)", name, maxsplit=1, flags=re.IGNORECASE)[0]
     stem = re.sub(r"\.[A-Za-z0-9]+$", "", stem) if stem == name else stem
     key = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")[:100] or "train"
     return {"t10k": "test"}.get(key.lower(), key)
@@ -86,7 +86,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = int(round((nw - size) / 2)), int(round((nh - size) / 2))
+    left, top = round((nw - size) / 2), round((nh - size) / 2)
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
@@ -106,10 +106,10 @@ def _finish_shard(writer: TarShardWriter, gzip: bool) -> Path:
     if not gzip:
         return writer.path
     final = writer.path.with_name(writer.path.name + ".gz")
-    with atomic_open(final) as raw, open(writer.path, "rb") as src:
-        # filename="" and mtime=0 keep the gzip header free of names and times.
-        with gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
-            shutil.copyfileobj(src, gz, 1 << 20)
+    # filename="" and mtime=0 keep the gzip header free of names and times.
+    with (atomic_open(final) as raw, open(writer.path, "rb") as src,
+          gzip_module.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz):
+        shutil.copyfileobj(src, gz, 1 << 20)
     writer.path.unlink()
     return final
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Sequence
+from typing import IO, Any
 
 import numpy as np
-from braceexpand import UnbalancedBracesError, braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand  # type: ignore[attr-defined]  # absent from braceexpand's own stub
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
 from nrrstore.format.images import IMAGE_EXTS, MAX_PIXELS, decode_image
 from nrrstore.format.tario import iter_tar_samples
 from nrrstore.progress import Progress
-
 
 #: File name endings taken as shards when a directory is given.
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -34,7 +34,7 @@ class Sample:
     """One labelled image read from a shard."""
 
     key: str
-    image: np.ndarray  # uint8, HxW (grey) or HxWx3 (RGB)
+    image: np.ndarray  # uint8, HxW (grey) or HxWx3 (RGB); None only from iter_samples(..., decode=False)
     label: int
     shard: str
     meta: dict[str, Any] = field(default_factory=dict)  # the sample's .json member, if any
@@ -66,8 +66,10 @@ def _expand(pattern: str, where: str) -> list[str]:
 def _resolve_one(spec: str, base: fs.Location | None, from_list: fs.Location | None) -> list[str]:
     if spec.startswith("pipe:"):
         return _expand(spec, spec)
-    if fs.is_url(spec) or (isinstance(base, fs.Url) and not spec.startswith("/")):
-        return _resolve_remote(fs.location(spec) if fs.is_url(spec) else base / spec, spec, from_list)
+    if fs.is_url(spec):
+        return _resolve_remote(fs.location(spec), spec, from_list)
+    if isinstance(base, fs.Url) and not spec.startswith("/"):
+        return _resolve_remote(base / spec, spec, from_list)
     path = _local_path(spec)
     if base is not None and not path.is_absolute():
         path = base / path
@@ -179,13 +181,13 @@ def resolve_shards(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str
     return out
 
 
-def open_shard(url: str) -> BinaryIO:
+def open_shard(url: str) -> IO[bytes]:
     """Open a shard for streaming: files and URLs through :mod:`nrrstore.format.fs`, ``pipe:`` through
     webdataset's gopen."""
     if not url.startswith("pipe:"):
         loc = fs.location(url)
         try:
-            return fs.open_read(loc.expanduser() if isinstance(loc, Path) else loc)  # type: ignore[return-value]
+            return fs.open_read(loc.expanduser() if isinstance(loc, Path) else loc)
         except FileNotFoundError:
             raise NrrError(url, "no such file or directory") from None
         except OSError as exc:
@@ -255,18 +257,18 @@ def iter_samples(
     shards = resolve_shards(spec)
     if num_classes is None and class_names is not None:
         num_classes = len(class_names)
-    if want_key is not None:
-        keep = want_key
-        want = (lambda label, key: keep(label, key)) if want is None else \
-            (lambda label, key, w=want: w(label) and keep(label, key))  # type: ignore[misc]
-    elif want is not None:
-        only = want
-        want = lambda label, key: only(label)  # type: ignore[misc]  # noqa: E731
+    wanted: Callable[[int, str], bool] | None = want_key  # both filters as one, of (label, key)
+    if want is not None:
+        by_label, by_key = want, want_key
+        if by_key is None:
+            wanted = lambda label, key: by_label(label)
+        else:
+            wanted = lambda label, key: by_label(label) and by_key(label, key)
     for i, shard in enumerate(shards):
         if shard.startswith("pipe:"):
-            yield from _remote_samples(shard, num_classes, max_pixels, want, decode)
+            yield from _remote_samples(shard, num_classes, max_pixels, wanted, decode)
         else:
-            yield from _samples_of(iter_tar_samples(shard), shard, num_classes, max_pixels, want, decode)
+            yield from _samples_of(iter_tar_samples(shard), shard, num_classes, max_pixels, wanted, decode)
         if progress is not None:
             progress("read shards", i + 1, len(shards))
 
@@ -295,7 +297,7 @@ def _remote_samples(shard: str, num_classes: int | None, max_pixels: int,
                 raise NrrError(shard, f"read failed: {_pipe_failure(stream, exc)}") from None
 
 
-def _exit_status(stream: BinaryIO) -> int | None:
+def _exit_status(stream: IO[bytes]) -> int | None:
     proc = getattr(stream, "proc", None)
     if proc is None:
         return None
@@ -305,7 +307,7 @@ def _exit_status(stream: BinaryIO) -> int | None:
         return None
 
 
-def _pipe_failure(stream: BinaryIO, exc: OSError) -> str:
+def _pipe_failure(stream: IO[bytes], exc: OSError) -> str:
     status = getattr(stream, "status", None)
     return f"command exited with status {status}" if status else str(exc)
 
@@ -322,7 +324,8 @@ def _samples_of(
         if want is not None and not want(label, key):
             continue
         image = decode_image(members[ext], where=f"{shard}: {key}.{ext}", max_pixels=max_pixels) if decode else None
-        yield Sample(key=key, image=image, label=label, shard=shard, meta=meta, data=members[ext])
+        # image is None only under decode=False, whose callers read labels and keys alone (see Sample.image)
+        yield Sample(key=key, image=image, label=label, shard=shard, meta=meta, data=members[ext])  # type: ignore[arg-type]  # see above
 
 
 def iter_labels(spec: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],

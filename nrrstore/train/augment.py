@@ -470,7 +470,7 @@ def view_params_batch(
             half = np.floor(0.5 * np.sqrt(1.0 - raw) * size).astype(np.int64)
             y1, x1 = np.maximum(ry - half, 0), np.maximum(rx - half, 0)
             y2, x2 = np.minimum(ry + half, size), np.minimum(rx + half, size)
-            for col, val in zip(box, (y1, x1, y2, x2)):
+            for col, val in zip(box, (y1, x1, y2, x2), strict=True):
                 col[rows] = val
             lam[rows] = 1.0 - ((y2 - y1) * (x2 - x1)).astype(np.float64) / float(size * size)
     return ViewBatch(
@@ -593,7 +593,7 @@ def render_batch_v1(
         return cache[i]
 
     views, lams = [], []
-    for i, q in zip(idx.tolist(), partner.tolist()):
+    for i, q in zip(idx.tolist(), partner.tolist(), strict=True):
         p = params(i)
         views.append(mix_views(view_of(i), view_of(q), p, recipe.mix))
         lams.append(p.lam)
@@ -634,14 +634,15 @@ def render_batch(
     if len(shapes) != 1:
         raise NrrError(None, f"render_batch needs images of one size and channel count, got {sorted(shapes)}")
     c = next(iter(shapes))[0]
-    if explicit is None:
+    if params is None:  # no explicit columns: the plan's seeded views
         assert plan is not None
         h, w = next(iter(shapes))[1:]
         views = view_params_batch(recipe, epoch, need, h, w)
     else:
         views = params.take(need)
     pixels = torch.from_numpy(np.stack([to_xmajor(imgs[int(i)].permute(1, 2, 0).numpy()) for i in need]))
-    check_crops(views, *next(iter(shapes))[1:])
+    height, width = next(iter(shapes))[1:]
+    check_crops(views, height, width)
     renderer = Renderer(recipe.size, c, device)
     rendered = renderer.render(pixels, view_taps(views.crop_i, views.crop_j, views.crop_h, views.crop_w,
                                                  views.flip, recipe.size))

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from nrrstore.errors import NrrError, os_errors_name, os_problem
+from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
@@ -75,7 +76,7 @@ def available_labels(store: Store) -> list[str]:
     return kinds
 
 
-def _missing_label_hint(kind: str, store: Path) -> str:
+def _missing_label_hint(kind: str, store: fs.Location) -> str:
     if kind == "dbr":
         return (f"the store has no DBR distances; add them with `nrrstore relabel {store} --teacher T.pt "
                 "--epochs 300`")
@@ -151,6 +152,7 @@ def make_baseline(store: Store, train: Any, teacher: Teacher | None, seed: int, 
         assert teacher is not None
         dist = m.labels["distances"] if m.labels.get("distances") else None
         epochs = int(dist["epochs"]) if dist else int(m.labels["softlabels"]["shape"][0])
+        assert m.augmentation is not None  # labels are written with the recipe whose views they label
         relabel(out, teacher, epochs, AugRecipe.from_dict(m.augmentation),
                 precision=str(dist.get("precision", "fp16")) if dist else "fp16", full_softlabels="kd" in labels,
                 overwrite=True, device=device, progress=progress)
@@ -286,8 +288,7 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
                               kd_temperature=protocol.kd_temperature, seed=seed, device=device, workers=workers,
                               checkpoint=ckpt, resume=True, checkpoint_every_s=CHECKPOINT_EVERY_S,
                               arch_kwargs=protocol.arch_kwargs,
-                              progress=(lambda task, d, tot: progress(f"{images} {kind} seed {seed}", d, tot))
-                              if progress else None)
+                              progress=_as_task(progress, f"{images} {kind} seed {seed}") if progress else None)
             rec = {"images": images, "labels": kind, "seed": seed, "top1": r["top1"], "val_loss": r["val_loss"],
                    "val_images": r["val_images"], "store": str(path), "batch_size": r["batch_size"],
                    "seconds": round(sum(h.get("seconds", 0.0) for h in r["history"]), 3), "protocol": proto}
@@ -313,6 +314,11 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
         "table": table, "metrics": metrics(results, full_acc, main), "cells": records,
         "cells_resumed": done_before, "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _as_task(progress: Progress, task: str) -> Progress:
+    """``progress`` with every report filed under ``task`` (a student's steps under its cell's name)."""
+    return lambda _task, done, total: progress(task, done, total)
 
 
 def store_fingerprint(store: Store) -> str:
@@ -355,8 +361,8 @@ def format_table(result: dict[str, Any]) -> str:
     """A readable table: top-1 mean +- std per image set and label kind, then the metrics."""
     kinds = result["labels"]
     names = {"store": "distilled store", "random": "random real (same IPC)"}
-    lines = [f"students: {result['protocol']['arch']}, {result['protocol']['epochs']} epochs, "
-             f"{result['seeds']} seed(s); top-1 % on {result['val']} (IPC {result['ipc']})",
+    lines = [(f"students: {result['protocol']['arch']}, {result['protocol']['epochs']} epochs, "
+              f"{result['seeds']} seed(s); top-1 % on {result['val']} (IPC {result['ipc']})"),
              f"{'images':26}" + "".join(f"{k:>16}" for k in kinds)]
     for images, per in result["table"].items():
         cells = [f"{per[k]['mean'] * 100:6.2f} +- {per[k]['std'] * 100:4.2f}" if k in per else "-" for k in kinds]

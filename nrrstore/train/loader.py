@@ -113,7 +113,7 @@ class DistilledDataset(ViewStream, IterableDataset):
         if labels == "dbr" and not dist:
             raise NrrError(st.path, "store has no DBR distances (labels.distances); run `nrrstore relabel` first, "
                                     "or train with labels='onehot'")
-        self._soft_section = m.labels.get("softlabels")
+        self._soft_section: dict[str, Any] = m.labels.get("softlabels") or {}
         if self.want_soft and not self._soft_section:
             raise NrrError(st.path, "store has no soft labels (labels.softlabels); relabel with --full-softlabels "
                                     "to train with labels='kd'")
@@ -139,7 +139,7 @@ class DistilledDataset(ViewStream, IterableDataset):
         self.epoch, self.start_step, self.num_epochs = int(epoch), int(start_step), int(num_epochs)
         epochs = list(range(self.epoch, self.epoch + self.num_epochs))
         views = [self._resolve_epoch(e) for e in epochs]
-        cycled = [(e, v) for e, v in zip(epochs, views) if e != v]
+        cycled = [(e, v) for e, v in zip(epochs, views, strict=True) if e != v]
         if cycled:
             e, v = cycled[0]
             warnings.warn(f"{self.root}: the store has {self.stored_epochs} epochs; epoch {e} replays stored "

@@ -111,10 +111,7 @@ def kd_loss(
     """
     if T <= 0:
         raise NrrError(None, f"KD temperature must be > 0, got {T}")
-    if from_logits:
-        t_logits = teacher.float()
-    else:
-        t_logits = torch.log(teacher.float().clamp_min(torch.finfo(torch.float32).tiny))
+    t_logits = teacher.float() if from_logits else torch.log(teacher.float().clamp_min(torch.finfo(torch.float32).tiny))
     log_t = F.log_softmax(t_logits / T, dim=-1)
     log_s = F.log_softmax(student_logits.float() / T, dim=-1)
     kl = F.kl_div(log_s, log_t.detach(), reduction="batchmean", log_target=True)

@@ -164,7 +164,7 @@ class Renderer:
                 raise NrrError(None, f"normalization has {len(mean)} mean / {len(std)} std values for "
                                      f"{channels} channel(s)")
             scale = np.array([1.0 / (255.0 * float(s)) for s in std])
-            bias = np.array([-float(m) / float(s) for m, s in zip(mean, std)], np.float32)
+            bias = np.array([-float(m) / float(s) for m, s in zip(mean, std, strict=True)], np.float32)
             self.bias: torch.Tensor | None = torch.from_numpy(bias).to(self.device).view(1, -1, 1, 1)
         else:
             scale = np.full(channels, 1.0 / 255.0)
@@ -200,7 +200,7 @@ class Renderer:
         if pixels.dtype != torch.uint8 or pixels.dim() != 4 or pixels.shape[1] != self.channels:
             raise NrrError(None, f"the renderer expects uint8 images [V, {self.channels}, W, H], "
                                  f"got {pixels.dtype} {tuple(pixels.shape)}")
-        v_all, c, w, h = pixels.shape
+        v_all, c, _w, _h = pixels.shape
         if len(taps) != v_all:
             raise NrrError(None, f"{len(taps)} views for {v_all} images")
         s = self.size

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -252,7 +252,7 @@ class ViewStream:
         """
         mine = list(enumerate(self.rank_batches()))
         j, skip = 0, self.start_step + skip  # start_step counts this rank's batches across the epochs
-        for epoch, view_epoch in zip(self.epochs, self.view_epochs):
+        for epoch, view_epoch in zip(self.epochs, self.view_epochs, strict=True):
             batches, skip = mine[skip:], max(0, skip - len(mine))
             if not batches:
                 continue
@@ -430,18 +430,22 @@ class BatchAssembler:
         lam, boxes, partner = item["lam"].numpy(), item["boxes"].numpy(), item["partner"].numpy()
         cache: dict[int, torch.Tensor] = {}
 
+        def params(r: int, weight: float, box: Sequence[int]) -> ViewParams:
+            i, j, h, w = crops[r].tolist()
+            y1, x1, y2, x2 = box
+            return ViewParams(i, j, h, w, bool(flip[r]), weight, y1, x1, y2, x2)
+
         def view(r: int) -> torch.Tensor:
             if r not in cache:
-                p = ViewParams(*crops[r].tolist(), bool(flip[r]), 1.0, 0, 0, 0, 0)
-                cache[r] = render_view(from_xmajor(pixels[r]).to(self.device), p, self.recipe.size)
+                cache[r] = render_view(from_xmajor(pixels[r]).to(self.device), params(r, 1.0, (0, 0, 0, 0)),
+                                       self.recipe.size)
             return cache[r]
 
         views = torch.stack([
-            mix_views(view(r), view(int(partner[r])),
-                      ViewParams(*crops[r].tolist(), bool(flip[r]), float(lam[r]), *boxes[r].tolist()), self.recipe.mix)
+            mix_views(view(r), view(int(partner[r])), params(r, float(lam[r]), boxes[r].tolist()), self.recipe.mix)
             for r in range(row, row + count)])
         if self.mean is not None and self.std is not None:
-            for c, (mean, std) in enumerate(zip(self.mean, self.std)):
+            for c, (mean, std) in enumerate(zip(self.mean, self.std, strict=True)):
                 views[:, c].sub_(mean).div_(std)
         return views
 

@@ -246,7 +246,7 @@ def val_batches(val_spec: Any, store: Store, batch_size: int = 500) -> Iterator[
         x = torch.stack(xs).float().div_(255.0)
         if x.shape[-2:] != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        if mean is not None:
+        if mean is not None and std is not None:  # both or neither
             x = (x - mean) / std
         out = (x, torch.tensor(ys, dtype=torch.int64))
         xs.clear()
@@ -278,7 +278,7 @@ def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,
                      opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
     try:
         rec = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt zip, refused globals...
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (corrupt zip, refused globals...)
         raise NrrError(path, f"unreadable student checkpoint: {type(exc).__name__}") from None
     if not isinstance(rec, dict) or rec.get("format") != CHECKPOINT_FORMAT:
         raise NrrError(path, "not an nrrstore student checkpoint")

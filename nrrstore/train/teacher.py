@@ -105,7 +105,7 @@ def _run(
                 len(epoch_batches) if isinstance(epoch_batches, Sized) else None)
             if per_epoch is not None:
                 total = per_epoch * epochs
-                warmup_steps = int(round(warmup * total))
+                warmup_steps = round(warmup * total)
         loss_sum, correct, seen = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long), 0
         for x, y in epoch_batches:
             rate = _lr_at(step, total, lr, warmup_steps) if total else _lr_at(epoch, epochs, lr, 0)

@@ -10,7 +10,6 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-
 from nrrstore.errors import NrrError
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_output_file

@@ -63,7 +63,7 @@ class ImageSource:
             counts: dict[str, int] = {}
             for s in stems:
                 counts[s] = counts.get(s, 0) + 1
-            for i, (e, s) in enumerate(zip(self.entries, stems)):
+            for i, (e, s) in enumerate(zip(self.entries, stems, strict=True)):
                 key = s if counts[s] == 1 else f"{s[:190]}-{i:07d}"
                 image = read_file(e.path) if encoded else convert_mode(read_image_file(e.path), mode)
                 yield key, image, e.label, {"source": path_text(e.path.relative_to(root))}, path_text(e.path)
@@ -73,7 +73,11 @@ class ImageSource:
             if key in seen:
                 key = f"{key[:190]}-{i:07d}"
             seen.add(key)
-            image = smp.data if encoded else convert_mode(smp.image, mode)
+            if encoded:
+                assert smp.data is not None  # iter_samples keeps every image member's bytes
+                image = smp.data
+            else:
+                image = convert_mode(smp.image, mode)
             meta = {"source_key": path_text(smp.key), "shard": path_text(os.path.basename(smp.shard))}
             yield key, image, smp.label, meta, f"{path_text(smp.shard)}: {path_text(smp.key)}"
 
@@ -86,7 +90,7 @@ def open_image_source(spec: str | os.PathLike[str], classes: Sequence[str] | Non
         names, entries = list_imagefolder(path)
         sizes = [e.path.stat().st_size for e in entries]
         digest = hashlib.sha256("\n".join(f"{e.path.relative_to(path).as_posix()}:{s}"
-                                          for e, s in zip(entries, sizes)).encode()).hexdigest()
+                                          for e, s in zip(entries, sizes, strict=True)).encode()).hexdigest()
         if classes is not None and len(classes) != len(names):
             raise NrrError(path, f"{len(names)} class folders, but {len(classes)} class names were given")
         return ImageSource("imagefolder", text, list(classes) if classes is not None else names, len(entries),
@@ -94,9 +98,9 @@ def open_image_source(spec: str | os.PathLike[str], classes: Sequence[str] | Non
     shards = resolve_shards(text)
     local = [s for s in shards if not is_remote(s)]
     sizes = [os.path.getsize(s) for s in local]
-    digest = hashlib.sha256("\n".join(f"{s}:{n}" for s, n in zip(local, sizes)).encode()).hexdigest()
-    names = list(classes) if classes is not None else read_class_names(shards)
-    return ImageSource("shards", text, names, None, sum(sizes), len(shards), digest, shards=shards)
+    digest = hashlib.sha256("\n".join(f"{s}:{n}" for s, n in zip(local, sizes, strict=True)).encode()).hexdigest()
+    shard_classes = list(classes) if classes is not None else read_class_names(shards)
+    return ImageSource("shards", text, shard_classes, None, sum(sizes), len(shards), digest, shards=shards)
 
 
 def _check_normalization(norm: Any, channels: int) -> dict[str, list[float]] | None:
@@ -126,7 +130,7 @@ def write_images(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: 
 def _images_store(src: ImageSource, store_dir: Path, folder: LabelFolder, batch: int, num_classes: int,
                   args: dict[str, Any], progress: Progress | None, as_is: AsIs | None, why: str = "") -> None:
     classes = src.classes or [str(i) for i in range(num_classes)]
-    source = {
+    source: dict[str, Any] = {
         "format": "sre2l", "path": path_text(folder.root.resolve()), "bytes": folder.bytes, "files": folder.files,
         "epochs": folder.epochs, "batch_size": batch, "num_classes": num_classes,
         "images": src.describe(), "total_bytes": folder.bytes + src.bytes,

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from nrrstore.convert.sre2l.rows import EpochRows, EpochWork
 from nrrstore.errors import NrrError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 
 @dataclass
@@ -60,7 +64,7 @@ class EpochPool:
         self.work, self.workers = work, workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def epochs(self, first: int, last: int, orders: Iterator[np.ndarray]) -> Iterator[EpochRows]:
+    def epochs(self, first: int, last: int, orders: Iterator[np.ndarray]) -> Generator[EpochRows, None, None]:
         """Rows of epochs ``first..last``; ``orders`` yields each epoch's image order in turn."""
         if self.workers <= 1 or first == last:
             for e in range(first, last + 1):
@@ -89,8 +93,10 @@ class EpochPool:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> EpochPool:
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

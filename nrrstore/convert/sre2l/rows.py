@@ -104,18 +104,18 @@ class EpochWork:
                 box = rec.box  # SRe2L's (x1, y1, x2, y2), x on the height axis, is our (y1, x1, y2, x2)
                 if not (0 <= box[0] <= box[2] <= self.size and 0 <= box[1] <= box[3] <= self.size):
                     raise NrrError(path, f"CutMix box {list(box)} does not lie inside the {self.size}x{self.size} views")
-            for c, v in zip(("box_y1", "box_x1", "box_y2", "box_x2"), box):
-                cols[c][pos] = v
+            for col, v in zip(("box_y1", "box_x1", "box_y2", "box_x2"), box, strict=True):
+                cols[col][pos] = v
             # widened into one reused buffer: a fresh 1 MB tensor per file costs more in page faults
             # than the distances themselves
             logits = buf[:len(pos)].copy_(rec.logits)
             if self.temperature != 1.0:
                 logits.div_(self.temperature)
-            a, c = distances(logits, labels[pos], labels[partner], float(np.float32(lam)))
-            a, c = a.numpy(), c.numpy()
-            if not (np.isfinite(a).all() and np.isfinite(c).all()):  # cheaper than scanning B x C logits
+            t_org, t_aug = distances(logits, labels[pos], labels[partner], float(np.float32(lam)))
+            org, aug = t_org.numpy(), t_aug.numpy()
+            if not (np.isfinite(org).all() and np.isfinite(aug).all()):  # cheaper than scanning B x C logits
                 raise NrrError(path, "item 5 (teacher logits) holds non-finite values where the labels need them")
-            d_org[pos], d_aug[pos] = a, c
+            d_org[pos], d_aug[pos] = org, aug
             if soft is not None:
                 soft[pos] = torch.softmax(logits, dim=1).to(torch.float16).numpy()
         ViewBatch.from_columns(cols, os.fspath(self.folder.path(e, 0).parent))  # the loader's own checks

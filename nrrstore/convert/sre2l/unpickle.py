@@ -58,11 +58,11 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable or refused files
         text = str(exc)
-        found = re.search(r"GLOBAL (\S+)", text) or re.search(r"unrecognized function (.+?)(?: which|$)", text, re.M)
+        found = re.search(r"GLOBAL (\S+)", text) or re.search(r"unrecognized function (.+?)(?: which|$)", text, re.MULTILINE)
         if found:
             raise NrrError(path, f"refused to load: it needs {found.group(1)}, which an SRe2L label file never "
                                  "holds (only tensors, numbers and numpy integers are admitted)") from None
-        inner = re.search(r"WeightsUnpickler error:\s*(\S.*?)\s*(?:\n\n|$)", text, re.S)
+        inner = re.search(r"WeightsUnpickler error:\s*(\S.*?)\s*(?:\n\n|$)", text, re.DOTALL)
         if inner:
             why = " ".join(inner.group(1).split())
             raise NrrError(path, f"refused to load: {why} (only tensors, numbers and "
@@ -157,10 +157,11 @@ def load_batch(path: str | os.PathLike[str]) -> BatchRecord:
     lam_f = _as_float(lam)
     if lam_f is None or not 0.0 <= lam_f <= 1.0:
         raise bad(f"item 3 (lambda) must be a number in [0, 1], found {_short_repr(lam)}")
-    bx = None
+    bx: tuple[int, int, int, int] | None = None
     if box is not None:
         vals = [_as_int(v) for v in box] if isinstance(box, (list, tuple)) and len(box) == 4 else [None]
-        if any(v is None for v in vals):
+        ints = [v for v in vals if v is not None]
+        if len(ints) != 4:
             raise bad("item 4 (CutMix box) must be None or 4 integers [x1, y1, x2, y2]")
-        bx = (vals[0], vals[1], vals[2], vals[3])  # type: ignore[assignment]
+        bx = (ints[0], ints[1], ints[2], ints[3])
     return BatchRecord(c, fl, p, lam_f, bx, logits.detach())
