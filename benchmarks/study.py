@@ -82,6 +82,7 @@ V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "rded-f2": ("rded", {"factor": 2}, {}, {}),
     "g-s50-bn10": ("nrr", {"correct_only": True, "scale": [0.5, 1.0]}, {"alpha_bn": 10.0}, {}),
     "g-s50-bn1-m20": ("nrr", {"correct_only": True, "scale": [0.5, 1.0], "mipc": 20}, {"alpha_bn": 1.0}, {}),
+    "g-s50-bn1-m30": ("nrr", {"correct_only": True, "scale": [0.5, 1.0], "mipc": 30}, {"alpha_bn": 1.0}, {}),
     "g-s50-bn1-m40": ("nrr", {"correct_only": True, "scale": [0.5, 1.0], "mipc": 40}, {"alpha_bn": 1.0}, {}),
     "g-whole-bn1-m20": ("nrr", {"correct_only": True, "num_crop": 1, "scale": [1.0, 1.0], "mipc": 20},
                         {"alpha_bn": 1.0}, {}),
