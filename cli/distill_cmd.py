@@ -18,7 +18,7 @@ def distill_cmd(
                             "manifest last)."),
     method: str = typer.Option("nrr", "--method", help="nrr (NRR-DD), rded (high confidence, no refinement) or random (random real images)."),
     factor: int | None = typer.Option(None, "--factor", min=1, help="Patches per side (beta = factor^2). Default: 2 at >= 128 px, else 1."),
-    mipc: int | None = typer.Option(None, "--mipc", min=1, help="Real images considered per class (default: nrr ceil(ipc*factor^2/cam-top), 20 at IPC 10; rded 300)."),
+    mipc: int | None = typer.Option(None, "--mipc", min=1, help="Real images considered per class (default: nrr ceil(1.5*ipc*factor^2/cam-top), 30 at IPC 10; rded 300)."),
     num_crop: int | None = typer.Option(None, "--num-crop", min=1, help="Candidate crops per real image (default 5)."),
     select: str | None = typer.Option(None, "--select", help="low (NRR-DD), high (RDED) or random."),
     per_image: str | None = typer.Option(None, "--per-image", help="Crop kept per real image: cam (highest CAM ratio) or score (lowest CE)."),
