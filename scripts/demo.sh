@@ -2,7 +2,7 @@
 # Set up (if needed) and run the main job on the embedded Fashion-MNIST subset with the shipped BatchNorm
 # teacher: distill NRR-DD images with their DBR labels, look at them, check them, and measure what they are
 # worth: students trained on them vs on the same budget of random real images, both with DBR labels.
-# Small settings so it finishes in about 3 minutes on 2 CPU cores; outputs go to ./out/demo.
+# Small settings (about 10 CPU-minutes; fewer student epochs reverse the verdict); outputs go to ./out/demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
