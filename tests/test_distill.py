@@ -59,7 +59,7 @@ def test_distill_writes_a_sound_store(tmp_path: Path) -> None:
     assert set(m.method["cidd"]) == set(CiddConfig.__dataclass_fields__)
     assert set(m.method["nrr"]) == set(NrrConfig.__dataclass_fields__)
     preset = method_config("nrr", 2, 28)
-    for name in ("per_image", "select", "cam_top", "cam_score", "correct_only", "sources", "factor"):
+    for name in ("per_image", "select", "cam_top", "cam_score", "correct_only", "sources", "factor", "scale"):
         assert m.method["cidd"][name] == preset.cidd.to_dict()[name], name
     for name in ("eps", "lr", "optimizer", "alpha_bn", "betas"):
         assert m.method["nrr"][name] == preset.nrr.to_dict()[name], name
@@ -70,6 +70,20 @@ def test_distill_writes_a_sound_store(tmp_path: Path) -> None:
     assert patch["key"].startswith("train_") and len(patch["box"]) == 4 and patch["cam_ratio"] is not None
     assert result.summary["images"] == 20 and result.summary["cidd_s"] > 0
     assert not (tmp_path / ".work-s").exists()
+
+
+def test_nrr_preset_pool_leaves_the_low_confidence_choice_room() -> None:
+    # The study's default: 1.5x the real images whose CAM top half fills the IPC, so CIDD's low-confidence
+    # choice keeps 10 of 15 high-CAM crops at IPC 10; an explicit --mipc wins; RDED keeps its own 300.
+    assert [method_config("nrr", ipc, 28).cidd.mipc for ipc in (1, 10, 50)] == [3, 30, 150]
+    big = method_config("nrr", 10, 224)
+    assert (big.cidd.factor, big.cidd.mipc) == (2, 120)
+    assert method_config("nrr", 10, 28, cidd={"mipc": 300}).cidd.mipc == 300
+    assert method_config("nrr", 10, 28, cidd={"cam_top": 1.0}).cidd.mipc == 15
+    rded = method_config("rded", 10, 28)
+    assert (rded.cidd.mipc, rded.cidd.scale, rded.cidd.correct_only, rded.nrr.refine) == (300, (0.08, 1.0), False, False)
+    nrr = method_config("nrr", 10, 28)
+    assert (nrr.cidd.scale, nrr.cidd.correct_only, nrr.nrr.alpha_bn, nrr.cidd.select) == ((0.5, 1.0), True, 1.0, "low")
 
 
 def test_rded_and_random_presets(tmp_path: Path) -> None:
