@@ -13,7 +13,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,13 +21,12 @@ import pyarrow.parquet as pq
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs, quant
+from nrrstore.format.atomic import CommitOrAbort
 from nrrstore.format.layout import distance_file_name, distance_path
 from nrrstore.format.parquet import RowGroupFile
 from nrrstore.format.tables import DISTANCE_TYPES, EXPLICIT_COLUMNS, distance_schema
 
 if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
-
     from nrrstore.format.reader import Store
 
 MODES = ("seeded", "explicit")
@@ -72,7 +70,7 @@ def parquet_options(precision: str) -> dict[str, Any]:
 
 
 # -- writing ------------------------------------------------------------------------------------------
-class DistanceFile:
+class DistanceFile(CommitOrAbort):
     """One distance table being written, one epoch (one row group) at a time, atomically.
 
     ``quant_max`` is the int8 scale (see :mod:`nrrstore.format.quant`); None for int8 chooses it from
@@ -117,17 +115,6 @@ class DistanceFile:
 
     def abort(self) -> None:
         self._file.abort()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def distances_section(chunks: Sequence[tuple[int, int]], precision: str, mode: str,

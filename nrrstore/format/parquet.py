@@ -11,18 +11,14 @@ import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from nrrstore.format.atomic import atomic_open
-
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
+from nrrstore.format.atomic import CommitOrAbort, atomic_open
 
 
 def write_table(table: pa.Table, path: str | os.PathLike[str], **options: Any) -> None:
@@ -46,7 +42,7 @@ def _array(values: Any, type_: pa.DataType | None = None) -> Any:
     return pa.array(np.asarray(values) if not isinstance(values, list) else values, type=type_)
 
 
-class RowGroupFile:
+class RowGroupFile(CommitOrAbort):
     """A Parquet file written one row group per :meth:`write`, under a temporary name until :meth:`close`.
 
     ``schema`` fixes the column types (else the first write's columns decide); ``csv`` also streams
@@ -98,14 +94,3 @@ class RowGroupFile:
         for ctx in self._files:
             with contextlib.suppress(BaseException):
                 ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

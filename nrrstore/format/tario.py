@@ -18,15 +18,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
-from nrrstore.format.atomic import atomic_open
-
-if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
+from nrrstore.format.atomic import CommitOrAbort, atomic_open
 
 
 @dataclass(frozen=True)
@@ -37,7 +33,7 @@ class MemberSpan:
     size: int
 
 
-class TarShardWriter:
+class TarShardWriter(CommitOrAbort):
     """Write one shard atomically: it exists under its final name only after `close`."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -76,17 +72,6 @@ class TarShardWriter:
             self._tar.close()
         with contextlib.suppress(RuntimeError):
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def split_member_name(name: str) -> tuple[str, str]:
