@@ -17,12 +17,16 @@ _PER_CLASS = typer.Option(None, "--per-class", min=1, help="Keep only the first 
 _LIMIT = typer.Option(None, "--limit", min=1, help="Keep only the first N images (after --per-class).")
 _SKIP = typer.Option(0, "--skip", min=0, help="Skip the first N images (file order) before the others apply; "
                     "with --limit, carves disjoint train/validation splits.")
+_SKIP_PER_CLASS = typer.Option(0, "--skip-per-class", min=0, help="Skip the first N images of each class (file "
+                              "order); with --per-class, carves disjoint balanced parts, e.g. 0-3999 (--per-class "
+                              "4000), 4000-4499 (--skip-per-class 4000 --per-class 500).")
 _PREFIX = typer.Option(None, "--prefix", help="Shard and key prefix: PREFIX-000000.tar, PREFIX_0000000 (default: "
                        "from the input's name: train-images-idx3-ubyte.gz -> train, t10k-... -> test).")
 _RESIZE = typer.Option(None, "--resize", min=1, help="Make every image NxN: shorter side scaled to N, centre cut "
                        "(needed when the images differ in size).")
 _GZIP = typer.Option(False, "--gzip", help="Write .tar.gz shards (deterministic gzip).")
-_FORMAT = typer.Option("png", "--format", help="Image encoding in the shards: png (lossless), webp (lossless) or jpg.")
+_FORMAT = typer.Option("png", "--format", help="Image encoding in the shards: png (lossless), webp (lossless), jpg, "
+                      "or source (imagefolder only: each file's own bytes, e.g. JPEGs without a second encode).")
 _MODE = typer.Option("keep", "--mode", help=f"Colour mode of the output: {', '.join(MODES)}.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder made by prepare.")
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
@@ -46,6 +50,7 @@ def idx(
     per_class: int | None = _PER_CLASS,
     limit: int | None = _LIMIT,
     skip: int = _SKIP,
+    skip_per_class: int = _SKIP_PER_CLASS,
     prefix: str | None = _PREFIX,
     gzip: bool = _GZIP,
     image_format: str = _FORMAT,
@@ -60,7 +65,7 @@ def idx(
         summary = prepare_idx(
             images, labels, out, class_names=names, per_class=per_class, limit=limit, shard_size=shard_size,
             prefix=prefix, gzip=gzip, image_format=image_format, mode=mode, overwrite=overwrite, progress=bar,
-            skip=skip, resize=resize,
+            skip=skip, resize=resize, skip_per_class=skip_per_class,
         )
     summary["source"] = {"images": str(images), "labels": str(labels)}
     _report(summary, as_json)
@@ -73,6 +78,7 @@ def imagefolder(
     per_class: int | None = _PER_CLASS,
     limit: int | None = _LIMIT,
     skip: int = _SKIP,
+    skip_per_class: int = _SKIP_PER_CLASS,
     prefix: str = typer.Option("train", "--prefix", help="Shard and key prefix: PREFIX-000000.tar, "
                                          "PREFIX_0000000."),
     gzip: bool = _GZIP,
@@ -87,6 +93,7 @@ def imagefolder(
         summary = prepare_imagefolder(
             root, out, per_class=per_class, limit=limit, shard_size=shard_size, prefix=prefix, gzip=gzip,
             image_format=image_format, mode=mode, overwrite=overwrite, progress=bar, skip=skip, resize=resize,
+            skip_per_class=skip_per_class,
         )
     summary["source"] = {"root": str(root)}
     _report(summary, as_json)

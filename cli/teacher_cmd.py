@@ -24,6 +24,8 @@ def train_cmd(
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9), adam or adamw."),
     flip: bool = typer.Option(False, "--flip", help="Random horizontal flips while training."),
+    crop_pad: int = typer.Option(0, "--crop-pad", min=0, help="Random crops of the image padded by N black pixels "
+                                 "per side (CIFAR recipe: 4; default 0: none)."),
     norm: str | None = typer.Option(None, "--norm", help="ConvNet norm: batch, group, instance or none (default group)."),
     width: int | None = typer.Option(None, "--width", min=1, help="ConvNet channels (default 128)."),
     depth: int | None = typer.Option(None, "--depth", min=1, help="ConvNet blocks (default: the arch's, e.g. 3)."),
@@ -43,7 +45,7 @@ def train_cmd(
 
     with ProgressBar() as bar:
         result = train_teacher(inputs, arch, out, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                               optimizer=optimizer, seed=seed, flip=flip, val=val, device=device, progress=bar,
+                               optimizer=optimizer, seed=seed, flip=flip, crop_pad=crop_pad, val=val, device=device, progress=bar,
                                arch_kwargs={k: v for k, v in (("norm", norm), ("width", width), ("depth", depth))
                                             if v is not None},
                                limit_per_class=limit_per_class, overwrite=overwrite)

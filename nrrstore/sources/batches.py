@@ -73,14 +73,29 @@ def _shape(image: np.ndarray) -> str:
     return f"{h}x{w}x{1 if image.ndim == 2 else image.shape[2]}"
 
 
+def _random_crops(x: torch.Tensor, pad: int, rng: random.Random) -> torch.Tensor:
+    """One random ``H x W`` window per image of the zero-padded batch (offsets from ``rng``: seeded)."""
+    _, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        top, left = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
+        out[i] = padded[i, :, top:top + h, left:left + w]
+    return out
+
+
 def shard_batches(spec: Any, batch_size: int, mean: Sequence[float], std: Sequence[float], *, epoch: int = 0,
                   seed: int = 0, shuffle: bool = True, buffer: int = 10000, flip: bool = False,
-                  num_classes: int | None = None,
+                  crop_pad: int = 0, num_classes: int | None = None,
                   keys: Collection[str] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalized batches ``(x [B,C,H,W], y [B])``; shuffled per (seed, epoch) when ``shuffle``.
 
+    ``crop_pad`` > 0: the CIFAR recipe's random crop, i.e. pad each image by that many black pixels per
+    side and cut a random window of the original size (torchvision's ``RandomCrop(size, padding=p)``).
     ``keys``: use only these samples (e.g. `first_per_class`); the others are not decoded.
     """
+    if crop_pad < 0:
+        raise NrrError(None, f"crop padding must be at least 0, got {crop_pad}")
     rng = random.Random(seed * 1_000_003 + epoch)
     urls = resolve_shards(spec)
     if shuffle:
@@ -93,6 +108,8 @@ def shard_batches(spec: Any, batch_size: int, mean: Sequence[float], std: Sequen
 
     def emit() -> tuple[torch.Tensor, torch.Tensor]:
         x = to_tensor01([o[0] for o in out])
+        if crop_pad:
+            x = _random_crops(x, crop_pad, rng)
         if flip:
             flips = torch.tensor([rng.random() < 0.5 for _ in out])
             x[flips] = x[flips].flip(-1)

@@ -65,12 +65,15 @@ def _walk_images(folder: Path) -> list[Path]:
     return out
 
 
-def read_image_file(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_file_bytes(path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise NrrError(path, f"cannot read: {exc.strerror or exc}") from None
-    return decode_image(data, where=os.fspath(path), max_pixels=max_pixels)
+
+
+def read_image_file(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    return decode_image(read_file_bytes(path), where=os.fspath(path), max_pixels=max_pixels)
 
 
 def iter_imagefolder(

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +28,52 @@ from PIL import Image
 from nrrstore.errors import NrrError, os_errors_name
 from nrrstore.format import fs, remote
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, is_inside
-from nrrstore.format.images import MAX_PIXELS, encode_image
+from nrrstore.format.images import MAX_PIXELS, decode_image, encode_image, probe_image
 from nrrstore.format.keys import check_key
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import StagedFolder, check_output_folder
 from nrrstore.format.tario import TarShardWriter
 from nrrstore.progress import Progress
 from nrrstore.sources.idx import read_idx_pair
-from nrrstore.sources.imagefolder import list_imagefolder, read_image_file
+from nrrstore.sources.imagefolder import list_imagefolder, read_file_bytes
 from nrrstore.sources.shards import SHARD_SUFFIXES, check_class_names, load_class_names
 
 SHARDS_INDEX = "shards.json"
 SHARDS_FORMAT = "nrrstore-prepared-shards"
 SHARDS_VERSION = 1
 MODES = ("keep", "L", "RGB")
-_IMAGE_FORMATS = ("png", "webp", "jpg")
+#: "source" keeps each input file's bytes as they are (no second lossy encode of a JPEG, no PNG blow-up).
+_IMAGE_FORMATS = ("png", "webp", "jpg", "source")
 _PROGRESS_EVERY = 64
 
 
 PREPARED_KIND = "a folder made by prepare"
+
+
+@dataclass(frozen=True)
+class SourceImage:
+    """An input file's decoded pixels with its original bytes, for ``image_format="source"``."""
+
+    pixels: np.ndarray
+    data: bytes
+
+
+def _stored_bytes(pixels: np.ndarray, source: bytes | None, image_format: str, key: str) -> tuple[str, bytes]:
+    """(extension, bytes) of one sample: an encode of ``pixels``, or with ``source`` the file as it is.
+
+    Source bytes are kept only where every reader decodes them to the pixels nrrstore sees: a PNG, JPEG
+    or WebP of 8-bit grey or RGB (`probe_image`); --mode and --resize are refused with ``source`` up front.
+    """
+    if image_format != "source":
+        return image_format, encode_image(pixels, image_format)
+    head = probe_image(source) if source is not None else None
+    if head is None or source is None:
+        raise NrrError(None, f"sample {key!r}: --format source keeps files as they are, but this one is not an 8-bit "
+                             "grey or RGB PNG, JPEG or WebP; use png, jpg or webp")
+    return head.ext, source
+
+
+SampleIn = tuple[str, "np.ndarray | SourceImage", int]
 
 
 def _check_target(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
@@ -115,7 +143,7 @@ def _finish_shard(writer: TarShardWriter, gzip: bool) -> Path:
 
 
 def write_shards(
-    samples: Iterable[tuple[str, np.ndarray, int]],
+    samples: Iterable[SampleIn],
     out_dir: str | os.PathLike[str],
     class_names: Sequence[str],
     shard_size: int = 1000,
@@ -151,6 +179,8 @@ def write_shards(
         raise NrrError(None, f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
         raise NrrError(None, f"resize must be a positive number of pixels, got {resize!r}")
+    if image_format == "source" and (resize is not None or mode != "keep"):
+        raise NrrError(None, "--format source keeps the input files' bytes, so it cannot take --resize or --mode")
     target = Path(os.path.abspath(out_dir))
     if not target.name:
         raise NrrError(out_dir, "cannot write shards into a file system root")
@@ -160,7 +190,7 @@ def write_shards(
                              overwrite, total, progress, resize)
 
 
-def _write_shards(samples: Iterable[tuple[str, np.ndarray, int]], out_dir: str | os.PathLike[str], target: Path,
+def _write_shards(samples: Iterable[SampleIn], out_dir: str | os.PathLike[str], target: Path,
                   names: list[str], shard_size: int, prefix: str, gzip: bool, image_format: str, mode: str,
                   overwrite: bool, total: int | None, progress: Progress | None,
                   resize: int | None) -> dict[str, Any]:
@@ -184,7 +214,9 @@ def _write_shards(samples: Iterable[tuple[str, np.ndarray, int]], out_dir: str |
     with stage:
         tmp = stage.path
         try:
-            for key, image, label in samples:
+            for key, item, label in samples:
+                source_bytes = item.data if isinstance(item, SourceImage) else None
+                image = item.pixels if isinstance(item, SourceImage) else item
                 check_key(key)
                 if key in seen:
                     raise NrrError(None, f"duplicate key {key!r}")
@@ -194,12 +226,12 @@ def _write_shards(samples: Iterable[tuple[str, np.ndarray, int]], out_dir: str |
                 pixels = convert_mode(np.asarray(image), mode)
                 if resize is not None:
                     pixels = resize_square(pixels, resize)
-                data = encode_image(pixels, image_format)
+                ext, data = _stored_bytes(pixels, source_bytes, image_format, key)
                 if writer is not None and writer.count >= shard_size:
                     close_current()
                 if writer is None:
                     writer = TarShardWriter(tmp / f"{prefix}-{len(shards):06d}.tar")
-                writer.add(key, {image_format: data, "cls": str(int(label)).encode()})
+                writer.add(key, {ext: data, "cls": str(int(label)).encode()})
                 per_class[int(label)] += 1
                 count += 1
                 if progress is not None and count % _PROGRESS_EVERY == 0:
@@ -222,7 +254,7 @@ def _write_shards(samples: Iterable[tuple[str, np.ndarray, int]], out_dir: str |
     return {**index, "out_dir": os.fspath(out_dir), "bytes": sum(s["bytes"] for s in shards)}
 
 
-def _write_remote(samples: Iterable[tuple[str, np.ndarray, int]], url: fs.Url, class_names: Sequence[str],
+def _write_remote(samples: Iterable[SampleIn], url: fs.Url, class_names: Sequence[str],
                   **kw: Any) -> dict[str, Any]:
     """Shards for an object store: written in the URL's staging folder, then uploaded (``shards.json`` last)."""
     check_class_names(class_names)
@@ -235,25 +267,33 @@ def _write_remote(samples: Iterable[tuple[str, np.ndarray, int]], url: fs.Url, c
 
 
 def select_indices(labels: np.ndarray, per_class: int | None = None, limit: int | None = None,
-                   skip: int = 0) -> np.ndarray:
-    """Indices to keep, in file order: after the first ``skip`` images, the first ``per_class`` of each
-    class, then the first ``limit``. (``skip`` carves a validation split: ``--limit 50000`` and
-    ``--skip 50000`` of one file are disjoint.)"""
-    if skip < 0:
-        raise NrrError(None, f"skip must be at least 0, got {skip}")
+                   skip: int = 0, skip_per_class: int = 0) -> np.ndarray:
+    """Indices to keep, in file order: after the first ``skip`` images, images ``skip_per_class`` to
+    ``skip_per_class + per_class - 1`` of each class (their rank within the class), then the first
+    ``limit``. (``skip`` carves a split off a file: ``--limit 50000`` and ``--skip 50000`` are disjoint;
+    ``skip_per_class`` carves per-class parts: ``--per-class 4000``, then ``--skip-per-class 4000
+    --per-class 500``, then ``--skip-per-class 4500`` are disjoint and balanced.)"""
+    if skip < 0 or skip_per_class < 0:
+        raise NrrError(None, f"skip counts must be at least 0, got {skip} and {skip_per_class}")
     idx = np.arange(len(labels))
     if skip:
-        rest = select_indices(labels[skip:], per_class, limit)
+        rest = select_indices(labels[skip:], per_class, limit, skip_per_class=skip_per_class)
         if len(rest) == 0:
             raise NrrError(None, f"skipping {skip} images leaves none (the file has {len(labels)})")
         return rest + skip
-    if per_class is not None:
-        if per_class < 1:
+    if per_class is not None or skip_per_class:
+        if per_class is not None and per_class < 1:
             raise NrrError(None, f"per-class count must be at least 1, got {per_class}")
         order = np.argsort(labels, kind="stable")
         sorted_labels = labels[order]
         rank = np.arange(len(labels)) - np.searchsorted(sorted_labels, sorted_labels, side="left")
-        idx = np.sort(order[rank < per_class])
+        keep = rank >= skip_per_class
+        if per_class is not None:
+            keep &= rank < skip_per_class + per_class
+        idx = np.sort(order[keep])
+        if len(idx) == 0:
+            raise NrrError(None, f"skipping the first {skip_per_class} images of each class leaves none "
+                                 f"(the largest class has {int(rank.max()) + 1})")
     if limit is not None:
         if limit < 1:
             raise NrrError(None, f"limit must be at least 1, got {limit}")
@@ -286,6 +326,7 @@ def prepare_idx(
     progress: Progress | None = None,
     skip: int = 0,
     resize: int | None = None,
+    skip_per_class: int = 0,
 ) -> dict[str, Any]:
     """IDX images + labels (paths, or arrays already read) -> shards. Key = ``{prefix}_{source index:07d}``.
 
@@ -293,6 +334,8 @@ def prepare_idx(
     ``prefix`` defaults to the one the images file's name suggests (`default_prefix`).
     """
     prefix = default_prefix(images) if prefix is None else prefix
+    if image_format == "source":
+        raise NrrError(None, "--format source keeps image files' bytes; IDX files hold raw pixels: use png, webp or jpg")
     _check_target(out_dir, overwrite)
     if isinstance(images, np.ndarray) or isinstance(labels, np.ndarray):
         imgs, labs = np.asarray(images), np.asarray(labels).astype(np.int64)
@@ -309,7 +352,7 @@ def prepare_idx(
         class_names = [str(i) for i in range(top + 1)]
     elif top >= len(class_names):
         raise NrrError(labels_where, f"label {top} found but only {len(class_names)} class names were given")
-    idx = select_indices(labs, per_class, limit, skip)
+    idx = select_indices(labs, per_class, limit, skip, skip_per_class)
     samples = ((f"{prefix}_{i:07d}", imgs[i], int(labs[i])) for i in idx)
     summary = write_shards(
         samples, out_dir, class_names, shard_size=shard_size, prefix=prefix, gzip=gzip,
@@ -334,6 +377,7 @@ def prepare_imagefolder(
     progress: Progress | None = None,
     skip: int = 0,
     resize: int | None = None,
+    skip_per_class: int = 0,
 ) -> dict[str, Any]:
     """``ROOT/<class>/<image>`` -> shards; class names are the folder names in sorted order.
 
@@ -346,13 +390,15 @@ def prepare_imagefolder(
     classes, entries = list_imagefolder(root)
     if isinstance(fs.location(out_dir), Path) and is_inside(Path(out_dir), root):
         raise NrrError(out_dir, f"the output folder may not lie inside the input tree {root}")
-    idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit, skip)
+    idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit, skip,
+                         skip_per_class)
 
-    def samples() -> Iterator[tuple[str, np.ndarray, int]]:
+    def samples() -> Iterator[tuple[str, np.ndarray | SourceImage, int]]:
         first: tuple[Path, tuple[int, int]] | None = None
         for i in idx:
             entry = entries[int(i)]
-            image = read_image_file(entry.path, max_pixels)
+            data = read_file_bytes(entry.path)
+            image = decode_image(data, where=os.fspath(entry.path), max_pixels=max_pixels)
             size = (image.shape[1], image.shape[0])
             if first is None:
                 first = (entry.path, size)
@@ -360,7 +406,7 @@ def prepare_imagefolder(
                 raise NrrError(entry.path, f"image is {size[0]}x{size[1]}, but {first[0]} is {first[1][0]}x{first[1][1]}: "
                                            "the images of one set must share a size; pass --resize N to make every "
                                            "image NxN (shorter side scaled to N, centre cut)")
-            yield f"{prefix}_{int(i):07d}", image, entry.label
+            yield f"{prefix}_{int(i):07d}", SourceImage(image, data) if image_format == "source" else image, entry.label
 
     return write_shards(
         samples(), out_dir, classes, shard_size=shard_size, prefix=prefix, gzip=gzip,

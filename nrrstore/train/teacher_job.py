@@ -38,7 +38,7 @@ def _shape_and_classes(spec: Any) -> tuple[int, int, int, list[str]]:
 
 def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: int = 1, batch_size: int = 128,
                   lr: float = 0.01, weight_decay: float = 5e-4, optimizer: str = "sgd", seed: int = 0,
-                  flip: bool = False, val: Any = None, device: str = "cpu", normalization: dict[str, list[float]] | None = None,
+                  flip: bool = False, crop_pad: int = 0, val: Any = None, device: str = "cpu", normalization: dict[str, list[float]] | None = None,
                   arch_kwargs: dict[str, Any] | None = None, limit_per_class: int | None = None,
                   overwrite: bool = False,
                   progress: Callable[[str, int, int | None], None] | None = None) -> dict[str, Any]:
@@ -48,13 +48,16 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
     the checkpoint, so loading rebuilds the same network. ``limit_per_class`` trains on the first N
     images of each class (shard order): a quick teacher from a large set. An existing ``out`` is
     refused unless ``overwrite``, before any training; ``progress`` counts images, so a progress bar
-    shows images/s and the time left.
+    shows images/s and the time left. ``flip`` and ``crop_pad`` are the CIFAR recipe's augmentation
+    (random horizontal flip; random crop of the image padded by ``crop_pad`` pixels).
     """
     check_output_file(out, overwrite)
     with output_lock(out):
         size, channels, num_classes, names = _shape_and_classes(spec)
         if optimizer not in OPTIMIZERS:  # before the passes over the data below
             raise NrrError("--optimizer", f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+        if crop_pad < 0 or crop_pad >= size:
+            raise NrrError("--crop-pad", f"must be between 0 and the image side ({size}) minus 1, got {crop_pad}")
         kwargs = dict(arch_kwargs or {})
         model = build_model(arch, num_classes, channels, size, seed=seed, **kwargs)
         keys = first_per_class(spec, limit_per_class, num_classes) if limit_per_class is not None else None
@@ -64,7 +67,7 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
 
         def batches(epoch: int):
             return shard_batches(spec, batch_size, norm["mean"], norm["std"], epoch=epoch, seed=seed, flip=flip,
-                                 num_classes=num_classes, keys=keys)
+                                 crop_pad=crop_pad, num_classes=num_classes, keys=keys)
 
         def images_done(step: int, total: int | None) -> None:
             assert progress is not None
@@ -76,7 +79,7 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
                                   progress=images_done if progress else None)
         result: dict[str, Any] = {"arch": arch, "arch_kwargs": kwargs, "epochs": epochs, "train_images": n,
                                   "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-                                  "weight_decay": weight_decay, "seed": seed, "flip": flip,
+                                  "weight_decay": weight_decay, "seed": seed, "flip": flip, "crop_pad": crop_pad,
                                   "limit_per_class": limit_per_class,
                                   "images_per_second": round(n * epochs / max(record["seconds"], 1e-9), 1)}
         if val is not None:

@@ -1,0 +1,104 @@
+"""CIFAR-10 recipe pieces on real natural images: per-class parts, JPEG bytes kept, crop-pad batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+from typer.testing import CliRunner
+
+from nrrstore.errors import NrrError
+from nrrstore.sources import iter_samples, prepare_idx, prepare_imagefolder, resolve_shards
+from nrrstore.sources.batches import shard_batches
+from nrrstore.sources.prepare import select_indices
+from nrrstore.train.teacher_job import train_teacher
+from nrrstore_cli.main import app
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR_MINI = ROOT / "data" / "cifar10-mini"
+
+
+def _files() -> list[Path]:
+    return [p for c in sorted(d.name for d in CIFAR_MINI.iterdir()) for p in sorted((CIFAR_MINI / c).iterdir())]
+
+
+def test_per_class_parts_are_disjoint_balanced_and_cover_everything() -> None:
+    labels = np.array([0, 1, 0, 2, 1, 0, 2, 2, 1, 0, 1, 2], dtype=np.int64)
+    train = select_indices(labels, per_class=2)
+    val = select_indices(labels, per_class=1, skip_per_class=2)
+    test = select_indices(labels, skip_per_class=3)
+    assert train.tolist() == [0, 1, 2, 3, 4, 6]  # first two of each class, file order
+    assert val.tolist() == [5, 7, 8] and test.tolist() == [9, 10, 11]
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(12))
+    with pytest.raises(NrrError, match="leaves none"):
+        select_indices(labels, skip_per_class=4)
+
+
+def test_cifar_parts_from_the_cli_keep_jpeg_bytes(tmp_path: Path) -> None:
+    runner = CliRunner()
+    parts = {"train": ["--per-class", "8"], "val": ["--skip-per-class", "8", "--per-class", "2"],
+             "test": ["--skip-per-class", "10"]}
+    keys: dict[str, set[str]] = {}
+    for name, opts in parts.items():
+        r = runner.invoke(app, ["prepare", "imagefolder", str(CIFAR_MINI), "--out", str(tmp_path / name),
+                                "--format", "source", "--prefix", name, "--shard-size", "25", "--json", *opts])
+        assert r.exit_code == 0, r.stderr
+        summary = json.loads(r.stdout)
+        assert summary["per_class"] == [{"train": 8, "val": 2, "test": 2}[name]] * 10
+        keys[name] = {s.key.split("_")[1] for s in iter_samples(tmp_path / name)}
+    assert not (keys["train"] & keys["val"]) and not (keys["val"] & keys["test"]) and not (keys["train"] & keys["test"])
+    assert len(keys["train"] | keys["val"] | keys["test"]) == 120
+    # Plain webdataset sees each JPEG file's own bytes: no second lossy encode, no PNG.
+    files = _files()
+    for s in wds.WebDataset(resolve_shards(tmp_path / "val"), shardshuffle=False, empty_check=False):
+        assert set(s) >= {"jpg", "cls"} and "png" not in s
+        assert s["jpg"] == files[int(s["__key__"].split("_")[1])].read_bytes()
+    # nrrstore decodes them to exactly what Pillow gives for the files.
+    for s in iter_samples(tmp_path / "test"):
+        assert np.array_equal(s.image, np.asarray(Image.open(files[int(s.key.split("_")[1])])))
+
+
+def test_source_format_is_deterministic_and_refuses_what_it_cannot_keep(tmp_path: Path) -> None:
+    a = prepare_imagefolder(CIFAR_MINI, tmp_path / "a", image_format="source", per_class=3)
+    b = prepare_imagefolder(CIFAR_MINI, tmp_path / "b", image_format="source", per_class=3)
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    png = prepare_imagefolder(CIFAR_MINI, tmp_path / "png", per_class=3)
+    assert a["bytes"] < png["bytes"]
+    with pytest.raises(NrrError, match="cannot take --resize or --mode"):
+        prepare_imagefolder(CIFAR_MINI, tmp_path / "c", image_format="source", resize=16)
+    with pytest.raises(NrrError, match="IDX files hold raw pixels"):
+        prepare_idx(np.zeros((2, 4, 4), np.uint8), np.zeros(2), tmp_path / "d", image_format="source")
+    # A file that cannot be kept as it is (a palette PNG) is named, and nothing is left behind.
+    tree = tmp_path / "tree" / "cls"
+    tree.mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).convert("P").save(tree / "p.png")
+    with pytest.raises(NrrError, match="not an 8-bit grey or RGB"):
+        prepare_imagefolder(tmp_path / "tree", tmp_path / "e", image_format="source")
+    assert not (tmp_path / "e").exists()
+
+
+def test_crop_pad_batches_are_padded_windows_and_seeded(tmp_path: Path) -> None:
+    prepare_imagefolder(CIFAR_MINI, tmp_path / "s", image_format="source", per_class=2)
+    plain = [s.image for s in iter_samples(tmp_path / "s")]
+    mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    batches = list(shard_batches(tmp_path / "s", 20, mean, std, shuffle=False, crop_pad=4, seed=3))
+    again = list(shard_batches(tmp_path / "s", 20, mean, std, shuffle=False, crop_pad=4, seed=3))
+    assert all(torch.equal(x, y) for (x, _), (y, _) in zip(batches, again, strict=True))
+    x = torch.cat([b[0] for b in batches])
+    moved = 0
+    for img, view in zip(plain, x, strict=True):
+        padded = torch.nn.functional.pad(torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, (4, 4, 4, 4))
+        hits = [(t, left) for t in range(9) for left in range(9) if torch.equal(padded[:, t:t + 32, left:left + 32], view)]
+        assert hits, "each view is a 32x32 window of the image padded by 4 black pixels"
+        moved += (4, 4) not in hits
+    assert moved > len(plain) // 2
+    with pytest.raises(NrrError, match="crop padding"):
+        next(shard_batches(tmp_path / "s", 4, mean, std, crop_pad=-1))
+    with pytest.raises(NrrError, match="--crop-pad"):
+        train_teacher(tmp_path / "s", "convnet3", tmp_path / "t.pt", crop_pad=32)
+    assert not (tmp_path / "t.pt").exists()
