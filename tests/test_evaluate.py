@@ -154,3 +154,20 @@ def test_cli_evaluate_table_json_plot_and_errors(small_store, fmnist_test_shards
     res = runner.invoke(app, ["evaluate", str(small_store), "--val", str(fmnist_test_shards), "--labels", "bogus",
                               "--work", str(work)])
     assert res.exit_code == 1 and "unknown label kind" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_relabelled_store_keeps_its_teacher_path_for_evaluate(small_store, teacher, fmnist_train_shards,
+                                                               fmnist_test_shards, tmp_path, single_thread) -> None:
+    """relabel writes the same teacher record as distill (with ``spec``), so `evaluate --train` without
+    ``--teacher`` finds the teacher the store records and relabels the random-real baseline with it."""
+    from nrrstore.models.checkpoint import teacher_record
+    from nrrstore_cli.main import app
+
+    rec = Store(small_store).manifest.teacher
+    assert rec == teacher_record(teacher) and rec["spec"] == teacher.spec
+    res = CliRunner().invoke(app, ["evaluate", str(small_store), "--val", str(fmnist_test_shards), "--train",
+                                   str(fmnist_train_shards), "--seeds", "1", "--epochs", "1", "--labels", "dbr",
+                                   "--work", str(tmp_path / "w"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert Store(tmp_path / "w" / "random-s0").manifest.teacher["sha256"] == teacher.sha256
+    assert json.loads(res.stdout)["metrics"]["ior_dbr"]["n"] == 1

@@ -41,7 +41,7 @@ from nrrstore.format.lock import output_lock
 from nrrstore.format.manifest import load_manifest
 from nrrstore.format.writer import STORE_KIND, StoreWriter, check_output_dir, store_object
 from nrrstore.models.cam import CamModel
-from nrrstore.models.checkpoint import Teacher
+from nrrstore.models.checkpoint import Teacher, teacher_record
 from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_labels, iter_samples, read_class_names, resolve_shards
 
@@ -531,11 +531,7 @@ def _assemble(out: Path, work: Path, teacher: Teacher, cfg: DistillConfig, class
         raise NrrError(work, f"classes {missing[:10]} are not finished (a rank failed?)")
     per_class = [_load_class(work, c) for c in range(teacher.num_classes)]
     ipc = cfg.cidd.ipc
-    teacher_info = {
-        "arch": teacher.arch, "spec": teacher.spec, "sha256": teacher.sha256, "num_classes": teacher.num_classes,
-        "classes": list(teacher.classes), "image_size": teacher.image_size, "in_channels": teacher.in_channels,
-        "normalization": {"mean": list(teacher.mean), "std": list(teacher.std)},
-    }
+    teacher_info = teacher_record(teacher)
     method = cfg.to_dict()
     # how many real images each class really had to choose from (mipc, or fewer where a class is smaller)
     method["sources_used"] = [int(meta.get("sources_used", cfg.cidd.mipc)) for _, meta in per_class]

@@ -62,7 +62,7 @@ from nrrstore.format.softlabels import create_softlabels, install_softlabels, so
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.format.writer import STORE_KIND, store_object
-from nrrstore.models.checkpoint import Teacher, load_teacher
+from nrrstore.models.checkpoint import Teacher, load_teacher, teacher_record
 from nrrstore.progress import Progress
 from nrrstore.train.augment import RECIPE_VERSION, AugRecipe, epoch_columns
 from nrrstore.train.loader import open_store, store_recipe
@@ -82,13 +82,6 @@ def default_recipe(store: Store, teacher: Teacher, **overrides: Any) -> AugRecip
     base["version"] = RECIPE_VERSION
     base.update({k: v for k, v in overrides.items() if v is not None})
     return AugRecipe.from_dict(base)
-
-
-def teacher_section(teacher: Teacher) -> dict[str, Any]:
-    return {"arch": teacher.arch, "arch_kwargs": dict(teacher.arch_kwargs), "sha256": teacher.sha256,
-            "num_classes": teacher.num_classes, "classes": list(teacher.classes),
-            "in_channels": teacher.in_channels, "image_size": teacher.image_size,
-            "normalization": {"mean": list(teacher.mean), "std": list(teacher.std)}}
 
 
 def _store_job(job: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
@@ -327,7 +320,7 @@ def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: 
                          "quant_max": state["quant_max"], "device": dev.type}
     old = [f.path for f in m.files if f.kind in ("distances", "softlabels")]
     updated = update_store(st.path, kinds=files, remove_prefixes=tuple(old), sections={
-        "labels": labels, "augmentation": recipe.to_dict(), "teacher": teacher_section(teacher),
+        "labels": labels, "augmentation": recipe.to_dict(), "teacher": teacher_record(teacher),
         "normalization": m.normalization or {"mean": list(teacher.mean), "std": list(teacher.std)},
         "method": method,
     })

@@ -67,6 +67,18 @@ class Teacher:
         return x * std + mean
 
 
+def teacher_record(teacher: Teacher) -> dict[str, Any]:
+    """The manifest's ``teacher`` section: the one record that distill, relabel and import write.
+
+    ``spec`` (the checkpoint path or architecture spec as given) is what `evaluate` loads when no teacher
+    is passed; ``sha256`` is what it, `verify --teacher` and resume checks compare.
+    """
+    return {"arch": teacher.arch, "spec": teacher.spec, "arch_kwargs": dict(teacher.arch_kwargs),
+            "sha256": teacher.sha256, "num_classes": teacher.num_classes, "classes": list(teacher.classes),
+            "in_channels": teacher.in_channels, "image_size": teacher.image_size,
+            "normalization": {"mean": list(teacher.mean), "std": list(teacher.std)}}
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
