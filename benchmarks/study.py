@@ -185,15 +185,17 @@ def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> 
 
 
 def run_cell(name: str, seed: int, label: str, args: argparse.Namespace, teacher: Any) -> dict[str, Any]:
-    path = args.work / "cells" / f"{name}-ipc{args.ipc}-e{args.epochs}-s{seed}-{label}.json"
+    arch = "" if args.student == "convnet3" else f"-{args.student}"  # the default keeps the old cell names
+    path = args.work / "cells" / f"{name}-ipc{args.ipc}-e{args.epochs}-s{seed}-{label}{arch}.json"
     if path.is_file():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     store = make_store(name, seed, args, teacher)
     student = dict(V[name][3])
-    r = train_student(store, args.val, arch="convnet3", epochs=args.epochs, labels=label, seed=seed,
+    r = train_student(store, args.val, arch=args.student, epochs=args.epochs, labels=label, seed=seed,
                       checkpoint=args.work / "ckpt" / f"{path.stem}.pt", resume=True, **student)
     rec = {"variant": name, "seed": seed, "labels": label, "ipc": args.ipc, "epochs": args.epochs,
+           "student": args.student,
            "top1": r["top1"], "batch_size": r["batch_size"], "spec": [V[name][0], V[name][1], V[name][2], student],
            "seconds": round(time.perf_counter() - t0, 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,9 +208,11 @@ def report(args: argparse.Namespace) -> None:
     rows: dict[tuple[str, str], list[float]] = {}
     for f in sorted((args.work / "cells").glob(f"*-ipc{args.ipc}-e{args.epochs}-s*-*.json")):
         rec = json.loads(f.read_text())
+        if rec.get("student", "convnet3") != args.student:
+            continue
         rows.setdefault((rec["variant"], rec["labels"]), []).append(rec["top1"] * 100)
     names = [n for n in V if any((n, lab) in rows for lab in LABELS)]
-    print(f"IPC {args.ipc}, {args.epochs} student epochs; validation top-1 % (mean +- std, seeds)")
+    print(f"IPC {args.ipc}, {args.epochs} epochs of {args.student} students; top-1 % on --val (mean +- std, seeds)")
     print(f"{'variant':22}" + "".join(f"{lab:>22}" for lab in LABELS))
     for n in names:
         cells = []
@@ -227,8 +231,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--epochs", type=int, default=300, help="student epochs (and relabelled epochs)")
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--student", default="convnet3", help="student architecture (cross-architecture runs)")
     ap.add_argument("--variants", nargs="+", default=list(V), choices=list(V))
     ap.add_argument("--labels", nargs="+", default=["dbr", "onehot"], choices=list(LABELS))
+    ap.add_argument("--also-onehot", nargs="*", default=[], choices=list(V), metavar="VARIANT",
+                    help="variants that also get one-hot students (besides --labels)")
     ap.add_argument("--part", default="0/1", help="i/n: run every n-th cell starting at i")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "_work" / "study")
@@ -240,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     i, n = (int(x) for x in args.part.split("/"))
     teacher = load_teacher(args.teacher)
-    cells = [(name, seed, label) for seed in range(args.seeds) for name in args.variants for label in args.labels
+    def labels_of(name: str) -> list[str]:
+        extra = ["onehot"] if name in args.also_onehot and "onehot" not in args.labels else []
+        return [*args.labels, *extra]
+
+    cells = [(name, seed, label) for seed in range(args.seeds) for name in args.variants for label in labels_of(name)
              if not V[name][3] or label != "onehot"]  # student-only variants change nothing for one-hot
     groups: dict[tuple[str, int], list[tuple[str, int, str]]] = {}
     for cell in cells:  # cells sharing a store run in one process, so two never build the same store
