@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -122,6 +123,40 @@ def test_ranks_see_disjoint_images_and_equal_batch_counts(stores, world: int) ->
             assert not index_sets[i] & index_sets[j]
     for r, bs in enumerate(per_rank):
         assert _same(bs, [dict(b, step=k) for k, b in enumerate(full[r:(7 // world) * world:world])])
+
+
+def _rank_indices(rank: int, world: int, store: str, port: int, out: str) -> None:
+    """One gloo rank: the batches a loader gives when rank and world size are left out."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        idx = [b["index"].tolist() for b in DistilledDataset(store, epoch=1, batch_size=6)]
+        try:
+            DistilledDataset(store, epoch=1, batch_size=6, world_size=1)
+            refused = ""
+        except NrrError as exc:
+            refused = str(exc)
+        Path(out, f"rank{rank}.json").write_text(json.dumps({"idx": idx, "refused": refused}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_come_from_an_initialised_process_group(stores, tmp_path: Path) -> None:
+    """A DDP job that does not pass rank/world_size still reads disjoint shares; a contradicting one is refused."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_rank_indices, args=(2, str(stores["dbr"]), port, str(tmp_path)), nprocs=2, join=True)
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for r in range(2):
+        expected = [b["index"].tolist() for b in _batches(stores["dbr"], epoch=1, batch_size=6, rank=r, world_size=2)]
+        assert got[r]["idx"] == expected
+        assert "world_size=1 contradicts" in got[r]["refused"]
 
 
 def test_resume_mid_epoch_continues_with_the_next_batch(stores) -> None:
