@@ -178,10 +178,19 @@ def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> 
     else:
         cfg = method_config(preset, args.ipc, teacher.image_size, cidd={**cidd, "seed": seed}, nrr=nrr)
         out.parent.mkdir(parents=True, exist_ok=True)  # outputs' parent folders must exist
-        distill(args.train, teacher, out, cfg, overwrite=True)
-    relabel(out, teacher, args.epochs, AugRecipe(size=teacher.image_size, seed=seed), full_softlabels=True,
-            overwrite=True)
+        _timing(out, "distill", distill(args.train, teacher, out, cfg, overwrite=True))
+    _timing(out, "relabel", relabel(out, teacher, args.epochs, AugRecipe(size=teacher.image_size, seed=seed),
+                                    full_softlabels=True, overwrite=True))
     return out
+
+
+def _timing(store: Path, step: str, summary: dict[str, Any]) -> None:
+    """Keep each step's summary (stage seconds, images) beside the store: the cost table reads them."""
+    path = store.with_name(f"{store.name}.timing.json")
+    rec = json.loads(path.read_text()) if path.is_file() else {}
+    rec[step] = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None), dict))}
+    rec[step]["threads"] = torch.get_num_threads()
+    atomic_write_bytes(path, json.dumps(rec, indent=2, sort_keys=True, default=str).encode())
 
 
 def run_cell(name: str, seed: int, label: str, args: argparse.Namespace, teacher: Any) -> dict[str, Any]:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nrrstore.devices import amp_dtype
-from nrrstore.distill.relabel import DEFAULT_EPOCHS_PER_FILE, default_recipe, relabel
-from nrrstore.format.reader import Store
-from nrrstore.models import load_teacher
-from nrrstore.train.student import summary_without_model, train_student
+from nrrstore.format.distances import DEFAULT_EPOCHS_PER_FILE
 from nrrstore_cli._common import ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
@@ -41,6 +37,12 @@ def relabel_cmd(
 
     Under torchrun the ranks split the epoch chunks (the result is byte-identical to one rank).
     """
+    # torch-backed modules load inside the commands, so that `nrrstore --help` answers at once
+    from nrrstore.devices import amp_dtype
+    from nrrstore.distill.relabel import default_recipe, relabel
+    from nrrstore.format.reader import Store
+    from nrrstore.models import load_teacher
+
     st = Store(store)
     amp_dtype(amp, device)  # refuse a bad --device/--amp before loading anything
     t = load_teacher(teacher, device)
@@ -86,6 +88,8 @@ def train_student_cmd(
     as_json: bool = _JSON,
 ) -> None:
     """Train a student from scratch on the store and report top-1 on real held-out images."""
+    from nrrstore.train.student import summary_without_model, train_student
+
     with ProgressBar() as bar:
         result = train_student(store, val, arch=arch, epochs=epochs, labels=labels, batch_size=batch_size, lr=lr,
                                weight_decay=weight_decay, alpha_dbr=alpha_dbr, kd_temperature=kd_temperature,
