@@ -31,3 +31,16 @@ def test_import_and_help_pages_do_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) > 15  # every command and group was asked
+
+
+def test_top_level_entry_points_are_the_library_functions() -> None:
+    import nrrstore
+    import nrrstore.distill
+    from nrrstore.distill.pipeline import distill
+    from nrrstore.format.reader import Store
+    from nrrstore.train.evaluation import evaluate_store
+    from nrrstore.train.loader import make_loader, open_store
+
+    assert nrrstore.distill.distill is distill and nrrstore.Store is Store and nrrstore.evaluate is evaluate_store
+    assert nrrstore.make_loader is make_loader and nrrstore.open_store is open_store
+    assert all(hasattr(nrrstore, name) for name in nrrstore.__all__)
