@@ -52,10 +52,16 @@ def verify_cmd(
         replay = replay_check(store, load_teacher(teacher, device), sample=sample, device=device)
         if replay.problem:
             problems.append(f"{store}: {replay.problem}")
-    version = Store(store, check_digest=False).manifest.format_version
+    manifest = Store(store, check_digest=False).manifest
+    version = manifest.format_version
+    teacher_note = None
+    if manifest.labels.get("distances") and not problems:  # labels from a teacher: can it be found again?
+        from nrrstore.models.checkpoint import teacher_record_problem
+
+        teacher_note = teacher_record_problem(manifest.teacher or {})
     if json_out:
         print_json({"store": str(store), "ok": not problems, "problems": problems, "format_version": version,
-                    "replay": replay.to_dict() if replay else None})
+                    "replay": replay.to_dict() if replay else None, "teacher_record": teacher_note})
     else:
         for p in problems:
             print(p)
@@ -63,6 +69,8 @@ def verify_cmd(
             note = "" if version != "1.0" else " (format 1.0: no manifest digest, so its values are not checked)"
             checked = f"; {replay.views} replayed views agree (mean gap {replay.mean_gap:.4f} nats)" if replay else ""
             print(f"{store}: ok{checked}{note}")
+            if teacher_note:
+                print(f"{store}: note: {teacher_note}; give `evaluate` its teacher with --teacher T.pt")
     if problems:
         raise typer.Exit(1)
 

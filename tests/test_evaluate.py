@@ -171,3 +171,22 @@ def test_relabelled_store_keeps_its_teacher_path_for_evaluate(small_store, teach
     assert res.exit_code == 0, res.output
     assert Store(tmp_path / "w" / "random-s0").manifest.teacher["sha256"] == teacher.sha256
     assert json.loads(res.stdout)["metrics"]["ior_dbr"]["n"] == 1
+
+
+def test_verify_notes_a_teacher_record_that_does_not_resolve(small_store, teacher, tmp_path, single_thread) -> None:
+    from nrrstore.models import load_teacher
+    from nrrstore_cli.main import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["verify", str(small_store), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["teacher_record"] is None, res.output
+    moved = tmp_path / "store"
+    shutil.copytree(small_store, moved)
+    copy = tmp_path / "t.pt"
+    shutil.copyfile(teacher.spec, copy)
+    relabel(moved, load_teacher(copy), 1, overwrite=True)
+    copy.unlink()  # the checkpoint the store records is gone
+    res = runner.invoke(app, ["verify", str(moved)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.strip().splitlines()
+    assert lines[0] == f"{moved}: ok" and "note: the recorded teacher" in lines[1] and "not found here" in lines[1]

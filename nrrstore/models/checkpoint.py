@@ -79,6 +79,25 @@ def teacher_record(teacher: Teacher) -> dict[str, Any]:
             "normalization": {"mean": list(teacher.mean), "std": list(teacher.std)}}
 
 
+def teacher_record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why a store's teacher record does not lead back to its teacher here, or None when it does.
+
+    Resolving means what `evaluate` does without ``--teacher``: ``spec`` is a checkpoint file on this
+    machine whose sha256 is the recorded one.
+    """
+    if not record.get("sha256"):
+        return "the store records no teacher (sha256)"
+    spec = record.get("spec")
+    if not spec:
+        return "the teacher record names no checkpoint (spec; stores relabelled before 0.3 lack it)"
+    if not Path(str(spec)).is_file():
+        kind = "an architecture spec" if is_builtin(str(spec)) or is_external_spec(str(spec)) else "not found here"
+        return f"the recorded teacher {spec} is {kind}"
+    if file_sha256(str(spec)) != record["sha256"]:
+        return f"the recorded teacher {spec} is not the one that labelled the store (its sha256 differs)"
+    return None
+
+
 def file_sha256(path: str | os.PathLike[str]) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
