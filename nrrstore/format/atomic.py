@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
@@ -58,12 +58,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+def stream_sha256(f: IO[bytes], chunk: int = 1 << 20) -> str:
+    """sha256 of what is left in a binary stream, read in chunks (the one hashing loop of nrrstore)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    while block := f.read(chunk):
+        h.update(block)
     return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """sha256 of a local file (`nrrstore.format.fs.sha256` also reads URLs)."""
+    with open(path, "rb") as f:
+        return stream_sha256(f, chunk)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

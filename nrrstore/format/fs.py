@@ -25,7 +25,6 @@ variables (e.g. ``FSSPEC_S3_ENDPOINT_URL``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import re
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from nrrstore.errors import NrrError
+from nrrstore.format.atomic import stream_sha256
 
 #: scheme -> (module fsspec needs for it, the nrrstore extra that installs it; None: a base dependency).
 SCHEMES: dict[str, tuple[str, str | None]] = {
@@ -311,12 +311,9 @@ def list_dir(spec: AnyPath) -> list[tuple[str, bool]]:
 def sha256(spec: AnyPath, chunk: int = 1 << 20) -> str:
     """sha256 of a file, read in order."""
     loc = location(spec)
-    h = hashlib.sha256()
     guard = remote_errors(loc) if isinstance(loc, Url) else contextlib.nullcontext()
     with open_read(loc) as f, guard:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+        return stream_sha256(f, chunk)
 
 
 # -- the local seam: what writers do to the files of a local (staging) folder ---------------------------

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import FormatVersionError, NrrError, os_errors_name
-from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.format.atomic import atomic_write_bytes, file_sha256
 from nrrstore.models.registry import ARCHS, build_model, is_builtin, is_external_spec
 
 FORMAT = "nrrstore-teacher"
@@ -96,14 +96,6 @@ def teacher_record_problem(record: Mapping[str, Any]) -> str | None:
     if file_sha256(str(spec)) != record["sha256"]:
         return f"the recorded teacher {spec} is not the one that labelled the store (its sha256 differs)"
     return None
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
