@@ -30,7 +30,7 @@ import torch
 from nrrstore import __version__
 from nrrstore.distill.cidd import CiddConfig, ClassCandidates, discover, select_and_stitch
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
-from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
+from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format import fs, remote
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes
 from nrrstore.format.cams import write_cams
@@ -43,6 +43,7 @@ from nrrstore.format.writer import STORE_KIND, StoreWriter, check_output_dir, st
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher, teacher_record
 from nrrstore.progress import Progress
+from nrrstore.ranks import barrier, dist_info, stopped_error
 from nrrstore.sources.shards import iter_labels, iter_samples, read_class_names, resolve_shards
 
 METHODS = ("nrr", "rded", "random")
@@ -148,26 +149,6 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
 # Ranks (torchrun) and the work folder.
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size): from an initialized process group, or from torchrun's environment."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and dist.is_available():
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl")
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def work_dir(out: Path) -> Path:
     return out.with_name(f".work-{out.name}")
 
@@ -185,22 +166,10 @@ def _classes_done(work: Path) -> int:
 
 
 def _stopped(exc: BaseException, out: Path, work: Path, num_classes: int, world: int) -> BaseException:
-    """What a failed run leaves: nothing when no class was finished, else its finished classes, and says so.
-
-    A bad input found before the first class is done must not leave a ``.work-*`` folder behind; work
-    that took time is kept for a resume, and the message tells how to resume or discard it.
-    """
-    if isinstance(exc, OSError):
-        exc = NrrError(out, os_problem(exc))
+    """What a failed run leaves: nothing when no class was finished, else its finished classes (`ranks.stopped`)."""
     done = _classes_done(work)
-    if done == 0:
-        if world == 1:  # with several ranks another one may still be writing there
-            shutil.rmtree(work, ignore_errors=True)
-        return exc
-    if isinstance(exc, NrrError) and not isinstance(exc, ResumeMismatchError):
-        return NrrError(exc.path, f"{exc.problem}; {done} of {num_classes} classes are finished and kept in {work}: "
-                                  f"rerun the same command to resume them, or delete {work} to discard them")
-    return exc
+    return stopped_error(exc, out, work, done, f"{done} of {num_classes} classes are finished and kept in {work}: rerun "
+                                         f"the same command to resume them, or delete {work} to discard them", world)
 
 
 def _check_params(work: Path, params: dict[str, Any], rank: int, world: int) -> None:
@@ -218,7 +187,7 @@ def _check_params(work: Path, params: dict[str, Any], rank: int, world: int) -> 
     elif rank == 0:
         work.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, text.encode())
-    _barrier(world)
+    barrier(world)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,7 +313,7 @@ def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, w
             if after_class:
                 after_class(c)
         times["nrr_s"] += time.perf_counter() - t0
-    _barrier(world)
+    barrier(world)
     summary: dict[str, Any] = {"store": str(out), "rank": rank, "world_size": world, "classes": len(mine), **stats}
     if rank == 0:
         t0 = time.perf_counter()
@@ -353,7 +322,7 @@ def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, w
         shutil.rmtree(work, ignore_errors=True)
         summary.update(images=manifest.num_images, shards=len(manifest.shards),
                        bytes=sum(f.bytes for f in manifest.files), sources_used=manifest.method["sources_used"])
-    _barrier(world)
+    barrier(world)
     summary.update({k: round(v, 3) for k, v in times.items()})
     return summary
 

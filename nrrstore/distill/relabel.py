@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nrrstore.devices import amp_dtype, autocast, resolve_device
-from nrrstore.errors import NrrError, ResumeMismatchError, os_problem
+from nrrstore.errors import NrrError
 from nrrstore.format import fs, quant, remote
 from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
@@ -64,6 +64,7 @@ from nrrstore.format.workstate import load_state, save_state
 from nrrstore.format.writer import STORE_KIND, store_object
 from nrrstore.models.checkpoint import Teacher, load_teacher, teacher_record
 from nrrstore.progress import Progress
+from nrrstore.ranks import barrier, dist_info, stopped_error
 from nrrstore.train.augment import RECIPE_VERSION, AugRecipe, epoch_columns
 from nrrstore.train.loader import open_store, store_recipe
 from nrrstore.train.losses import distances
@@ -94,8 +95,6 @@ def _store_job(job: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
 
     @functools.wraps(job)
     def run(store: Store | str | os.PathLike[str], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        from nrrstore.distill.pipeline import dist_info
-
         root = store.path if isinstance(store, Store) else fs.writable_location(store)
         if isinstance(root, fs.Url):
             return _remote_job(run, root, args, kwargs)
@@ -118,8 +117,6 @@ def _remote_job(run: Callable[..., dict[str, Any]], url: fs.Url, args: tuple[Any
                 kwargs: dict[str, Any]) -> dict[str, Any]:
     """Relabel a store on an object store: fetched into its staging folder, relabelled there (resumable as
     locally), then the new label files and the manifest (last) are uploaded (`nrrstore.format.remote`)."""
-    from nrrstore.distill.pipeline import dist_info
-
     if args and not isinstance(args[0], Teacher):
         args = (load_teacher(args[0], resolve_device(kwargs.get("device", "cpu"))), *args[1:])
     local_only = ("progress", "device", "workers", "cache_mb")
@@ -136,17 +133,9 @@ def _remote_job(run: Callable[..., dict[str, Any]], url: fs.Url, args: tuple[Any
 
 
 def _stopped(exc: BaseException, root: Path, work: Path, world: int) -> BaseException:
-    if isinstance(exc, OSError):
-        exc = NrrError(root, os_problem(exc))
-    finished = sorted(work.glob(DISTANCE_FILE_GLOB)) if work.is_dir() else []
-    if not finished:
-        if world == 1:
-            shutil.rmtree(work, ignore_errors=True)
-        return exc
-    if isinstance(exc, NrrError) and not isinstance(exc, ResumeMismatchError):
-        return NrrError(exc.path, f"{exc.problem}; {len(finished)} finished chunk file(s) are kept in {work}: rerun the "
-                                  f"same relabel to resume, or delete {work} to discard them")
-    return exc
+    finished = len(list(work.glob(DISTANCE_FILE_GLOB))) if work.is_dir() else 0
+    return stopped_error(exc, root, work, finished, f"{finished} finished chunk file(s) are kept in {work}: rerun the same "
+                                              f"relabel to resume, or delete {work} to discard them", world)
 
 
 @_store_job
@@ -182,8 +171,6 @@ def relabel(
     written (teacher batches, file split, precision), so a resumed job must repeat them; the
     device and the worker count are not checked.
     """
-    from nrrstore.distill.pipeline import dist_info
-
     t0 = time.perf_counter()
     dev = resolve_device(device)
     amp_dt = amp_dtype(amp, dev)
@@ -233,7 +220,7 @@ def relabel(
     if state["phase"] == "computing":
         if full_softlabels and rank == 0:
             job.softlabels()  # created once, before the ranks write their epochs into it
-        _barrier(world)
+        barrier(world)
         if precision == "int8" and state["quant_max"] is None:
             state["quant_max"] = job.choose_quant_max()  # every rank alike: epoch 0 is deterministic
             if rank == 0:
@@ -246,7 +233,7 @@ def relabel(
                 continue
             job.compute_chunk(first, last, state["quant_max"])
             computed += 1
-        _barrier(world)
+        barrier(world)
         if rank == 0:
             state["phase"] = "installing"
             save_state(work, state)
@@ -258,7 +245,7 @@ def relabel(
                                "softlabels": full_softlabels}
     if rank == 0:
         summary.update(_finish(st, m, work, chunks, args, state, teacher, recipe, job, dev))
-    _barrier(world)
+    barrier(world)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
 
@@ -266,13 +253,6 @@ def relabel(
 def amp_key(amp: str | None) -> str:
     """How ``amp`` is recorded: "fp32" when the teacher ran without autocast."""
     return "fp32" if amp in (None, "none", "fp32") else str(amp)
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def _start(st: Store, work: Path, args: dict[str, Any], quant_max: float | None, overwrite: bool, rank: int,
@@ -293,7 +273,7 @@ def _start(st: Store, work: Path, args: dict[str, Any], quant_max: float | None,
             work.mkdir(exist_ok=True)
             state = {"args": args, "quant_max": quant_max, "phase": "computing"}
             save_state(work, state)
-    _barrier(world)
+    barrier(world)
     if rank != 0:
         state = load_state(work, args, "relabel")
     if state is None:  # rank 0 always has one here

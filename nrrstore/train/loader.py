@@ -38,6 +38,7 @@ from nrrstore.format.distances import EpochLabels, read_epoch_labels
 from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
+from nrrstore.ranks import resolve_rank
 from nrrstore.train.augment import AugRecipe, ViewBatch
 from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
 
@@ -327,24 +328,6 @@ class DistilledLoader:
         return {"store_index_sha256": ds.index_sha256, "augmentation": ds.recipe.to_dict(),
                 "batch_size": ds.batch_size, "world_size": ds.world_size, "drop_last": ds.drop_last,
                 "labels": ds.labels}
-
-
-def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """(rank, world size): the given values, else those of an initialised ``torch.distributed``, else (0, 1).
-
-    A DDP job that forgets to pass them must not read the whole store on every rank (each rank would
-    train on duplicated data without a word); a given value that contradicts the process group is refused.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        group = (dist.get_rank(), dist.get_world_size())
-        for name, given, actual in (("rank", rank, group[0]), ("world_size", world_size, group[1])):
-            if given is not None and given != actual:
-                raise NrrError(None, f"{name}={given} contradicts the initialised torch.distributed process group "
-                                     f"({name} {actual}); leave it out to use the group's")
-        return group
-    return (0 if rank is None else rank), (1 if world_size is None else world_size)
 
 
 def make_loader(
