@@ -62,6 +62,18 @@ def default_batch_size(num_images: int, num_classes: int = 10) -> int:
     return max(1, min(base, int(num_images)))
 
 
+def few_steps_warning(num_images: int, batch_size: int, epochs: int) -> str | None:
+    """The warning for a student whose accuracy says little: fewer than `MIN_STEPS_PER_EPOCH` optimizer
+    steps per epoch *and* fewer than `MIN_TOTAL_STEPS` in all (one rank; the last batch may be short)."""
+    per_epoch = math.ceil(num_images / batch_size)
+    total = per_epoch * epochs
+    if per_epoch >= MIN_STEPS_PER_EPOCH or total >= MIN_TOTAL_STEPS:
+        return None
+    return (f"only {per_epoch} optimizer step(s) per epoch ({num_images} images, batch size {batch_size}; {total} in "
+            f"all): with fewer than about {MIN_STEPS_PER_EPOCH} per epoch and {MIN_TOTAL_STEPS} in all the result is "
+            "not meaningful; use a smaller batch size or more epochs")
+
+
 def _checkpoint_locked(train: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     """Hold the write lock of the ``checkpoint`` file (when there is one) while ``train`` runs.
 
@@ -160,11 +172,9 @@ def train_student(
     if start_epoch < epochs:
         loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, device=dev, cycle=cycle,
                              num_epochs=epochs - start_epoch)
-    if steps_per_epoch < MIN_STEPS_PER_EPOCH and total_steps < MIN_TOTAL_STEPS:  # after every refusing check
-        warnings.warn(f"only {steps_per_epoch} optimizer step(s) per epoch ({m.num_images} images, batch size "
-                      f"{batch_size}; {total_steps} in all): with fewer than about {MIN_STEPS_PER_EPOCH} per epoch "
-                      f"and {MIN_TOTAL_STEPS} in all the result is not meaningful; use a smaller batch size or more "
-                      "epochs", NrrWarning, stacklevel=2)
+    few = few_steps_warning(m.num_images, batch_size, epochs)
+    if few:  # after every refusing check
+        warnings.warn(few, NrrWarning, stacklevel=2)
     model.train()
     sums: dict[str, Any] = {}
     seen = 0
