@@ -306,7 +306,8 @@ def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, w
             raise NrrError(inputs if isinstance(inputs, (str, os.PathLike)) else urls[0],
                            f"too few images for ipc {cfg.cidd.ipc} x {cfg.cidd.factor ** 2} patches: {detail}")
         t0 = time.perf_counter()
-        for c in _refine_group(work, chunk, cands, teacher, cfg, cam_model):
+        steps = _nrr_step_progress(progress, len(todo), k) if cfg.nrr.refine else None
+        for c in _refine_group(work, chunk, cands, teacher, cfg, cam_model, steps):
             done += 1
             if progress:
                 progress(step, done, len(mine))
@@ -437,8 +438,17 @@ def class_groups(num_classes: int, group_size: int, rank: int = 0, world: int = 
     return [grp for g, grp in enumerate(groups) if g % world == rank]
 
 
+def _nrr_step_progress(progress: Progress | None, groups: int, k: int) -> Progress | None:
+    """NRR's bar: image-steps (images x iterations) of class group ``k``, so the bar moves every step with a
+    rate and an ETA; the "NRR (classes)" bar then counts finished classes."""
+    if progress is None:
+        return None
+    task = "NRR (image steps)" if groups == 1 else f"NRR group {k + 1}/{groups} (image steps)"
+    return lambda _task, done, total: progress(task, done, total)
+
+
 def _refine_group(work: Path, group: list[int], cands: dict[int, ClassCandidates], teacher: Teacher,
-                  cfg: DistillConfig, cam_model: CamModel) -> list[int]:
+                  cfg: DistillConfig, cam_model: CamModel, progress: Progress | None = None) -> list[int]:
     """Select and stitch every class of ``group``, refine them in mixed-class batches, save each class.
 
     Batches take the images slot-major (slot 0 of every class, then slot 1, ...), ``nrr_batch_size`` at
@@ -452,9 +462,16 @@ def _refine_group(work: Path, group: list[int], cands: dict[int, ClassCandidates
     images = torch.stack([picked[c][0][s] for c, s in order])
     labels = torch.tensor([c for c, _ in order], dtype=torch.long)
     outs, batch_stats = [], []
+    total = len(order) * cfg.nrr.iterations
     for s in range(0, len(order), cfg.nrr_batch_size):
+        n = min(cfg.nrr_batch_size, len(order) - s)
+
+        def steps(done: int, _total: int | None, s: int = s, n: int = n) -> None:
+            if progress is not None:
+                progress("", s * cfg.nrr.iterations + done * n, total)
+
         x, st = refine(teacher, images[s:s + cfg.nrr_batch_size], labels[s:s + cfg.nrr_batch_size], cfg.nrr,
-                       cam_model=cam_model)
+                       progress=steps if progress is not None else None, cam_model=cam_model)
         st.pop("loss_history", None)
         outs.append(x.cpu())
         batch_stats.append(st)
