@@ -262,7 +262,7 @@ def evaluate_store(
 def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: Teacher | None, seeds: int,
                     kinds: list[str], protocol: StudentProtocol, full_acc: float | None, device: str, workers: int,
                     progress: Progress | None, t0: float) -> dict[str, Any]:
-    from nrrstore.train.student import train_student
+    from nrrstore.train.student import default_batch_size, train_student
 
     (work / "cells").mkdir(parents=True, exist_ok=True)
     (work / "checkpoints").mkdir(exist_ok=True)
@@ -275,6 +275,9 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
     records: list[dict[str, Any]] = []
     done_before = 0
     train_seconds = 0.0
+    m = st.manifest
+    batch = protocol.batch_size or default_batch_size(m.num_images, m.num_classes)
+    cell_steps = math.ceil(m.num_images / batch) * protocol.epochs  # the baseline has the store's image count
     for n, (images, kind, seed) in enumerate(plan):
         cell_file = work / "cells" / f"{images}-{kind}-s{seed}.json"
         rec = _load_cell(cell_file, proto, images, kind, seed)
@@ -288,7 +291,8 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
                               kd_temperature=protocol.kd_temperature, seed=seed, device=device, workers=workers,
                               checkpoint=ckpt, resume=True, checkpoint_every_s=CHECKPOINT_EVERY_S,
                               arch_kwargs=protocol.arch_kwargs,
-                              progress=_as_task(progress, f"{images} {kind} seed {seed}") if progress else None)
+                              progress=_cell_progress(progress, f"{images} {kind} seed {seed}", n, cell_steps,
+                                                      len(plan)) if progress else None)
             rec = {"images": images, "labels": kind, "seed": seed, "top1": r["top1"], "val_loss": r["val_loss"],
                    "val_images": r["val_images"], "store": str(path), "batch_size": r["batch_size"],
                    "seconds": round(sum(h.get("seconds", 0.0) for h in r["history"]), 3), "protocol": proto}
@@ -305,7 +309,6 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
     table = {images: {kind: _mean_std([by_seed[s] for s in sorted(by_seed)]) for kind, by_seed in per.items()}
              for images, per in results.items()}
     main = next(k for k in ("dbr", "kd", "onehot") if k in kinds)
-    m = st.manifest
     return {
         "label_bytes": label_bytes(st),
         "store": str(st.path), "val": str(val), "train": None if train is None else str(train),
@@ -316,10 +319,15 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
     }
 
 
-def _as_task(progress: Progress, task: str) -> Progress:
-    """``progress`` with every report filed under ``task`` (a student's steps under its cell's name)."""
-    return lambda _task, done, total: progress(task, done, total)
+def _cell_progress(progress: Progress, task: str, n: int, cell_steps: int, cells: int) -> Progress:
+    """A student's steps under its cell's name, and all cells' steps under "evaluate (student steps)": the
+    overall bar then moves every step with a rate and the time left (cells before ``n`` count as done)."""
 
+    def report(_task: str, done: int, total: int | None) -> None:
+        progress(task, done, total)
+        progress("evaluate (student steps)", n * cell_steps + done, cells * cell_steps)
+
+    return report
 
 def store_fingerprint(store: Store) -> str:
     """sha256 over the store's listed files (path and sha256): cell results belong to one store's bytes."""
