@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -58,18 +59,59 @@ def _show_warning(message: Warning | str, category: type[Warning], filename: str
         print(f"nrrstore: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is, so that it cleans up exactly as after Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+#: signal -> (the one line, exit code 128 + signal number, as a shell reports a killed command)
+_STOP_SIGNALS = {signal.SIGTERM: ("terminated", 143), signal.SIGHUP: ("hung up", 129)}
+
+
+def _stop_on_signals() -> Callable[[], None]:
+    """Turn SIGTERM/SIGHUP into `Terminated` in this process; returns the function that restores the old handlers.
+
+    Processes forked from this one (pool and loader workers) inherit the handler; there it re-raises the
+    signal with the default action, so a worker that its pool terminates simply ends.
+    """
+    owner = os.getpid()
+
+    def handler(signum: int, frame: Any) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated(signum)
+
+    try:
+        old = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        return lambda: None
+
+    def restore() -> None:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+    return restore
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a command so that every failure is one line on stderr and a non-zero exit code.
 
     `NrrError` (the library's own) is printed as is; an operating-system error names its file, else the
     command's output; anything else is a bug, summarized in one line unless ``NRRSTORE_TRACEBACK=1``.
-    Library warnings are printed as one ``nrrstore: warning:`` line each.
+    Library warnings are printed as one ``nrrstore: warning:`` line each. SIGTERM and SIGHUP stop the
+    command like Ctrl-C (its cleanup runs, nothing is left behind) with exit code 143 / 129.
     """
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         shown = warnings.showwarning
         warnings.showwarning = _show_warning
+        restore = _stop_on_signals()
         try:
             return fn(*args, **kwargs)
         except NrrError as exc:
@@ -80,6 +122,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             options: dict[str, Any] = kwargs  # the command's parameters (output paths: str or Path)
             where = exc.filename or next((options[k] for k in _OUTPUT_PARAMS if options.get(k) is not None), None)
             fail(f"{path_text(where)}: {os_problem(exc)}" if where is not None else os_problem(exc))
+        except Terminated as exc:
+            fail(*_STOP_SIGNALS[signal.Signals(exc.signum)])
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except (SystemExit, typer.Exit, typer.Abort, _click.exceptions.ClickException):
@@ -91,6 +135,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
                  "and please report it)")
         finally:
             warnings.showwarning = shown
+            restore()
 
     return wrapper
 

@@ -29,8 +29,11 @@ _held: dict[str, list[int]] = {}  # lock file -> [fd, depth] held by this proces
 
 
 def lock_path(target: str | os.PathLike[str]) -> Path:
-    """The lock file of an output: ``.lock-<name>`` beside it (the output itself may not exist yet)."""
-    t = Path(os.path.abspath(target))
+    """The lock file of an output: ``.lock-<name>`` beside it (the output itself may not exist yet).
+
+    Symlinks are resolved first, so two names of one output (``ln -s s t``) share one lock.
+    """
+    t = Path(os.path.realpath(target))
     return t.with_name(f"{LOCK_PREFIX}{t.name}")
 
 

@@ -1,0 +1,70 @@
+"""SIGTERM and SIGHUP stop a command like Ctrl-C: one line, exit 128 + signal, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CLI = [sys.executable, "-m", "nrrstore_cli.main"]
+
+
+def _stop_when(proc: subprocess.Popen, ready: Path, sig: int) -> tuple[int, str]:
+    deadline = time.monotonic() + 60
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the work, not at its start
+    assert proc.poll() is None, "the command ended before it could be stopped"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), [(signal.SIGTERM, 143, "nrrstore: terminated"),
+                                                   (signal.SIGHUP, 129, "nrrstore: hung up")])
+def test_stopped_teacher_training_leaves_nothing(tmp_path: Path, sig: int, code: int, line: str) -> None:
+    out = tmp_path / "t.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*CLI, "teacher", "train", "--in", str(ROOT / "data/fashion-mnist/train"), "--epochs", "50",
+                             "--out", str(out)], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    rc, err = _stop_when(proc, tmp_path / ".lock-t.pt", sig)
+    assert rc == code and err.strip().splitlines()[-1] == line, err
+    assert sorted(os.listdir(tmp_path)) == []  # no checkpoint, no temporary, no lock file
+
+
+def test_stopped_distill_leaves_nothing_before_its_first_class(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    proc = subprocess.Popen([*CLI, "distill", "--in", str(ROOT / "data/fashion-mnist/train"), "--ipc", "10",
+                             "--teacher", str(ROOT / "data/teachers/convnet3bn-fmnist.pt"), "--out", str(out),
+                             "--iterations", "100000", "--classes-per-pass", "10"], cwd=tmp_path,
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rc, err = _stop_when(proc, tmp_path / ".lock-s", signal.SIGTERM)
+    assert rc == 143 and err.strip().splitlines()[-1] == "nrrstore: terminated", err
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_symlinked_output_shares_its_target_lock(tmp_path: Path) -> None:
+    from nrrstore.errors import NrrError
+    from nrrstore.format.lock import output_lock
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "t").symlink_to(tmp_path / "s")
+    code = ("import sys, time; from nrrstore.format.lock import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(30)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "s")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(NrrError, match=f"pid {holder.pid}"), output_lock(tmp_path / "t"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
