@@ -23,6 +23,8 @@ from typing import Any
 
 from nrrstore.convert.passthrough import AsIs, NotAsIs, read_file
 from nrrstore.errors import NrrError, os_errors_name, path_text, staged_as
+from nrrstore.format import fs
+from nrrstore.format.atomic import is_inside
 from nrrstore.format.keys import image_key
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import local_output
@@ -119,6 +121,8 @@ def import_rded(
     if epochs is not None and teacher is None:
         raise NrrError(None, "epochs given without a teacher: relabelling needs --teacher")
     root = Path(syn_data)
+    if isinstance(fs.location(out), Path) and is_inside(Path(out), root):
+        raise NrrError(out, f"the output may not lie inside the input folder {root} (the next import would read it)")
     folder_names, images = list_rded(root)
     if isinstance(classes, (str, os.PathLike)):
         names = load_class_names(classes)

@@ -144,7 +144,7 @@ def train_student(
         raise NrrError(None, "need lr > 0, weight_decay >= 0, alpha_dbr >= 0 and kd_temperature > 0")
     batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images, m.num_classes)
     recipe = store_recipe(m, st.manifest_path)
-    _check_val_classes(val_spec, m.classes)
+    _check_val(val_spec, st)
     args = {
         "store_index_sha256": m.index_sha256,
         "labels_files": sorted(f.sha256 for f in m.files if f.kind in ("distances", "softlabels")),
@@ -235,11 +235,17 @@ def _loss(model: nn.Module, batch: dict[str, Any], labels: str, alpha_dbr: float
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
-def _check_val_classes(val_spec: Any, classes: list[str]) -> None:
+def _check_val(val_spec: Any, st: Store) -> None:
+    """Refuse held-out data the student could not be tested on, before the first epoch (not after hours):
+    other class names, no samples, or images of another channel count (the first sample is decoded)."""
+    m = st.manifest
     names = read_class_names(val_spec)
-    if names is not None and names != classes:
+    if names is not None and names != m.classes:
         raise NrrError(None, f"held-out classes ({', '.join(names[:4])}...) differ from the store's "
-                             f"({', '.join(classes[:4])}...); labels would not match")
+                             f"({', '.join(m.classes[:4])}...); labels would not match")
+    first = next(iter(val_batches(val_spec, st, batch_size=1)), None)
+    if first is None:
+        raise NrrError(str(val_spec), "no held-out samples to test the student on")
 
 
 def val_batches(val_spec: Any, store: Store, batch_size: int = 500) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
