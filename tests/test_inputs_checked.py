@@ -54,3 +54,29 @@ def test_import_rded_refuses_to_write_inside_its_input(tmp_path: Path) -> None:
     assert sorted(p.relative_to(tree) for p in tree.rglob("*")) == before  # the input is untouched
     res = CliRunner().invoke(app, ["import", "rded", str(tree), "--out", str(tmp_path / "store")])
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize(("cls", "meta", "ok"), [("3", '{"label": 3}', True), ("3", '{"label": 4}', False),
+                                                  ("3", '{"cls": 5}', False), (None, '{"label": 2, "cls": 1}', False)])
+def test_shard_labels_must_agree(tmp_path: Path, cls: str | None, meta: str, ok: bool) -> None:
+    import io
+    import tarfile
+
+    from nrrstore.errors import NrrError
+    from nrrstore.sources import iter_samples
+
+    members = {"a.jpg": (ROOT / "data/cifar10-mini/cat/0000.jpg").read_bytes(), "a.json": meta.encode()}
+    if cls is not None:
+        members["a.cls"] = cls.encode()
+    shard = tmp_path / "s-000000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    if ok:
+        assert [s.label for s in iter_samples(shard)] == [3]
+    else:
+        with pytest.raises(NrrError, match="labels disagree") as err:
+            list(iter_samples(shard))
+        assert str(shard) in str(err.value)

@@ -201,6 +201,8 @@ def open_shard(url: str) -> IO[bytes]:
 
 
 def _parse_label(members: dict[str, bytes], shard: str, key: str) -> tuple[int, dict[str, Any]]:
+    """The sample's label, parsed strictly: ``.cls`` integer text and the ``.json`` member's ``label``/``cls``
+    integers; where several are present they must agree (a silent pick would train on a wrong label)."""
     meta: dict[str, Any] = {}
     if "json" in members:
         try:
@@ -209,18 +211,24 @@ def _parse_label(members: dict[str, bytes], shard: str, key: str) -> tuple[int, 
             raise NrrError(shard, f"sample {key!r}: {key}.json is not valid JSON ({exc})") from None
         if isinstance(parsed, dict):
             meta = parsed
+    found: list[tuple[str, int]] = []
     if "cls" in members:
         text = members["cls"].decode("utf-8", errors="replace").strip()
         if not re.fullmatch(r"[+-]?\d+", text):
             shown = text if len(text) <= 40 else text[:40] + "..."
             raise NrrError(shard, f"sample {key!r}: label {shown!r} in {key}.cls is not an integer")
-        return int(text), meta
+        found.append((f"{key}.cls", int(text)))
     for name in ("label", "cls"):
         if name in meta:
             value = meta[name]
             if isinstance(value, bool) or not isinstance(value, int):
                 raise NrrError(shard, f"sample {key!r}: {name!r} in {key}.json is not an integer: {value!r}")
-            return value, meta
+            found.append((f"{name!r} in {key}.json", value))
+    if found:
+        if any(value != found[0][1] for _, value in found[1:]):
+            listed = ", ".join(f"{value} ({where})" for where, value in found)
+            raise NrrError(shard, f"sample {key!r}: its labels disagree: {listed}")
+        return found[0][1], meta
     raise NrrError(shard, f"sample {key!r} has no label (expected {key}.cls, or {key}.json with 'label' or 'cls')")
 
 
