@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photos224 import photo_jpegs  # noqa: E402
+from photos224 import photo_jpegs
 
-from nrrstore.convert.size_report import format_report, size_report  # noqa: E402
-from nrrstore.convert.sre2l import convert_sre2l, safe_torch_load  # noqa: E402
+from nrrstore.convert.size_report import format_report, size_report
+from nrrstore.convert.sre2l import convert_sre2l, safe_torch_load
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "convert"

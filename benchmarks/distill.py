@@ -164,10 +164,7 @@ class PassRecorder:
     def _head(self, _m: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
         if self._busy:  # a replayed pass
             return
-        if self._depth == 0:
-            kind = "cam"
-        else:
-            kind = "fwd+bwd" if torch.is_grad_enabled() else "fwd"
+        kind = "cam" if self._depth == 0 else ("fwd+bwd" if torch.is_grad_enabled() else "fwd")
         frame, stage = sys._getframe(1), "cidd"
         while frame is not None:
             if frame.f_code.co_name == "refine":
@@ -356,7 +353,7 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
 
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
 

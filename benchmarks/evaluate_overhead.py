@@ -25,12 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nrrstore.distill.pipeline import distill, method_config  # noqa: E402
-from nrrstore.distill.relabel import relabel  # noqa: E402
-from nrrstore.format.reader import Store  # noqa: E402
-from nrrstore.models import load_teacher  # noqa: E402
-from nrrstore.train.evaluation import StudentProtocol, evaluate_store, make_baseline  # noqa: E402
-from nrrstore.train.student import train_student  # noqa: E402
+from nrrstore.distill.pipeline import distill, method_config
+from nrrstore.distill.relabel import relabel
+from nrrstore.format.reader import Store
+from nrrstore.models import load_teacher
+from nrrstore.train.evaluation import StudentProtocol, evaluate_store, make_baseline
+from nrrstore.train.student import train_student
 
 TRAIN = ROOT / "data" / "fashion-mnist" / "train"
 VAL = ROOT / "data" / "fashion-mnist" / "test"
@@ -44,7 +44,7 @@ def one_by_one(store: Path, work: Path, args: argparse.Namespace, teacher) -> fl
     for seed in range(args.seeds):
         if args.train:
             stores["random"] = make_baseline(st, str(TRAIN), teacher, seed, args.labels, work / f"random-s{seed}", "cpu")
-        for name, path in stores.items():
+        for path in stores.values():
             for kind in args.labels:
                 train_student(path, str(VAL), epochs=args.epochs, labels=kind, seed=seed, batch_size=10)
     return time.perf_counter() - t0

@@ -32,15 +32,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photos224 import photo_jpegs, write_store  # noqa: E402
+from photos224 import photo_jpegs, write_store
 
-from nrrstore.devices import amp_dtype, autocast, resolve_device  # noqa: E402
-from nrrstore.distill.relabel import default_recipe, relabel  # noqa: E402
-from nrrstore.format.reader import Store  # noqa: E402
-from nrrstore.models import load_teacher  # noqa: E402
-from nrrstore.train.loader import make_loader  # noqa: E402
-from nrrstore.train.losses import distances  # noqa: E402
-from nrrstore.train.stream import BatchAssembler, ViewStream, assemble  # noqa: E402
+from nrrstore.devices import amp_dtype, autocast, resolve_device
+from nrrstore.distill.relabel import default_recipe, relabel
+from nrrstore.format.reader import Store
+from nrrstore.models import load_teacher
+from nrrstore.train.loader import make_loader
+from nrrstore.train.losses import distances
+from nrrstore.train.stream import BatchAssembler, ViewStream, assemble
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
     # 4. the loader
     loader = make_loader(store, 0, args.batch_size, "dbr", workers=args.workers, device=dev, num_epochs=args.epochs,
                          cycle=True, cache_mb=0)  # decode every epoch, as a store larger than the cache does
-    for b in loader:  # warm-up pass over the first epoch's batches
+    for _ in loader:  # warm-up pass over the first epoch's batches
         break
     t0 = time.perf_counter()
     n = 0
@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> dict:
         with autocast(dev, amp):
             logits = teacher.model(here["images"])
         d_dev = distances(logits.float(), here["y"], here["y_partner"], here["lam"])
-    gaps = [float((a.to(cpu) - b).abs().max()) for a, b in zip(d_dev, d_cpu)]
-    means = [float((a.to(cpu) - b).abs().mean()) for a, b in zip(d_dev, d_cpu)]
+    gaps = [float((a.to(cpu) - b).abs().max()) for a, b in zip(d_dev, d_cpu, strict=True)]
+    means = [float((a.to(cpu) - b).abs().mean()) for a, b in zip(d_dev, d_cpu, strict=True)]
     out.update(render_max_abs_diff=diff, render_bit_identical=same, ce_gap_max=gaps, ce_gap_mean=means)
     print(f"render cpu vs {dev.type}: max |diff| {diff:.3g} ({'bit-identical' if same else 'not bit-identical'})")
     print(f"CE gap cpu fp32 vs {dev.type} {args.amp or 'fp32'} (d_org, d_aug): max {gaps[0]:.3g}, {gaps[1]:.3g}; "

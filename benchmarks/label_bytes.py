@@ -29,14 +29,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader import ROOT, fashion_mnist  # noqa: E402  (the benchmark next door)
+from loader import ROOT, fashion_mnist  # the benchmark next door
 
-from nrrstore.distill.relabel import relabel  # noqa: E402
-from nrrstore.format.reader import Store  # noqa: E402
-from nrrstore.format.writer import StoreWriter  # noqa: E402
-from nrrstore.models import build_model, load_teacher, save_teacher  # noqa: E402
-from nrrstore.train.augment import AugRecipe  # noqa: E402
-from nrrstore.train.teacher import train_classifier  # noqa: E402
+from nrrstore.distill.relabel import relabel
+from nrrstore.format.reader import Store
+from nrrstore.format.writer import StoreWriter
+from nrrstore.models import build_model, load_teacher, save_teacher
+from nrrstore.train.augment import AugRecipe
+from nrrstore.train.teacher import train_classifier
 
 WORK = ROOT / "benchmarks" / "_work" / "label_bytes"
 MEAN, STD = 0.286, 0.353

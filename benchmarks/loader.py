@@ -49,15 +49,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photos224 import photo_jpegs, write_store  # noqa: E402
+from photos224 import photo_jpegs, write_store
 
-from nrrstore.distill.relabel import relabel  # noqa: E402
-from nrrstore.format.reader import Store  # noqa: E402
-from nrrstore.format.writer import StoreWriter  # noqa: E402
-from nrrstore.models import load_teacher  # noqa: E402
-from nrrstore.sources.shards import iter_samples  # noqa: E402
-from nrrstore.train.augment import view_params_batch  # noqa: E402
-from nrrstore.train.loader import make_loader, store_recipe  # noqa: E402
+from nrrstore.distill.relabel import relabel
+from nrrstore.format.reader import Store
+from nrrstore.format.writer import StoreWriter
+from nrrstore.models import load_teacher
+from nrrstore.sources.shards import iter_samples
+from nrrstore.train.augment import view_params_batch
+from nrrstore.train.loader import make_loader, store_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "loader"
@@ -79,7 +79,7 @@ def fashion_mnist(n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
         images, labels = read_idx_pair(DEBIAN / "train-images-idx3-ubyte.gz", DEBIAN / "train-labels-idx1-ubyte.gz")
         return images[:n], labels[:n].astype(np.int64), classes
-    samples = [s for _, s in zip(range(n), iter_samples(ROOT / "data/fashion-mnist/train"))]
+    samples = [s for _, s in zip(range(n), iter_samples(ROOT / "data/fashion-mnist/train"), strict=False)]
     return np.stack([s.image for s in samples]), np.array([s.label for s in samples]), classes
 
 
@@ -212,7 +212,7 @@ class RandomResizedCropFlip:
         for _ in range(10):
             target = area * random.uniform(0.08, 1.0)
             ratio = math.exp(random.uniform(math.log(3 / 4), math.log(4 / 3)))
-            cw, ch = int(round(math.sqrt(target * ratio))), int(round(math.sqrt(target / ratio)))
+            cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
             if 0 < cw <= w and 0 < ch <= h:
                 i, j = random.randint(0, h - ch), random.randint(0, w - cw)
                 break
@@ -285,10 +285,10 @@ def bench(kind: str, n: int, batch: int, workers: list[int], repeat: int) -> lis
     for w in workers:
         # cache_mb=0: every epoch decodes, like the baselines and like a store larger than the cache
         loader = make_loader(store_path, 0, batch, "dbr", workers=w, cache_mb=0)
-        ours = rates(lambda: loader, n, repeat)
+        ours = rates(lambda loader=loader: loader, n, repeat)
         rows.append({"set": kind, "workers": w, "nrrstore": ours, "decoded": loader.decoded,
-                     "sre2l": rates(lambda: sre2l_loader(sre2l, w), n, repeat),
-                     "webdataset": rates(lambda: webdataset_loader(urls, size, batch, w, norm), n, repeat)})
+                     "sre2l": rates(lambda w=w: sre2l_loader(sre2l, w), n, repeat),
+                     "webdataset": rates(lambda w=w: webdataset_loader(urls, size, batch, w, norm), n, repeat)})
         r = rows[-1]
         print(f"  workers {w}: decodes per epoch {loader.decoded}")
         for name in ("nrrstore", "sre2l", "webdataset"):

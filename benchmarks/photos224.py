@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import shutil
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "s
 """The RGB photos scikit-image ships (no download needed); class i is PHOTOS[i]."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photo(name: str) -> np.ndarray:
     from skimage import data
 

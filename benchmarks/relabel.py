@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photos224 import photo_jpegs, write_store  # noqa: E402
+from photos224 import photo_jpegs, write_store
 
-from nrrstore.devices import amp_dtype, autocast  # noqa: E402
-from nrrstore.distill.relabel import default_recipe, relabel  # noqa: E402
-from nrrstore.format.reader import Store  # noqa: E402
-from nrrstore.models import load_teacher  # noqa: E402
-from nrrstore.train.stream import BatchAssembler, ViewStream, assemble  # noqa: E402
+from nrrstore.devices import amp_dtype, autocast
+from nrrstore.distill.relabel import default_recipe, relabel
+from nrrstore.format.reader import Store
+from nrrstore.models import load_teacher
+from nrrstore.train.stream import BatchAssembler, ViewStream, assemble
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "relabel"
@@ -129,7 +129,8 @@ def main() -> None:
         print(f"  relabel {rel[-1]:.2f} s ({views / rel[-1]:.1f} views/s), forward {fwd[-1]:.2f} s "
               f"({views / fwd[-1]:.1f} views/s), ratio {rel[-1] / fwd[-1]:.3f}", flush=True)
     print(f"S3 = relabel / forward: {min(rel) / min(fwd):.3f} best, {statistics.median(rel) / statistics.median(fwd):.3f} "
-          f"median, {statistics.median([r / f for r, f in zip(rel, fwd)]):.3f} median of paired runs (target <= 1.15)")
+          f"median, {statistics.median([r / f for r, f in zip(rel, fwd, strict=True)]):.3f} median of paired runs "
+          f"(target <= 1.15)")
     if args.memory:
         memory()
     print(json.dumps({"relabel_s": rel, "forward_s": fwd}))

@@ -29,17 +29,21 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-import torch  # noqa: E402
+import torch
+from photos224 import photo_jpegs, write_store
 
-from nrrstore.distill.relabel import relabel  # noqa: E402
-from nrrstore.format import fs  # noqa: E402
-from nrrstore.models import load_teacher  # noqa: E402
-from nrrstore.train.loader import make_loader  # noqa: E402
-from photos224 import photo_jpegs, write_store  # noqa: E402
+from nrrstore.distill.relabel import relabel
+from nrrstore.format import fs
+from nrrstore.models import load_teacher
+from nrrstore.train.loader import make_loader
 
 WORK = ROOT / "benchmarks" / "_work" / "remote_read"
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -107,7 +111,7 @@ class LocalReads:
     def __init__(self, root: Path) -> None:
         self.root, self.count = str(root.resolve()), 0
 
-    def __enter__(self) -> LocalReads:
+    def __enter__(self) -> Self:
         import pyarrow.parquet as pq
 
         counter = self

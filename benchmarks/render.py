@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from photos224 import photo_jpegs  # noqa: E402
+from photos224 import photo_jpegs
 
-from nrrstore.format.images import decode_image  # noqa: E402
-from nrrstore.train.augment import AugRecipe, epoch_plan, render_batch_v1, view_params_batch  # noqa: E402
-from nrrstore.train.render import Renderer, to_xmajor, view_taps  # noqa: E402
-from nrrstore.train.stream import OutputPool  # noqa: E402
+from nrrstore.format.images import decode_image
+from nrrstore.train.augment import AugRecipe, epoch_plan, render_batch_v1, view_params_batch
+from nrrstore.train.render import Renderer, to_xmajor, view_taps
+from nrrstore.train.stream import OutputPool
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -60,7 +60,7 @@ def main() -> None:
 
     def old() -> torch.Tensor:
         views = render_batch_v1(chw, idx, plan, recipe_v1, 0)[0]
-        for c, (m, s) in enumerate(zip(MEAN, STD)):
+        for c, (m, s) in enumerate(zip(MEAN, STD, strict=True)):
             views[:, c].sub_(m).div_(s)
         return views
 

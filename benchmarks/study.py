@@ -32,12 +32,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nrrstore.distill.pipeline import distill, method_config  # noqa: E402
-from nrrstore.distill.relabel import relabel  # noqa: E402
-from nrrstore.format.atomic import atomic_write_bytes  # noqa: E402
-from nrrstore.models import load_teacher  # noqa: E402
-from nrrstore.train.augment import AugRecipe  # noqa: E402
-from nrrstore.train.student import train_student  # noqa: E402
+from nrrstore.distill.pipeline import distill, method_config
+from nrrstore.distill.relabel import relabel
+from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.models import load_teacher
+from nrrstore.train.augment import AugRecipe
+from nrrstore.train.student import train_student
 
 # name -> (preset, cidd overrides, nrr overrides, student overrides). Every "nrr-*"/"g-*" row states its
 # options on top of the preset as it stood before the study (PRE below: v0.1 defaults plus a seeded random

@@ -37,10 +37,9 @@ from nrrstore.format.writer import StoreWriter
 from nrrstore.models import load_teacher
 from nrrstore.sources import prepare_idx, prepare_imagefolder
 from nrrstore_cli.main import app
+from tests._builders import make_fixture, write_fmnist_store
 from tests._real import FMNIST_TEST, fmnist, photo_crops
 from tests._teacher import teacher_path
-from tests.test_convert_sre2l import make_fixture
-from tests.test_format import write_fmnist_store
 
 Args = Callable[[Any, Path, SimpleNamespace], list[Any]]
 
@@ -72,7 +71,7 @@ def write_idx(path: Path, arr: np.ndarray, gz: bool = True) -> Path:
 
 
 class _Payload:
-    def __reduce__(self):  # noqa: D105 - what a malicious checkpoint does
+    def __reduce__(self):  # what a malicious checkpoint does
         return (os.system, ("echo pwned",))
 
 
@@ -408,7 +407,7 @@ CASES: list[Case] = [
     c("c-image-count", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", w / "img", "--out", w / "s"],
       lambda e, w, x: [w / "img", "images make"],
       setup=lambda e, w, x: (copy(e.sre2l.images, w / "img"),
-                             [sorted(d.iterdir())[0].unlink() for d in sorted((w / "img").iterdir())])),
+                             [min(d.iterdir()).unlink() for d in sorted((w / "img").iterdir())])),
     c("c-bad-format", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
                                        w / "s", "--format", "fkd"], ["--format", "fkd"]),
     c("c-mean-without-std", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
@@ -476,7 +475,7 @@ def _shuffle_images(folder: Path) -> None:
     """Same names and count, other pictures: the labels no longer describe these images."""
     files = sorted(folder.rglob("*.png"))
     data = [p.read_bytes() for p in files]
-    for p, d in zip(files, data[7:] + data[:7]):
+    for p, d in zip(files, data[7:] + data[:7], strict=True):
         p.write_bytes(d)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ FMNIST_TRAIN = ROOT / "data" / "fashion-mnist" / "train"
 FMNIST_TEST = ROOT / "data" / "fashion-mnist" / "test"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _photos() -> tuple[np.ndarray, ...]:
     from skimage import data
 
@@ -32,7 +32,7 @@ def photo_crops(n: int, size: int = 32, classes: int = 3) -> list[tuple[np.ndarr
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def fmnist(split: str = "train", per_class: int | None = None) -> tuple[tuple[str, np.ndarray, int], ...]:
     """Embedded Fashion-MNIST samples ``(key, 28x28 uint8, label)`` in shard order."""
     from nrrstore.sources.shards import iter_samples

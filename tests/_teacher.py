@@ -11,7 +11,7 @@ import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@lru_cache(maxsize=None)
+@cache
 def teacher_path(per_class: int = 60, epochs: int = 2) -> Path:
     """Path of a trained teacher checkpoint (cached for the whole process)."""
     samples = fmnist("train", per_class)

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nrrstore.errors import NrrError
-from nrrstore.train import augment as A
 from nrrstore.sampling import rng
+from nrrstore.train import augment as A
 
 # ------------------------------------------------------------------------------------------
 # Recipe
@@ -42,11 +42,11 @@ def test_recipe_defaults_and_normalisation():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(size=0), dict(size=True), dict(size=32, scale=(0.5, 0.1)), dict(size=32, scale=(0, 1)),
-    dict(size=32, scale=(0.1, 1.5)), dict(size=32, ratio=(2.0, 1.0)), dict(size=32, flip_p=1.5),
-    dict(size=32, mix="cutout"), dict(size=32, mix_alpha=0.0), dict(size=32, mix_p=-0.1),
-    dict(size=32, group_size=0), dict(size=32, seed=-1), dict(size=32, seed=2**64),
-    dict(size=32, flip_p=float("nan")), dict(size=32, version=3), dict(size=32, version=0),
+    {"size": 0}, {"size": True}, {"size": 32, "scale": (0.5, 0.1)}, {"size": 32, "scale": (0, 1)},
+    {"size": 32, "scale": (0.1, 1.5)}, {"size": 32, "ratio": (2.0, 1.0)}, {"size": 32, "flip_p": 1.5},
+    {"size": 32, "mix": "cutout"}, {"size": 32, "mix_alpha": 0.0}, {"size": 32, "mix_p": -0.1},
+    {"size": 32, "group_size": 0}, {"size": 32, "seed": -1}, {"size": 32, "seed": 2**64},
+    {"size": 32, "flip_p": float("nan")}, {"size": 32, "version": 3}, {"size": 32, "version": 0},
 ])
 def test_recipe_rejects_bad_values(kwargs):
     with pytest.raises(NrrError):
@@ -161,25 +161,25 @@ def test_epoch_plan_golden():
 def reference_view(recipe: A.AugRecipe, epoch: int, index: int, height: int, width: int):
     """A plain scalar transcription of torchvision RRC + flip + v2 CutMix, slot by slot."""
     seed, s = recipe.seed, recipe.size
-    u = lambda slot: rng.uniform(seed, A.STREAM_VIEW, epoch, index, slot)  # noqa: E731
-    ri = lambda slot, n: rng.randint(seed, A.STREAM_VIEW, epoch, index, slot, n=n)  # noqa: E731
+    u = lambda slot: rng.uniform(seed, A.STREAM_VIEW, epoch, index, slot)
+    ri = lambda slot, n: rng.randint(seed, A.STREAM_VIEW, epoch, index, slot, n=n)
     area = float(height * width)
     lr0, lr1 = (float(A.det_log(r)) for r in recipe.ratio)
     crop = None
     for a in range(10):
         target = area * (recipe.scale[0] + (recipe.scale[1] - recipe.scale[0]) * u(4 * a))
         aspect = float(A.det_exp(lr0 + (lr1 - lr0) * u(4 * a + 1)))
-        w = int(round(math.sqrt(target * aspect)))
-        h = int(round(math.sqrt(target / aspect)))
+        w = round(math.sqrt(target * aspect))
+        h = round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
             crop = (ri(4 * a + 2, height - h + 1), ri(4 * a + 3, width - w + 1), h, w)
             break
     if crop is None:
         in_ratio = width / height
         if in_ratio < min(recipe.ratio):
-            w, h = width, max(1, int(round(width / min(recipe.ratio))))
+            w, h = width, max(1, round(width / min(recipe.ratio)))
         elif in_ratio > max(recipe.ratio):
-            h, w = height, max(1, int(round(height * max(recipe.ratio))))
+            h, w = height, max(1, round(height * max(recipe.ratio)))
         else:
             h, w = height, width
         crop = ((height - h) // 2, (width - w) // 2, h, w)
@@ -353,8 +353,8 @@ def _images(n: int, c: int = 3, h: int = 24, w: int = 24, seed: int = 0) -> list
 
 def test_render_full_crop_and_flip_exact():
     img = torch.arange(3 * 6 * 6, dtype=torch.int64).reshape(3, 6, 6).mul(3).to(torch.uint8)
-    base = dict(crop_i=0, crop_j=0, crop_h=6, crop_w=6, lam=1.0,
-                box_y1=0, box_x1=0, box_y2=0, box_x2=0)
+    base = {"crop_i": 0, "crop_j": 0, "crop_h": 6, "crop_w": 6, "lam": 1.0,
+            "box_y1": 0, "box_x1": 0, "box_y2": 0, "box_x2": 0}
     plain = A.render_view(img, A.ViewParams(flip=False, **base), 6)
     assert plain.dtype == torch.float32 and plain.shape == (3, 6, 6)
     assert torch.equal(plain, img.float() / 255.0)
@@ -404,7 +404,7 @@ def test_render_batch_v1_matches_parts_and_is_deterministic(mix):
     assert views.shape == (8, 3, 16, 16) and views.dtype == torch.float32
     assert lam.dtype == torch.float32 and partner.dtype == torch.int64
     assert partner.tolist() == plan.partner[idx].tolist()
-    for k, (i, q) in enumerate(zip(idx.tolist(), partner.tolist())):
+    for k, (i, q) in enumerate(zip(idx.tolist(), partner.tolist(), strict=True)):
         p_i = A.view_params(recipe, 4, i, 20, 28)
         p_q = A.view_params(recipe, 4, q, 20, 28)
         want = A.mix_views(A.render_view(imgs[i], p_i, 16), A.render_view(imgs[q], p_q, 16),
@@ -436,7 +436,7 @@ def test_render_batch_thread_count_and_group_dict_and_explicit(version):
     # explicit mode from stored columns renders the same views
     cols = A.epoch_columns(recipe, 0, len(imgs), 15, 9)
     ex = A.render_batch(imgs, group, None, recipe, 0, explicit=cols)
-    assert all(torch.equal(a, b) for a, b in zip(ex, one))
+    assert all(torch.equal(a, b) for a, b in zip(ex, one, strict=True))
     parsed = A.ViewBatch.from_columns(cols)
     assert torch.equal(A.render_batch(imgs, group, None, recipe, 0, explicit=parsed)[0], one[0])
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -26,51 +26,10 @@ from nrrstore.distill.nrr import from_uint8, to_uint8
 from nrrstore.errors import NrrError
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
-from nrrstore.models.registry import build_model
+from tests._builders import class_images, trained_teacher
 
-MEAN, STD = (0.2860,), (0.3530,)
-TRAIN_N = 2000  # teacher training images: the first TRAIN_N of the embedded train split
-HELD_OUT = 3000  # the embedded test split starts here: never seen by the teacher
-
-
-@lru_cache(maxsize=None)
-def fmnist_train() -> tuple[np.ndarray, np.ndarray]:
-    """The embedded Fashion-MNIST (train, then test) as uint8 [N,28,28] and int64 [N]."""
-    from tests._real import fmnist
-
-    rows = list(fmnist("train")) + list(fmnist("test"))
-    assert len(fmnist("train")) == HELD_OUT
-    return np.stack([r[1] for r in rows]), np.array([r[2] for r in rows], dtype=np.int64)
-
-
-def class_images(label: int, n: int, start: int = HELD_OUT) -> tuple[list[str], torch.Tensor]:
-    """`n` held-out images of class `label` as (keys, uint8 [n,1,28,28])."""
-    images, labels = fmnist_train()
-    rows = np.flatnonzero(labels[start:] == label)[:n] + start
-    return [f"train-{r:05d}" for r in rows], torch.from_numpy(images[rows]).unsqueeze(1)
-
-
-@lru_cache(maxsize=None)
-def trained_teacher(norm: str = "group") -> Teacher:
-    """ConvNet-3 (width 16) trained for one epoch on 2000 real images (~70% held-out accuracy, ~3 s)."""
-    from nrrstore.train.teacher import train_classifier
-
-    images, labels = fmnist_train()
-    x = torch.from_numpy(images[:TRAIN_N]).unsqueeze(1)
-    y = torch.from_numpy(labels[:TRAIN_N])
-    model = build_model("convnet3", 10, 1, 28, seed=0, width=16, norm=norm)
-
-    def batches(epoch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        perm = torch.randperm(TRAIN_N, generator=torch.Generator().manual_seed(epoch))
-        return [((x[perm[i:i + 64]].float() / 255 - MEAN[0]) / STD[0], y[perm[i:i + 64]])
-                for i in range(0, TRAIN_N, 64)]
-
-    train_classifier(model, batches, epochs=1, lr=0.003, optimizer="adam", seed=0)
-    model.eval().requires_grad_(False)
-    model.zero_grad(set_to_none=True)
-    return Teacher(model=model, arch="convnet3", num_classes=10, in_channels=1, image_size=28,
-                   classes=[str(i) for i in range(10)], mean=MEAN, std=STD, sha256="test", spec="convnet3",
-                   arch_kwargs={"width": 16, "norm": norm})
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -100,7 +59,7 @@ class ForwardCounter:
         self.passes += 1
         self.inputs += args[0].shape[0]
 
-    def __enter__(self) -> ForwardCounter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,7 +132,7 @@ def test_cam_ratio_is_the_share_of_activation_inside_the_box() -> None:
 
 
 def test_score_is_ce_on_the_zero_padded_centred_patch(teacher: Teacher) -> None:
-    keys, imgs = class_images(0, 4)
+    _, imgs = class_images(0, 4)
     labels = torch.zeros(4, dtype=torch.long)
     # Whole image (factor 1): the plain teacher cross-entropy.
     ce, conf = score_patches(teacher, imgs, labels, batch_size=3)
@@ -289,7 +248,7 @@ def test_mixed_class_discovery_equals_per_class_accumulation(teacher: Teacher) -
 def test_select_indices_rules() -> None:
     ce = [0.5, 2.0, 0.1, 2.0, 1.0, 0.3]
     ratios = [0.9, 0.2, 0.8, 0.7, 0.1, 0.6]
-    base = dict(factor=1, mipc=6)
+    base = {"factor": 1, "mipc": 6}
     assert select_indices(ce, None, CiddConfig(**base, ipc=3, select="low", cam_top=1.0), 0).tolist() == [1, 3, 4]
     assert select_indices(ce, None, CiddConfig(**base, ipc=3, select="high", cam_top=1.0), 0).tolist() == [2, 5, 0]
     # cam_top 0.5 keeps candidates 0, 2, 3 (the top half by CAM ratio), then the lowest confidence.
@@ -335,7 +294,7 @@ def test_too_few_images_says_how_many_are_missing(teacher: Teacher) -> None:
 def test_stitched_patch_k_of_image_i_is_rank_k_ipc_plus_i(teacher: Teacher) -> None:
     ipc = 3
     keys, imgs = class_images(9, 16)
-    source = dict(zip(keys, imgs))
+    source = dict(zip(keys, imgs, strict=True))
     cands = ClassCandidates(9, CiddConfig(ipc=ipc, factor=2, mipc=16, cam_top=0.75), teacher)
     cands.add(keys, imgs)
     images, metas = select_and_stitch(cands)

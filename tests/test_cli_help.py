@@ -34,5 +34,5 @@ def test_help_at_80_columns_has_no_placeholders_or_cuts(path: list[str]) -> None
     assert res.exit_code == 0, res.output
     usage = res.stdout.splitlines()[0]
     assert usage.startswith("Usage: nrrstore") and "{" not in usage, usage
-    assert "…" not in res.stdout and not re.search(r"\w\.\.\.\s*$", res.stdout, re.M), res.stdout
+    assert "…" not in res.stdout and not re.search(r"\w\.\.\.\s*$", res.stdout, re.MULTILINE), res.stdout
     assert max(len(line) for line in res.stdout.splitlines()) <= 80

@@ -10,8 +10,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from nrrstore_cli.main import app
+from tests._builders import write_fmnist_store
 from tests._real import FMNIST_CLASSES, FMNIST_TEST
-from tests.test_format import write_fmnist_store
 
 runner = CliRunner()
 

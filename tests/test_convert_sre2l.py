@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import pickle
 import shutil
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-import torch.nn.functional as F
-import typer
 import zarr
-from nrrstore_cli import convert_cmd
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -36,120 +31,11 @@ from nrrstore.format.verify import verify_store
 from nrrstore.sources import prepare_imagefolder
 from nrrstore.train.loader import DistilledDataset, read_epoch_labels
 from nrrstore.train.losses import distances
-from tests._real import FMNIST_CLASSES, fmnist
+from tests._builders import Fixture, du, make_app, make_fixture
+from tests._real import fmnist
 from tests._teacher import MEAN, STD, one_thread
 
 NORM = {"mean": [MEAN], "std": [STD]}
-
-
-# -- fixtures written in SRe2L's format ---------------------------------------------------------------
-def write_imagefolder(root: Path, per_class: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """Fashion-MNIST images as PNG class folders; returns them in ImageFolder order (sorted, sorted)."""
-    for key, img, label in fmnist("train", per_class):
-        folder = root / f"{label}_{FMNIST_CLASSES[label].replace('/', '-')}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img, "L").save(folder / f"{key}.png")
-    images, labels = [], []
-    for label, cls in enumerate(sorted(os.listdir(root))):
-        for name in sorted(os.listdir(root / cls)):
-            images.append(np.asarray(Image.open(root / cls / name)))
-            labels.append(label)
-    return images, np.array(labels)
-
-
-def rrc(rng: np.random.Generator, h: int, w: int) -> tuple[int, int, int, int]:
-    """torchvision RandomResizedCrop.get_params (scale 0.08-1, ratio 3/4-4/3) with a numpy generator."""
-    for _ in range(10):
-        target = h * w * rng.uniform(0.08, 1.0)
-        ar = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw, ch = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
-        if 0 < cw <= w and 0 < ch <= h:
-            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
-    return 0, 0, h, w
-
-
-def rand_bbox(size: tuple[int, ...], lam: float, rng: np.random.Generator) -> list[np.int64]:
-    """SRe2L's rand_bbox: 'W' is dim 2 (height), so x indexes the height axis."""
-    W, H = size[2], size[3]
-    cut_rat = np.sqrt(1.0 - lam)
-    cut_w, cut_h = int(W * cut_rat), int(H * cut_rat)
-    cx, cy = rng.integers(W), rng.integers(H)
-    return [np.clip(cx - cut_w // 2, 0, W), np.clip(cy - cut_h // 2, 0, H),
-            np.clip(cx + cut_w // 2, 0, W), np.clip(cy + cut_h // 2, 0, H)]
-
-
-def render(img: np.ndarray, frac: torch.Tensor, flip: bool, size: int) -> torch.Tensor:
-    """A view as SRe2L's replay makes it: PIL-rounded crop box, resize, flip, [0, 1] pixels."""
-    h, w = img.shape[:2]
-    f = [float(v) for v in frac]
-    top, left = round(f[0] * h), round(f[1] * w)
-    bottom, right = round(f[0] * h + f[2] * h), round(f[1] * w + f[3] * w)
-    x = torch.from_numpy(img.copy())[None, top:bottom, left:right].float() / 255.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0]
-    return x.flip(-1) if flip else x
-
-
-@dataclass
-class Fixture:
-    labels_dir: Path
-    images_dir: Path
-    images: list[np.ndarray]
-    y: np.ndarray
-    batch: int
-    # per epoch, per batch: (positions, crops [B,4] ints, flip, perm or None, lam or None, box or None, logits)
-    records: list[list[tuple]] = field(default_factory=list)
-
-
-def write_sre2l(labels_dir: Path, images: list[np.ndarray], y: np.ndarray, mixes: list[str], *, batch: int,
-                dtype: torch.dtype, teacher=None, num_classes: int = 10, size: int = 28, seed: int = 42) -> list:
-    """``epoch_{e}/batch_{b}.tar`` exactly as SRe2L's relabel saves them; returns what was saved."""
-    n = len(images)
-    rng = np.random.default_rng(7)
-    g = torch.Generator()
-    g.manual_seed(seed)
-    loader = torch.utils.data.DataLoader(range(n), batch_size=batch,
-                                         sampler=torch.utils.data.RandomSampler(range(n), generator=g))
-    records = []
-    for e, mix in enumerate(mixes):
-        (labels_dir / f"epoch_{e}").mkdir(parents=True)
-        epoch = []
-        for b, idx in enumerate(loader):
-            pos = idx.numpy().astype(np.int64)
-            crops = np.array([rrc(rng, *images[p].shape[:2]) for p in pos])
-            coords = torch.tensor([[i / 28, j / 28, h / 28, w / 28] for i, j, h, w in crops], dtype=torch.float32)
-            flip = torch.from_numpy(rng.random(len(pos)) < 0.5)
-            views = torch.stack([render(images[p], coords[k], bool(flip[k]), size) for k, p in enumerate(pos)])
-            perm = lam = box = None
-            if mix != "none":
-                perm = torch.from_numpy(rng.permutation(len(pos)))
-                lam = float(rng.beta(1.0, 1.0))
-                if mix == "cutmix":
-                    box = rand_bbox(tuple(views.shape), lam, rng)
-                    x1, y1, x2, y2 = box
-                    views[:, :, x1:x2, y1:y2] = views[perm, :, x1:x2, y1:y2]
-                else:
-                    views = lam * views + (1 - lam) * views[perm]
-            if teacher is not None:
-                with torch.inference_mode():
-                    logits = teacher.model(teacher.normalize(views)).to(dtype)
-            else:
-                logits = torch.from_numpy(rng.normal(0, 3, (len(pos), num_classes))).to(dtype)
-            torch.save([coords, flip, perm, lam, box, logits], labels_dir / f"epoch_{e}" / f"batch_{b}.tar")
-            epoch.append((pos, crops, flip.numpy(), None if perm is None else perm.numpy(), lam, box, logits))
-        records.append(epoch)
-    return records
-
-
-def make_fixture(root: Path, mixes: list[str], *, per_class: int = 4, batch: int = 16,
-                 dtype: torch.dtype = torch.float16, teacher=None) -> Fixture:
-    images, y = write_imagefolder(root / "images", per_class)
-    records = write_sre2l(root / "labels", images, y, mixes, batch=batch, dtype=dtype, teacher=teacher)
-    return Fixture(root / "labels", root / "images", images, y, batch, records)
-
-
-def du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def expected_distances(fx: Fixture, epoch: int, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -427,17 +313,6 @@ def test_numpy1_scalar_names_load(tmp_path: Path) -> None:
 
 
 # -- CLI ----------------------------------------------------------------------------------------------
-def make_app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test root"""
-
-    convert_cmd.register(app)
-    return app
-
-
 def test_cli_convert_json_and_errors(tmp_path: Path) -> None:
     fx = make_fixture(tmp_path / "fx", ["cutmix", "cutmix"], per_class=2, batch=8)  # random logits: no teacher
     out = tmp_path / "s"

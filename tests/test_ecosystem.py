@@ -10,8 +10,8 @@ import pytest
 
 from nrrstore.distill.relabel import relabel
 from nrrstore.format import Store
+from tests._builders import write_fmnist_store
 from tests._teacher import teacher_path
-from tests.test_format import write_fmnist_store
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ from nrrstore.format.reader import Store
 from nrrstore.sources.imagefolder import list_imagefolder
 from nrrstore.train.augment import EXPLICIT_COLUMNS
 from nrrstore.train.loader import read_epoch_labels
+from tests._builders import make_app, make_fixture
 from tests._real import FMNIST_CLASSES
 from tests._teacher import one_thread
-from tests.test_convert_sre2l import make_app, make_fixture
 
 
 @pytest.fixture(scope="module")

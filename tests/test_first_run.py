@@ -24,8 +24,8 @@ from nrrstore.sources.shards import iter_samples
 from nrrstore.train.student import few_steps_warning
 from nrrstore_cli.main import app
 from tests._bad_inputs import write_idx
+from tests._builders import write_fmnist_store
 from tests._real import fmnist
-from tests.test_format import write_fmnist_store
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -133,9 +133,9 @@ def test_few_optimizer_steps_warn(tmp_path: Path, teacher) -> None:
     res = runner.invoke(app, ["train-student", str(store), "--val", str(ROOT / "data/fashion-mnist/test"),
                               "--epochs", "1"])
     assert res.exit_code == 0, res.output
-    assert res.stderr.splitlines() == ["nrrstore: warning: only 1 optimizer step(s) per epoch (10 images, batch size "
-                                       "10; 1 in all): with fewer than about 10 per epoch and 300 in all the result "
-                                       "is not meaningful; use a smaller batch size or more epochs"]
+    assert res.stderr.splitlines() == [("nrrstore: warning: only 1 optimizer step(s) per epoch (10 images, batch size "
+                                        "10; 1 in all): with fewer than about 10 per epoch and 300 in all the result "
+                                        "is not meaningful; use a smaller batch size or more epochs")]
     # RDED's protocol (1 step per epoch at IPC 1, but 300 epochs) is meaningful: no warning; the condition
     # is the function train-student warns with, so no 300-epoch student is trained to show it.
     assert few_steps_warning(10, 10, 300) is None and few_steps_warning(10, 10, 299) is not None

@@ -19,16 +19,8 @@ from nrrstore.format.reader import Store
 from nrrstore.format.tables import distance_schema
 from nrrstore.format.verify import verify_store
 from nrrstore.format.writer import StoreWriter
+from tests._builders import write_fmnist_store
 from tests._real import FMNIST_CLASSES, fmnist, photo_crops
-
-
-def write_fmnist_store(path: Path, per_class: int = 6, shard_size: int = 16, **kw) -> list[tuple[str, np.ndarray, int]]:
-    samples = list(fmnist("train", per_class))
-    with StoreWriter(path, FMNIST_CLASSES, shard_size=shard_size, **kw) as w:
-        for key, img, label in samples:
-            w.add_image(key, img, label, {"source": key})
-        w.finalize()
-    return samples
 
 
 def test_round_trip_fmnist(tmp_path: Path) -> None:
@@ -38,7 +30,7 @@ def test_round_trip_fmnist(tmp_path: Path) -> None:
     assert store.manifest.per_class == [6] * 10
     assert len(store.manifest.shards) == 4
     got = list(store.iter_images())
-    for (key, img, label), g in zip(samples, got):
+    for (key, img, label), g in zip(samples, got, strict=True):
         assert (g.key, g.label, g.meta) == (key, label, {"source": key})
         assert np.array_equal(g.pixels, img)
     # Random access by key and by index agrees with the sequential read.
@@ -57,7 +49,7 @@ def test_plain_webdataset_reads_store(tmp_path: Path) -> None:
     ds = wds.WebDataset(urls, shardshuffle=False).decode("l8").to_tuple("__key__", "png", "cls", "json")
     got = list(ds)
     assert [g[0] for g in got] == [s[0] for s in samples]
-    for (key, img, label), (_, pix, cls, meta) in zip(samples, got):
+    for (key, img, label), (_, pix, cls, meta) in zip(samples, got, strict=True):
         assert np.array_equal(np.asarray(pix), img) and int(cls) == label and meta["source"] == key
 
 
@@ -70,7 +62,7 @@ def test_rgb_photos_all_encodings(tmp_path: Path) -> None:
             w.finalize()
         store = Store(tmp_path / fmt)
         assert store.manifest.image.channels == 3 and store.manifest.image.encoding == fmt
-        for (img, _), g in zip(crops, store.iter_images()):
+        for (img, _), g in zip(crops, store.iter_images(), strict=True):
             if fmt == "jpg":
                 assert np.abs(g.pixels.astype(int) - img).mean() < 6
             else:
@@ -102,9 +94,8 @@ def test_only_created_differs_without_source_date_epoch(tmp_path: Path, monkeypa
 @pytest.mark.parametrize("key,why", [("a.b", "dot"), ("a/b", "path separator"), ("", "empty"), ("a b", "letters")])
 def test_bad_keys(tmp_path: Path, key: str, why: str) -> None:
     img = photo_crops(1)[0][0]
-    with StoreWriter(tmp_path / "s", ["x"]) as w:
-        with pytest.raises(NrrError, match=why):
-            w.add_image(key, img, 0)
+    with StoreWriter(tmp_path / "s", ["x"]) as w, pytest.raises(NrrError, match=why):
+        w.add_image(key, img, 0)
     assert not (tmp_path / "s").exists()
 
 
@@ -230,7 +221,7 @@ w.finalize()
 def test_killed_write_leaves_no_store(tmp_path: Path) -> None:
     root = str(Path(__file__).resolve().parents[1])
     out = str(tmp_path / "s")
-    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(root=root, out=out)], cwd=root)
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT.format(root=root, out=out)], cwd=root, check=False)
     assert proc.returncode == -signal.SIGKILL
     assert not os.path.exists(out)
     # The next write cleans the leftovers and succeeds.

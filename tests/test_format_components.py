@@ -74,12 +74,10 @@ def test_distances_written_and_read_back_through_the_store(tmp_path, precision: 
 
 def test_a_distance_file_refuses_wrong_rows_and_leaves_nothing(tmp_path) -> None:
     path = tmp_path / "d.parquet"
-    with pytest.raises(NrrError, match="3 distances for 6 images"):
-        with DistanceFile(path, N) as table:
-            table.write_epoch(0, np.zeros(3), np.zeros(3))
-    with pytest.raises(NrrError, match="view columns"):
-        with DistanceFile(path, N, explicit=True) as table:
-            table.write_epoch(0, np.zeros(N), np.zeros(N))
+    with pytest.raises(NrrError, match="3 distances for 6 images"), DistanceFile(path, N) as table:
+        table.write_epoch(0, np.zeros(3), np.zeros(3))
+    with pytest.raises(NrrError, match="view columns"), DistanceFile(path, N, explicit=True) as table:
+        table.write_epoch(0, np.zeros(N), np.zeros(N))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -106,10 +104,9 @@ def test_staged_folder_refuses_replaces_and_cleans_up(tmp_path) -> None:
     with pytest.raises(NrrError, match="not a test output"):
         StagedFolder(out, True, marker="done.txt", kind="a test output")
     (out / "done.txt").write_text("ours")
-    with pytest.raises(RuntimeError):
-        with StagedFolder(out, True, marker="done.txt", kind="a test output") as stage:
-            (stage.path / "half").write_text("x")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), StagedFolder(out, True, marker="done.txt", kind="a test output") as stage:
+        (stage.path / "half").write_text("x")
+        raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
     assert (out / "thesis.tex").exists()  # the old output is intact
     with StagedFolder(out, True, marker="done.txt", kind="a test output") as stage:

@@ -16,25 +16,9 @@ from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
 from nrrstore.models import load_teacher
 from nrrstore.sources.imagefolder import read_image_file
-from tests._real import FMNIST_CLASSES, fmnist
+from tests._builders import make_app, write_rded
+from tests._real import FMNIST_CLASSES
 from tests._teacher import one_thread, teacher_path
-from tests.test_convert_sre2l import make_app
-
-
-def write_rded(root: Path, classes: list[int], ipc: int = 2, ext: str = "jpg") -> dict[tuple[int, int], Path]:
-    """``{class:05d}/class{class:05d}_id{id:05d}.jpg`` the way RDED's save_images writes them."""
-    by_class: dict[int, list[np.ndarray]] = {}
-    for _, img, label in fmnist("train", ipc):
-        by_class.setdefault(label, []).append(img)
-    written = {}
-    for c in classes:
-        folder = root / f"{c:05d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(by_class[c][:ipc]):
-            path = folder / f"class{c:05d}_id{i:05d}.{ext}"
-            Image.fromarray(img, "L").save(path)
-            written[(c, i)] = path
-    return written
 
 
 @pytest.fixture(autouse=True)

@@ -20,8 +20,8 @@ from nrrstore.models import load_teacher
 from nrrstore.train.augment import AugRecipe
 from nrrstore.train.loader import DistilledDataset, make_loader
 from nrrstore.train.losses import distances
+from tests._builders import _same, write_fmnist_store
 from tests._teacher import one_thread, teacher_path
-from tests.test_format import write_fmnist_store
 
 N = 40  # 4 per class; shards of 12 and partner groups of 8, so some groups straddle two shards
 RECIPE = AugRecipe(size=28, group_size=8, seed=5)
@@ -52,20 +52,6 @@ def stores(tmp_path_factory, teacher) -> dict[str, Path]:
 def _batches(store: Path, workers: int = 0, **kw) -> list[dict]:
     kw.setdefault("labels", "dbr")
     return list(make_loader(store, kw.pop("epoch", 0), kw.pop("batch_size", 12), workers=workers, **kw))
-
-
-def _same(a: list[dict], b: list[dict]) -> bool:
-    if len(a) != len(b):
-        return False
-    for x, y in zip(a, b):
-        if x.keys() != y.keys():
-            return False
-        for k in x:
-            if isinstance(x[k], torch.Tensor) and not torch.equal(x[k], y[k]):
-                return False
-            if not isinstance(x[k], torch.Tensor) and x[k] != y[k]:
-                return False
-    return True
 
 
 def _fp16_ulp(x: torch.Tensor) -> torch.Tensor:

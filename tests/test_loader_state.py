@@ -12,9 +12,8 @@ from nrrstore.distill.relabel import relabel
 from nrrstore.errors import NrrError
 from nrrstore.train.augment import AugRecipe
 from nrrstore.train.loader import make_loader
+from tests._builders import _same, write_fmnist_store
 from tests._teacher import one_thread
-from tests.test_format import write_fmnist_store
-from tests.test_loader import _same
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 BATCH = 7  # 30 images: 5 batches per epoch, the last one short

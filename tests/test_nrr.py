@@ -12,7 +12,7 @@ from nrrstore.distill.nrr import NrrConfig, from_uint8, quantize, refine, to_uin
 from nrrstore.errors import NrrError
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
-from tests.test_cidd import class_images, trained_teacher
+from tests._builders import class_images, trained_teacher
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,5 +22,5 @@ def test_every_package_is_listed_and_cli_is_not_top_level() -> None:
 
 def test_library_never_imports_typer() -> None:
     offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "nrrstore").rglob("*.py")
-                 if re.search(r"^\s*(import typer|from typer)", p.read_text(), re.M)]
+                 if re.search(r"^\s*(import typer|from typer)", p.read_text(), re.MULTILINE)]
     assert offenders == []

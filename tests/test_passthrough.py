@@ -23,8 +23,8 @@ from nrrstore.format.images import decode_image, probe_image
 from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
 from nrrstore.format.writer import StoreWriter
+from tests._builders import write_sre2l
 from tests._real import photo_crops
-from tests.test_convert_sre2l import write_sre2l
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 CLASSES = ["astronaut", "coffee", "chelsea"]
@@ -70,7 +70,7 @@ def test_import_rded_keeps_the_jpeg_bytes(tmp_path: Path) -> None:
     again = import_rded(syn, tmp_path / "png", image_format="png")
     assert again["images_stored"] == "re-encoded as png: --image-format png"
     st = Store(tmp_path / "png")
-    first = sorted(sources)[0]
+    first = min(sources)
     assert np.array_equal(st.get(first.removesuffix(".jpg")).pixels, decode_image(sources[first].read_bytes()))
 
 

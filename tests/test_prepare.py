@@ -94,7 +94,7 @@ def first_per_class(labels: np.ndarray, n: int) -> list[int]:
 def small_idx(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.ndarray, np.ndarray]:
     """40 real Fashion-MNIST images (from the committed subset) as a gzipped IDX pair."""
     root = ROOT / "data" / "fashion-mnist" / "test"
-    samples = [s for _, s in zip(range(40), iter_samples(root))]
+    samples = [s for _, s in zip(range(40), iter_samples(root), strict=False)]
     images = np.stack([s.image for s in samples])
     labels = np.array([s.label for s in samples], dtype=np.uint8)
     d = tmp_path_factory.mktemp("idx")
@@ -130,7 +130,7 @@ def test_committed_subset_matches_debian(fmnist_idx: dict[str, Path], fmnist_tra
     got = read_plain(resolve_shards(folder))
     idx = [int(s["__key__"].split("_")[1]) for s in got]
     assert idx == first_per_class(labels, per_class)
-    for s, i in zip(got, idx):
+    for s, i in zip(got, idx, strict=True):
         assert np.array_equal(s["png"], images[i]) and s["cls"] == labels[i], s["__key__"]
 
 
@@ -209,7 +209,7 @@ def test_imagefolder_round_trip_photos(tmp_path: Path) -> None:
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(s["png"]))), expected[i]), files[i]
     ours = list(iter_samples(tmp_path / "keep", class_names=classes))
     assert [s.image.ndim for s in ours] == [2 if "camera" in str(p) else 3 for p in files]
-    assert all(np.array_equal(s.image, exp) for s, exp in zip(ours, expected))
+    assert all(np.array_equal(s.image, exp) for s, exp in zip(ours, expected, strict=True))
 
     summary = prepare_imagefolder(root, tmp_path / "rgb", mode="RGB", per_class=2, gzip=True)
     assert summary["count"] == 8
@@ -298,7 +298,7 @@ def test_killed_prepare_leaves_no_output(tmp_path: Path, fmnist_test_shards: Pat
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script, str(fmnist_test_shards), str(out)], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == -9, proc.stderr
     assert not out.exists()
     partial = sorted(os.listdir(tmp_path / ".tmp-out"))  # it was killed midway, with shards written

@@ -70,7 +70,7 @@ def test_loader_yields_what_v01_yielded(labels: str, epoch: int, before: dict[st
     expected = json.loads((FIXTURES / "v0.1-batches.json").read_text(encoding="utf-8"))[f"{labels}/{epoch}"]
     got = list(make_loader(STORE, epoch, 4, labels))
     assert len(got) == len(expected)
-    for batch, want in zip(got, expected):
+    for batch, want in zip(got, expected, strict=True):
         for k in ("index", "y", "y_partner", "lam"):
             assert batch[k].tolist() == want[k], k
         assert list(batch["images"].shape) == want["images_shape"]

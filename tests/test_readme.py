@@ -16,7 +16,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 
 def blocks(lang: str) -> list[str]:
-    return [body for kind, body in re.findall(r"```(\w*)\n(.*?)```", README, re.S) if kind == lang]
+    return [body for kind, body in re.findall(r"```(\w*)\n(.*?)```", README, re.DOTALL) if kind == lang]
 
 
 @pytest.mark.usefixtures("single_thread")
@@ -25,7 +25,8 @@ def test_python_blocks_run(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)  # as from the repository root, writing into a scratch out/
     (tmp_path / "data").symlink_to(ROOT / "data")
     for i, code in enumerate(blocks("python")):
-        exec(compile(code, f"README.md python block {i + 1}", "exec"), {"__name__": "__readme__"})
+        block = compile(code, f"README.md python block {i + 1}", "exec")
+        exec(block, {"__name__": "__readme__"})  # noqa: S102 - running README's examples is what this test does
 
 
 def _command_lines() -> list[list[str]]:

@@ -23,8 +23,8 @@ from nrrstore.format.reader import Store
 from nrrstore.format.tables import distance_schema
 from nrrstore.format.verify import verify_store
 from nrrstore.train.augment import AugRecipe
+from tests._builders import write_fmnist_store
 from tests._teacher import teacher_path
-from tests.test_format import write_fmnist_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,13 +116,13 @@ relabel(store, teacher, 6, AugRecipe(size=28, group_size=8, seed=1), full_softla
 
 def test_resume_after_sigkill_is_byte_identical(tmp_path: Path, teacher) -> None:
     a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
-    kw = dict(full_softlabels=True, epochs_per_file=2, batch_size=16)
+    kw = {"full_softlabels": True, "epochs_per_file": 2, "batch_size": 16}
     recipe = AugRecipe(size=28, group_size=8, seed=1)
     relabel(a, teacher, 6, recipe, **kw)
     # killed in the middle of epoch 3 (second file): the first file is done, the second is half written
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", _KILLER, str(b), str(teacher_path()), str(3 * 40 + 16)],
-                          env=env, capture_output=True, timeout=120)
+                          env=env, capture_output=True, timeout=120, check=False)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     work = b / WORK_DIR
     assert (work / "distances-e0000-e0001.parquet").is_file()
@@ -236,7 +236,7 @@ def test_two_ranks_give_the_same_bytes(tmp_path: Path) -> None:
     import socket
 
     recipe = AugRecipe(size=28, group_size=8, seed=9)
-    kwargs = dict(precision="int8", full_softlabels=True, epochs_per_file=2, batch_size=16)
+    kwargs = {"precision": "int8", "full_softlabels": True, "epochs_per_file": 2, "batch_size": 16}
     one = _store(tmp_path / "one")
     relabel(one, teacher_path(), 5, recipe, **kwargs)
     two = _store(tmp_path / "two")
@@ -257,7 +257,7 @@ def test_two_ranks_give_the_same_bytes(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
                            "127.0.0.1", "--master_port", str(port), str(script)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("summary-*.json"))]
     assert [(s["rank"], s["world_size"], s["chunks_computed"]) for s in summaries] == [(0, 2, 2), (1, 2, 1)]

@@ -39,23 +39,23 @@ def test_bad_input_is_refused_cleanly(case, inputs, tmp_path) -> None:
 
 
 # -- a full disk, a read-only output ------------------------------------------------------------------------
-import builtins  # noqa: E402 - the helpers below need them, the table above does not
-import contextlib  # noqa: E402
-import errno  # noqa: E402
-import io  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import builtins  # the helpers below need these imports, the table above does not
+import contextlib
+import errno
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from nrrstore.format.lock import lock_path, output_lock  # noqa: E402
-from nrrstore.format.verify import verify_store  # noqa: E402
-from nrrstore_cli.main import app  # noqa: E402
-from tests._bad_inputs import copy, snapshot  # noqa: E402
+from nrrstore.format.lock import lock_path, output_lock
+from nrrstore.format.verify import verify_store
+from nrrstore_cli.main import app
+from tests._bad_inputs import copy, snapshot
 
 
 @contextlib.contextmanager
@@ -66,13 +66,14 @@ def tmpfs(path: Path, size_kb: int, read_only: bool = False):
         yield None
         return
     opts = f"size={size_kb}k" + (",ro" if read_only else "")
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True,
+                      check=False).returncode:
         yield None
         return
     try:
         yield path
     finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
 def remount(path: Path, opts: str) -> None:
@@ -251,7 +252,8 @@ def test_two_concurrent_distills(inputs, tmp_path) -> None:
 
 def test_a_dead_process_lock_is_taken_over(tmp_path) -> None:
     target = tmp_path / "store"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=False)
     lock_path(target).write_text(dead.stdout)  # the file a killed writer leaves; nobody holds its lock
     with output_lock(target):
         assert lock_path(target).read_text().strip() == str(os.getpid())
@@ -314,7 +316,7 @@ def _rded_rgb(root: Path, classes: list[int]) -> Path:
 
     from tests._real import fmnist
 
-    for key, img, label in fmnist("train", 1):
+    for _, img, label in fmnist("train", 1):
         if label in classes:
             (root / f"{label:05d}").mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).convert("RGB").save(root / f"{label:05d}" / f"class{label:05d}_id00000.jpg")

@@ -27,10 +27,10 @@ from nrrstore.models import load_teacher
 from nrrstore.sources.shards import iter_samples
 from nrrstore.train.loader import make_loader
 from nrrstore_cli.main import app
+from tests._builders import write_fmnist_store
 from tests._real import FMNIST_TEST, FMNIST_TRAIN
 from tests._remote import bucket_files, hidden_module, local_files, upload_folder
 from tests._teacher import one_thread, teacher_path
-from tests.test_format import write_fmnist_store
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -168,8 +168,8 @@ def test_distill_s3_to_s3_then_stream_and_verify(s3: str, moto_s3, tmp_path: Pat
     client.put_object(Bucket=bucket, Key=key.replace("shard-000000.tar", "stray.txt"), Body=b"x")
     res = cli("verify", out)
     assert res.exit_code == 1, res.output
-    assert res.stdout.strip().splitlines() == [f"{out}/images/shard-000000.tar: sha256 mismatch (file changed or "
-                                               f"corrupt)", f"{out}/images/stray.txt: not listed in the manifest"]
+    assert res.stdout.strip().splitlines() == [(f"{out}/images/shard-000000.tar: sha256 mismatch (file changed or "
+                                                f"corrupt)"), f"{out}/images/stray.txt: not listed in the manifest"]
 
 
 KILL = r"""
@@ -201,7 +201,7 @@ def test_killed_distill_to_s3_resumes_byte_identically(s3: str, moto_s3, tmp_pat
     _distill(src, tmp_path / "ref")
     out = f"{s3}/st"
     script = KILL.format(root=str(ROOT), teacher=str(teacher_path()), data=src, out=out)
-    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=False)
     assert proc.returncode == -signal.SIGKILL
     assert objects(moto_s3, out) == {}  # nothing a reader could take for a store
     work = remote.stage_dir(fs.Url(out)) / ".work-st"
@@ -351,5 +351,6 @@ def test_shards_over_http(http_root) -> None:
     assert info["num_images"] == 1000 and info["per_class"]["Trouser"] == 100  # classes.txt beside it, over http
     assert_one_line(cli("inspect", f"{server.url}/test/missing.tar"), "missing.tar", "no such file or object")
     want = [(s.key, s.label, s.image) for s in iter_samples(FMNIST_TEST)][:50]
-    got = [(s.key, s.label, s.image) for s, _ in zip(iter_samples(url), range(50))]
-    assert [g[:2] for g in got] == [w[:2] for w in want] and all(np.array_equal(g[2], w[2]) for g, w in zip(got, want))
+    got = [(s.key, s.label, s.image) for s, _ in zip(iter_samples(url), range(50), strict=False)]
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    assert all(np.array_equal(g[2], w[2]) for g, w in zip(got, want, strict=True))

@@ -32,10 +32,7 @@ def _render(images: list[np.ndarray], views: A.ViewBatch, size: int, **kw) -> to
 @pytest.mark.parametrize("source,size", [(48, 48), (64, 40), (28, 28)])
 def test_matches_torch_antialiased_bilinear(source: int, size: int) -> None:
     """Up- and downsampling crops, flips, RGB and grey: within float rounding of F.interpolate."""
-    if source == 28:
-        images = [img for _, img, _ in fmnist("train", per_class=2)]
-    else:
-        images = _photos(12, source)
+    images = [img for _, img, _ in fmnist("train", per_class=2)] if source == 28 else _photos(12, source)
     recipe = A.AugRecipe(size=size, seed=7, scale=(0.08, 1.0))
     views = A.view_params_batch(recipe, 3, np.arange(len(images)), source, source)
     assert views.flip.any() and (~views.flip).any()

@@ -45,7 +45,7 @@ def test_philox_known_answers_7_rounds(ctr, key, want):
 @pytest.mark.parametrize("ctr,key,want", KAT_10)
 def test_philox_known_answers_array(ctr, key, want):
     got = rng.philox4x32_array(*([c] * 3 for c in ctr), *key)
-    for w, expect in zip(got, want):
+    for w, expect in zip(got, want, strict=True):
         assert w.dtype == np.uint64
         assert w.tolist() == [expect] * 3
 
@@ -105,7 +105,7 @@ def test_randint_extremes():
     assert full.tolist() == [rng.randint(1, i, n=2**32) for i in range(50)]
     assert full.tolist() == [rng.block(1, i)[0] for i in range(50)]
     per_row = rng.randint_array(1, np.array([3, 1000, 2**31]), 4, np.array([0, 1, 2]))
-    assert per_row.tolist() == [rng.randint(1, 4, i, n=n) for i, n in zip(range(3), [3, 1000, 2**31])]
+    assert per_row.tolist() == [rng.randint(1, 4, i, n=n) for i, n in enumerate([3, 1000, 2**31])]
 
 
 @settings(max_examples=40, deadline=None)

@@ -47,9 +47,9 @@ def cidd_boxes_v1(seed, labels, indices, height, width, num_crop, scale=(0.08, 1
     in_ratio = width / height
     fb_w, fb_h = width, height
     if in_ratio < ratio[0]:
-        fb_h = max(int(round(width / ratio[0])), 1)
+        fb_h = max(int(round(width / ratio[0])), 1)  # noqa: RUF046 - nrrstore 0.1's code, kept verbatim
     elif in_ratio > ratio[1]:
-        fb_w = max(int(round(height * ratio[1])), 1)
+        fb_w = max(int(round(height * ratio[1])), 1)  # noqa: RUF046 - as above
     h = np.where(fits, h, fb_h)
     w = np.where(fits, w, fb_w)
     lab2, idx2 = lab[..., 0], idx[..., 0]

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import INDEX_SCHEMA, all_schemas, dump
-from tests.test_format import write_fmnist_store
+from tests._builders import write_fmnist_store
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
 

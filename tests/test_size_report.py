@@ -15,9 +15,8 @@ from nrrstore.convert.rded import import_rded
 from nrrstore.convert.size_report import _COLORS, label_costs, plot_report, size_report
 from nrrstore.convert.sre2l import convert_sre2l
 from nrrstore.errors import NrrError
+from tests._builders import du, make_app, make_fixture, write_rded
 from tests._teacher import one_thread
-from tests.test_convert_sre2l import du, make_app, make_fixture
-from tests.test_import_rded import write_rded
 
 
 @pytest.fixture(scope="module")

@@ -177,7 +177,7 @@ def test_progress_and_pipe(fmnist_test_shards: Path) -> None:
     assert calls == [("read shards", 1, 1)]
     piped = list(iter_samples(f"pipe:cat {shard}"))
     assert [s.key for s in piped] == [s.key for s in direct]
-    assert all(np.array_equal(a.image, b.image) and a.label == b.label for a, b in zip(piped, direct))
+    assert all(np.array_equal(a.image, b.image) and a.label == b.label for a, b in zip(piped, direct, strict=True))
     with pytest.raises(NrrError) as e:
         list(iter_samples(f"pipe:cat {shard}.missing"))
     assert_names(e, "pipe:cat", "exited with status 1")

@@ -28,7 +28,8 @@ def test_import_and_help_pages_do_not_import_torch() -> None:
         assert "torch" not in sys.modules, "a --help page imported torch"
         print(len(pages))
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         check=False)
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) > 15  # every command and group was asked
 

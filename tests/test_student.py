@@ -18,9 +18,9 @@ from nrrstore.format.verify import verify_store
 from nrrstore.models import load_teacher
 from nrrstore.train.augment import AugRecipe
 from nrrstore.train.student import train_student
+from tests._builders import write_fmnist_store
 from tests._teacher import one_thread, teacher_path
 from tests.conftest import FMNIST_SUBSET
-from tests.test_format import write_fmnist_store
 
 VAL = FMNIST_SUBSET / "test"  # 1000 real held-out images, 100 per class
 SMALL = {"arch_kwargs": {"width": 16}, "batch_size": 25}
@@ -76,7 +76,7 @@ def test_resume_gives_the_uninterrupted_result(store: Path, tmp_path: Path) -> N
     assert resumed["resumed_at_epoch"] == 2
     a, b = full["model"].state_dict(), resumed["model"].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]
     assert strip(full["history"]) == strip(resumed["history"]) and full["top1"] == resumed["top1"]
     with pytest.raises(ResumeMismatchError, match="lr"):
         train_student(store, VAL, epochs=4, labels="dbr", checkpoint=ckpt, resume=True, lr=2e-3, **SMALL)

@@ -22,8 +22,8 @@ from nrrstore.format.verify import verify_store
 from nrrstore.models import load_teacher, save_teacher
 from nrrstore.train.augment import AugRecipe
 from nrrstore_cli.main import app
+from tests._builders import write_fmnist_store
 from tests._teacher import teacher_path
-from tests.test_format import write_fmnist_store
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "schemas/manifest.schema.json").read_text())
 runner = CliRunner()
@@ -170,7 +170,7 @@ def test_replay_int8_within_a_code_step(tmp_path: Path, teacher) -> None:
 def test_replay_runs_the_teacher_under_the_recorded_autocast(tmp_path: Path, teacher, monkeypatch) -> None:
     """bf16-labelled stores replay under bf16; a device without that autocast replays in fp32 within the
     autocast allowance (bf16 moves distances by ~0.01 nats, beyond the plain fp16 tolerance)."""
-    import nrrstore.distill.replay as replay
+    from nrrstore.distill import replay
 
     store = tmp_path / "s"
     write_fmnist_store(store, per_class=3)
