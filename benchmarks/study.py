@@ -116,6 +116,7 @@ V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     # DBR loss (students) on random real images: the objective is the same for every image set
     "random-adbr0.3": ("random", {}, {}, {"alpha_dbr": 0.3}),
     "random-adbr0.1": ("random", {}, {}, {"alpha_dbr": 0.1}),
+    "rded-adbr0.3": ("rded", {}, {}, {"alpha_dbr": 0.3}),
     "random-l1": ("random", {}, {}, {"dbr_norm": "l1"}),
     "random-smoothl1": ("random", {}, {}, {"dbr_norm": "smooth_l1"}),
     # DBR loss (students), on the nrr-correct images

@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -39,6 +39,27 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+# The options with a fixed set of values, as types: help lists the values (``--method <nrr|rded|random>``)
+# and a bad value is a usage error (exit 2) naming the option and the values. Each equals the library's
+# own tuple (tests/test_cli_help.py checks it), which stays the source of truth for the Python API.
+Method = Literal["nrr", "rded", "random"]  # nrrstore.distill.pipeline.METHODS
+Select = Literal["low", "high", "random"]  # nrrstore.distill.cidd.SELECT
+PerImage = Literal["cam", "score"]  # cidd.PER_IMAGE
+CamScore = Literal["share", "density", "excess"]  # cidd.CAM_SCORES
+Sources = Literal["random", "first"]  # cidd.SOURCES
+NrrOptimizer = Literal["sgd", "adam"]  # nrrstore.distill.nrr.OPTIMIZERS
+TeacherOptimizer = Literal["sgd", "adam", "adamw"]  # nrrstore.train.teacher.OPTIMIZERS
+StoreImageFormat = Literal["png", "webp", "jpg", "jpeg"]  # pipeline.IMAGE_FORMATS
+ShardImageFormat = Literal["png", "webp", "jpg", "source"]  # nrrstore.sources.prepare._IMAGE_FORMATS
+Precision = Literal["fp16", "fp32", "int8"]  # nrrstore.format.distances.DISTANCE_TYPES
+Amp = Literal["bf16", "fp16", "fp32"]  # nrrstore.devices.AMP_MODES, and fp32: no autocast (the default)
+ColourMode = Literal["keep", "L", "RGB"]  # nrrstore.sources.prepare.MODES
+Norm = Literal["group", "instance", "batch", "none"]  # nrrstore.models.convnet.NORMS
+LabelMode = Literal["dbr", "kd", "onehot"]  # nrrstore.train.loader.LABEL_MODES
+DbrNorm = Literal["l2", "l1", "smooth_l1"]  # nrrstore.train.losses.DBR_NORMS
+MixMode = Literal["cutmix", "mixup", "none"]  # nrrstore.train.augment.MIX_MODES
+SoftLabelFormat = Literal["sre2l"]  # the formats convert-softlabels reads
+
 err_console = Console(stderr=True)
 #: Set to 1 to see the traceback of an unexpected error instead of its one-line summary.
 TRACEBACK_ENV = "NRRSTORE_TRACEBACK"
@@ -194,7 +215,7 @@ def usage_error_line(exc: _click.exceptions.ClickException) -> str:
         maybe = f" (possible options: {', '.join(exc.possibilities)})" if exc.possibilities else ""
         return f"{exc.option_name}: no such option{maybe}{hint}"
     message = exc.message if isinstance(exc, _click.exceptions.BadParameter) else exc.format_message()
-    message = message.rstrip(".")
+    message = re.sub(r"^value error, ", "", message.rstrip("."), flags=re.IGNORECASE)  # typer's validation prefix
     message = message[:1].lower() + message[1:]
     if param is not None:
         return f"{_param_name(param)}: {message}{hint}"

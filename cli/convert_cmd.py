@@ -6,7 +6,16 @@ import typer
 
 from nrrstore.errors import NrrError
 from nrrstore.format.outputs import local_output
-from nrrstore_cli._common import ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import (
+    Amp,
+    ColourMode,
+    Precision,
+    ProgressBar,
+    SoftLabelFormat,
+    StoreImageFormat,
+    handle_errors,
+    print_json,
+)
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output.")
@@ -38,16 +47,16 @@ def convert_softlabels_cmd(
     labels_dir: str = typer.Argument(..., help="The soft-label folder (SRe2L: epoch_E/batch_B.tar).", metavar="LABELS"),
     images: str = typer.Option(..., "--images", help="The images the labels were made on: an ImageFolder tree, or shards."),
     out: str = typer.Option(..., "--out", help="Output store folder."),
-    fmt: str = typer.Option("sre2l", "--format", help="Soft-label format (sre2l: SRe2L/FKD relabel output)."),
+    fmt: SoftLabelFormat = typer.Option("sre2l", "--format", help="Soft-label format (sre2l: SRe2L/FKD relabel output)."),
     sampler_seed: int = typer.Option(42, "--sampler-seed", min=0, help="Seed of the relabel run's RandomSampler generator."),
     order_file: str | None = typer.Option(None, "--order-file", help="Image order per epoch instead of the sampler: .npy [E, N] or text, one line per epoch."),
     temperature: float = typer.Option(1.0, "--temperature", min=1e-6, help="Divide the stored logits by this before computing distances."),
     keep_full: bool = typer.Option(False, "--keep-full", help="Also keep the full soft labels (fp16 zarr, KD baseline)."),
-    precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
+    precision: Precision = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
     quant_max: float | None = typer.Option(None, "--quant-max", help="int8 scale in nats (default: from epoch 0)."),
     epochs_per_file: int = typer.Option(100, "--epochs-per-file", min=1, help="Epochs per Parquet file (the resume unit)."),
     size: int | None = typer.Option(None, "--size", min=1, help="Views' output size in pixels (default: the image height)."),
-    mode: str = typer.Option("keep", "--mode", help="Image channels: keep, L or RGB (torchvision's ImageFolder loads RGB)."),
+    mode: ColourMode = typer.Option("keep", "--mode", help="Image channels: keep, L or RGB (torchvision's ImageFolder loads RGB)."),
     mean: str | None = typer.Option(None, "--mean", help="Teacher input mean per channel, e.g. 0.485,0.456,0.406 (default: ImageNet's for RGB)."),
     std: str | None = typer.Option(None, "--std", help="Teacher input std per channel."),
     no_normalization: bool = typer.Option(False, "--no-normalization", help="The teacher took [0, 1] pixels."),
@@ -99,19 +108,19 @@ def import_rded_cmd(
                                     "class00000_id00000.jpg.", metavar="SYN_DATA"),
     out: str = typer.Option(..., "--out", help="Output store folder."),
     classes: str | None = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
-    image_format: str | None = typer.Option(None, "--image-format", help="Re-encode as png, webp or jpg (default: "
+    image_format: StoreImageFormat | None = typer.Option(None, "--image-format", help="Re-encode as png, webp or jpg (default: "
                                                "keep the source files' bytes when they can be, else png)."),
     quality: int | None = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
-    mode: str = typer.Option("keep", "--mode", help="Image channels: keep (with --teacher: the teacher's), L or RGB. "
+    mode: ColourMode = typer.Option("keep", "--mode", help="Image channels: keep (with --teacher: the teacher's), L or RGB. "
                              "RDED writes RGB even for grey data."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
     teacher: str | None = typer.Option(None, "--teacher", "-t", help="Relabel right after import with this teacher checkpoint."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs to relabel (default 300 with --teacher)."),
-    precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
+    precision: Precision = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Augmentation seed for relabelling (default 0)."),
     device: str = typer.Option("cpu", "--device", help="Torch device for relabelling."),
-    amp: str | None = typer.Option(None, "--amp", help="Relabel under autocast: bf16 or fp16 (default fp32)."),
+    amp: Amp | None = typer.Option(None, "--amp", help="Relabel under autocast: bf16 or fp16 (default fp32)."),
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:

@@ -5,7 +5,20 @@ from __future__ import annotations
 import typer
 
 from nrrstore.errors import NrrError
-from nrrstore_cli._common import ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import (
+    Amp,
+    CamScore,
+    Method,
+    NrrOptimizer,
+    PerImage,
+    Precision,
+    ProgressBar,
+    Select,
+    Sources,
+    StoreImageFormat,
+    handle_errors,
+    print_json,
+)
 
 
 @handle_errors
@@ -16,30 +29,30 @@ def distill_cmd(
                                 "spec such as torchvision:NAME or timm:NAME."),
     out: str = typer.Option(..., "--out", help="Output store: a folder, or an s3:// or gs:// URL (uploaded, "
                             "manifest last)."),
-    method: str = typer.Option("nrr", "--method", help="nrr (NRR-DD), rded (high confidence, no refinement) or random (random real images)."),
+    method: Method = typer.Option("nrr", "--method", help="nrr (NRR-DD), rded (high confidence, no refinement) or random (random real images)."),
     factor: int | None = typer.Option(None, "--factor", min=1, help="Patches per side (beta = factor^2). Default: 2 at >= 128 px, else 1."),
     mipc: int | None = typer.Option(None, "--mipc", min=1, help="Real images considered per class (default: nrr ceil(1.5*ipc*factor^2/cam-top), 30 at IPC 10; rded 300)."),
     num_crop: int | None = typer.Option(None, "--num-crop", min=1, help="Candidate crops per real image (default 5)."),
-    select: str | None = typer.Option(None, "--select", help="low (NRR-DD), high (RDED) or random."),
-    per_image: str | None = typer.Option(None, "--per-image", help="Crop kept per real image: cam (highest CAM ratio) or score (lowest CE)."),
+    select: Select | None = typer.Option(None, "--select", help="low (NRR-DD), high (RDED) or random (default: the method's own)."),
+    per_image: PerImage | None = typer.Option(None, "--per-image", help="Crop kept per real image: cam (highest CAM ratio) or score (lowest CE) (default: nrr cam, rded score)."),
     min_scale: float | None = typer.Option(None, "--min-scale", min=0.01, max=1.0, help="Smallest candidate crop, as a share of the image's area (default: nrr 0.5, rded 0.08)."),
     cam_top: float | None = typer.Option(None, "--cam-top", help="Fraction t of candidates kept by CAM ratio before selection (default 0.5 for nrr)."),
-    cam_score: str | None = typer.Option(None, "--cam-score", help="CAM criterion of a crop: share (of the image's CAM), density (share / area share) or excess (share - area share)."),
+    cam_score: CamScore | None = typer.Option(None, "--cam-score", help="CAM criterion of a crop: share (of the image's CAM), density (share / area share) or excess (share - area share) (default share)."),
     correct_only: bool | None = typer.Option(None, "--correct-only/--any-prediction", help="Select only among candidates the teacher classifies correctly (default for nrr)."),
-    sources: str | None = typer.Option(None, "--sources", help="Which mipc real images per class: random (seeded sample, default) or first (shard order)."),
+    sources: Sources | None = typer.Option(None, "--sources", help="Which mipc real images per class: random (seeded sample, default) or first (shard order)."),
     eps: float | None = typer.Option(None, "--eps", help="NRR CAM threshold: mask = max(0, eps - CAM) (default 0.5)."),
     lr: float | None = typer.Option(None, "--lr", help="NRR step size (default 0.01 with adam)."),
     iterations: int | None = typer.Option(None, "--iterations", min=0, help="NRR steps (default 200)."),
     alpha_bn: float | None = typer.Option(None, "--alpha-bn", help="Weight of the BN-statistics loss (default 1.0)."),
-    optimizer: str | None = typer.Option(None, "--optimizer", help="adam (mask on the update) or sgd (plain masked gradient descent)."),
+    optimizer: NrrOptimizer | None = typer.Option(None, "--optimizer", help="adam (mask on the update) or sgd (plain masked gradient descent) (default adam)."),
     no_refine: bool = typer.Option(False, "--no-refine", help="Skip NRR (RDED-style images)."),
-    image_format: str | None = typer.Option(None, "--image-format", help="png (lossless), webp or jpg (default: jpg "
+    image_format: StoreImageFormat | None = typer.Option(None, "--image-format", help="png (lossless), webp or jpg (default: jpg "
                                                "quality 90 at >= 128 px, else png)."),
     quality: int | None = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg (default 90 at >= 128 "
                                           "px, 95 if jpg is asked below) / lossy webp."),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also store each image's CAM (cams.zarr) for inspect --grid."),
     relabel_epochs: int = typer.Option(300, "--relabel-epochs", min=0, help="Then compute DBR distances for this many student epochs (0: skip)."),
-    precision: str = typer.Option("fp16", "--precision", help="DBR distance precision: fp16, fp32 or int8."),
+    precision: Precision = typer.Option("fp16", "--precision", help="DBR distance precision: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (zarr) for the KD baseline."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random draw (crops, selection, augmentation)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Teacher batch size for scoring."),
@@ -47,7 +60,7 @@ def distill_cmd(
     classes_per_pass: int = typer.Option(100, "--classes-per-pass", min=1, help="Classes gathered per pass over the input and refined together (NRR batches mix them; bounds memory; ranks take whole groups)."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per output shard."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    amp: str | None = typer.Option(None, "--amp", help="Relabel with the teacher under autocast: bf16 or fp16 (default fp32)."),
+    amp: Amp | None = typer.Option(None, "--amp", help="Relabel with the teacher under autocast: bf16 or fp16 (default fp32)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing store."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary (with time per stage)."),
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from nrrstore.format import fs
-from nrrstore_cli._common import ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import DbrNorm, ProgressBar, handle_errors, print_json
 
 
 @handle_errors
@@ -27,7 +27,7 @@ def evaluate_cmd(
                                              "RDED's rule, 10/50/100 at IPC 1/10/50)."),
     lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
     alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", help="Weight of L_dbr."),
-    dbr_norm: str = typer.Option("l2", "--dbr-norm", help="L_dbr norm: l2, l1 or smooth_l1."),
+    dbr_norm: DbrNorm = typer.Option("l2", "--dbr-norm", help="L_dbr norm: l2, l1 or smooth_l1."),
     kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="KD temperature."),
     full_acc: float | None = typer.Option(None, "--full-acc", help="Top-1 (fraction, e.g. 0.93) of the "
                                              "student on the full real data with hard labels: adds HLR and LRS."),

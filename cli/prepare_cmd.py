@@ -8,7 +8,7 @@ import typer
 
 from nrrstore.sources.prepare import MODES, class_names_from_arg, prepare_idx, prepare_imagefolder
 from nrrstore.units import human_bytes
-from nrrstore_cli._common import ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import ColourMode, ProgressBar, ShardImageFormat, handle_errors, print_json
 
 _OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty), or an "
                     "s3:// or gs:// URL.")
@@ -53,8 +53,8 @@ def idx(
     skip_per_class: int = _SKIP_PER_CLASS,
     prefix: str | None = _PREFIX,
     gzip: bool = _GZIP,
-    image_format: str = _FORMAT,
-    mode: str = _MODE,
+    image_format: ShardImageFormat = _FORMAT,
+    mode: ColourMode = _MODE,
     resize: int | None = _RESIZE,
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
@@ -82,8 +82,8 @@ def imagefolder(
     prefix: str = typer.Option("train", "--prefix", help="Shard and key prefix: PREFIX-000000.tar, "
                                          "PREFIX_0000000."),
     gzip: bool = _GZIP,
-    image_format: str = _FORMAT,
-    mode: str = _MODE,
+    image_format: ShardImageFormat = _FORMAT,
+    mode: ColourMode = _MODE,
     resize: int | None = _RESIZE,
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nrrstore_cli._common import ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import Norm, ProgressBar, TeacherOptimizer, handle_errors, print_json
 
 teacher_app = typer.Typer(help="Train or evaluate a teacher classifier on shards.", no_args_is_help=True,
                           rich_markup_mode=None)
@@ -22,11 +22,11 @@ def train_cmd(
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per optimizer step."),
     lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (5% linear warm-up, then cosine to 0)."),
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9), adam or adamw."),
+    optimizer: TeacherOptimizer = typer.Option("sgd", "--optimizer", help="sgd (momentum 0.9), adam or adamw."),
     flip: bool = typer.Option(False, "--flip", help="Random horizontal flips while training."),
     crop_pad: int = typer.Option(0, "--crop-pad", min=0, help="Random crops of the image padded by N black pixels "
                                  "per side (CIFAR recipe: 4; default 0: none)."),
-    norm: str | None = typer.Option(None, "--norm", help="ConvNet norm: batch, group, instance or none (default group)."),
+    norm: Norm | None = typer.Option(None, "--norm", help="ConvNet norm: batch, group, instance or none (default group)."),
     width: int | None = typer.Option(None, "--width", min=1, help="ConvNet channels (default 128)."),
     depth: int | None = typer.Option(None, "--depth", min=1, help="ConvNet blocks (default: the arch's, e.g. 3)."),
     limit_per_class: int | None = typer.Option(None, "--limit-per-class", min=1, help="Train on the first N images "

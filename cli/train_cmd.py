@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from nrrstore.format.distances import DEFAULT_EPOCHS_PER_FILE
-from nrrstore_cli._common import ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import Amp, LabelMode, MixMode, Precision, ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _DEVICE = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...).")
@@ -17,17 +17,17 @@ def relabel_cmd(
     store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     teacher: str = typer.Option(..., "--teacher", "-t", help="Teacher checkpoint file (nrrstore format)."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Training epochs to label (one view per image each)."),
-    precision: str = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
+    precision: Precision = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Augmentation seed (default: the store's, else 0)."),
     group_size: int | None = typer.Option(None, "--group-size", min=1, help="Partner group size (default: the store's, else 64)."),
-    mix: str | None = typer.Option(None, "--mix", help="cutmix, mixup or none (default: the store's, else cutmix)."),
+    mix: MixMode | None = typer.Option(None, "--mix", help="cutmix, mixup or none (default: the store's, else cutmix)."),
     explicit: bool = typer.Option(False, "--explicit", help="Store each view's parameters as columns (explicit mode)."),
     quant_max: float | None = typer.Option(None, "--quant-max", help="int8 scale in nats (default: from epoch 0)."),
     epochs_per_file: int = typer.Option(DEFAULT_EPOCHS_PER_FILE, "--epochs-per-file", min=1, help="Epochs per Parquet file (the resume unit)."),
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Teacher batch size."),
     device: str = _DEVICE,
-    amp: str | None = _AMP,
+    amp: Amp | None = _AMP,
     workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on cpu, "
                                                                         "one per CPU up to 4 on a GPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing distances and soft labels."),
@@ -70,7 +70,7 @@ def train_student_cmd(
     val: str = typer.Option(..., "--val", help="Held-out real images: shard folder, pattern, list or URL."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
-    labels: str = typer.Option("dbr", "--labels", help="dbr, kd or onehot."),
+    labels: LabelMode = typer.Option("dbr", "--labels", help="dbr (the two distances), kd (full soft labels) or onehot."),
     alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", min=0.0, help="Weight of L_dbr (our default)."),
     kd_temperature: float = typer.Option(4.0, "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "

@@ -36,3 +36,45 @@ def test_help_at_80_columns_has_no_placeholders_or_cuts(path: list[str]) -> None
     assert usage.startswith("Usage: nrrstore") and "{" not in usage, usage
     assert "…" not in res.stdout and not re.search(r"\w\.\.\.\s*$", res.stdout, re.MULTILINE), res.stdout
     assert max(len(line) for line in res.stdout.splitlines()) <= 80
+
+
+def test_choice_types_match_the_library() -> None:
+    """The CLI's choice types (cli/_common.py) list exactly the values the library accepts."""
+    from typing import get_args
+
+    from nrrstore.devices import AMP_MODES
+    from nrrstore.distill import cidd, nrr, pipeline
+    from nrrstore.format.distances import DISTANCE_TYPES
+    from nrrstore.models.convnet import NORMS
+    from nrrstore.sources import prepare
+    from nrrstore.train import augment, loader, losses, teacher
+    from nrrstore_cli import _common as c
+
+    pairs = {c.Method: pipeline.METHODS, c.Select: cidd.SELECT, c.PerImage: cidd.PER_IMAGE,
+             c.CamScore: cidd.CAM_SCORES, c.Sources: cidd.SOURCES, c.NrrOptimizer: nrr.OPTIMIZERS,
+             c.TeacherOptimizer: teacher.OPTIMIZERS, c.StoreImageFormat: pipeline.IMAGE_FORMATS,
+             c.ShardImageFormat: prepare._IMAGE_FORMATS, c.Precision: tuple(DISTANCE_TYPES), c.Amp: (*AMP_MODES, "fp32"),
+             c.ColourMode: prepare.MODES, c.Norm: NORMS, c.LabelMode: loader.LABEL_MODES, c.DbrNorm: losses.DBR_NORMS,
+             c.MixMode: augment.MIX_MODES}
+    for alias, values in pairs.items():
+        assert sorted(get_args(alias)) == sorted(values), (alias, values)
+
+
+@pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=" ".join)
+def test_fixed_choices_are_listed_in_help(path: list[str]) -> None:
+    cmd = {tuple(p): c for p, c in COMMANDS}[tuple(path)]
+    res = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    for p in cmd.params:
+        choices = getattr(getattr(p, "type", None), "choices", None)
+        if choices:
+            assert f"<{'|'.join(choices)}>" in res.stdout, (p.name, res.stdout)
+
+
+@pytest.mark.parametrize("args", [["distill", "--method", "nrrdd"], ["teacher", "train", "--norm", "fancy"],
+                                  ["prepare", "imagefolder", "x", "--format", "gif"],
+                                  ["train-student", "s", "--labels", "soft"]])
+def test_a_bad_choice_is_a_usage_error_naming_option_and_values(args: list[str]) -> None:
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2, res.output
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith(f"nrrstore: {args[-2]}: '{args[-1]}' is not one of '"), line

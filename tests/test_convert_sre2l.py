@@ -326,9 +326,11 @@ def test_cli_convert_json_and_errors(tmp_path: Path) -> None:
     res = runner.invoke(make_app(), args)  # exists: refused without --overwrite
     assert res.exit_code == 1 and res.stderr.count("\n") == 1 and "--overwrite" in res.stderr
     assert runner.invoke(make_app(), [*args, "--overwrite"]).exit_code == 0
-    res = runner.invoke(make_app(), ["convert-softlabels", "--format", "fkd-zip", str(fx.labels_dir), "--images",
-                                     str(fx.images_dir), "--out", str(tmp_path / "t")])
-    assert res.exit_code == 1 and res.stderr.startswith("nrrstore: ") and "sre2l" in res.stderr
+    from nrrstore_cli.main import app  # the real root: a usage error is one line, exit 2
+
+    res = runner.invoke(app, ["convert-softlabels", "--format", "fkd-zip", str(fx.labels_dir), "--images",
+                              str(fx.images_dir), "--out", str(tmp_path / "t")])
+    assert res.exit_code == 2 and res.stderr.startswith("nrrstore: --format: ") and "sre2l" in res.stderr
     res = runner.invoke(make_app(), ["convert-softlabels", str(tmp_path / "nowhere"), "--images", str(fx.images_dir),
                                      "--out", str(tmp_path / "t")])
     assert res.exit_code == 1 and "nowhere: no such folder" in res.stderr

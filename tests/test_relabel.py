@@ -288,7 +288,8 @@ def test_cli_bad_device_and_amp(tmp_path: Path, monkeypatch) -> None:
         assert res.exit_code == 1 and res.stderr.startswith("nrrstore: ") and len(res.stderr.strip().splitlines()) == 1
         assert "CUDA is not available" in res.stderr
     res = run("--amp", "fp8")
-    assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1 and "unknown --amp 'fp8'" in res.stderr
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "--amp: 'fp8' is not one of 'bf16', 'fp16', 'fp32'" in res.stderr
     monkeypatch.setattr(torch.amp.autocast_mode, "is_autocast_available", lambda kind: False)
     res = run("--amp", "bf16")
     assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1
