@@ -117,6 +117,9 @@ V: dict[str, tuple[str, dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "random-adbr0.3": ("random", {}, {}, {"alpha_dbr": 0.3}),
     "random-adbr0.1": ("random", {}, {}, {"alpha_dbr": 0.1}),
     "rded-adbr0.3": ("rded", {}, {}, {"alpha_dbr": 0.3}),
+    "rded-adbr3": ("rded", {}, {}, {"alpha_dbr": 3.0}),
+    "rded-adbr0.1": ("rded", {}, {}, {"alpha_dbr": 0.1}),
+    "rded-l1": ("rded", {}, {}, {"dbr_norm": "l1"}),
     "random-l1": ("random", {}, {}, {"dbr_norm": "l1"}),
     "random-smoothl1": ("random", {}, {}, {"dbr_norm": "smooth_l1"}),
     # DBR loss (students), on the nrr-correct images
@@ -155,6 +158,9 @@ V.update({
     "c-rded-f2": ("rded", {"factor": 2}, {}, {}),
     "c-rded-f2-nrr": ("rded", {"factor": 2}, REFINE, {}),
     "c-random-nrr": ("random", {}, REFINE, {}),
+    "c-rded-nrr-lr.002": ("rded", {}, {**REFINE, "lr": 0.002}, {}),
+    "c-rded-nrr-it50": ("rded", {}, {**REFINE, "iterations": 50}, {}),
+    "c-rded-nrr-bn.01": ("rded", {}, {**REFINE, "alpha_bn": 0.01}, {}),
 })
 LABELS = ("dbr", "onehot", "kd")
 
@@ -179,7 +185,7 @@ def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> 
     else:
         cfg = method_config(preset, args.ipc, teacher.image_size, cidd={**cidd, "seed": seed}, nrr=nrr)
         out.parent.mkdir(parents=True, exist_ok=True)  # outputs' parent folders must exist
-        _timing(out, "distill", distill(args.train, teacher, out, cfg, overwrite=True))
+        _timing(out, "distill", distill(args.train, teacher, out, cfg, overwrite=True).summary)
     _timing(out, "relabel", relabel(out, teacher, args.epochs, AugRecipe(size=teacher.image_size, seed=seed),
                                     full_softlabels=True, overwrite=True))
     return out

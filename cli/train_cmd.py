@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from nrrstore.format.distances import DEFAULT_EPOCHS_PER_FILE
-from nrrstore_cli._common import Amp, LabelMode, MixMode, Precision, ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import Amp, DbrNorm, LabelMode, MixMode, Precision, ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _DEVICE = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...).")
@@ -72,6 +72,7 @@ def train_student_cmd(
     epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
     labels: LabelMode = typer.Option("dbr", "--labels", help="dbr (the two distances), kd (full soft labels) or onehot."),
     alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", min=0.0, help="Weight of L_dbr (our default)."),
+    dbr_norm: DbrNorm = typer.Option("l2", "--dbr-norm", help="L_dbr norm: l2, l1 or smooth_l1."),
     kd_temperature: float = typer.Option(4.0, "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "
                                              "at IPC 1/10/50 for 10 classes)."),
@@ -92,7 +93,8 @@ def train_student_cmd(
 
     with ProgressBar() as bar:
         result = train_student(store, val, arch=arch, epochs=epochs, labels=labels, batch_size=batch_size, lr=lr,
-                               weight_decay=weight_decay, alpha_dbr=alpha_dbr, kd_temperature=kd_temperature,
+                               weight_decay=weight_decay, alpha_dbr=alpha_dbr, dbr_norm=dbr_norm,
+                               kd_temperature=kd_temperature,
                                seed=seed, device=device, workers=workers, cycle=cycle, checkpoint=checkpoint,
                                resume=resume, eval_every=eval_every, progress=bar, overwrite=overwrite)
     summary = summary_without_model(result)

@@ -117,10 +117,11 @@ def test_cli_relabel_and_train_student(tmp_path: Path) -> None:
     res = runner.invoke(app, args)  # labels exist: one line on stderr, exit 1
     assert res.exit_code == 1 and "overwrite" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = runner.invoke(app, ["train-student", str(path), "--val", str(VAL), "--epochs", "2", "--labels", "dbr",
-                              "--checkpoint", str(tmp_path / "c.pt"), "--json"])
+                              "--checkpoint", str(tmp_path / "c.pt"), "--dbr-norm", "l1", "--json"])
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert 0 <= result["top1"] <= 1 and result["epochs"] == 2 and "model" not in result
+    assert result["dbr_norm"] == "l1"  # the same option, values and meaning as evaluate's
     res = runner.invoke(app, ["train-student", str(path), "--val", str(VAL), "--epochs", "3"])
     assert res.exit_code == 1 and "beyond the 2 stored" in res.stderr
     shutil.rmtree(path)
