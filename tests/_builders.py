@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -177,14 +178,16 @@ def write_rded(root: Path, classes: list[int], ipc: int = 2, ext: str = "jpg") -
 
 
 # -- CLI ----------------------------------------------------------------------------------------------
-def make_app() -> typer.Typer:
+def make_app(*commands: ModuleType) -> typer.Typer:
+    """A bare Typer root with the given command modules (default: convert_cmd) registered on it."""
     app = typer.Typer()
 
     @app.callback()
     def _root() -> None:
         """test root"""
 
-    convert_cmd.register(app)
+    for module in commands or (convert_cmd,):
+        module.register(app)
     return app
 
 

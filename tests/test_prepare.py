@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer
 import webdataset as wds
 from PIL import Image
 from typer.testing import CliRunner
@@ -32,6 +31,7 @@ from nrrstore.sources import (
     write_shards,
 )
 from nrrstore_cli import prepare_cmd
+from tests._builders import make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST_CLASSES = ROOT / "data" / "fashion-mnist" / "classes.txt"
@@ -40,19 +40,8 @@ FMNIST_CLASSES = ROOT / "data" / "fashion-mnist" / "classes.txt"
 # ---------------------------------------------------------------- helpers
 
 
-def make_app() -> typer.Typer:
-    app = typer.Typer()
-
-    @app.callback()
-    def _root() -> None:
-        """test root"""
-
-    prepare_cmd.register(app)
-    return app
-
-
 def run_cli(*args: object) -> object:
-    return CliRunner().invoke(make_app(), [str(a) for a in args])
+    return CliRunner().invoke(make_app(prepare_cmd), [str(a) for a in args])
 
 
 def assert_cli_error(result: object, *parts: object) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 from typer.testing import CliRunner
 
 from nrrstore.distill.relabel import relabel
@@ -18,7 +17,8 @@ from nrrstore.format.verify import verify_store
 from nrrstore.models import load_teacher
 from nrrstore.train.augment import AugRecipe
 from nrrstore.train.student import train_student
-from tests._builders import write_fmnist_store
+from nrrstore_cli import train_cmd
+from tests._builders import make_app, write_fmnist_store
 from tests._teacher import one_thread, teacher_path
 from tests.conftest import FMNIST_SUBSET
 
@@ -95,18 +95,10 @@ def test_student_errors(store: Path, tmp_path: Path) -> None:
         train_student(store, tmp_path / "nowhere", epochs=1, labels="dbr", **SMALL)
 
 
-def _app() -> typer.Typer:
-    from nrrstore_cli import train_cmd
-
-    app = typer.Typer()
-    train_cmd.register(app)
-    return app
-
-
 def test_cli_relabel_and_train_student(tmp_path: Path) -> None:
     path = tmp_path / "s"
     write_fmnist_store(path, per_class=3, shard_size=50)
-    runner, app = CliRunner(), _app()
+    runner, app = CliRunner(), make_app(train_cmd)
     args = ["relabel", str(path), "--teacher", str(teacher_path()), "--epochs", "2", "--group-size", "10",
             "--seed", "4", "--mix", "mixup", "--precision", "int8", "--json"]
     res = runner.invoke(app, args)

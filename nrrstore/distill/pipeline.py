@@ -465,13 +465,10 @@ def _refine_group(work: Path, group: list[int], cands: dict[int, ClassCandidates
     total = len(order) * cfg.nrr.iterations
     for s in range(0, len(order), cfg.nrr_batch_size):
         n = min(cfg.nrr_batch_size, len(order) - s)
-
-        def steps(done: int, _total: int | None, s: int = s, n: int = n) -> None:
-            if progress is not None:
-                progress("", s * cfg.nrr.iterations + done * n, total)
-
+        steps = None if progress is None else (  # image-steps of the group: earlier batches done, this one's so far
+            lambda done, _total, s=s, n=n, report=progress: report("", s * cfg.nrr.iterations + done * n, total))
         x, st = refine(teacher, images[s:s + cfg.nrr_batch_size], labels[s:s + cfg.nrr_batch_size], cfg.nrr,
-                       progress=steps if progress is not None else None, cam_model=cam_model)
+                       progress=steps, cam_model=cam_model)
         st.pop("loss_history", None)
         outs.append(x.cpu())
         batch_stats.append(st)
