@@ -162,6 +162,11 @@ V.update({
     "c-rded-nrr-it50": ("rded", {}, {**REFINE, "iterations": 50}, {}),
     "c-rded-nrr-bn.01": ("rded", {}, {**REFINE, "alpha_bn": 0.01}, {}),
 })
+# The student's DBR objective on the presets' images as they are now (issue 14's choice of the students' default).
+# Not "c-" rows, so they share the stores of "random", "rded" and "nrr".
+V.update({
+    "nrr-now-l1": ("nrr", {}, {}, {"dbr_norm": "l1"}),
+})
 LABELS = ("dbr", "onehot", "kd")
 
 

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Issue 14's final CIFAR-10 runs, as they were run (benchmarks/RESULTS.md, "Issue 14"): first the validation
+# seeds that choose the students' DBR default (L_dbr with the l1 norm), then the test-part report: stores
+# distilled from the train part, students scored on the test part, 3 seeds. Two chains of benchmarks/study.py,
+# one thread each, resumable. Usage:
+#   nohup bash benchmarks/run_c10_final.sh C10_DIR VAL_WORK TEST_WORK > final.log 2>&1 &
+# C10_DIR holds train/, val/ and test/ made as README's CIFAR-10 recipe says.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=$1 val=$2 test=$3
+S="benchmarks/study.py --teacher data/teachers/convnet3bn-cifar10.pt --train $data/train --threads 1"
+V="$S --val $data/val --work $val"
+T="$S --val $data/test --work $test"
+chain() {
+  p="--part $1/2"
+  # validation: second seeds of the l1 objective on RDED's and random images, and l1 on NRR-DD's images
+  .venv/bin/python $V --ipc 10 --seeds 2 --labels dbr $p --variants rded-l1 random-l1 nrr-now-l1
+  # test part, IPC 10 and 1: DBR with the chosen objective, one-hot, KD
+  for ipc in 10 1; do
+    .venv/bin/python $T --ipc $ipc --seeds 3 --labels dbr $p --variants random-l1 rded-l1 nrr-now-l1
+    .venv/bin/python $T --ipc $ipc --seeds 3 --labels onehot kd $p --variants random rded nrr
+  done
+  # test part, IPC 50: DBR with the chosen objective (5x the student cost of IPC 10)
+  for seeds in 1 3; do
+    .venv/bin/python $T --ipc 50 --seeds $seeds --labels dbr $p --variants random-l1 rded-l1 nrr-now-l1
+  done
+}
+chain 0 & a=$!
+chain 1 & b=$!
+wait $a; wait $b
