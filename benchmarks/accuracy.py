@@ -2,7 +2,7 @@
 
 Rows: distilled stores at the same IPC, made by ``nrrstore distill --method nrr|rded|random`` (NRR-DD,
 RDED-style, random real images), each in a subprocess through the CLI. Columns: the labels the
-student learns from, all computed here by :func:`nrrstore.distill.relabel.relabel` with the same
+student learns from, all computed here by :func:`nrrstore.labels.relabel.relabel` with the same
 teacher, epochs and augmentation: DBR distances, full soft labels (KD), one-hot. Every cell trains
 ``--seeds`` students (:func:`nrrstore.train.student.train_student`) and reports mean +- std top-1.
 
@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.format.reader import Store
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
 from nrrstore.train.student import train_student
 

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nrrstore.distill.pipeline import distill, method_config
-from nrrstore.distill.relabel import relabel
+from nrrstore.evaluation import StudentProtocol, evaluate_store, make_baseline
 from nrrstore.format.reader import Store
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
-from nrrstore.train.evaluation import StudentProtocol, evaluate_store, make_baseline
 from nrrstore.train.student import train_student
 
 TRAIN = ROOT / "data" / "fashion-mnist" / "train"

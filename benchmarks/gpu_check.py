@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos224 import photo_jpegs, write_store
 
 from nrrstore.devices import amp_dtype, autocast, resolve_device
-from nrrstore.distill.relabel import default_recipe, relabel
 from nrrstore.format.reader import Store
+from nrrstore.labels.relabel import default_recipe, relabel
 from nrrstore.models import load_teacher
+from nrrstore.replay.stream import BatchAssembler, ViewStream, assemble
 from nrrstore.train.loader import make_loader
 from nrrstore.train.losses import distances
-from nrrstore.train.stream import BatchAssembler, ViewStream, assemble
 
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

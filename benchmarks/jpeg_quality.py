@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from nrrstore.distill.pipeline import distill, method_config
-from nrrstore.distill.relabel import relabel
 from nrrstore.format.reader import Store
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
 from nrrstore.sources.prepare import write_shards
 from nrrstore.sources.shards import iter_samples

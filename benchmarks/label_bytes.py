@@ -31,11 +31,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader import ROOT, fashion_mnist  # the benchmark next door
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.format.reader import Store
 from nrrstore.format.writer import StoreWriter
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import build_model, load_teacher, save_teacher
-from nrrstore.train.augment import AugRecipe
+from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.teacher import train_classifier
 
 WORK = ROOT / "benchmarks" / "_work" / "label_bytes"

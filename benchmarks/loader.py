@@ -51,13 +51,13 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos224 import photo_jpegs, write_store
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.format.reader import Store
 from nrrstore.format.writer import StoreWriter
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
+from nrrstore.replay.recipe import store_recipe, view_params_batch
 from nrrstore.sources.shards import iter_samples
-from nrrstore.train.augment import view_params_batch
-from nrrstore.train.loader import make_loader, store_recipe
+from nrrstore.train.loader import make_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "loader"

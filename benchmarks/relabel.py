@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos224 import photo_jpegs, write_store
 
 from nrrstore.devices import amp_dtype, autocast
-from nrrstore.distill.relabel import default_recipe, relabel
 from nrrstore.format.reader import Store
+from nrrstore.labels.relabel import default_recipe, relabel
 from nrrstore.models import load_teacher
-from nrrstore.train.stream import BatchAssembler, ViewStream, assemble
+from nrrstore.replay.stream import BatchAssembler, ViewStream, assemble
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work" / "relabel"
@@ -74,7 +74,7 @@ def peak_rss(store: Path, epochs: int) -> float:
         "import sys, torch\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
         "from relabel import teacher\n"
-        "from nrrstore.distill.relabel import relabel\n"
+        "from nrrstore.labels.relabel import relabel\n"
         f"relabel({str(store)!r}, teacher(), {epochs}, batch_size=64, overwrite=True, cache_mb=64)\n"
         "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)\n"
     )

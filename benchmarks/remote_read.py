@@ -40,8 +40,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import torch
 from photos224 import photo_jpegs, write_store
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.format import fs
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
 from nrrstore.train.loader import make_loader
 

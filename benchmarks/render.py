@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos224 import photo_jpegs
 
 from nrrstore.format.images import decode_image
-from nrrstore.train.augment import AugRecipe, epoch_plan, render_batch_v1, view_params_batch
-from nrrstore.train.render import Renderer, to_xmajor, view_taps
-from nrrstore.train.stream import OutputPool
+from nrrstore.replay.recipe import AugRecipe, epoch_plan, view_params_batch
+from nrrstore.replay.render import Renderer, to_xmajor, view_taps
+from nrrstore.replay.render_v1 import render_batch_v1
+from nrrstore.replay.stream import OutputPool
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

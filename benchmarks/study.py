@@ -33,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from nrrstore.distill.pipeline import distill, method_config
-from nrrstore.distill.relabel import relabel
 from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
-from nrrstore.train.augment import AugRecipe
+from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.student import train_student
 
 # name -> (preset, cidd overrides, nrr overrides, student overrides). Every "nrr-*"/"g-*" row states its

@@ -43,10 +43,10 @@ R = TypeVar("R")
 # and a bad value is a usage error (exit 2) naming the option and the values. Each equals the library's
 # own tuple (tests/test_cli_help.py checks it), which stays the source of truth for the Python API.
 Method = Literal["nrr", "rded", "random"]  # nrrstore.distill.pipeline.METHODS
-Select = Literal["low", "high", "random"]  # nrrstore.distill.cidd.SELECT
-PerImage = Literal["cam", "score"]  # cidd.PER_IMAGE
-CamScore = Literal["share", "density", "excess"]  # cidd.CAM_SCORES
-Sources = Literal["random", "first"]  # cidd.SOURCES
+Select = Literal["low", "high", "random"]  # nrrstore.distill.cidd_config.SELECT
+PerImage = Literal["cam", "score"]  # cidd_config.PER_IMAGE
+CamScore = Literal["share", "density", "excess"]  # cidd_config.CAM_SCORES
+Sources = Literal["random", "first"]  # cidd_config.SOURCES
 NrrOptimizer = Literal["sgd", "adam"]  # nrrstore.distill.nrr.OPTIMIZERS
 TeacherOptimizer = Literal["sgd", "adam", "adamw"]  # nrrstore.train.teacher.OPTIMIZERS
 StoreImageFormat = Literal["png", "webp", "jpg", "jpeg"]  # pipeline.IMAGE_FORMATS
@@ -57,7 +57,7 @@ ColourMode = Literal["keep", "L", "RGB"]  # nrrstore.sources.prepare.MODES
 Norm = Literal["group", "instance", "batch", "none"]  # nrrstore.models.convnet.NORMS
 LabelMode = Literal["dbr", "kd", "onehot"]  # nrrstore.train.loader.LABEL_MODES
 DbrNorm = Literal["l2", "l1", "smooth_l1"]  # nrrstore.train.losses.DBR_NORMS
-MixMode = Literal["cutmix", "mixup", "none"]  # nrrstore.train.augment.MIX_MODES
+MixMode = Literal["cutmix", "mixup", "none"]  # nrrstore.replay.recipe.MIX_MODES
 SoftLabelFormat = Literal["sre2l"]  # the formats convert-softlabels reads
 
 err_console = Console(stderr=True)

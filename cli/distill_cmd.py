@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from nrrstore.distill.presets import NRR_CIDD, NRR_REFINE, default_text
 from nrrstore.errors import NrrError
 from nrrstore_cli._common import (
     Amp,
@@ -20,6 +21,8 @@ from nrrstore_cli._common import (
     print_json,
 )
 
+# Every default in the help comes from the presets (nrrstore.distill.presets), the library's single source.
+DEFAULTS = {key: default_text(key) for key in (*NRR_CIDD, *NRR_REFINE)}
 
 @handle_errors
 def distill_cmd(
@@ -32,19 +35,19 @@ def distill_cmd(
     method: Method = typer.Option("nrr", "--method", help="nrr (NRR-DD), rded (high confidence, no refinement) or random (random real images)."),
     factor: int | None = typer.Option(None, "--factor", min=1, help="Patches per side (beta = factor^2). Default: 2 at >= 128 px, else 1."),
     mipc: int | None = typer.Option(None, "--mipc", min=1, help="Real images considered per class (default: nrr ceil(1.5*ipc*factor^2/cam-top), 30 at IPC 10; rded 300)."),
-    num_crop: int | None = typer.Option(None, "--num-crop", min=1, help="Candidate crops per real image (default 5)."),
-    select: Select | None = typer.Option(None, "--select", help="low (NRR-DD), high (RDED) or random (default: the method's own)."),
-    per_image: PerImage | None = typer.Option(None, "--per-image", help="Crop kept per real image: cam (highest CAM ratio) or score (lowest CE) (default: nrr cam, rded score)."),
-    min_scale: float | None = typer.Option(None, "--min-scale", min=0.01, max=1.0, help="Smallest candidate crop, as a share of the image's area (default: nrr 0.5, rded 0.08)."),
-    cam_top: float | None = typer.Option(None, "--cam-top", help="Fraction t of candidates kept by CAM ratio before selection (default 0.5 for nrr)."),
-    cam_score: CamScore | None = typer.Option(None, "--cam-score", help="CAM criterion of a crop: share (of the image's CAM), density (share / area share) or excess (share - area share) (default share)."),
-    correct_only: bool | None = typer.Option(None, "--correct-only/--any-prediction", help="Select only among candidates the teacher classifies correctly (default for nrr)."),
-    sources: Sources | None = typer.Option(None, "--sources", help="Which mipc real images per class: random (seeded sample, default) or first (shard order)."),
-    eps: float | None = typer.Option(None, "--eps", help="NRR CAM threshold: mask = max(0, eps - CAM) (default 0.5)."),
-    lr: float | None = typer.Option(None, "--lr", help="NRR step size (default 0.01 with adam)."),
-    iterations: int | None = typer.Option(None, "--iterations", min=0, help="NRR steps (default 200)."),
-    alpha_bn: float | None = typer.Option(None, "--alpha-bn", help="Weight of the BN-statistics loss (default 1.0)."),
-    optimizer: NrrOptimizer | None = typer.Option(None, "--optimizer", help="adam (mask on the update) or sgd (plain masked gradient descent) (default adam)."),
+    num_crop: int | None = typer.Option(None, "--num-crop", min=1, help=f"Candidate crops per real image ({DEFAULTS['num_crop']})."),
+    select: Select | None = typer.Option(None, "--select", help=f"low (NRR-DD), high (RDED) or random ({DEFAULTS['select']})."),
+    per_image: PerImage | None = typer.Option(None, "--per-image", help=f"Crop kept per real image: cam (highest CAM ratio) or score (lowest CE) ({DEFAULTS['per_image']})."),
+    min_scale: float | None = typer.Option(None, "--min-scale", min=0.01, max=1.0, help=f"Smallest candidate crop, as a share of the image's area ({DEFAULTS['scale']})."),
+    cam_top: float | None = typer.Option(None, "--cam-top", help=f"Fraction t of candidates kept by CAM ratio before selection ({DEFAULTS['cam_top']})."),
+    cam_score: CamScore | None = typer.Option(None, "--cam-score", help=f"CAM criterion of a crop: share (of the image's CAM), density (share / area share) or excess (share - area share) ({DEFAULTS['cam_score']})."),
+    correct_only: bool | None = typer.Option(None, "--correct-only/--any-prediction", help=f"Select only among candidates the teacher classifies correctly ({DEFAULTS['correct_only']})."),
+    sources: Sources | None = typer.Option(None, "--sources", help=f"Which mipc real images per class: random (seeded sample) or first (shard order) ({DEFAULTS['sources']})."),
+    eps: float | None = typer.Option(None, "--eps", help=f"NRR CAM threshold: mask = max(0, eps - CAM) ({DEFAULTS['eps']})."),
+    lr: float | None = typer.Option(None, "--lr", help=f"NRR step size ({DEFAULTS['lr']} with adam)."),
+    iterations: int | None = typer.Option(None, "--iterations", min=0, help=f"NRR steps ({DEFAULTS['iterations']})."),
+    alpha_bn: float | None = typer.Option(None, "--alpha-bn", help=f"Weight of the BN-statistics loss ({DEFAULTS['alpha_bn']}; rded and random do not refine)."),
+    optimizer: NrrOptimizer | None = typer.Option(None, "--optimizer", help=f"adam (mask on the update) or sgd (plain masked gradient descent) ({DEFAULTS['optimizer']})."),
     no_refine: bool = typer.Option(False, "--no-refine", help="Skip NRR (RDED-style images)."),
     image_format: StoreImageFormat | None = typer.Option(None, "--image-format", help="png (lossless), webp or jpg (default: jpg "
                                                "quality 90 at >= 128 px, else png)."),
@@ -89,7 +92,7 @@ def distill_cmd(
         result = distill(inputs, t, out, cfg, overwrite=overwrite, progress=bar)
         summary = dict(result.summary)
         if relabel_epochs:  # on every rank: under torchrun the ranks split relabel's epoch chunks
-            from nrrstore.distill.relabel import relabel
+            from nrrstore.labels.relabel import relabel
 
             try:
                 summary["relabel"] = relabel(out, t, relabel_epochs, precision=precision, seed=seed,

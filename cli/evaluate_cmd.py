@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from nrrstore.format import fs
+from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import DbrNorm, ProgressBar, handle_errors, print_json
 
 
@@ -25,10 +26,10 @@ def evaluate_cmd(
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Student batch size (default: "
                                              "RDED's rule, 10/50/100 at IPC 1/10/50)."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
-    alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", help="Weight of L_dbr."),
-    dbr_norm: DbrNorm = typer.Option("l2", "--dbr-norm", help="L_dbr norm: l2, l1 or smooth_l1."),
-    kd_temperature: float = typer.Option(4.0, "--kd-temperature", help="KD temperature."),
+    lr: float = typer.Option(STUDENT["lr"], "--lr", help="AdamW learning rate."),
+    alpha_dbr: float = typer.Option(STUDENT["alpha_dbr"], "--alpha-dbr", help="Weight of L_dbr."),
+    dbr_norm: DbrNorm = typer.Option(STUDENT["dbr_norm"], "--dbr-norm", help="L_dbr norm (l1: chosen on validation data, README)."),
+    kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", help="KD temperature."),
     full_acc: float | None = typer.Option(None, "--full-acc", help="Top-1 (fraction, e.g. 0.93) of the "
                                              "student on the full real data with hard labels: adds HLR and LRS."),
     work: str | None = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
@@ -41,8 +42,8 @@ def evaluate_cmd(
 ) -> None:
     """Train students on STORE for every label kind and seed (and on random real images with --train),
     test them on --val, and report top-1 mean +- std and DD-Ranking's IOR, HLR and LRS."""
+    from nrrstore.evaluation import StudentProtocol, evaluate_store, format_table, plot_result
     from nrrstore.format.outputs import check_output_file
-    from nrrstore.train.evaluation import StudentProtocol, evaluate_store, format_table, plot_result
 
     if plot is not None:
         check_output_file(plot, overwrite)  # before hours of training, not after

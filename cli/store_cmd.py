@@ -46,7 +46,7 @@ def verify_cmd(
         problems = verify_store(store, progress=bar, decode=not no_decode)
     replay = None
     if teacher is not None and not problems:
-        from nrrstore.distill.replay import replay_check
+        from nrrstore.labels.replay_check import replay_check
         from nrrstore.models.checkpoint import load_teacher
 
         replay = replay_check(store, load_teacher(teacher, device), sample=sample, device=device)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from nrrstore.format.distances import DEFAULT_EPOCHS_PER_FILE
+from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import Amp, DbrNorm, LabelMode, MixMode, Precision, ProgressBar, handle_errors, print_json
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
@@ -39,8 +40,8 @@ def relabel_cmd(
     """
     # torch-backed modules load inside the commands, so that `nrrstore --help` answers at once
     from nrrstore.devices import amp_dtype
-    from nrrstore.distill.relabel import default_recipe, relabel
     from nrrstore.format.reader import Store
+    from nrrstore.labels.relabel import default_recipe, relabel
     from nrrstore.models import load_teacher
 
     st = Store(store)
@@ -71,13 +72,13 @@ def train_student_cmd(
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
     labels: LabelMode = typer.Option("dbr", "--labels", help="dbr (the two distances), kd (full soft labels) or onehot."),
-    alpha_dbr: float = typer.Option(1.0, "--alpha-dbr", min=0.0, help="Weight of L_dbr (our default)."),
-    dbr_norm: DbrNorm = typer.Option("l2", "--dbr-norm", help="L_dbr norm: l2, l1 or smooth_l1."),
-    kd_temperature: float = typer.Option(4.0, "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),
+    alpha_dbr: float = typer.Option(STUDENT["alpha_dbr"], "--alpha-dbr", min=0.0, help="Weight of L_dbr."),
+    dbr_norm: DbrNorm = typer.Option(STUDENT["dbr_norm"], "--dbr-norm", help="L_dbr norm (l1: chosen on validation data, README)."),
+    kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "
                                              "at IPC 1/10/50 for 10 classes)."),
-    lr: float = typer.Option(1e-3, "--lr", min=1e-12, help="AdamW learning rate (cosine to 0)."),
-    weight_decay: float = typer.Option(0.01, "--weight-decay", min=0.0, help="AdamW weight decay."),
+    lr: float = typer.Option(STUDENT["lr"], "--lr", min=1e-12, help="AdamW learning rate (cosine to 0)."),
+    weight_decay: float = typer.Option(STUDENT["weight_decay"], "--weight-decay", min=0.0, help="AdamW weight decay."),
     seed: int = typer.Option(0, "--seed", min=0, help="Student initialisation seed."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint if it exists."),

@@ -16,10 +16,10 @@ from nrrstore.errors import NrrError
 
 if TYPE_CHECKING:  # the names below, for type checkers and IDEs
     from nrrstore.distill.pipeline import method_config
-    from nrrstore.distill.relabel import relabel
+    from nrrstore.evaluation import evaluate_store as evaluate
     from nrrstore.format.reader import Store
+    from nrrstore.labels.relabel import relabel
     from nrrstore.models.checkpoint import load_teacher
-    from nrrstore.train.evaluation import evaluate_store as evaluate
     from nrrstore.train.loader import make_loader, open_store
     from nrrstore.train.student import train_student
 
@@ -29,8 +29,8 @@ _LAZY = {
     "open_store": ("nrrstore.train.loader", "open_store"),
     "make_loader": ("nrrstore.train.loader", "make_loader"),
     "method_config": ("nrrstore.distill.pipeline", "method_config"),
-    "relabel": ("nrrstore.distill.relabel", "relabel"),
-    "evaluate": ("nrrstore.train.evaluation", "evaluate_store"),
+    "relabel": ("nrrstore.labels.relabel", "relabel"),
+    "evaluate": ("nrrstore.evaluation", "evaluate_store"),
     "train_student": ("nrrstore.train.student", "train_student"),
     "load_teacher": ("nrrstore.models.checkpoint", "load_teacher"),
 }

@@ -30,10 +30,10 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.format.atomic import file_sha256
 from nrrstore.format.manifest import DIGEST_KEY, manifest_digest
 from nrrstore.format.writer import StoreWriter
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
 from nrrstore.sources import prepare_idx, prepare_imagefolder
 from nrrstore_cli.main import app

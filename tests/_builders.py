@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -233,3 +234,13 @@ def trained_teacher(norm: str = "group") -> Teacher:
     return Teacher(model=model, arch="convnet3", num_classes=10, in_channels=1, image_size=28,
                    classes=[str(i) for i in range(10)], mean=MEAN, std=STD, sha256="test", spec="convnet3",
                    arch_kwargs={"width": 16, "norm": norm})
+
+
+def cidd_config(**kw: Any) -> Any:
+    """A `CiddConfig` with what the class defaulted to before the presets became the single source (RDED's crop
+    protocol: factor 2, mipc 300, scale 0.08-1, any prediction, the first images), so the CIDD unit tests keep
+    their meaning; every argument given wins."""
+    from nrrstore.distill.cidd_config import CiddConfig
+
+    return CiddConfig(**{"factor": 2, "mipc": 300, "scale": (0.08, 1.0), "correct_only": False, "sources": "first",
+                         **kw})

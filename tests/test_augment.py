@@ -12,8 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nrrstore.errors import NrrError
+from nrrstore.replay import recipe as A
+from nrrstore.replay import render as R
+from nrrstore.replay import render_v1 as V1
+from nrrstore.replay import views as VW
 from nrrstore.sampling import rng
-from nrrstore.train import augment as A
 
 # ------------------------------------------------------------------------------------------
 # Recipe
@@ -197,7 +200,7 @@ def reference_view(recipe: A.AugRecipe, epoch: int, index: int, height: int, wid
             y2, x2 = min(ry + half, s), min(rx + half, s)
             box = (y1, x1, y2, x2)
             lam = 1.0 - (y2 - y1) * (x2 - x1) / (s * s)
-    return A.ViewParams(*crop, flip=flip, lam=float(np.float32(lam)), box_y1=box[0],
+    return VW.ViewParams(*crop, flip=flip, lam=float(np.float32(lam)), box_y1=box[0],
                         box_x1=box[1], box_y2=box[2], box_x2=box[3])
 
 
@@ -218,7 +221,7 @@ def test_vectorized_equals_scalar_reference(seed, epoch, height, width, size, mi
         assert A.view_params(recipe, epoch, i, height, width) == want
 
 
-def _check_ranges(p: A.ViewParams, height: int, width: int, recipe: A.AugRecipe) -> None:
+def _check_ranges(p: VW.ViewParams, height: int, width: int, recipe: A.AugRecipe) -> None:
     s = recipe.size
     assert 1 <= p.crop_h <= height and 1 <= p.crop_w <= width
     assert 0 <= p.crop_i <= height - p.crop_h and 0 <= p.crop_j <= width - p.crop_w
@@ -289,17 +292,17 @@ def test_view_params_golden():
     r = A.AugRecipe(size=32)
     batch = A.view_params_batch(r, 0, np.arange(4), 32, 48)
     assert [batch[k] for k in range(4)] == [
-        A.ViewParams(3, 6, 20, 17, True, 0.701171875, 15, 0, 32, 18),
-        A.ViewParams(2, 21, 18, 15, False, 0.82421875, 4, 0, 22, 10),
-        A.ViewParams(0, 4, 31, 25, False, 0.416015625, 0, 9, 26, 32),
-        A.ViewParams(1, 15, 28, 21, False, 0.859375, 19, 17, 31, 29),
+        VW.ViewParams(3, 6, 20, 17, True, 0.701171875, 15, 0, 32, 18),
+        VW.ViewParams(2, 21, 18, 15, False, 0.82421875, 4, 0, 22, 10),
+        VW.ViewParams(0, 4, 31, 25, False, 0.416015625, 0, 9, 26, 32),
+        VW.ViewParams(1, 15, 28, 21, False, 0.859375, 19, 17, 31, 29),
     ]
     r2 = A.AugRecipe(size=24, mix="mixup", mix_alpha=0.2, seed=2**63 + 5)
     batch = A.view_params_batch(r2, 7, np.arange(3), 40, 30)
     assert [batch[k] for k in range(3)] == [
-        A.ViewParams(4, 9, 19, 19, True, 0.15940694510936737, 0, 0, 0, 0),
-        A.ViewParams(7, 3, 19, 17, False, 0.009513958357274532, 0, 0, 0, 0),
-        A.ViewParams(5, 0, 24, 30, True, 0.9999998807907104, 0, 0, 0, 0),
+        VW.ViewParams(4, 9, 19, 19, True, 0.15940694510936737, 0, 0, 0, 0),
+        VW.ViewParams(7, 3, 19, 17, False, 0.009513958357274532, 0, 0, 0, 0),
+        VW.ViewParams(5, 0, 24, 30, True, 0.9999998807907104, 0, 0, 0, 0),
     ]
     r3 = A.AugRecipe(size=24, mix="mixup", mix_alpha=2.0)
     assert A.view_params_batch(r3, 1, np.arange(4), 24, 24).lam.tolist() == [
@@ -313,9 +316,9 @@ def test_view_params_golden():
 def test_explicit_columns_round_trip():
     r = A.AugRecipe(size=16, group_size=5)
     cols = A.epoch_columns(r, 2, 23, 20, 30)
-    assert {k: v.dtype for k, v in cols.items()} == A.EXPLICIT_COLUMNS
+    assert {k: v.dtype for k, v in cols.items()} == VW.EXPLICIT_COLUMNS
     assert all(len(v) == 23 for v in cols.values())
-    batch, partner = A.ViewBatch.from_columns(cols)
+    batch, partner = VW.ViewBatch.from_columns(cols)
     assert np.array_equal(partner, A.epoch_plan(r, 2, 23).partner)
     seeded = A.view_params_batch(r, 2, np.arange(23), 20, 30)
     assert all(batch[k] == seeded[k] for k in range(23))
@@ -339,7 +342,7 @@ def test_explicit_columns_rejects(mutate):
     cols = A.epoch_columns(A.AugRecipe(size=8), 0, 4, 10, 10)
     mutate(cols)
     with pytest.raises(NrrError):
-        A.ViewBatch.from_columns(cols, path="views.parquet")
+        VW.ViewBatch.from_columns(cols, path="views.parquet")
 
 
 # ------------------------------------------------------------------------------------------
@@ -355,42 +358,42 @@ def test_render_full_crop_and_flip_exact():
     img = torch.arange(3 * 6 * 6, dtype=torch.int64).reshape(3, 6, 6).mul(3).to(torch.uint8)
     base = {"crop_i": 0, "crop_j": 0, "crop_h": 6, "crop_w": 6, "lam": 1.0,
             "box_y1": 0, "box_x1": 0, "box_y2": 0, "box_x2": 0}
-    plain = A.render_view(img, A.ViewParams(flip=False, **base), 6)
+    plain = V1.render_view(img, VW.ViewParams(flip=False, **base), 6)
     assert plain.dtype == torch.float32 and plain.shape == (3, 6, 6)
     assert torch.equal(plain, img.float() / 255.0)
-    flipped = A.render_view(img, A.ViewParams(flip=True, **base), 6)
+    flipped = V1.render_view(img, VW.ViewParams(flip=True, **base), 6)
     assert torch.equal(flipped, img.float().flip(-1) / 255.0)
     assert flipped[0, 0, 0].item() == float(np.float32(np.float32(img[0, 0, 5].item()) / np.float32(255)))
     # a same-size crop of a larger image is exact too
     big = torch.arange(10 * 10, dtype=torch.int64).reshape(1, 10, 10).to(torch.uint8)
-    p = A.ViewParams(2, 3, 4, 4, False, 1.0, 0, 0, 0, 0)
-    assert torch.equal(A.render_view(big, p, 4), big[:, 2:6, 3:7].float() / 255.0)
+    p = VW.ViewParams(2, 3, 4, 4, False, 1.0, 0, 0, 0, 0)
+    assert torch.equal(V1.render_view(big, p, 4), big[:, 2:6, 3:7].float() / 255.0)
 
 
 def test_render_resize_constant_and_bounds():
     img = torch.full((3, 17, 11), 200, dtype=torch.uint8)
-    p = A.ViewParams(1, 2, 13, 7, True, 1.0, 0, 0, 0, 0)
-    out = A.render_view(img, p, 9)
+    p = VW.ViewParams(1, 2, 13, 7, True, 1.0, 0, 0, 0, 0)
+    out = V1.render_view(img, p, 9)
     assert out.shape == (3, 9, 9)
     assert torch.allclose(out, torch.full_like(out, 200 / 255.0), atol=1e-6)
     with pytest.raises(NrrError):
-        A.render_view(img, A.ViewParams(10, 0, 8, 7, False, 1.0, 0, 0, 0, 0), 9)
+        V1.render_view(img, VW.ViewParams(10, 0, 8, 7, False, 1.0, 0, 0, 0, 0), 9)
     with pytest.raises(NrrError):
-        A.render_view(img.float(), p, 9)
+        V1.render_view(img.float(), p, 9)
 
 
 def test_mix_views():
     a = torch.zeros(2, 8, 8)
     b = torch.ones(2, 8, 8)
-    p = A.ViewParams(0, 0, 8, 8, False, 0.75, 2, 1, 6, 3)
-    cut = A.mix_views(a, b, p, "cutmix")
+    p = VW.ViewParams(0, 0, 8, 8, False, 0.75, 2, 1, 6, 3)
+    cut = V1.mix_views(a, b, p, "cutmix")
     assert cut[:, 2:6, 1:3].eq(1).all() and cut.sum().item() == 2 * 4 * 2
     assert a.sum().item() == 0  # inputs untouched
-    mixed = A.mix_views(a + 0.5, b, p, "mixup")
+    mixed = V1.mix_views(a + 0.5, b, p, "mixup")
     assert torch.equal(mixed, (a + 0.5) * 0.75 + b * 0.25)
-    assert A.mix_views(a, b, p, "none") is a
+    assert V1.mix_views(a, b, p, "none") is a
     with pytest.raises(NrrError):
-        A.mix_views(a, b, p, "cutout")
+        V1.mix_views(a, b, p, "cutout")
 
 
 @pytest.mark.parametrize("mix", A.MIX_MODES)
@@ -400,18 +403,18 @@ def test_render_batch_v1_matches_parts_and_is_deterministic(mix):
     imgs = _images(14, h=20, w=28)
     plan = A.epoch_plan(recipe, 4, len(imgs))
     idx = plan.order[:8]
-    views, lam, partner = A.render_batch(imgs, idx, plan, recipe, 4)
+    views, lam, partner = R.render_batch(imgs, idx, plan, recipe, 4)
     assert views.shape == (8, 3, 16, 16) and views.dtype == torch.float32
     assert lam.dtype == torch.float32 and partner.dtype == torch.int64
     assert partner.tolist() == plan.partner[idx].tolist()
     for k, (i, q) in enumerate(zip(idx.tolist(), partner.tolist(), strict=True)):
         p_i = A.view_params(recipe, 4, i, 20, 28)
         p_q = A.view_params(recipe, 4, q, 20, 28)
-        want = A.mix_views(A.render_view(imgs[i], p_i, 16), A.render_view(imgs[q], p_q, 16),
+        want = V1.mix_views(V1.render_view(imgs[i], p_i, 16), V1.render_view(imgs[q], p_q, 16),
                            p_i, mix)
         assert torch.equal(views[k], want)
         assert lam[k].item() == p_i.lam
-    views2, lam2, partner2 = A.render_batch(imgs, idx, plan, recipe, 4)
+    views2, lam2, partner2 = R.render_batch(imgs, idx, plan, recipe, 4)
     assert torch.equal(views, views2) and torch.equal(lam, lam2) and torch.equal(partner, partner2)
 
 
@@ -424,21 +427,21 @@ def test_render_batch_thread_count_and_group_dict_and_explicit(version):
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = A.render_batch(imgs, group, plan, recipe, 0)
+        one = R.render_batch(imgs, group, plan, recipe, 0)
         torch.set_num_threads(2)
-        two = A.render_batch(imgs, group, plan, recipe, 0)
+        two = R.render_batch(imgs, group, plan, recipe, 0)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one[0], two[0])
     # a reader holding only this group's images renders the same batch
     held = {i: imgs[i] for i in group}
-    assert torch.equal(A.render_batch(held, group, plan, recipe, 0)[0], one[0])
+    assert torch.equal(R.render_batch(held, group, plan, recipe, 0)[0], one[0])
     # explicit mode from stored columns renders the same views
     cols = A.epoch_columns(recipe, 0, len(imgs), 15, 9)
-    ex = A.render_batch(imgs, group, None, recipe, 0, explicit=cols)
+    ex = R.render_batch(imgs, group, None, recipe, 0, explicit=cols)
     assert all(torch.equal(a, b) for a, b in zip(ex, one, strict=True))
-    parsed = A.ViewBatch.from_columns(cols)
-    assert torch.equal(A.render_batch(imgs, group, None, recipe, 0, explicit=parsed)[0], one[0])
+    parsed = VW.ViewBatch.from_columns(cols)
+    assert torch.equal(R.render_batch(imgs, group, None, recipe, 0, explicit=parsed)[0], one[0])
 
 
 @pytest.mark.parametrize("version", A.REPLAYED_VERSIONS)
@@ -447,8 +450,8 @@ def test_render_batch_errors(version):
     imgs = _images(8, h=8, w=8)
     plan = A.epoch_plan(recipe, 0, 8)
     with pytest.raises(NrrError):
-        A.render_batch(imgs, [0, 1], plan, recipe, 1)  # plan of another epoch
+        R.render_batch(imgs, [0, 1], plan, recipe, 1)  # plan of another epoch
     with pytest.raises(NrrError):
-        A.render_batch(imgs, [], plan, recipe, 0)
+        R.render_batch(imgs, [], plan, recipe, 0)
     with pytest.raises(NrrError):
-        A.render_batch(imgs, [8], plan, recipe, 0)
+        R.render_batch(imgs, [8], plan, recipe, 0)

@@ -26,7 +26,7 @@ from nrrstore.distill.nrr import from_uint8, to_uint8
 from nrrstore.errors import NrrError
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
-from tests._builders import class_images, trained_teacher
+from tests._builders import cidd_config, class_images, trained_teacher
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
@@ -71,15 +71,15 @@ class ForwardCounter:
 
 
 def test_config_validates_and_round_trips() -> None:
-    cfg = CiddConfig(ipc=3, factor=2, mipc=20, cam_top=0.25, select="high", seed=2**63)
+    cfg = cidd_config(ipc=3, factor=2, mipc=20, cam_top=0.25, select="high", seed=2**63)
     assert cfg.need == 12
     assert CiddConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(NrrError, match="mipc 10 is below ipc \\* factor\\^2 = 12"):
-        CiddConfig(ipc=3, factor=2, mipc=10)
+        cidd_config(ipc=3, factor=2, mipc=10)
     for bad in ({"per_image": "area"}, {"select": "best"}, {"cam_top": 0.0}, {"cam_top": 1.5},
                 {"scale": (0.5, 0.1)}, {"seed": -1}, {"factor": 0}, {"ipc": True}):
         with pytest.raises(NrrError):
-            CiddConfig(**{"ipc": 1, "mipc": 4, **bad})  # type: ignore[arg-type]
+            cidd_config(**{"ipc": 1, "mipc": 4, **bad})  # type: ignore[arg-type]
     with pytest.raises(NrrError, match="unknown parameters crops"):
         CiddConfig.from_dict({"ipc": 1, "crops": 3})
 
@@ -152,7 +152,7 @@ def test_score_is_ce_on_the_zero_padded_centred_patch(teacher: Teacher) -> None:
 
 def test_cam_mode_keeps_the_crop_with_the_highest_cam_ratio(teacher: Teacher) -> None:
     keys, imgs = class_images(8, 12)
-    cfg = CiddConfig(ipc=1, factor=2, mipc=12, num_crop=5, per_image="cam", cam_top=1.0, seed=3)
+    cfg = cidd_config(ipc=1, factor=2, mipc=12, num_crop=5, per_image="cam", cam_top=1.0, seed=3)
     patches, found = discover(teacher, keys, imgs, [8] * 12, range(12), cfg)
     boxes = sample_boxes(3, [8] * 12, range(12), 28, 28, 5)
     ratios = box_ratios(full_image_cams(teacher, CamModel(teacher.model), imgs, torch.full((12,), 8), 64), boxes)
@@ -166,7 +166,7 @@ def test_cam_mode_keeps_the_crop_with_the_highest_cam_ratio(teacher: Teacher) ->
 
 def test_score_mode_keeps_the_lowest_ce_crop_and_skips_cams(teacher: Teacher) -> None:
     keys, imgs = class_images(1, 6)
-    cfg = CiddConfig(ipc=1, factor=2, mipc=6, num_crop=4, per_image="score", cam_top=1.0, seed=5)
+    cfg = cidd_config(ipc=1, factor=2, mipc=6, num_crop=4, per_image="score", cam_top=1.0, seed=5)
     _, found = discover(teacher, keys, imgs, [1] * 6, range(6), cfg)
     boxes = sample_boxes(5, [1] * 6, range(6), 28, 28, 4)
     all_patches = torch.stack([crop_patch(imgs[i], boxes[i, k], 14) for i in range(6) for k in range(4)])
@@ -181,12 +181,12 @@ def test_score_mode_keeps_the_lowest_ce_crop_and_skips_cams(teacher: Teacher) ->
 def test_forward_passes_are_batched_and_not_redundant(teacher: Teacher) -> None:
     keys, imgs = class_images(2, 40)
     # "cam": one CAM pass and one scoring pass per chunk of batch_size images.
-    cands = ClassCandidates(2, CiddConfig(ipc=2, factor=2, mipc=40, num_crop=5, batch_size=16), teacher)
+    cands = ClassCandidates(2, cidd_config(ipc=2, factor=2, mipc=40, num_crop=5, batch_size=16), teacher)
     with ForwardCounter(teacher) as count:
         cands.add(keys, imgs)
     assert (count.passes, count.inputs) == (6, 80)  # ceil(40/16) CAM + 3 scoring passes, 40 inputs each
     # "score" without the CAM filter: only the crops, num_crop per image, in chunks of batch_size.
-    cfg = CiddConfig(ipc=2, factor=2, mipc=40, num_crop=5, per_image="score", cam_top=1.0, batch_size=100)
+    cfg = cidd_config(ipc=2, factor=2, mipc=40, num_crop=5, per_image="score", cam_top=1.0, batch_size=100)
     cands = ClassCandidates(2, cfg, teacher)
     with ForwardCounter(teacher) as count:
         cands.add(keys, imgs)
@@ -200,7 +200,7 @@ def test_forward_passes_are_batched_and_not_redundant(teacher: Teacher) -> None:
 def test_candidate_memory_is_bounded_by_mipc(teacher: Teacher) -> None:
     mipc = 8
     keys, imgs = class_images(5, 3 * mipc)
-    cands = ClassCandidates(5, CiddConfig(ipc=2, factor=2, mipc=mipc, batch_size=4), teacher)
+    cands = ClassCandidates(5, cidd_config(ipc=2, factor=2, mipc=mipc, batch_size=4), teacher)
     taken = [cands.add(keys[i:i + 5], imgs[i:i + 5]) for i in range(0, 3 * mipc, 5)]
     assert taken == [5, 3, 0, 0, 0]
     assert len(cands) == mipc and cands.full
@@ -213,7 +213,7 @@ def test_candidate_memory_is_bounded_by_mipc(teacher: Teacher) -> None:
 
 
 def test_mixed_class_discovery_equals_per_class_accumulation(teacher: Teacher) -> None:
-    cfg = CiddConfig(ipc=1, factor=2, mipc=6, seed=11)
+    cfg = cidd_config(ipc=1, factor=2, mipc=6, seed=11)
     k3, x3 = class_images(3, 6)
     k7, x7 = class_images(7, 6)
     per_class = {}
@@ -249,25 +249,25 @@ def test_select_indices_rules() -> None:
     ce = [0.5, 2.0, 0.1, 2.0, 1.0, 0.3]
     ratios = [0.9, 0.2, 0.8, 0.7, 0.1, 0.6]
     base = {"factor": 1, "mipc": 6}
-    assert select_indices(ce, None, CiddConfig(**base, ipc=3, select="low", cam_top=1.0), 0).tolist() == [1, 3, 4]
-    assert select_indices(ce, None, CiddConfig(**base, ipc=3, select="high", cam_top=1.0), 0).tolist() == [2, 5, 0]
+    assert select_indices(ce, None, cidd_config(**base, ipc=3, select="low", cam_top=1.0), 0).tolist() == [1, 3, 4]
+    assert select_indices(ce, None, cidd_config(**base, ipc=3, select="high", cam_top=1.0), 0).tolist() == [2, 5, 0]
     # cam_top 0.5 keeps candidates 0, 2, 3 (the top half by CAM ratio), then the lowest confidence.
-    assert select_indices(ce, ratios, CiddConfig(**base, ipc=2, select="low", cam_top=0.5), 0).tolist() == [3, 0]
+    assert select_indices(ce, ratios, cidd_config(**base, ipc=2, select="low", cam_top=0.5), 0).tolist() == [3, 0]
     # The filter never keeps fewer than selection needs: 4 needed, top 50% would be 3.
-    assert sorted(select_indices(ce, ratios, CiddConfig(**base, ipc=4, select="high", cam_top=0.5), 0)) == [0, 2, 3, 5]
-    rnd = CiddConfig(**base, ipc=3, select="random", cam_top=1.0, seed=4)
+    assert sorted(select_indices(ce, ratios, cidd_config(**base, ipc=4, select="high", cam_top=0.5), 0)) == [0, 2, 3, 5]
+    rnd = cidd_config(**base, ipc=3, select="random", cam_top=1.0, seed=4)
     pick = select_indices(ce, None, rnd, 9)
     assert len(set(pick.tolist())) == 3 and np.array_equal(pick, select_indices(ce, None, rnd, 9))
     assert any(not np.array_equal(select_indices(ce, None, rnd, c), pick) for c in range(10, 20))
     with pytest.raises(NrrError, match="needs the CAM ratio"):
-        select_indices(ce, None, CiddConfig(**base, ipc=1, cam_top=0.5), 0)
+        select_indices(ce, None, cidd_config(**base, ipc=1, cam_top=0.5), 0)
 
 
 def test_low_and_high_confidence_select_different_candidates(teacher: Teacher) -> None:
     keys, imgs = class_images(4, 24)
     picked = {}
     for select in ("low", "high"):
-        cands = ClassCandidates(4, CiddConfig(ipc=2, factor=2, mipc=24, select=select, cam_top=1.0), teacher)
+        cands = ClassCandidates(4, cidd_config(ipc=2, factor=2, mipc=24, select=select, cam_top=1.0), teacher)
         cands.add(keys, imgs)
         _, metas = select_and_stitch(cands)
         picked[select] = [p for m in metas for p in m["patches"]]
@@ -281,7 +281,7 @@ def test_low_and_high_confidence_select_different_candidates(teacher: Teacher) -
 
 def test_too_few_images_says_how_many_are_missing(teacher: Teacher) -> None:
     keys, imgs = class_images(6, 13)
-    cands = ClassCandidates(6, CiddConfig(ipc=5, factor=2, mipc=20), teacher)
+    cands = ClassCandidates(6, cidd_config(ipc=5, factor=2, mipc=20), teacher)
     cands.add(keys, imgs)
     with pytest.raises(NrrError, match=r"^class 6: 13 candidate images, need 20 \(7 missing\)$"):
         select_and_stitch(cands)
@@ -295,7 +295,7 @@ def test_stitched_patch_k_of_image_i_is_rank_k_ipc_plus_i(teacher: Teacher) -> N
     ipc = 3
     keys, imgs = class_images(9, 16)
     source = dict(zip(keys, imgs, strict=True))
-    cands = ClassCandidates(9, CiddConfig(ipc=ipc, factor=2, mipc=16, cam_top=0.75), teacher)
+    cands = ClassCandidates(9, cidd_config(ipc=ipc, factor=2, mipc=16, cam_top=0.75), teacher)
     cands.add(keys, imgs)
     images, metas = select_and_stitch(cands)
     assert images.shape == (ipc, 1, 28, 28) and images.dtype == torch.float32
@@ -321,7 +321,7 @@ def test_stitching_when_the_size_is_not_divisible_by_factor(teacher: Teacher) ->
     assert tile_layout(28, 3) == [(0, 0, 10, 10), (0, 10, 10, 9), (0, 19, 10, 9), (10, 0, 9, 10), (10, 10, 9, 9),
                                   (10, 19, 9, 9), (19, 0, 9, 10), (19, 10, 9, 9), (19, 19, 9, 9)]
     keys, imgs = class_images(0, 9)
-    cands = ClassCandidates(0, CiddConfig(ipc=1, factor=3, mipc=9, cam_top=1.0), teacher)
+    cands = ClassCandidates(0, cidd_config(ipc=1, factor=3, mipc=9, cam_top=1.0), teacher)
     cands.add(keys, imgs)
     assert cands.patches.shape == (9, 1, 9, 9)
     images, metas = select_and_stitch(cands)
@@ -335,7 +335,7 @@ def test_stitching_when_the_size_is_not_divisible_by_factor(teacher: Teacher) ->
 
 def test_factor_one_keeps_whole_crops(teacher: Teacher) -> None:
     keys, imgs = class_images(7, 5)
-    cands = ClassCandidates(7, CiddConfig(ipc=5, factor=1, mipc=5, select="high", cam_top=1.0), teacher)
+    cands = ClassCandidates(7, cidd_config(ipc=5, factor=1, mipc=5, select="high", cam_top=1.0), teacher)
     cands.add(keys, imgs)
     images, metas = select_and_stitch(cands)
     assert images.shape == (5, 1, 28, 28)
@@ -347,7 +347,7 @@ def test_same_inputs_and_seed_give_identical_bytes(teacher: Teacher) -> None:
     keys, imgs = class_images(3, 20)
 
     def run(batch: int, seed: int = 123) -> tuple[torch.Tensor, list[dict], ClassCandidates]:
-        cands = ClassCandidates(3, CiddConfig(ipc=2, factor=2, mipc=20, seed=seed), teacher)
+        cands = ClassCandidates(3, cidd_config(ipc=2, factor=2, mipc=20, seed=seed), teacher)
         for i in range(0, 20, batch):
             cands.add(keys[i:i + batch], imgs[i:i + batch])
         return (*select_and_stitch(cands), cands)
@@ -367,7 +367,7 @@ def test_same_inputs_and_seed_give_identical_bytes(teacher: Teacher) -> None:
 
 def test_bad_inputs_are_reported(teacher: Teacher) -> None:
     keys, imgs = class_images(0, 2)
-    cfg = CiddConfig(ipc=1, factor=2, mipc=4)
+    cfg = cidd_config(ipc=1, factor=2, mipc=4)
     with pytest.raises(NrrError, match="not in \\[0, 10\\)"):
         ClassCandidates(10, cfg, teacher)
     cands = ClassCandidates(0, cfg, teacher)
@@ -376,7 +376,7 @@ def test_bad_inputs_are_reported(teacher: Teacher) -> None:
     with pytest.raises(NrrError, match="channels"):
         cands.add(keys, imgs.expand(2, 3, 28, 28).contiguous())
     with pytest.raises(NrrError, match="factor 40 exceeds"):
-        ClassCandidates(0, CiddConfig(ipc=1, factor=40, mipc=1600), teacher)
+        ClassCandidates(0, cidd_config(ipc=1, factor=40, mipc=1600), teacher)
 
 
 # -- source sampling, correct-only selection, CAM scores (issue 8) ------------------------------------
@@ -398,11 +398,11 @@ def test_sample_sources_is_seeded_and_independent_of_shard_order(fmnist_train_sh
 def test_correct_only_ranks_correct_candidates_first() -> None:
     ce = [3.0, 2.5, 0.1, 1.0, 2.0]
     correct = [False, True, True, True, False]
-    low = CiddConfig(ipc=3, factor=1, mipc=5, cam_top=1.0, select="low", correct_only=True)
+    low = cidd_config(ipc=3, factor=1, mipc=5, cam_top=1.0, select="low", correct_only=True)
     assert select_indices(ce, None, low, 0, correct).tolist() == [1, 3, 2]
-    plain = CiddConfig(ipc=3, factor=1, mipc=5, cam_top=1.0, select="low")
+    plain = cidd_config(ipc=3, factor=1, mipc=5, cam_top=1.0, select="low")
     assert select_indices(ce, None, plain, 0, correct).tolist() == [0, 1, 4]
-    short = CiddConfig(ipc=4, factor=1, mipc=5, cam_top=1.0, select="low", correct_only=True)
+    short = cidd_config(ipc=4, factor=1, mipc=5, cam_top=1.0, select="low", correct_only=True)
     assert select_indices(ce, None, short, 0, correct).tolist() == [1, 3, 2, 0]  # the rest follow in rank order
 
 
@@ -416,4 +416,4 @@ def test_cam_scores_density_and_excess() -> None:
     assert cam_scores(cam, boxes, "density").tolist() == [[4.0, 1.0, 0.0]]
     assert cam_scores(cam, boxes, "excess").tolist() == [[0.75, 0.0, -0.25]]
     with pytest.raises(NrrError, match="cam_score"):
-        CiddConfig(ipc=1, cam_score="mean")
+        cidd_config(ipc=1, cam_score="mean")

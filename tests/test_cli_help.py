@@ -43,11 +43,13 @@ def test_choice_types_match_the_library() -> None:
     from typing import get_args
 
     from nrrstore.devices import AMP_MODES
-    from nrrstore.distill import cidd, nrr, pipeline
+    from nrrstore.distill import cidd_config as cidd
+    from nrrstore.distill import nrr, pipeline
     from nrrstore.format.distances import DISTANCE_TYPES
     from nrrstore.models.convnet import NORMS
+    from nrrstore.replay import recipe as augment
     from nrrstore.sources import prepare
-    from nrrstore.train import augment, loader, losses, teacher
+    from nrrstore.train import loader, losses, teacher
     from nrrstore_cli import _common as c
 
     pairs = {c.Method: pipeline.METHODS, c.Select: cidd.SELECT, c.PerImage: cidd.PER_IMAGE,

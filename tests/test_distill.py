@@ -53,7 +53,7 @@ def test_distill_writes_a_sound_store(tmp_path: Path) -> None:
     assert m.method["name"] == "nrr-dd" and m.method["cidd"]["select"] == "low" and m.method["nrr"]["iterations"] == 3
     assert m.teacher["sha256"] and m.normalization == {"mean": [0.286], "std": [0.353]}
     # The preset records every chosen default, so a store says exactly how it was made.
-    from nrrstore.distill.cidd import CiddConfig
+    from nrrstore.distill.cidd_config import CiddConfig
     from nrrstore.distill.nrr import NrrConfig
 
     assert set(m.method["cidd"]) == set(CiddConfig.__dataclass_fields__)

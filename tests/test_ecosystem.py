@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.format import Store
+from nrrstore.labels.relabel import relabel
 from tests._builders import write_fmnist_store
 from tests._teacher import teacher_path
 

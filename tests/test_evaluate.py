@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from nrrstore.distill.pipeline import distill, method_config
-from nrrstore.distill.relabel import relabel
 from nrrstore.errors import NrrError
+from nrrstore.evaluation import StudentProtocol, evaluate_store, lrs, metrics
 from nrrstore.format.reader import Store
-from nrrstore.train.evaluation import StudentProtocol, evaluate_store, lrs, metrics
+from nrrstore.labels.relabel import relabel
 from tests.conftest import ROOT
 
 PROTO = StudentProtocol(epochs=2)

@@ -18,8 +18,8 @@ from nrrstore.convert.export import export_imagefolder, folder_names
 from nrrstore.convert.sre2l import convert_sre2l
 from nrrstore.errors import NrrError
 from nrrstore.format.reader import Store
+from nrrstore.format.tables import EXPLICIT_COLUMNS
 from nrrstore.sources.imagefolder import list_imagefolder
-from nrrstore.train.augment import EXPLICIT_COLUMNS
 from nrrstore.train.loader import read_epoch_labels
 from tests._builders import make_app, make_fixture
 from tests._real import FMNIST_CLASSES

@@ -16,9 +16,9 @@ import nrrstore_cli._common as common
 from nrrstore.convert.rded import import_rded
 from nrrstore.convert.size_report import size_report
 from nrrstore.distill.pipeline import distill, method_config
-from nrrstore.distill.relabel import relabel
 from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
+from nrrstore.labels.relabel import relabel
 from nrrstore.sources import prepare_imagefolder
 from nrrstore.sources.shards import iter_samples
 from nrrstore.train.student import few_steps_warning

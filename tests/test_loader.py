@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
 from nrrstore.format.reader import Store
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
-from nrrstore.train.augment import AugRecipe
+from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.loader import DistilledDataset, make_loader
 from nrrstore.train.losses import distances
 from tests._builders import _same, write_fmnist_store
@@ -84,7 +84,7 @@ def test_teacher_reproduces_stored_labels_on_loader_views(stores, teacher) -> No
 
 
 def test_batches_follow_the_epoch_plan(stores) -> None:
-    from nrrstore.train.augment import epoch_plan
+    from nrrstore.replay.recipe import epoch_plan
 
     labels = Store(stores["dbr"]).labels()
     plan = epoch_plan(RECIPE, 2, N)
@@ -301,7 +301,7 @@ def test_workers_give_the_same_batches_and_decode_each_image_once(stores) -> Non
 
 
 def test_decode_cache_counts_real_bytes(stores) -> None:
-    from nrrstore.train.stream import BLOCK_OVERHEAD, ImageBlocks
+    from nrrstore.replay.stream import BLOCK_OVERHEAD, ImageBlocks
 
     blocks = ImageBlocks(Store(stores["dbr"]), 8, cache_mb=1)
     blocks.cap = 3 * (8 * 28 * 28 + BLOCK_OVERHEAD)  # room for three groups of eight 28x28 images
@@ -317,7 +317,8 @@ def test_decode_cache_counts_real_bytes(stores) -> None:
 
 def test_version_1_store_replays_with_its_own_renderer(stores, teacher) -> None:
     """A store labelled by the per-view renderer (recipe version 1) replays exactly, with any worker count."""
-    from nrrstore.train.augment import epoch_plan, render_batch_v1
+    from nrrstore.replay.recipe import epoch_plan
+    from nrrstore.replay.render_v1 import render_batch_v1
     from nrrstore.train.loader import to_chw
 
     store = Store(stores["v1"])
@@ -346,7 +347,7 @@ def test_bad_device(stores) -> None:
 
 
 def test_output_pool_reuses_only_released_batches() -> None:
-    from nrrstore.train.stream import OutputPool
+    from nrrstore.replay.stream import OutputPool
 
     pool = OutputPool(torch.device("cpu"), size=2)
     a = pool.get((2, 3))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.errors import NrrError
-from nrrstore.train.augment import AugRecipe
+from nrrstore.labels.relabel import relabel
+from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.loader import make_loader
 from tests._builders import _same, write_fmnist_store
 from tests._teacher import one_thread

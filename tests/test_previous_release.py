@@ -84,7 +84,7 @@ def test_loader_yields_what_v01_yielded(labels: str, epoch: int, before: dict[st
 
 @pytest.mark.skipif(not TEACHER.is_file(), reason="the shipped teacher is not in this checkout")
 def test_replay_check_passes_with_the_teacher_that_labelled_it(single_thread: None) -> None:
-    from nrrstore.distill.replay import replay_check
+    from nrrstore.labels.replay_check import replay_check
     from nrrstore.models import load_teacher
 
     report = replay_check(STORE, load_teacher(TEACHER), sample=20)

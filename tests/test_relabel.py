@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 import pytest
 import zarr
 
-from nrrstore.distill.relabel import WORK_DIR, default_recipe, relabel
 from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format import quant
 from nrrstore.format.atomic import file_sha256
@@ -22,7 +21,8 @@ from nrrstore.format.manifest import DIGEST_KEY, manifest_digest
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import distance_schema
 from nrrstore.format.verify import verify_store
-from nrrstore.train.augment import AugRecipe
+from nrrstore.labels.relabel import WORK_DIR, default_recipe, relabel
+from nrrstore.replay.recipe import AugRecipe
 from tests._builders import write_fmnist_store
 from tests._teacher import teacher_path
 
@@ -103,8 +103,8 @@ def test_existing_labels_need_overwrite(tmp_path: Path, teacher) -> None:
 _KILLER = """
 import os, signal, sys, torch
 torch.set_num_threads(1)
-from nrrstore.distill.relabel import relabel
-from nrrstore.train.augment import AugRecipe
+from nrrstore.labels.relabel import relabel
+from nrrstore.replay.recipe import AugRecipe
 store, teacher, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def progress(task, done, total):
     if done >= kill_at:
@@ -245,8 +245,8 @@ def test_two_ranks_give_the_same_bytes(tmp_path: Path) -> None:
         "import sys, json\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "import torch; torch.set_num_threads(1)\n"
-        "from nrrstore.distill.relabel import relabel\n"
-        "from nrrstore.train.augment import AugRecipe\n"
+        "from nrrstore.labels.relabel import relabel\n"
+        "from nrrstore.replay.recipe import AugRecipe\n"
         f"r = relabel({str(two)!r}, {str(teacher_path())!r}, 5, AugRecipe.from_dict({json.dumps(recipe.to_dict())}),"
         f" **{kwargs!r})\n"
         f"open({str(tmp_path)!r} + f'/summary-{{r[\"rank\"]}}.json', 'w').write(json.dumps(r))\n"

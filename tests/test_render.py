@@ -12,8 +12,11 @@ import pytest
 import torch
 
 from nrrstore.errors import NrrError
-from nrrstore.train import augment as A
-from nrrstore.train.render import Renderer, from_xmajor, resize_taps, to_xmajor, view_taps
+from nrrstore.replay import recipe as A
+from nrrstore.replay import render as R
+from nrrstore.replay import render_v1 as V1
+from nrrstore.replay import views as VW
+from nrrstore.replay.render import Renderer, from_xmajor, resize_taps, to_xmajor, view_taps
 from tests._real import fmnist, photo_crops
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -23,7 +26,7 @@ def _photos(n: int, size: int) -> list[np.ndarray]:
     return [img for img, _ in photo_crops(n, size=size)]
 
 
-def _render(images: list[np.ndarray], views: A.ViewBatch, size: int, **kw) -> torch.Tensor:
+def _render(images: list[np.ndarray], views: VW.ViewBatch, size: int, **kw) -> torch.Tensor:
     pixels = torch.from_numpy(np.stack([to_xmajor(a) for a in images]))
     r = Renderer(size, pixels.shape[1], **kw)
     return r.render(pixels, view_taps(views.crop_i, views.crop_j, views.crop_h, views.crop_w, views.flip, size))
@@ -40,13 +43,13 @@ def test_matches_torch_antialiased_bilinear(source: int, size: int) -> None:
     for k, img in enumerate(images):
         chw = torch.from_numpy(np.array(img))
         chw = chw.unsqueeze(0) if img.ndim == 2 else chw.permute(2, 0, 1)
-        want = A.render_view(chw.contiguous(), views[k], size)  # version 1: F.interpolate(antialias=True)
+        want = V1.render_view(chw.contiguous(), views[k], size)  # version 1: F.interpolate(antialias=True)
         assert (got[k] - want).abs().max().item() < 3e-5
 
 
 def test_full_crop_is_a_scaled_copy() -> None:
     img = _photos(1, 24)[0]
-    views = A.ViewBatch(*(np.array([v]) for v in (0, 0, 24, 24)), flip=np.array([True]), lam=np.ones(1, np.float32),
+    views = VW.ViewBatch(*(np.array([v]) for v in (0, 0, 24, 24)), flip=np.array([True]), lam=np.ones(1, np.float32),
                         box_y1=np.zeros(1, np.int64), box_x1=np.zeros(1, np.int64), box_y2=np.zeros(1, np.int64),
                         box_x2=np.zeros(1, np.int64))
     got = _render([img], views, 24)[0]
@@ -117,9 +120,9 @@ def test_render_batch_dispatches_on_the_recipe_version() -> None:
     v2 = A.AugRecipe(size=16, group_size=6, seed=2)
     v1 = A.AugRecipe(size=16, group_size=6, seed=2, version=1)
     plan = A.epoch_plan(v2, 0, 6)
-    new, lam, partner = A.render_batch(images, idx, plan, v2, 0)
-    old, lam1, partner1 = A.render_batch(images, idx, plan, v1, 0)
-    assert torch.equal(old, A.render_batch_v1(images, idx, plan, v1, 0)[0])
+    new, lam, partner = R.render_batch(images, idx, plan, v2, 0)
+    old, lam1, partner1 = R.render_batch(images, idx, plan, v1, 0)
+    assert torch.equal(old, V1.render_batch_v1(images, idx, plan, v1, 0)[0])
     assert torch.equal(lam, lam1) and torch.equal(partner, partner1)
     assert not torch.equal(new, old) and (new - old).abs().max() < 3e-5  # pixels moved: hence version 2
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nrrstore.distill.cidd import STREAM_CROP, CiddConfig, sample_boxes
+from nrrstore.distill.cidd import STREAM_CROP, sample_boxes
+from nrrstore.distill.cidd_config import CiddConfig
 from nrrstore.errors import NrrError
+from nrrstore.replay.recipe import STREAM_VIEW, AugRecipe, view_params_batch
 from nrrstore.sampling import rng
 from nrrstore.sampling.crops import SAMPLER_VERSION, SLOTS_PER_CROP, random_resized_crop
-from nrrstore.train.augment import STREAM_VIEW, AugRecipe, view_params_batch
+from tests._builders import cidd_config
 
 V01_MANIFEST = Path(__file__).parent / "fixtures" / "v0.1-store" / "manifest.json"
 
@@ -87,7 +89,7 @@ def test_cidd_and_the_replay_draw_with_the_same_sampler() -> None:
 
 
 def test_manifests_record_the_crop_sampler_and_older_configs_still_parse() -> None:
-    cfg = CiddConfig(ipc=2)
+    cfg = cidd_config(ipc=2)
     assert cfg.to_dict()["crop_sampler"] == SAMPLER_VERSION == 2
     assert CiddConfig.from_dict(cfg.to_dict()) == cfg
     recorded = json.loads(V01_MANIFEST.read_text(encoding="utf-8"))["method"]["cidd"]

@@ -38,8 +38,8 @@ def test_top_level_entry_points_are_the_library_functions() -> None:
     import nrrstore
     import nrrstore.distill
     from nrrstore.distill.pipeline import distill
+    from nrrstore.evaluation import evaluate_store
     from nrrstore.format.reader import Store
-    from nrrstore.train.evaluation import evaluate_store
     from nrrstore.train.loader import make_loader, open_store
 
     assert nrrstore.distill.distill is distill and nrrstore.Store is Store and nrrstore.evaluate is evaluate_store

@@ -10,12 +10,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nrrstore.distill.relabel import relabel
 from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
+from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
-from nrrstore.train.augment import AugRecipe
+from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.student import train_student
 from nrrstore_cli import train_cmd
 from tests._builders import make_app, write_fmnist_store

@@ -12,15 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from nrrstore.distill.relabel import relabel
-from nrrstore.distill.replay import replay_check
 from nrrstore.errors import NrrError
 from nrrstore.format.atomic import file_sha256
 from nrrstore.format.manifest import DIGEST_KEY, FORMAT_VERSION, manifest_digest
 from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
+from nrrstore.labels.relabel import relabel
+from nrrstore.labels.replay_check import replay_check
 from nrrstore.models import load_teacher, save_teacher
-from nrrstore.train.augment import AugRecipe
+from nrrstore.replay.recipe import AugRecipe
 from nrrstore_cli.main import app
 from tests._builders import write_fmnist_store
 from tests._teacher import teacher_path
@@ -170,7 +170,7 @@ def test_replay_int8_within_a_code_step(tmp_path: Path, teacher) -> None:
 def test_replay_runs_the_teacher_under_the_recorded_autocast(tmp_path: Path, teacher, monkeypatch) -> None:
     """bf16-labelled stores replay under bf16; a device without that autocast replays in fp32 within the
     autocast allowance (bf16 moves distances by ~0.01 nats, beyond the plain fp16 tolerance)."""
-    from nrrstore.distill import replay
+    from nrrstore.labels import replay_check as replay
 
     store = tmp_path / "s"
     write_fmnist_store(store, per_class=3)

@@ -1,7 +1,7 @@
 """RDED synthetic-image folders -> stores (``SYN/{class:05d}/class{class:05d}_id{id:05d}.jpg``).
 
 RDED writes images only: its labels are produced at training time by a teacher. So an import gives
-a plain store (images, classes, no labels) and `nrrstore.distill.relabel.relabel` then adds DBR
+a plain store (images, classes, no labels) and `nrrstore.labels.relabel.relabel` then adds DBR
 distances from a teacher, rendering every view from the images *as stored*; :func:`import_rded`
 runs it right away when given a teacher.
 
@@ -124,19 +124,7 @@ def import_rded(
     if isinstance(fs.location(out), Path) and is_inside(Path(out), root):
         raise NrrError(out, f"the output may not lie inside the input folder {root} (the next import would read it)")
     folder_names, images = list_rded(root)
-    if isinstance(classes, (str, os.PathLike)):
-        names = load_class_names(classes)
-    elif classes is not None:
-        names = check_class_names(list(classes))
-    else:
-        missing = sorted(set(range(len(folder_names))) - {r.label for r in images})
-        if missing:
-            raise NrrError(root / f"{missing[0]:05d}", f"class folder missing ({len(missing)} of classes 0.."
-                                                       f"{len(folder_names) - 1} have none); pass --classes with "
-                                                       "every class name to import a partial set")
-        names = check_class_names(folder_names, root)
-    if len(folder_names) > len(names):
-        raise NrrError(images[-1].path.parent, f"class {len(folder_names) - 1} is beyond the {len(names)} class names given")
+    names = _class_names(root, folder_names, images, classes)
     if teacher is not None:
         mode = _teacher_mode(teacher, mode, len(names))
     check_output_dir(Path(out), overwrite)
@@ -169,7 +157,7 @@ def import_rded(
             summary["images_stored"] = stored
             summary["import_seconds"] = round(time.perf_counter() - t0, 3)
             if stage is not None:
-                from nrrstore.distill.relabel import relabel
+                from nrrstore.labels.relabel import relabel
 
                 summary["relabel"] = relabel(stage.path, teacher, 300 if epochs is None else epochs, progress=progress,
                                              **(relabel_options or {}))
@@ -183,6 +171,25 @@ def import_rded(
             raise
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _class_names(root: Path, folder_names: list[str], images: list[RdedImage],
+                 classes: Sequence[str] | str | os.PathLike[str] | None) -> list[str]:
+    """The store's class names: given (a list or a file), else the folders', refusing gaps and extra classes."""
+    if isinstance(classes, (str, os.PathLike)):
+        names = load_class_names(classes)
+    elif classes is not None:
+        names = check_class_names(list(classes))
+    else:
+        missing = sorted(set(range(len(folder_names))) - {r.label for r in images})
+        if missing:
+            raise NrrError(root / f"{missing[0]:05d}", f"class folder missing ({len(missing)} of classes 0.."
+                                                       f"{len(folder_names) - 1} have none); pass --classes with "
+                                                       "every class name to import a partial set")
+        names = check_class_names(folder_names, root)
+    if len(folder_names) > len(names):
+        raise NrrError(images[-1].path.parent, f"class {len(folder_names) - 1} is beyond the {len(names)} class names given")
+    return names
 
 
 def _write(root: Path, images: list[RdedImage], out: str | os.PathLike[str], names: list[str], source: dict[str, Any],

@@ -1,4 +1,4 @@
-"""The method: CIDD (cidd), NRR (nrr), DBR relabeling (relabel) and the distill pipeline.
+"""The method: CIDD (cidd), NRR (nrr), the random-real baseline and the distill pipeline (relabeling: :mod:`nrrstore.labels`).
 
 ``from nrrstore.distill import distill, method_config`` gives the pipeline's entry points (loaded lazily).
 """

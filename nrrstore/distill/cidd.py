@@ -1,8 +1,9 @@
 """CIDD: critical-based initial data discovery (NRR-DD), with RDED's selector as an ablation.
 
-Per class c (DESIGN.md section 2):
+Per class c:
 
-1. `ClassCandidates.add`: for each of the class's first `mipc` real images draw `num_crop`
+1. `ClassCandidates.add`: for each of the class's `mipc` source real images (a seeded sample, or the first
+   ones with ``sources="first"``) draw `num_crop`
    RandomResizedCrop boxes and keep ONE crop: the one with the highest CAM ratio (share of the
    image's class activation inside the box; NRR-DD's critical crop, ``per_image="cam"``) or the
    lowest teacher cross-entropy (RDED, ``per_image="score"``). Only that crop's uint8 patch and its
@@ -14,8 +15,8 @@ Per class c (DESIGN.md section 2):
 
 Protocol details, each RDED's unless said otherwise:
 
-* Crops: torchvision's RandomResizedCrop box sampling (10 attempts, then a centre crop), scale
-  (0.08, 1) and square boxes (ratio (1, 1), as RDED's ``MultiRandomCrop``), resized to side
+* Crops: torchvision's RandomResizedCrop box sampling (10 attempts, then a centre crop), ``scale``
+  (RDED's (0.08, 1); the ``nrr`` preset's (0.5, 1)) and square boxes (ratio (1, 1), as RDED's ``MultiRandomCrop``), resized to side
   ``image_size // factor`` with bilinear antialiased interpolation. The boxes come from the one
   sampler the augmentation replay uses too (`nrrstore.sampling.crops`, exact arithmetic), driven by
   the counter-based Philox generator at counter (stream, class, image index, slot): a crop depends
@@ -41,7 +42,7 @@ Protocol details, each RDED's unless said otherwise:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,143 +51,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nrrstore.distill.cidd_config import CiddConfig
 from nrrstore.distill.nrr import eval_mode, from_uint8, model_device, to_uint8
 from nrrstore.errors import NrrError
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher
 from nrrstore.sampling import rng
-from nrrstore.sampling.crops import SAMPLER_VERSION, SLOTS_PER_CROP, random_resized_crop
-
-PER_IMAGE = ("cam", "score")
-SELECT = ("low", "high", "random")
-SOURCES = ("random", "first")
-CAM_SCORES = ("share", "density", "excess")
+from nrrstore.sampling.crops import SLOTS_PER_CROP, random_resized_crop
 
 STREAM_CROP = 0x43494444  # "CIDD": counter word 0 of crop-box draws
 STREAM_SELECT = STREAM_CROP + 1  # counter word 0 of select="random"
 # crop k of an image draws at slots 40k .. 40k+39 (nrrstore.sampling.crops)
 _MAX_WORD = 2**32 - 1
-
-
-# --------------------------------------------------------------------------------------------
-# Configuration.
-
-
-def _int_at_least(value: Any, name: str, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise NrrError(None, f"CIDD: {name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
-def _range_pair(value: Any, name: str, hi: float) -> tuple[float, float]:
-    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in value)
-    if not ok or not 0 < value[0] <= value[1] <= hi:
-        raise NrrError(None, f"CIDD: {name} must be a pair 0 < low <= high <= {hi}, got {value!r}")
-    return float(value[0]), float(value[1])
-
-
-@dataclass(frozen=True)
-class CiddConfig:
-    """CIDD parameters. Defaults: RDED's for the crop protocol (mipc 300, num_crop 5, factor 2,
-    scale (0.08, 1), square crops) and NRR-DD's preferences for the rest.
-
-    per_image: "cam" keeps each image's crop with the highest CAM ratio (NRR-DD), "score" the one
-        with the lowest CE (RDED).
-    select: "low" takes the least confident candidates first (NRR-DD), "high" the most confident
-        (RDED), "random" a seeded random subset. Ranking uses the CE (monotone in the confidence,
-        but without float32 saturation near confidence 1); ties keep candidate order.
-    cam_top: fraction t in (0, 1] of the class's candidates kept by CAM ratio before selecting by
-        confidence. NRR-DD does not publish t; 0.5 (the more critical half) is our choice. The
-        filter never keeps fewer than the ``ipc * factor**2`` candidates that selection needs.
-    sources: which ``mipc`` real images of a class are considered: "random" (a seeded sample, as
-        RDED's shuffled ImageFolder; the pipeline picks it in a cheap first pass over the labels) or
-        "first" (the first mipc in shard order).
-    correct_only: select only among candidates the teacher classifies as their own class (on the
-        scoring canvas); when fewer are correct than selection needs, the rest follow in rank order.
-    cam_score: how a crop's CAM mass is judged. "share" is the share of the image's CAM inside the
-        box (it can only grow with the box, so it favours large crops); "density" divides it by the
-        box's share of the image's area (mean activation in the box relative to the image's), and
-        "excess" subtracts that area share (CAM mass beyond what a uniform map would put there).
-    seed: integer in [0, 2**64); with the class index it determines every random draw.
-    batch_size: inputs per teacher forward pass.
-    crop_sampler: the version of the crop sampler (`nrrstore.sampling.crops`): the current one, or
-        1 (CIDD before 0.2, libm log/exp) for square crops only, which both versions draw alike.
-    """
-
-    ipc: int
-    factor: int = 2
-    mipc: int = 300
-    num_crop: int = 5
-    per_image: str = "cam"
-    select: str = "low"
-    cam_top: float = 0.5
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (1.0, 1.0)
-    seed: int = 0
-    batch_size: int = 64
-    sources: str = "first"
-    correct_only: bool = False
-    cam_score: str = "share"
-    crop_sampler: int = SAMPLER_VERSION
-
-    def __post_init__(self) -> None:
-        for name in ("ipc", "factor", "mipc", "num_crop", "batch_size"):
-            object.__setattr__(self, name, _int_at_least(getattr(self, name), name, 1))
-        if self.num_crop > _MAX_WORD // SLOTS_PER_CROP:
-            raise NrrError(None, f"CIDD: num_crop must be at most {_MAX_WORD // SLOTS_PER_CROP}")
-        if self.per_image not in PER_IMAGE:
-            raise NrrError(None, f"CIDD: per_image must be one of {', '.join(PER_IMAGE)}, got {self.per_image!r}")
-        if self.select not in SELECT:
-            raise NrrError(None, f"CIDD: select must be one of {', '.join(SELECT)}, got {self.select!r}")
-        if self.sources not in SOURCES:
-            raise NrrError(None, f"CIDD: sources must be one of {', '.join(SOURCES)}, got {self.sources!r}")
-        if self.cam_score not in CAM_SCORES:
-            raise NrrError(None, f"CIDD: cam_score must be one of {', '.join(CAM_SCORES)}, got {self.cam_score!r}")
-        if not isinstance(self.correct_only, bool):
-            raise NrrError(None, f"CIDD: correct_only must be true or false, got {self.correct_only!r}")
-        t = self.cam_top
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 1:
-            raise NrrError(None, f"CIDD: cam_top must lie in (0, 1], got {t!r}")
-        object.__setattr__(self, "cam_top", float(t))
-        object.__setattr__(self, "scale", _range_pair(self.scale, "scale", 1.0))
-        object.__setattr__(self, "ratio", _range_pair(self.ratio, "ratio", math.inf))
-        if self.crop_sampler != SAMPLER_VERSION and not (self.crop_sampler == 1 and self.ratio == (1.0, 1.0)):
-            raise NrrError(None, f"CIDD: crop sampler version {self.crop_sampler!r} cannot be drawn by this nrrstore "
-                                 f"(it draws version {SAMPLER_VERSION}, and version 1 for square crops only)")
-        seed = self.seed
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**64:
-            raise NrrError(None, f"CIDD: seed must be an integer in [0, 2**64), got {seed!r}")
-        object.__setattr__(self, "seed", int(seed))
-        if self.mipc < self.need:
-            raise NrrError(None, f"CIDD: mipc {self.mipc} is below ipc * factor^2 = {self.need}: "
-                                 "every class would be short of candidates")
-
-    @property
-    def need(self) -> int:
-        """Candidates selected per class: ``ipc * factor**2``."""
-        return self.ipc * self.factor**2
-
-    @property
-    def uses_cam(self) -> bool:
-        """Whether the method needs CAM ratios (and so one CAM forward pass per real image)."""
-        return self.per_image == "cam" or self.cam_top < 1.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ipc": self.ipc, "factor": self.factor, "mipc": self.mipc, "num_crop": self.num_crop,
-                "per_image": self.per_image, "select": self.select, "cam_top": self.cam_top,
-                "scale": list(self.scale), "ratio": list(self.ratio), "seed": self.seed,
-                "batch_size": self.batch_size, "sources": self.sources, "correct_only": self.correct_only,
-                "cam_score": self.cam_score, "crop_sampler": self.crop_sampler}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> CiddConfig:
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise NrrError(None, f"CIDD: unknown parameters {', '.join(unknown)}")
-        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        kw.setdefault("crop_sampler", 1)  # recorded since version 2
-        return cls(**kw)
 
 
 # --------------------------------------------------------------------------------------------

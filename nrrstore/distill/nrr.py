@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nrrstore.distill.presets import NRR_REFINE
 from nrrstore.errors import NrrError
 from nrrstore.models.bn_stats import BNStatsLoss
 from nrrstore.models.cam import CamModel
@@ -92,7 +93,8 @@ def _number(value: Any, name: str, lo: float, hi: float = math.inf, *, lo_open: 
 
 @dataclass(frozen=True)
 class NrrConfig:
-    """NRR parameters; none is published by the NRR-DD paper, every default is a choice of ours.
+    """NRR parameters; none is published by the NRR-DD paper. Defaults: the ``nrr`` preset's
+    (:mod:`nrrstore.distill.presets`), chosen by the study in benchmarks/RESULTS.md.
 
     eps: CAM threshold. Pixels with normalized CAM >= eps are critical and frozen; the others move
         with weight eps - CAM (at most eps). 0.5 = the upper half of each image's CAM range is kept.
@@ -102,7 +104,7 @@ class NrrConfig:
         gradient, which is orders of magnitude smaller: give sgd a far larger lr (e.g. 10-100).
     iterations: refinement steps; 200 refines real patches (they start close to the class) at a
         cost of 200 forward+backward passes per image.
-    alpha_bn: weight of the BatchNorm statistics loss; 0.01 is SRe2L's r_bn. Ignored (no hooks)
+    alpha_bn: weight of the BatchNorm statistics loss (SRe2L's r_bn is 0.01). Ignored (no hooks)
         for teachers without BatchNorm, e.g. the GroupNorm ConvNets.
     optimizer: "adam" (default; SRe2L's optimizer for synthetic images) or "sgd" (x <- x - M lr grad,
         the update exactly as the paper writes it).
@@ -111,14 +113,14 @@ class NrrConfig:
     refine: False skips refinement entirely (the RDED-style ablation).
     """
 
-    eps: float = 0.5
-    lr: float = 0.01
-    iterations: int = 200
-    alpha_bn: float = 0.01
-    optimizer: str = "adam"
-    betas: tuple[float, float] = (0.5, 0.9)
-    first_bn_weight: float = 10.0
-    refine: bool = True
+    eps: float = NRR_REFINE["eps"]
+    lr: float = NRR_REFINE["lr"]
+    iterations: int = NRR_REFINE["iterations"]
+    alpha_bn: float = NRR_REFINE["alpha_bn"]
+    optimizer: str = NRR_REFINE["optimizer"]
+    betas: tuple[float, float] = NRR_REFINE["betas"]
+    first_bn_weight: float = NRR_REFINE["first_bn_weight"]
+    refine: bool = NRR_REFINE["refine"]
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "eps", _number(self.eps, "eps", 0.0))

@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import heapq
 import json
-import math
 import os
 import shutil
 import time
@@ -28,8 +27,10 @@ import numpy as np
 import torch
 
 from nrrstore import __version__
-from nrrstore.distill.cidd import CiddConfig, ClassCandidates, discover, select_and_stitch
+from nrrstore.distill.cidd import ClassCandidates, discover, select_and_stitch
+from nrrstore.distill.cidd_config import CiddConfig
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
+from nrrstore.distill.presets import METHODS, default_image_encoding, preset_values
 from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format import fs, remote
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes
@@ -46,7 +47,6 @@ from nrrstore.progress import Progress
 from nrrstore.ranks import barrier, dist_info, stopped_error
 from nrrstore.sources.shards import iter_labels, iter_samples, read_class_names, resolve_shards
 
-METHODS = ("nrr", "rded", "random")
 IMAGE_FORMATS = ("png", "webp", "jpg", "jpeg")
 
 
@@ -74,37 +74,6 @@ class DistillConfig:
         }
 
 
-DEFAULT_JPEG_SIZE = 128
-"""From this image size up, distill stores JPEG by default (measured: benchmarks/jpeg_quality.py)."""
-DEFAULT_JPEG_QUALITY = 90
-
-
-def default_image_encoding(image_size: int) -> tuple[str, int | None]:
-    """``(format, quality)`` distill stores by default: JPEG quality 90 at >= 128 px, else lossless PNG.
-
-    Measured at 128 px (benchmarks/RESULTS.md, "distill's image encoding"): JPEG 90 stores 0.68x
-    PNG's bytes with student top-1 within the seeds' spread; small images stay PNG, where JPEG's 8x8
-    blocks are a large share of the picture and PNG is small anyway.
-    """
-    return ("jpg", DEFAULT_JPEG_QUALITY) if image_size >= DEFAULT_JPEG_SIZE else ("png", None)
-
-
-def default_factor(image_size: int) -> int:
-    """RDED's factor: 2 patches per side at ImageNet resolutions, whole crops at 32/64 px."""
-    return 2 if image_size >= 128 else 1
-
-
-def nrr_pool(ipc: int, factor: int, cam_top: float) -> int:
-    """The ``nrr`` preset's real images per class: 1.5x the fewest whose CAM top ``cam_top`` fills the IPC.
-
-    ceil(1.5 * ipc * factor**2 / cam_top): 30 at IPC 10, factor 1, cam_top 0.5, so the low-confidence
-    choice picks 10 of 15 high-CAM crops. On the study's validation split (IPC 10, alpha_bn 1) larger pools,
-    which let it reach for harder images, trained worse students: mipc 30 / 40 / 300 gave 76.3 / 74.4 / 74.2 %;
-    mipc 20 (76.6 %) leaves it nothing to choose. ``--mipc`` sets any other pool.
-    """
-    return max(1, math.ceil(1.5 * ipc * factor * factor / cam_top))
-
-
 def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any] | None = None,
                   nrr: dict[str, Any] | None = None, **kw: Any) -> DistillConfig:
     """A preset (``nrr`` = NRR-DD, ``rded`` = RDED-style, ``random`` = random real images) plus overrides.
@@ -117,32 +86,13 @@ def method_config(method: str, ipc: int, image_size: int, *, cidd: dict[str, Any
     image_format = kw.get("image_format")  # None: chosen by the size below
     if image_format is not None and str(image_format).lower() not in IMAGE_FORMATS:  # not after hours of work
         raise NrrError(None, f"unknown image format {image_format!r}; use one of {', '.join(IMAGE_FORMATS)}")
-    factor = default_factor(image_size)
-    base_c: dict[str, Any] = {
-        # The study's defaults (benchmarks/RESULTS.md, chosen on a validation split of the training set):
-        # only crops the teacher classifies correctly, at least half the image (zoomed-in crops hurt),
-        # and a small random pool (mipc below) rather than RDED's 300.
-        "nrr": {"factor": factor, "per_image": "cam", "select": "low", "cam_top": 0.5, "sources": "random",
-                "correct_only": True, "scale": (0.5, 1.0)},
-        "rded": {"factor": factor, "per_image": "score", "select": "high", "cam_top": 1.0, "sources": "random"},
-        "random": {"factor": 1, "num_crop": 1, "scale": (1.0, 1.0), "ratio": (1.0, 1.0), "per_image": "score",
-                   "select": "random", "cam_top": 1.0, "sources": "random"},
-    }[method]
-    # alpha_bn 1: BN statistics (over mixed-class batches) must weigh as much as the CE term to keep
-    # refined pixels natural; SRe2L's 0.01 lets CE alone push them off the data (the study).
-    base_n: dict[str, Any] = {"alpha_bn": 1.0} if method == "nrr" else {"refine": False}
-    c_over = {k: v for k, v in (cidd or {}).items() if v is not None}
-    n_over = {k: v for k, v in (nrr or {}).items() if v is not None}
-    c_args = {**base_c, **c_over, "ipc": ipc}
-    if method == "nrr" and "mipc" not in c_over:
-        c_args["mipc"] = nrr_pool(ipc, c_args["factor"], c_args["cam_top"])
-    c_args = {k: tuple(v) if isinstance(v, list) else v for k, v in c_args.items()}
+    c_args, n_args = preset_values(method, ipc, image_size, cidd, nrr)
     if kw.get("image_format") is None:  # the default depends on the size; an explicit one is kept
         kw["image_format"], default_quality = default_image_encoding(image_size)
         if kw.get("quality") is None:
             kw["quality"] = default_quality
     kw["quality"] = effective_quality(kw["image_format"], kw.get("quality"))  # recorded as really used
-    return DistillConfig(method=method, cidd=CiddConfig(**c_args), nrr=NrrConfig(**{**base_n, **n_over}), **kw)
+    return DistillConfig(method=method, cidd=CiddConfig(**c_args), nrr=NrrConfig(**n_args), **kw)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ INDEX_SCHEMA = pa.schema(
 
 #: Columns that *explicit*-mode stores add to the distance table (the augmentation of each view), with
 #: their on-disk dtypes: the one definition, from which the Arrow fields below and the replay's
-#: column checks (`nrrstore.train.augment.ViewBatch`) both follow.
+#: column checks (`nrrstore.replay.recipe.ViewBatch`) both follow.
 EXPLICIT_COLUMNS: dict[str, np.dtype] = {
     "crop_i": np.dtype(np.int32),
     "crop_j": np.dtype(np.int32),

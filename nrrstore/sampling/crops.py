@@ -1,7 +1,7 @@
 """The RandomResizedCrop sampler: torchvision's ``RandomResizedCrop.get_params``, drawn from counters.
 
 One sampler for CIDD's candidate boxes (:func:`nrrstore.distill.cidd.sample_boxes`) and for the
-augmentation replay's views (:func:`nrrstore.train.augment.view_params_batch`), so both give the
+augmentation replay's views (:func:`nrrstore.replay.recipe.view_params_batch`), so both give the
 same box for the same numbers, on every platform.
 
 Semantics: up to `RRC_ATTEMPTS` attempts, each drawing an area fraction ~ U(scale) and a log

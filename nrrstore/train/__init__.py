@@ -1,1 +1,1 @@
-"""Training side: augmentation replay, streaming loaders, losses, teacher and student training."""
+"""Training: streaming loaders over stores, student losses, teacher and student training (the replay is :mod:`nrrstore.replay`)."""

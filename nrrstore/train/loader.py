@@ -1,7 +1,7 @@
 """Streaming a store for student training: whole batches of replayed views with their labels.
 
 Each batch is the teacher's exact view of its images for one epoch (same decode, same renderer:
-:mod:`nrrstore.train.stream`), with the label columns the student needs: ``images`` (normalized
+:mod:`nrrstore.replay.stream`), with the label columns the student needs: ``images`` (normalized
 float [B,C,S,S]), ``y``, ``y_partner``, ``lam``, ``index`` (store positions), and
 ``d_org``/``d_aug`` (DBR, float32) or ``soft`` (KD probabilities, float32) when asked.
 
@@ -35,23 +35,16 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning
 from nrrstore.format.distances import EpochLabels, read_epoch_labels
-from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
 from nrrstore.ranks import resolve_rank
-from nrrstore.train.augment import AugRecipe, ViewBatch
-from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
+from nrrstore.replay.recipe import store_recipe
+from nrrstore.replay.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
+from nrrstore.replay.views import ViewBatch
 
 LABEL_MODES = ("dbr", "kd", "onehot")
 LOADER_STATE_FORMAT = "nrrstore-loader"
 LOADER_STATE_VERSION = 1
-
-
-def store_recipe(manifest: Manifest, where: str | os.PathLike[str] | None = None) -> AugRecipe:
-    """The store's augmentation recipe; a store without one replays ``AugRecipe(size=height, seed=0)``."""
-    if manifest.augmentation:
-        return AugRecipe.from_dict(manifest.augmentation, None if where is None else os.fspath(where))
-    return AugRecipe(size=manifest.image.height, seed=0)
 
 
 def open_store(store: Store | str | os.PathLike[str]) -> Store:
@@ -78,7 +71,7 @@ class DistilledDataset(ViewStream, IterableDataset):
     ``num_epochs``: iterate epochs ``epoch .. epoch+num_epochs-1`` back to back (one DataLoader,
     and one set of workers, for a whole training run; ``start_step`` counts within the first).
     Every batch carries its ``epoch`` and ``step`` (index among this rank's batches of the epoch).
-    ``cache_mb``: decoded images kept per process (see :class:`~nrrstore.train.stream.ImageBlocks`).
+    ``cache_mb``: decoded images kept per process (see :class:`~nrrstore.replay.stream.ImageBlocks`).
     """
 
     def __init__(

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nrrstore.errors import NrrError
-
-DBR_NORMS = ("l2", "l1", "smooth_l1")
+from nrrstore.train.defaults import DBR_NORMS, STUDENT
 
 
 def _lam(lam: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
@@ -68,7 +67,7 @@ def dbr_loss(
     lam: torch.Tensor | float,
     d_org_t: torch.Tensor,
     d_aug_t: torch.Tensor,
-    norm: str = "l2",
+    norm: str = STUDENT["dbr_norm"],
 ) -> torch.Tensor:
     """L_dbr: match the student's (d_org, d_aug) on a view to the teacher's stored ones.
 
@@ -126,7 +125,7 @@ def dbr_objective(
     d_org_t: torch.Tensor,
     d_aug_t: torch.Tensor,
     alpha_dbr: float = 1.0,
-    norm: str = "l2",
+    norm: str = STUDENT["dbr_norm"],
 ) -> torch.Tensor:
     """The student's objective ``L_sce + alpha_dbr * L_dbr`` (a scalar)."""
     sce = sce_loss(student_logits, y, y_partner, lam)

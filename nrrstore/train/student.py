@@ -24,6 +24,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ from nrrstore.format.reader import Store
 from nrrstore.models import build_model
 from nrrstore.models.checkpoint import save_torch_atomic
 from nrrstore.progress import Progress
+from nrrstore.replay.recipe import store_recipe
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.accuracy import evaluate
-from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, store_recipe, to_chw
+from nrrstore.train.defaults import STUDENT
+from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, to_chw
 from nrrstore.train.losses import DBR_NORMS, dbr_loss, kd_loss, sce_loss
 
 CHECKPOINT_FORMAT = "nrrstore-student"
@@ -99,14 +102,14 @@ def train_student(
     store: Store | str | os.PathLike[str],
     val_spec: Any,
     arch: str = "convnet3",
-    epochs: int = 300,
+    epochs: int = STUDENT["epochs"],
     labels: str = "dbr",
     batch_size: int | None = None,
-    lr: float = 1e-3,
-    weight_decay: float = 0.01,
-    alpha_dbr: float = 1.0,
-    dbr_norm: str = "l2",
-    kd_temperature: float = 4.0,
+    lr: float = STUDENT["lr"],
+    weight_decay: float = STUDENT["weight_decay"],
+    alpha_dbr: float = STUDENT["alpha_dbr"],
+    dbr_norm: str = STUDENT["dbr_norm"],
+    kd_temperature: float = STUDENT["kd_temperature"],
     seed: int = 0,
     device: str | torch.device = "cpu",
     workers: int = 0,
@@ -134,14 +137,7 @@ def train_student(
     """
     st = open_store(store)
     m = st.manifest
-    if labels not in LABEL_MODES:
-        raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)}")
-    if dbr_norm not in DBR_NORMS:
-        raise NrrError(None, f"unknown DBR norm {dbr_norm!r}; use one of {', '.join(DBR_NORMS)}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise NrrError(None, f"epochs must be a positive integer, got {epochs!r}")
-    if not (lr > 0 and weight_decay >= 0 and alpha_dbr >= 0 and kd_temperature > 0):
-        raise NrrError(None, "need lr > 0, weight_decay >= 0, alpha_dbr >= 0 and kd_temperature > 0")
+    _check_args(labels, dbr_norm, epochs, lr, weight_decay, alpha_dbr, kd_temperature)
     batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images, m.num_classes)
     recipe = store_recipe(m, st.manifest_path)
     _check_val(val_spec, st)
@@ -156,18 +152,8 @@ def train_student(
     dev = resolve_device(device)
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
     ckpt = local_output(checkpoint) if checkpoint is not None else None
-    if resume and ckpt is None:
-        raise NrrError(None, "resume needs a checkpoint path (--checkpoint)")
-    if ckpt is not None and not resume and ckpt.exists() and not overwrite:
-        raise NrrError(ckpt, "already exists (use --resume to continue from it, or --overwrite to replace it)")
-    if ckpt is not None and resume and ckpt.is_file():
-        start_epoch, history = _load_checkpoint(ckpt, args, model, opt)
-
-    steps_per_epoch = math.ceil(m.num_images / batch_size)  # one rank, the last batch may be short
-    total_steps = steps_per_epoch * epochs
+    start_epoch, history = _resume(ckpt, resume, overwrite, args, model, opt)
     loader = None
     if start_epoch < epochs:
         loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, device=dev, cycle=cycle,
@@ -175,48 +161,107 @@ def train_student(
     few = few_steps_warning(m.num_images, batch_size, epochs)
     if few:  # after every refusing check
         warnings.warn(few, NrrWarning, stacklevel=2)
+    run = _Run(model=model, opt=opt, args=args, dev=dev, history=history, ckpt=ckpt,
+               checkpoint_every_s=checkpoint_every_s, steps_per_epoch=math.ceil(m.num_images / batch_size),
+               progress=progress, evaluate_now=lambda: evaluate(model, val_batches(val_spec, st, eval_batch_size),
+                                                                dev)["top1"],
+               eval_every=eval_every)
     model.train()
-    sums: dict[str, Any] = {}
-    seen = 0
-    t_epoch = last_save = time.perf_counter()
     for batch in loader if loader is not None else ():
-        epoch, step = batch["epoch"], batch["step"]
-        global_step = epoch * steps_per_epoch + step
-        rate = lr * 0.5 * (1.0 + math.cos(math.pi * global_step / total_steps))
-        for group in opt.param_groups:
-            group["lr"] = rate
-        parts = _loss(model, batch, labels, alpha_dbr, dbr_norm, kd_temperature, dev)
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        opt.step()
-        n = int(batch["y"].numel())
-        for k, v in parts.items():  # summed on the device: one sync per epoch, not per step
-            sums[k] = sums.get(k, 0.0) + v.detach() * n
-        seen += n
-        if progress is not None:
-            progress("train student", global_step + 1, total_steps)
-        if step == steps_per_epoch - 1:  # end of an epoch
-            record = {k: float(v) / seen for k, v in sums.items()}
-            if not math.isfinite(record["loss"]):
-                raise NrrError(None, f"student training diverged in epoch {epoch} (loss {record['loss']}); "
-                                     "lower the learning rate")
-            record.update(epoch=epoch, lr=rate, seconds=round(time.perf_counter() - t_epoch, 3))
-            if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
-                record["top1"] = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)["top1"]
-            history.append(record)
-            now = time.perf_counter()
-            if ckpt is not None and (checkpoint_every_s <= 0 or now - last_save >= checkpoint_every_s
-                                     or epoch + 1 == epochs):
-                _save_checkpoint(ckpt, args, model, opt, epoch + 1, history)
-                last_save = now
-            sums, seen, t_epoch = {}, 0, time.perf_counter()
+        run.step(batch)
     result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)
     if history:
         history[-1]["top1"] = result["top1"]
     return {
         "top1": result["top1"], "val_loss": result["loss"], "val_images": result["n"], "history": history,
-        "steps": total_steps, "resumed_at_epoch": start_epoch, "store": str(st.path), **args, "model": model,
+        "steps": run.total_steps, "resumed_at_epoch": start_epoch, "store": str(st.path), **args, "model": model,
     }
+
+
+def _check_args(labels: str, dbr_norm: str, epochs: Any, lr: float, weight_decay: float, alpha_dbr: float,
+                kd_temperature: float) -> None:
+    if labels not in LABEL_MODES:
+        raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)}")
+    if dbr_norm not in DBR_NORMS:
+        raise NrrError(None, f"unknown DBR norm {dbr_norm!r}; use one of {', '.join(DBR_NORMS)}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise NrrError(None, f"epochs must be a positive integer, got {epochs!r}")
+    if not (lr > 0 and weight_decay >= 0 and alpha_dbr >= 0 and kd_temperature > 0):
+        raise NrrError(None, "need lr > 0, weight_decay >= 0, alpha_dbr >= 0 and kd_temperature > 0")
+
+
+def _resume(ckpt: Path | None, resume: bool, overwrite: bool, args: dict[str, Any], model: nn.Module,
+            opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
+    """``(first epoch to train, history so far)``: a checkpoint is continued, refused, or started afresh."""
+    if resume and ckpt is None:
+        raise NrrError(None, "resume needs a checkpoint path (--checkpoint)")
+    if ckpt is not None and not resume and ckpt.exists() and not overwrite:
+        raise NrrError(ckpt, "already exists (use --resume to continue from it, or --overwrite to replace it)")
+    if ckpt is not None and resume and ckpt.is_file():
+        return _load_checkpoint(ckpt, args, model, opt)
+    return 0, []
+
+
+@dataclass
+class _Run:
+    """The epoch loop's state: one optimizer step per batch, bookkeeping at each epoch's end."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    args: dict[str, Any]
+    dev: torch.device
+    history: list[dict[str, Any]]
+    ckpt: Path | None
+    checkpoint_every_s: float
+    steps_per_epoch: int  # one rank, the last batch may be short
+    progress: Progress | None
+    evaluate_now: Callable[[], float]
+    eval_every: int
+    sums: dict[str, Any] = field(default_factory=dict)
+    seen: int = 0
+    t_epoch: float = field(default_factory=time.perf_counter)
+    last_save: float = field(default_factory=time.perf_counter)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * int(self.args["epochs"])
+
+    def step(self, batch: dict[str, Any]) -> None:
+        a = self.args
+        epoch, step = batch["epoch"], batch["step"]
+        global_step = epoch * self.steps_per_epoch + step
+        rate = a["lr"] * 0.5 * (1.0 + math.cos(math.pi * global_step / self.total_steps))
+        for group in self.opt.param_groups:
+            group["lr"] = rate
+        parts = _loss(self.model, batch, a["labels"], a["alpha_dbr"], a["dbr_norm"], a["kd_temperature"], self.dev)
+        self.opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        self.opt.step()
+        n = int(batch["y"].numel())
+        for k, v in parts.items():  # summed on the device: one sync per epoch, not per step
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach() * n
+        self.seen += n
+        if self.progress is not None:
+            self.progress("train student", global_step + 1, self.total_steps)
+        if step == self.steps_per_epoch - 1:
+            self.end_epoch(epoch, rate)
+
+    def end_epoch(self, epoch: int, rate: float) -> None:
+        record = {k: float(v) / self.seen for k, v in self.sums.items()}
+        if not math.isfinite(record["loss"]):
+            raise NrrError(None, f"student training diverged in epoch {epoch} (loss {record['loss']}); "
+                                 "lower the learning rate")
+        record.update(epoch=epoch, lr=rate, seconds=round(time.perf_counter() - self.t_epoch, 3))
+        epochs = int(self.args["epochs"])
+        if self.eval_every and (epoch + 1) % self.eval_every == 0 and epoch + 1 < epochs:
+            record["top1"] = self.evaluate_now()
+        self.history.append(record)
+        now = time.perf_counter()
+        if self.ckpt is not None and (self.checkpoint_every_s <= 0 or now - self.last_save >= self.checkpoint_every_s
+                                      or epoch + 1 == epochs):
+            _save_checkpoint(self.ckpt, self.args, self.model, self.opt, epoch + 1, self.history)
+            self.last_save = now
+        self.sums, self.seen, self.t_epoch = {}, 0, time.perf_counter()
 
 
 def _loss(model: nn.Module, batch: dict[str, Any], labels: str, alpha_dbr: float, norm: str, T: float,

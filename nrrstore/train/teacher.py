@@ -2,8 +2,7 @@
 
 Default recipe: SGD, momentum 0.9, lr 0.01, weight decay 5e-4 (the ConvNet recipe of the
 dataset-distillation literature), linear warm-up over the first 5% of steps, then cosine decay to 0.
-Measured here, ConvNet-3/GroupNorm on Fashion-MNIST, one epoch of batch 128, seed 0, 10k test images:
-88.1% top-1 with the default, 89.3% with optimizer="adam", lr=1e-3, weight_decay=0 (same schedule).
+``optimizer="adam"`` is the alternative; the shipped teachers' recipes and accuracies are in data/teachers/.
 """
 
 from __future__ import annotations

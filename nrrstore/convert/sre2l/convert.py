@@ -50,9 +50,9 @@ from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.format.writer import check_output_dir, staged_store
 from nrrstore.progress import Progress
+from nrrstore.replay.recipe import AugRecipe
 from nrrstore.sources.prepare import MODES as IMAGE_MODES
 from nrrstore.sources.shards import load_class_names
-from nrrstore.train.augment import AugRecipe
 
 WORK_PREFIX = ".convert-"
 POOL_MIN_FILES = 256
@@ -86,7 +86,7 @@ def convert_sre2l(
 
     ``epochs``: convert only the first ``epochs`` (complete) epochs of a partly written folder.
     ``teacher``: the teacher that made the labels; once the first file of epochs is converted, a
-    sample of ``replay_sample`` views is replayed with it (`nrrstore.distill.replay`) and the
+    sample of ``replay_sample`` views is replayed with it (`nrrstore.labels.replay_check`) and the
     conversion is refused when the stored distances do not describe the views (a wrong sampler
     seed or order file, a wrong ``size``, another image folder), naming the measured gap.
 
@@ -100,18 +100,7 @@ def convert_sre2l(
     """
     t0 = time.perf_counter()
     out = Path(out)
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise NrrError(None, f"temperature must be a positive number, got {temperature!r}")
-    check_precision(precision)
-    if mode not in IMAGE_MODES:
-        raise NrrError(None, f"unknown image mode {mode!r}; use one of {', '.join(IMAGE_MODES)}")
-    for name, v in (("epochs per file", epochs_per_file), ("shard size", shard_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise NrrError(None, f"{name} must be a positive integer, got {v!r}")
-    if quant_max is not None:
-        quant_max = quant.check_max(quant_max)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise NrrError(None, f"workers must be a non-negative integer, got {workers!r}")
+    quant_max = _check_options(temperature, precision, mode, epochs_per_file, shard_size, quant_max, workers)
     if isinstance(classes, (str, os.PathLike)):
         classes = load_class_names(classes)
     folder = scan_label_folder(labels_dir, epochs)
@@ -154,6 +143,24 @@ def convert_sre2l(
             if isinstance(exc, NrrError) and staged_as(exc, work / "store", out) is not exc:
                 raise staged_as(exc, work / "store", out) from None
             raise
+
+
+def _check_options(temperature: Any, precision: str, mode: str, epochs_per_file: Any, shard_size: Any,
+                   quant_max: float | None, workers: Any) -> float | None:
+    """Refuse bad options before reading any input; returns the checked int8 scale."""
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise NrrError(None, f"temperature must be a positive number, got {temperature!r}")
+    check_precision(precision)
+    if mode not in IMAGE_MODES:
+        raise NrrError(None, f"unknown image mode {mode!r}; use one of {', '.join(IMAGE_MODES)}")
+    for name, v in (("epochs per file", epochs_per_file), ("shard size", shard_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise NrrError(None, f"{name} must be a positive integer, got {v!r}")
+    if quant_max is not None:
+        quant_max = quant.check_max(quant_max)
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise NrrError(None, f"workers must be a non-negative integer, got {workers!r}")
+    return quant_max
 
 
 def _run(folder: LabelFolder, src: ImageSource, out: Path, work: Path, state: dict[str, Any], batch: int,
@@ -304,7 +311,7 @@ def _record_labels(st: Store, folder: LabelFolder, state: dict[str, Any], chunks
 def _check_replay(st: Store, folder: LabelFolder, state: dict[str, Any], chunks: list[tuple[int, int]], size: int,
                   num_classes: int, batch: int, teacher: Any, sample: int) -> dict[str, Any]:
     """Replay views of the converted epochs so far with the teacher; refuse labels that do not fit them."""
-    from nrrstore.distill.replay import replay_check
+    from nrrstore.labels.replay_check import replay_check
 
     _record_labels(st, folder, state, chunks, size, num_classes, batch, soft=False)
     report = replay_check(Store(st.path), teacher, sample=sample)

@@ -27,7 +27,7 @@ from nrrstore.convert.sre2l.folder import LabelFolder
 from nrrstore.convert.sre2l.unpickle import load_batch
 from nrrstore.errors import NrrError
 from nrrstore.format.tables import EXPLICIT_COLUMNS
-from nrrstore.train.augment import ViewBatch
+from nrrstore.replay.views import ViewBatch
 from nrrstore.train.losses import distances
 
 

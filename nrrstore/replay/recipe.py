@@ -5,7 +5,7 @@ the very view the teacher saw. In *seeded* mode every parameter is a pure functi
 ``(recipe.seed, epoch, image index)`` through the counter-based generator of
 :mod:`nrrstore.sampling.rng`; in *explicit* mode the parameters come from stored columns
 (:data:`~nrrstore.format.tables.EXPLICIT_COLUMNS`, what converted SRe2L files carry). Both go through the same
-:func:`render_view` / :func:`mix_views`, used by the relabeling job (teacher side) and by the
+renderer (:mod:`nrrstore.replay.render`), used by the relabeling job (teacher side) and by the
 loader (student side), which is what makes replay bit-exact.
 
 Why the arithmetic looks unusual: parameters must be identical on every platform, numpy and
@@ -19,9 +19,9 @@ at fixed counter slots, so a draw never depends on how many draws another decisi
 
 Residual risk, stated plainly: parameters (crop, flip, partner, lambda, box) are exact
 everywhere. Pixels depend on the recipe's ``version`` (the renderer): version 2 (current) renders
-whole batches with :mod:`nrrstore.train.render`, bit-identical for one view whatever batch,
+whole batches with :mod:`nrrstore.replay.render`, bit-identical for one view whatever batch,
 chunk, thread or worker count, on one kind of device; version 1 (stores written before it)
-replays with the per-view ``F.interpolate`` renderer kept here (:func:`render_batch_v1`). Neither
+replays with the per-view ``F.interpolate`` renderer of :mod:`nrrstore.replay.render_v1`. Neither
 promises the last bit across torch versions, CPU instruction sets or GPUs; the teacher and the
 student should render on the same kind of device when the last bit matters.
 """
@@ -29,22 +29,24 @@ student should render on the same kind of device when the last bit matters.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from nrrstore.errors import NrrError
-from nrrstore.format.tables import EXPLICIT_COLUMNS
+from nrrstore.replay.views import ViewBatch, ViewParams
 from nrrstore.sampling import rng
 from nrrstore.sampling.crops import random_resized_crop
 from nrrstore.sampling.exactmath import det_exp, det_log
 
+if TYPE_CHECKING:
+    from nrrstore.format.manifest import Manifest
+
 RECIPE_VERSION = 2
-"""The renderer new recipes get: 2 = batched (:mod:`nrrstore.train.render`)."""
+"""The renderer new recipes get: 2 = batched (:mod:`nrrstore.replay.render`)."""
 REPLAYED_VERSIONS = (1, 2)
 """Versions this nrrstore replays bit for bit: 1 = per-view ``F.interpolate`` (before 0.2)."""
 MIX_MODES = ("cutmix", "mixup", "none")
@@ -219,7 +221,7 @@ class EpochPlan:
         return start, min(start + self.group_size, n)
 
 
-def _check_epoch(epoch: int) -> int:
+def check_epoch(epoch: int) -> int:
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= epoch < 2**32:
         raise NrrError(None, f"epoch must be an integer in [0, 2**32), got {epoch!r}")
     return int(epoch)
@@ -237,7 +239,7 @@ def epoch_plan(recipe: AugRecipe, epoch: int, num_images: int) -> EpochPlan:
     images, and a group of one image partners itself. A reader that loads one group at a time
     therefore has every partner at hand.
     """
-    epoch = _check_epoch(epoch)
+    epoch = check_epoch(epoch)
     n = int(num_images)
     if not 0 <= n < 2**32:
         raise NrrError(None, f"number of images must be in [0, 2**32), got {num_images!r}")
@@ -263,118 +265,6 @@ def epoch_plan(recipe: AugRecipe, epoch: int, num_images: int) -> EpochPlan:
     order = by_group[pos]
     return EpochPlan(epoch=epoch, group_size=g, groups=groups, order=order, partner=partner)
 
-
-# --------------------------------------------------------------------------------------------
-# Per-view parameters.
-
-
-@dataclass(frozen=True)
-class ViewParams:
-    """One view: crop (top ``crop_i``, left ``crop_j``, ``crop_h`` x ``crop_w`` source pixels),
-    ``flip``, ``lam`` (weight of the image itself; a float32 value) and the CutMix box
-    ``[box_y1, box_y2) x [box_x1, box_x2)`` in output pixels (empty unless CutMix)."""
-
-    crop_i: int
-    crop_j: int
-    crop_h: int
-    crop_w: int
-    flip: bool
-    lam: float
-    box_y1: int
-    box_x1: int
-    box_y2: int
-    box_x2: int
-
-
-_INT_FIELDS = ("crop_i", "crop_j", "crop_h", "crop_w", "box_y1", "box_x1", "box_y2", "box_x2")
-
-
-@dataclass(frozen=True, eq=False)
-class ViewBatch:
-    """Columns of many views (int64 ints, bool flip, float32 lam); row k is ``self[k]``."""
-
-    crop_i: np.ndarray
-    crop_j: np.ndarray
-    crop_h: np.ndarray
-    crop_w: np.ndarray
-    flip: np.ndarray
-    lam: np.ndarray
-    box_y1: np.ndarray
-    box_x1: np.ndarray
-    box_y2: np.ndarray
-    box_x2: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.lam)
-
-    def __getitem__(self, k: int) -> ViewParams:
-        kw: dict[str, Any] = {f: int(getattr(self, f)[k]) for f in _INT_FIELDS}
-        return ViewParams(flip=bool(self.flip[k]), lam=float(self.lam[k]), **kw)
-
-    def boxes(self) -> np.ndarray:
-        """int64 [B, 4]: the CutMix boxes as (y1, x1, y2, x2) rows."""
-        return np.stack([self.box_y1, self.box_x1, self.box_y2, self.box_x2], axis=1)
-
-    def take(self, rows: np.ndarray | Sequence[int]) -> ViewBatch:
-        rows = np.asarray(rows, dtype=np.int64)
-        return ViewBatch(**{f: getattr(self, f)[rows] for f in (*_INT_FIELDS, "flip", "lam")})
-
-    def to_columns(self, partner: np.ndarray) -> dict[str, np.ndarray]:
-        """Explicit-mode columns with the dtypes of :data:`EXPLICIT_COLUMNS`."""
-        partner = np.asarray(partner)
-        if partner.shape != (len(self),):
-            raise NrrError(None, f"partner column has shape {partner.shape}, expected ({len(self)},)")
-        cols = {f: getattr(self, f) for f in (*_INT_FIELDS, "flip", "lam")}
-        cols["partner"] = partner
-        out = {}
-        for name, dtype in EXPLICIT_COLUMNS.items():
-            a = np.asarray(cols[name])
-            if dtype.kind == "i" and a.size:
-                info = np.iinfo(dtype)
-                if int(a.min()) < info.min or int(a.max()) > info.max:
-                    raise NrrError(None, f"column {name} does not fit {dtype}")
-            out[name] = a.astype(dtype)
-        return out
-
-    @classmethod
-    def from_columns(
-        cls, cols: Mapping[str, Any], path: str | None = None
-    ) -> tuple[ViewBatch, np.ndarray]:
-        """Validated ``(ViewBatch, partner int64)`` from explicit-mode columns."""
-        missing = [c for c in EXPLICIT_COLUMNS if c not in cols]
-        if missing:
-            raise NrrError(path, f"explicit view columns lack {missing}")
-        arrays = {c: np.asarray(cols[c]) for c in EXPLICIT_COLUMNS}
-        n = len(arrays["lam"])
-        for name, a in arrays.items():
-            if a.shape != (n,):
-                raise NrrError(path, f"explicit view column {name} has shape {a.shape}, "
-                                     f"expected ({n},)")
-            want = EXPLICIT_COLUMNS[name].kind
-            if want == "i" and a.dtype.kind not in "iu":
-                raise NrrError(path, f"explicit view column {name} must be integer, got {a.dtype}")
-            if want == "b" and a.dtype.kind != "b":
-                raise NrrError(path, f"explicit view column {name} must be boolean, got {a.dtype}")
-            if want == "f" and a.dtype.kind != "f":
-                raise NrrError(path, f"explicit view column {name} must be float, got {a.dtype}")
-        ints = {f: arrays[f].astype(np.int64) for f in _INT_FIELDS}
-        lam = arrays["lam"].astype(np.float32)
-        partner = arrays["partner"].astype(np.int64)
-        if n:
-            if not np.all(np.isfinite(lam)) or lam.min() < 0 or lam.max() > 1:
-                raise NrrError(path, "explicit view column lam must lie in [0, 1]")
-            if ints["crop_i"].min() < 0 or ints["crop_j"].min() < 0:
-                raise NrrError(path, "explicit crop offsets must be >= 0")
-            if ints["crop_h"].min() < 1 or ints["crop_w"].min() < 1:
-                raise NrrError(path, "explicit crop sizes must be >= 1")
-            if (ints["box_y1"].min() < 0 or ints["box_x1"].min() < 0
-                    or np.any(ints["box_y2"] < ints["box_y1"])
-                    or np.any(ints["box_x2"] < ints["box_x1"])):
-                raise NrrError(path, "explicit cutmix boxes must satisfy 0 <= y1 <= y2, 0 <= x1 <= x2")
-            if partner.min() < 0 or partner.max() >= n:
-                raise NrrError(path, f"explicit partner indices must lie in [0, {n})")
-        batch = cls(flip=arrays["flip"].astype(np.bool_), lam=lam, **ints)
-        return batch, partner
 
 
 def _beta(recipe: AugRecipe, epoch: int, idx: np.ndarray) -> np.ndarray:
@@ -446,7 +336,7 @@ def view_params_batch(
     and timm do, so that it is the true share of the image's own pixels. lam is rounded to
     float32 (the stored precision) so seeded and explicit modes carry the same value.
     """
-    epoch = _check_epoch(epoch)
+    epoch = check_epoch(epoch)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= 2**32):
         raise NrrError(None, "image indices must lie in [0, 2**32)")
@@ -494,186 +384,8 @@ def epoch_columns(
     return batch.to_columns(plan.partner)
 
 
-# --------------------------------------------------------------------------------------------
-# Rendering. Version 1: one view at a time (kept so that version-1 stores replay exactly).
-
-
-def render_view(img: torch.Tensor, p: ViewParams, size: int) -> torch.Tensor:
-    """float32 [C, size, size]: crop, scale to [0, 1] (x / 255), resize, then flip.
-
-    Resize is ``F.interpolate(bilinear, antialias=True, align_corners=False)``; it is skipped
-    when the crop already has the output size, so a full-image crop is exact.
-    """
-    if not isinstance(img, torch.Tensor) or img.dtype != torch.uint8 or img.dim() != 3:
-        raise NrrError(None, "render_view expects a uint8 tensor [C, H, W]")
-    _, h_img, w_img = img.shape
-    i, j, h, w = p.crop_i, p.crop_j, p.crop_h, p.crop_w
-    if i < 0 or j < 0 or h < 1 or w < 1 or i + h > h_img or j + w > w_img:
-        raise NrrError(None, f"crop (top {i}, left {j}, {h}x{w}) lies outside the "
-                             f"{h_img}x{w_img} image")
-    x = img[:, i:i + h, j:j + w].to(torch.float32).div_(255.0)
-    if (h, w) != (size, size):
-        x = F.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear",
-                          align_corners=False, antialias=True).squeeze(0)
-    if p.flip:
-        x = x.flip(-1)
-    return x.contiguous()
-
-
-def mix_views(view: torch.Tensor, partner_view: torch.Tensor, p: ViewParams, mode: str) -> torch.Tensor:
-    """Mix the partner's view into ``view``: paste p's box (cutmix) or lam*a + (1-lam)*b (mixup)."""
-    if view.shape != partner_view.shape:
-        raise NrrError(None, f"view shapes differ: {tuple(view.shape)} vs {tuple(partner_view.shape)}")
-    if mode == "cutmix":
-        if p.box_y2 <= p.box_y1 or p.box_x2 <= p.box_x1:
-            return view
-        out = view.clone()
-        out[:, p.box_y1:p.box_y2, p.box_x1:p.box_x2] = partner_view[:, p.box_y1:p.box_y2,
-                                                                    p.box_x1:p.box_x2]
-        return out
-    if mode == "mixup":
-        if p.lam == 1.0:
-            return view
-        return view * p.lam + partner_view * (1.0 - p.lam)
-    if mode == "none":
-        return view
-    raise NrrError(None, f"unknown mix mode {mode!r}; expected one of {MIX_MODES}")
-
-
-def render_batch_v1(
-    imgs: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
-    indices: np.ndarray | Sequence[int],
-    plan: EpochPlan | None,
-    recipe: AugRecipe,
-    epoch: int,
-    *,
-    explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Version 1 of :func:`render_batch`: a Python loop over views (``F.interpolate`` per crop).
-
-    ``imgs[i]`` must give the uint8 [C, H, W] image of global index i for every index and its
-    partner (a list of all images, or a dict holding one partner group). Seeded mode (the
-    default) takes partners from ``plan`` and parameters from ``recipe.seed``; the partner
-    contributes its own crop and flip of this epoch. Explicit mode takes both from ``explicit``
-    (columns of :data:`EXPLICIT_COLUMNS`, row = image index); ``plan`` may then be None.
-    """
-    epoch = _check_epoch(epoch)
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if idx.size == 0:
-        raise NrrError(None, "render_batch needs at least one index")
-    size = recipe.size
-    if explicit is None:
-        if plan is None or plan.epoch != epoch:
-            raise NrrError(None, f"render_batch needs the epoch plan of epoch {epoch}")
-        if idx.min() < 0 or idx.max() >= len(plan.partner):
-            raise NrrError(None, f"image indices must lie in [0, {len(plan.partner)})")
-        partner = plan.partner[idx]
-        need = np.unique(np.concatenate([idx, partner]))
-        shapes = np.array([tuple(imgs[int(i)].shape[-2:]) for i in need], dtype=np.int64)
-        batch = view_params_batch(recipe, epoch, need, shapes[:, 0], shapes[:, 1])
-        row_of = {int(i): r for r, i in enumerate(need)}
-
-        def params(i: int) -> ViewParams:
-            return batch[row_of[i]]
-    else:
-        all_params, all_partner = (explicit if isinstance(explicit, tuple)
-                                   else ViewBatch.from_columns(explicit))
-        if idx.min() < 0 or idx.max() >= len(all_params):
-            raise NrrError(None, f"image indices must lie in [0, {len(all_params)})")
-        partner = all_partner[idx]
-
-        def params(i: int) -> ViewParams:
-            return all_params[i]
-
-    cache: dict[int, torch.Tensor] = {}
-
-    def view_of(i: int) -> torch.Tensor:
-        if i not in cache:
-            cache[i] = render_view(imgs[i], params(i), size)
-        return cache[i]
-
-    views, lams = [], []
-    for i, q in zip(idx.tolist(), partner.tolist(), strict=True):
-        p = params(i)
-        views.append(mix_views(view_of(i), view_of(q), p, recipe.mix))
-        lams.append(p.lam)
-    return (torch.stack(views), torch.tensor(lams, dtype=torch.float32),
-            torch.from_numpy(partner.astype(np.int64)))
-
-
-def render_batch(
-    imgs: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
-    indices: np.ndarray | Sequence[int],
-    plan: EpochPlan | None,
-    recipe: AugRecipe,
-    epoch: int,
-    *,
-    explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Render the mixed views of ``indices``: ``(views [B,C,S,S] f32 in [0, 1], lam [B] f32, partner [B] i64)``.
-
-    ``imgs[i]`` must give the uint8 [C, H, W] image of global index i for every index and its
-    partner (a list of all images, or a dict holding one partner group). Seeded mode (the
-    default) takes partners from ``plan`` and parameters from ``recipe.seed``; the partner
-    contributes its own crop and flip of this epoch. Explicit mode takes both from ``explicit``
-    (columns of :data:`EXPLICIT_COLUMNS`, row = image index); ``plan`` may then be None.
-    The renderer is the recipe's ``version`` (2: batched, on ``device``; 1: per view, CPU).
-    The loader and relabeling call :mod:`nrrstore.train.render` directly; this is the
-    convenience form for a handful of images.
-    """
-    if recipe.version == 1:
-        return render_batch_v1(imgs, indices, plan, recipe, epoch, explicit=explicit)
-    from nrrstore.train.render import Renderer, to_xmajor, view_taps
-
-    epoch = _check_epoch(epoch)
-    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    params, partner = _batch_views(imgs, idx, plan, epoch, explicit)
-    need = np.unique(np.concatenate([idx, partner]))
-    shapes = {tuple(imgs[int(i)].shape) for i in need}
-    if len(shapes) != 1:
-        raise NrrError(None, f"render_batch needs images of one size and channel count, got {sorted(shapes)}")
-    c = next(iter(shapes))[0]
-    if params is None:  # no explicit columns: the plan's seeded views
-        assert plan is not None
-        h, w = next(iter(shapes))[1:]
-        views = view_params_batch(recipe, epoch, need, h, w)
-    else:
-        views = params.take(need)
-    pixels = torch.from_numpy(np.stack([to_xmajor(imgs[int(i)].permute(1, 2, 0).numpy()) for i in need]))
-    height, width = next(iter(shapes))[1:]
-    check_crops(views, height, width)
-    renderer = Renderer(recipe.size, c, device)
-    rendered = renderer.render(pixels, view_taps(views.crop_i, views.crop_j, views.crop_h, views.crop_w,
-                                                 views.flip, recipe.size))
-    own = views.take(np.searchsorted(need, idx))
-    out = renderer.mix(rendered, np.searchsorted(need, idx), np.searchsorted(need, partner), recipe.mix, own.lam,
-                       own.boxes())
-    return out, torch.from_numpy(own.lam.copy()).to(out.device), torch.from_numpy(partner.copy())
-
-
-def _batch_views(imgs: Any, idx: np.ndarray, plan: EpochPlan | None, epoch: int,
-                 explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None) -> tuple[ViewBatch | None, np.ndarray]:
-    """Checked ``(explicit parameters or None, partner of each index)`` of a batch."""
-    if idx.size == 0:
-        raise NrrError(None, "render_batch needs at least one index")
-    if explicit is None:
-        if plan is None or plan.epoch != epoch:
-            raise NrrError(None, f"render_batch needs the epoch plan of epoch {epoch}")
-        if idx.min() < 0 or idx.max() >= len(plan.partner):
-            raise NrrError(None, f"image indices must lie in [0, {len(plan.partner)})")
-        return None, plan.partner[idx]
-    all_params, all_partner = explicit if isinstance(explicit, tuple) else ViewBatch.from_columns(explicit)
-    if idx.min() < 0 or idx.max() >= len(all_params):
-        raise NrrError(None, f"image indices must lie in [0, {len(all_params)})")
-    return all_params, all_partner[idx]
-
-
-def check_crops(views: ViewBatch, height: int, width: int, where: str | None = None) -> None:
-    """Refuse crops that leave the ``height x width`` images (explicit columns can say anything)."""
-    bad = ((views.crop_i < 0) | (views.crop_j < 0) | (views.crop_h < 1) | (views.crop_w < 1)
-           | (views.crop_i + views.crop_h > height) | (views.crop_j + views.crop_w > width))
-    if bad.any():
-        p = views[int(np.flatnonzero(bad)[0])]
-        raise NrrError(where, f"crop (top {p.crop_i}, left {p.crop_j}, {p.crop_h}x{p.crop_w}) lies outside the "
-                              f"{height}x{width} image")
+def store_recipe(manifest: Manifest, where: str | os.PathLike[str] | None = None) -> AugRecipe:
+    """The store's augmentation recipe; a store without one replays ``AugRecipe(size=height, seed=0)``."""
+    if manifest.augmentation:
+        return AugRecipe.from_dict(manifest.augmentation, None if where is None else os.fspath(where))
+    return AugRecipe(size=manifest.image.height, seed=0)

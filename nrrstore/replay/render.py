@@ -24,20 +24,24 @@ devices (CPU vs CUDA, or CPUs with other vector units) the last bits may differ,
 On the CPU the views are rendered in chunks of about a core's L2 cache: large temporaries are
 fresh pages (page faults cost more than the arithmetic), chunk-sized ones stay in cache and are
 recycled by malloc. Rendering runs on one intra-op thread: its operations are too small to share,
-and on a busy machine an OpenMP team waiting for a descheduled thread made them 15x slower.
+and on a busy machine an OpenMP team waiting for a descheduled thread made them many times slower
+(benchmarks/render.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from nrrstore.errors import NrrError
+from nrrstore.replay.recipe import AugRecipe, EpochPlan, check_epoch, view_params_batch
+from nrrstore.replay.views import ViewBatch, check_crops
 
 CHUNK_BYTES = 1300 * 1024
 """Largest float32 temporary of one CPU rendering step (about a core's L2 cache; measured best
@@ -303,3 +307,75 @@ class Renderer:
             if self.bias is not None:
                 dst.add_(self.bias)
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# The one place that picks a renderer by recipe version (a convenience for a handful of images).
+
+
+def render_batch(
+    imgs: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
+    indices: np.ndarray | Sequence[int],
+    plan: EpochPlan | None,
+    recipe: AugRecipe,
+    epoch: int,
+    *,
+    explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Render the mixed views of ``indices``: ``(views [B,C,S,S] f32 in [0, 1], lam [B] f32, partner [B] i64)``.
+
+    ``imgs[i]`` must give the uint8 [C, H, W] image of global index i for every index and its
+    partner (a list of all images, or a dict holding one partner group). Seeded mode (the
+    default) takes partners from ``plan`` and parameters from ``recipe.seed``; the partner
+    contributes its own crop and flip of this epoch. Explicit mode takes both from ``explicit``
+    (columns of :data:`EXPLICIT_COLUMNS`, row = image index); ``plan`` may then be None.
+    The renderer is the recipe's ``version`` (2: batched, on ``device``; 1: per view, CPU).
+    The loader and relabeling call :class:`Renderer` directly; this is the
+    convenience form for a handful of images.
+    """
+    if recipe.version == 1:
+        from nrrstore.replay.render_v1 import render_batch_v1
+
+        return render_batch_v1(imgs, indices, plan, recipe, epoch, explicit=explicit)
+    epoch = check_epoch(epoch)
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    params, partner = _batch_views(imgs, idx, plan, epoch, explicit)
+    need = np.unique(np.concatenate([idx, partner]))
+    shapes = {tuple(imgs[int(i)].shape) for i in need}
+    if len(shapes) != 1:
+        raise NrrError(None, f"render_batch needs images of one size and channel count, got {sorted(shapes)}")
+    c = next(iter(shapes))[0]
+    if params is None:  # no explicit columns: the plan's seeded views
+        assert plan is not None
+        h, w = next(iter(shapes))[1:]
+        views = view_params_batch(recipe, epoch, need, h, w)
+    else:
+        views = params.take(need)
+    pixels = torch.from_numpy(np.stack([to_xmajor(imgs[int(i)].permute(1, 2, 0).numpy()) for i in need]))
+    height, width = next(iter(shapes))[1:]
+    check_crops(views, height, width)
+    renderer = Renderer(recipe.size, c, device)
+    rendered = renderer.render(pixels, view_taps(views.crop_i, views.crop_j, views.crop_h, views.crop_w,
+                                                 views.flip, recipe.size))
+    own = views.take(np.searchsorted(need, idx))
+    out = renderer.mix(rendered, np.searchsorted(need, idx), np.searchsorted(need, partner), recipe.mix, own.lam,
+                       own.boxes())
+    return out, torch.from_numpy(own.lam.copy()).to(out.device), torch.from_numpy(partner.copy())
+
+
+def _batch_views(imgs: Any, idx: np.ndarray, plan: EpochPlan | None, epoch: int,
+                 explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None) -> tuple[ViewBatch | None, np.ndarray]:
+    """Checked ``(explicit parameters or None, partner of each index)`` of a batch."""
+    if idx.size == 0:
+        raise NrrError(None, "render_batch needs at least one index")
+    if explicit is None:
+        if plan is None or plan.epoch != epoch:
+            raise NrrError(None, f"render_batch needs the epoch plan of epoch {epoch}")
+        if idx.min() < 0 or idx.max() >= len(plan.partner):
+            raise NrrError(None, f"image indices must lie in [0, {len(plan.partner)})")
+        return None, plan.partner[idx]
+    all_params, all_partner = explicit if isinstance(explicit, tuple) else ViewBatch.from_columns(explicit)
+    if idx.min() < 0 or idx.max() >= len(all_params):
+        raise NrrError(None, f"image indices must lie in [0, {len(all_params)})")
+    return all_params, all_partner[idx]

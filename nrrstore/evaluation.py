@@ -38,6 +38,7 @@ from nrrstore.format.reader import Store
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
+from nrrstore.train.defaults import STUDENT
 
 LABEL_KINDS = ("dbr", "kd", "onehot")
 LRS_WEIGHT = 0.5
@@ -51,13 +52,13 @@ class StudentProtocol:
     """How every student of an evaluation is trained (identical for the store and the baseline)."""
 
     arch: str = "convnet3"
-    epochs: int = 300
+    epochs: int = STUDENT["epochs"]
     batch_size: int | None = None  # None: RDED's rule (see `nrrstore.train.student.default_batch_size`)
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    alpha_dbr: float = 1.0
-    dbr_norm: str = "l2"
-    kd_temperature: float = 4.0
+    lr: float = STUDENT["lr"]
+    weight_decay: float = STUDENT["weight_decay"]
+    alpha_dbr: float = STUDENT["alpha_dbr"]
+    dbr_norm: str = STUDENT["dbr_norm"]
+    kd_temperature: float = STUDENT["kd_temperature"]
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,8 +137,8 @@ def make_baseline(store: Store, train: Any, teacher: Teacher | None, seed: int, 
     """The random-real store for one seed: same IPC and normalization; relabelled (when the labels need a
     teacher) with the store's teacher, augmentation recipe, epochs and precision."""
     from nrrstore.distill.baseline import random_real_store
-    from nrrstore.distill.relabel import relabel
-    from nrrstore.train.augment import AugRecipe
+    from nrrstore.labels.relabel import relabel
+    from nrrstore.replay.recipe import AugRecipe
 
     m = store.manifest
     needs_teacher = bool({"dbr", "kd"} & set(labels))

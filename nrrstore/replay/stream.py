@@ -1,10 +1,10 @@
 """From a store to rendered batches: decoding workers send uint8 images, the consumer renders.
 
 Shared by the student's loader (:mod:`nrrstore.train.loader`) and by relabeling
-(:mod:`nrrstore.distill.relabel`), so the teacher and the student see the same views.
+(:mod:`nrrstore.labels.relabel`), so the teacher and the student see the same views.
 
 **Work items.** Batch ``b`` of an epoch is ``plan.order[b*B:(b+1)*B]``; the visiting order is
-made of whole partner groups (see :func:`~nrrstore.train.augment.epoch_plan`). A *work item* is
+made of whole partner groups (see :func:`~nrrstore.replay.recipe.epoch_plan`). A *work item* is
 one partner group's share of this rank's batches: the group's images decoded once, as one uint8
 tensor, with the view parameters and resize taps of each view, cut into *pieces* (the rows of each
 batch that the group fills). Items are numbered across the epochs and item ``j`` goes to
@@ -14,7 +14,7 @@ the same group; explicit stores, whose partners can lie anywhere, decode those f
 
 **Consumer.** :class:`BatchAssembler` moves each item's uint8 images to its device (pinned and
 asynchronous on CUDA), renders all of the item's views in one batched call
-(:class:`~nrrstore.train.render.Renderer`), mixes and normalizes them into the rows of their
+(:class:`~nrrstore.replay.render.Renderer`), mixes and normalizes them into the rows of their
 batch, and hands a batch out as soon as its last piece has arrived. Float pixels never cross a
 process boundary.
 
@@ -38,18 +38,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from nrrstore.errors import NrrError
 from nrrstore.format.images import decode_image
 from nrrstore.format.reader import Store
-from nrrstore.train.augment import (
-    AugRecipe,
-    EpochPlan,
-    ViewBatch,
-    ViewParams,
-    check_crops,
-    epoch_plan,
-    mix_views,
-    render_view,
-    view_params_batch,
-)
-from nrrstore.train.render import Renderer, Taps, from_xmajor, to_xmajor, view_taps
+from nrrstore.replay.recipe import AugRecipe, EpochPlan, epoch_plan, view_params_batch
+from nrrstore.replay.render import Renderer, Taps, from_xmajor, to_xmajor, view_taps
+from nrrstore.replay.render_v1 import mix_views, render_view
+from nrrstore.replay.views import ViewBatch, ViewParams, check_crops
 
 BLOCK_OVERHEAD = 1024
 """Bytes charged per cached block on top of its pixels (tensor and dict bookkeeping)."""

@@ -1,7 +1,7 @@
 """DBR relabeling: the teacher's two distances for every (image, epoch) view of a finished store.
 
 Every view is rendered from the images *as stored* (decoded from the shards) by the same data path
-the student's loader uses (:mod:`nrrstore.train.stream`), so the student later sees exactly the
+the student's loader uses (:mod:`nrrstore.replay.stream`), so the student later sees exactly the
 pixels these numbers were computed on.
 
 A pipeline, so that a GPU teacher is not kept waiting: ``workers`` processes decode partner groups
@@ -65,10 +65,10 @@ from nrrstore.format.writer import STORE_KIND, store_object
 from nrrstore.models.checkpoint import Teacher, load_teacher, teacher_record
 from nrrstore.progress import Progress
 from nrrstore.ranks import barrier, dist_info, stopped_error
-from nrrstore.train.augment import RECIPE_VERSION, AugRecipe, epoch_columns
-from nrrstore.train.loader import open_store, store_recipe
+from nrrstore.replay.recipe import RECIPE_VERSION, AugRecipe, epoch_columns, store_recipe
+from nrrstore.replay.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
+from nrrstore.train.loader import open_store
 from nrrstore.train.losses import distances
-from nrrstore.train.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
 
 
 def default_recipe(store: Store, teacher: Teacher, **overrides: Any) -> AugRecipe:
@@ -178,26 +178,8 @@ def relabel(
     m = st.manifest
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, dev)
-    check_precision(precision)
-    check_mode(mode)
-    for name, v in (("epochs", epochs), ("epochs per file", epochs_per_file), ("batch size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise NrrError(None, f"{name} must be a positive integer, got {v!r}")
-    if quant_max is not None:
-        quant_max = quant.check_max(quant_max)
-    if teacher.num_classes != m.num_classes:
-        raise NrrError(teacher.spec, f"teacher has {teacher.num_classes} classes but the store has {m.num_classes}")
-    if teacher.in_channels != m.image.channels:
-        hint = "; make the images grey with --mode L (RDED writes RGB even for grey data)" \
-            if teacher.in_channels == 1 and "import" in m.method else ""
-        raise NrrError(teacher.spec, f"teacher takes {teacher.in_channels} channel(s) but store images have "
-                                     f"{m.image.channels}{hint}")
-    if recipe is not None and seed is not None and recipe.seed != seed:
-        raise NrrError(None, f"seed {seed} contradicts the recipe's seed {recipe.seed}; give one of them")
-    recipe = recipe or default_recipe(st, teacher, seed=seed)
-    if recipe.size != teacher.image_size:
-        raise NrrError(teacher.spec, f"views are {recipe.size} px (augmentation size) but the teacher takes "
-                                     f"{teacher.image_size} px")
+    recipe, quant_max = _check_inputs(st, teacher, recipe, seed, precision, mode, epochs, epochs_per_file,
+                                      batch_size, quant_max)
     if workers is None:
         workers = 0 if dev.type == "cpu" else worker_count(None)
     workers = worker_count(workers)
@@ -218,25 +200,7 @@ def relabel(
                cache_mb, progress)
     resumed = computed = 0
     if state["phase"] == "computing":
-        if full_softlabels and rank == 0:
-            job.softlabels()  # created once, before the ranks write their epochs into it
-        barrier(world)
-        if precision == "int8" and state["quant_max"] is None:
-            state["quant_max"] = job.choose_quant_max()  # every rank alike: epoch 0 is deterministic
-            if rank == 0:
-                save_state(work, state)
-        for k, (first, last) in enumerate(chunks):
-            if k % world != rank:
-                continue
-            if fs.is_file(work / distance_file_name(first, last)):
-                resumed += 1
-                continue
-            job.compute_chunk(first, last, state["quant_max"])
-            computed += 1
-        barrier(world)
-        if rank == 0:
-            state["phase"] = "installing"
-            save_state(work, state)
+        resumed, computed = _compute(job, work, state, chunks, rank, world)
     summary: dict[str, Any] = {"store": str(st.path), "rank": rank, "world_size": world, "epochs": epochs,
                                "images": m.num_images, "views": epochs * m.num_images, "precision": precision,
                                "mode": mode, "chunks_resumed": resumed, "chunks_computed": computed,
@@ -248,6 +212,60 @@ def relabel(
     barrier(world)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: int | None, precision: str, mode: str,
+                  epochs: Any, epochs_per_file: Any, batch_size: Any,
+                  quant_max: float | None) -> tuple[AugRecipe, float | None]:
+    """Refuse what relabel cannot do before any work; ``(the recipe to replay, the checked int8 scale)``."""
+    m = st.manifest
+    check_precision(precision)
+    check_mode(mode)
+    for name, v in (("epochs", epochs), ("epochs per file", epochs_per_file), ("batch size", batch_size)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise NrrError(None, f"{name} must be a positive integer, got {v!r}")
+    if quant_max is not None:
+        quant_max = quant.check_max(quant_max)
+    if teacher.num_classes != m.num_classes:
+        raise NrrError(teacher.spec, f"teacher has {teacher.num_classes} classes but the store has {m.num_classes}")
+    if teacher.in_channels != m.image.channels:
+        hint = "; make the images grey with --mode L (RDED writes RGB even for grey data)" \
+            if teacher.in_channels == 1 and "import" in m.method else ""
+        raise NrrError(teacher.spec, f"teacher takes {teacher.in_channels} channel(s) but store images have "
+                                     f"{m.image.channels}{hint}")
+    if recipe is not None and seed is not None and recipe.seed != seed:
+        raise NrrError(None, f"seed {seed} contradicts the recipe's seed {recipe.seed}; give one of them")
+    recipe = recipe or default_recipe(st, teacher, seed=seed)
+    if recipe.size != teacher.image_size:
+        raise NrrError(teacher.spec, f"views are {recipe.size} px (augmentation size) but the teacher takes "
+                                     f"{teacher.image_size} px")
+    return recipe, quant_max
+
+
+def _compute(job: _Job, work: Path, state: dict[str, Any], chunks: list[tuple[int, int]], rank: int,
+             world: int) -> tuple[int, int]:
+    """This rank's share of the epoch files, skipping those already written; ``(resumed, computed)``."""
+    resumed = computed = 0
+    if job.soft and rank == 0:
+        job.softlabels()  # created once, before the ranks write their epochs into it
+    barrier(world)
+    if job.precision == "int8" and state["quant_max"] is None:
+        state["quant_max"] = job.choose_quant_max()  # every rank alike: epoch 0 is deterministic
+        if rank == 0:
+            save_state(work, state)
+    for k, (first, last) in enumerate(chunks):
+        if k % world != rank:
+            continue
+        if fs.is_file(work / distance_file_name(first, last)):
+            resumed += 1
+            continue
+        job.compute_chunk(first, last, state["quant_max"])
+        computed += 1
+    barrier(world)
+    if rank == 0:
+        state["phase"] = "installing"
+        save_state(work, state)
+    return resumed, computed
 
 
 def amp_key(amp: str | None) -> str:
@@ -320,7 +338,7 @@ def teacher_distances(teacher: Teacher, images: torch.Tensor, y: torch.Tensor, y
 
     ``images`` are in the teacher's input space (normalized) and, with the label columns, on the
     teacher's device; ``amp`` is the autocast dtype (None: float32). One function for relabel and
-    for the replay check (`nrrstore.distill.replay`), so a check recomputes distances the way they
+    for the replay check (`nrrstore.labels.replay_check`), so a check recomputes distances the way they
     were made.
     """
     with autocast(images.device, amp):
