@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,6 +53,8 @@ def write_images(root: Path, classes: int, ipc: int, size: int) -> int:
         src = Path("/work/fm/train") if Path("/work/fm/train").exists() else ROOT / "data/fashion-mnist/train"
         images = []
         for s in iter_samples(src, decode=False):
+            if s.data is None:  # iter_samples keeps every image member's stored bytes
+                raise RuntimeError(f"{s.shard}: {s.key} has no stored image bytes")
             images.append(s.data)
             if len(images) == n:
                 break
@@ -139,7 +142,8 @@ def main() -> None:
         return wall, total_cpu, summary["phase_seconds"]["labels"], label_cpu, summary
 
     raw()  # warm-up: page cache and torch's first-call costs
-    raws, convs, summary = [], [], {}
+    raws, convs = [], []
+    summary: dict[str, Any] = {}
     for _ in range(args.repeat):
         raws.append(raw())
         *times, summary = convert()

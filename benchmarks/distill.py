@@ -66,6 +66,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -165,7 +166,8 @@ class PassRecorder:
         if self._busy:  # a replayed pass
             return
         kind = "cam" if self._depth == 0 else ("fwd+bwd" if torch.is_grad_enabled() else "fwd")
-        frame, stage = sys._getframe(1), "cidd"
+        frame: FrameType | None = sys._getframe(1)
+        stage = "cidd"
         while frame is not None:
             if frame.f_code.co_name == "refine":
                 stage = "nrr"
@@ -468,8 +470,8 @@ def timing(args: argparse.Namespace, teacher: Teacher, cfg: DistillConfig, timed
 
     kinds = Counter((p.stage, p.kind) for p in pure.passes)
     imgs: Counter[tuple[str, str]] = Counter()
-    for p in pure.passes:
-        imgs[(p.stage, p.kind)] += p.batch
+    for ps in pure.passes:
+        imgs[(ps.stage, ps.kind)] += ps.batch
     desc = {s: ", ".join(f"{kinds[(s, k)]} {k} ({imgs[(s, k)]} img)" for k in ("cam", "fwd", "fwd+bwd") if kinds[(s, k)])
             or "no teacher passes" for s in STAGES}
     read_note = f"images read {sep_w[0]['images_read']}, scored {scored_images(cfg, pure.passes)}"

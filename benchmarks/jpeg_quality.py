@@ -21,9 +21,9 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ def upscaled(split: str, size: int, per_class: int | None, limit: int | None) ->
         if per_class is not None and counts.get(s.label, 0) >= per_class:
             continue
         counts[s.label] = counts.get(s.label, 0) + 1
-        out.append((s.key, np.asarray(Image.fromarray(s.image).resize((size, size), Image.BICUBIC)), s.label))
+        out.append((s.key, np.asarray(Image.fromarray(s.image).resize((size, size), Image.Resampling.BICUBIC)), s.label))
         if limit is not None and len(out) >= limit:
             break
         if per_class is not None and len(counts) == 10 and min(counts.values()) >= per_class:
@@ -86,7 +86,7 @@ def main() -> None:
                           arch_kwargs={"width": 32, "norm": "batch"}, val=str(test))
         print(f"teacher: top-1 {r.get('val_top1', r.get('top1'))} ({time.perf_counter() - t0:.0f} s)", flush=True)
     teacher = load_teacher(teacher_path)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for fmt, q in [("png", None)] + [("jpg", q) for q in args.qualities]:
         name = fmt if q is None else f"{fmt}{q}"
         store = WORK / f"store-{name}"
@@ -116,4 +116,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

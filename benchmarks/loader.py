@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,6 +88,8 @@ def fmnist_png(n: int, shards: Path) -> list[tuple[bytes, int]]:
     """The first ``n`` Fashion-MNIST samples as their PNG bytes (as the shards hold them)."""
     out = []
     for s in iter_samples(shards if shards.exists() else ROOT / "data/fashion-mnist/train", decode=False):
+        if s.data is None:  # iter_samples keeps every image member's stored bytes
+            raise RuntimeError(f"{s.shard}: {s.key} has no stored image bytes")
         out.append((s.data, s.label))
         if len(out) == n:
             break
@@ -173,13 +176,13 @@ class SRe2LBatches(Dataset):
 
     def _view(self, i: int, coords: torch.Tensor, flip: bool) -> torch.Tensor:
         with open(self.files[i], "rb") as f:  # torchvision's pil_loader
-            img = Image.open(f)
+            img: Image.Image = Image.open(f)
             img = img.convert("RGB" if len(self.mean) == 3 else "L")
         w, h = img.size
         fi, fj, fh, fw = (float(c) for c in coords)
-        img = img.crop((fj * w, fi * h, (fj + fw) * w, (fi + fh) * h)).resize((self.size, self.size), Image.BILINEAR)
+        img = img.crop((fj * w, fi * h, (fj + fw) * w, (fi + fh) * h)).resize((self.size, self.size), Image.Resampling.BILINEAR)
         if flip:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         x = torch.from_numpy(np.array(img, dtype=np.uint8))  # ToTensor
         x = (x.unsqueeze(0) if x.dim() == 2 else x.permute(2, 0, 1)).float().div_(255)
         return (x - self.mean) / self.std  # Normalize
@@ -218,9 +221,9 @@ class RandomResizedCropFlip:
                 break
         else:
             i, j, ch, cw = 0, 0, h, w
-        img = img.resize((self.size, self.size), Image.BILINEAR, box=(j, i, j + cw, i + ch))
+        img = img.resize((self.size, self.size), Image.Resampling.BILINEAR, box=(j, i, j + cw, i + ch))
         if random.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return np.asarray(img)
 
 
@@ -275,13 +278,15 @@ def bench(kind: str, n: int, batch: int, workers: list[int], repeat: int) -> lis
     m = store.manifest
     size = store_recipe(m).size
     norm = m.normalization
+    if norm is None:
+        sys.exit(f"{store_path}: the store records no normalization")
     label_files = write_sre2l_labels(store, folder, work / "sre2l-labels", batch, classes)
     sre2l = SRe2LBatches(folder, label_files, size, norm)
     urls = [str(store.path / s) for s in m.shards]
     ext = "PNG" if kind == "28" else "JPEG"
     print(f"\n{n} images, {size} px {ext}, {len(urls)} shards, batch {batch}, {classes} classes; "
           f"torch threads here {torch.get_num_threads()}")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for w in workers:
         # cache_mb=0: every epoch decodes, like the baselines and like a store larger than the cache
         loader = make_loader(store_path, 0, batch, "dbr", workers=w, cache_mb=0)

@@ -45,9 +45,9 @@ def photo_jpegs(n: int, size: int = 224, classes: int = 6, seed: int = 0, qualit
         h, w = photo.shape[:2]
         side = int(rng.integers(min(h, w) // 4, min(h, w) + 1))
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        img = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.BILINEAR)
+        img = Image.fromarray(photo[y:y + side, x:x + side]).resize((size, size), Image.Resampling.BILINEAR)
         if rng.random() < 0.5:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=quality)
         out.append((buf.getvalue(), c))

@@ -286,3 +286,27 @@ class ProgressBar:
     ) -> None:
         self._progress.__exit__(exc_type, exc, tb)
 
+
+# One example per command, shown at the end of its --help (and run by tests/test_cli_help.py's README check).
+EXAMPLES = {
+    "prepare idx": "nrrstore prepare idx images-idx3-ubyte.gz labels-idx1-ubyte.gz --out shards/",
+    "prepare imagefolder": "nrrstore prepare imagefolder cifar10/train --out c10 --format source",
+    "teacher train": "nrrstore teacher train --in shards/ --epochs 20 --flip --out teacher.pt",
+    "teacher eval": "nrrstore teacher eval --teacher teacher.pt --in test-shards/",
+    "distill": "nrrstore distill --in shards/ --ipc 10 --teacher teacher.pt --out distilled/",
+    "relabel": "nrrstore relabel distilled/ --teacher teacher.pt --epochs 300 --overwrite",
+    "train-student": "nrrstore train-student distilled/ --val test-shards/ --epochs 300",
+    "evaluate": "nrrstore evaluate distilled/ --val test/ --train shards/ --labels dbr,onehot",
+    "inspect": "nrrstore inspect distilled/ --grid sheet.png",
+    "verify": "nrrstore verify distilled/ --teacher teacher.pt",
+    "convert-softlabels": "nrrstore convert-softlabels labels/ --images syn/ --out s/ --teacher t.pt",
+    "import rded": "nrrstore import rded rded-syn/ --out store/ --teacher teacher.pt",
+    "size-report": "nrrstore size-report distilled/ --plot sizes.png",
+    "export": "nrrstore export distilled/ folders/",
+}
+
+
+def example(command: str) -> str:
+    """The help epilog of ``command`` (``\\b`` keeps click from rewrapping it; it is indented 4, so keep each
+    example within 76 characters for 80-column help)."""
+    return f"\b\nExample:\n  {EXAMPLES[command]}"

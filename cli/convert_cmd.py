@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from nrrstore.errors import NrrError
@@ -13,6 +15,7 @@ from nrrstore_cli._common import (
     ProgressBar,
     SoftLabelFormat,
     StoreImageFormat,
+    example,
     handle_errors,
     print_json,
 )
@@ -90,6 +93,10 @@ def convert_softlabels_cmd(
                                 normalization=_normalization(mean, std, no_normalization), classes=classes,
                                 shard_size=shard_size, workers=workers, overwrite=overwrite, progress=bar,
                                 epochs=epochs, teacher=t, replay_sample=replay_sample)
+    if teacher is None:  # nothing tied the labels to these images: say so, on stderr (stdout may be JSON)
+        print(f"nrrstore: note: {out}: the labels were not checked against a teacher (a wrong --sampler-seed, --size "
+              f"or image folder would go unnoticed); check them with `nrrstore verify {out} --teacher T.pt`",
+              file=sys.stderr)
     if as_json:
         print_json(summary)
         return
@@ -208,9 +215,10 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert-softlabels", short_help="SRe2L/FKD soft-label folder -> store.")(handle_errors(convert_softlabels_cmd))
+    app.command("convert-softlabels", short_help="SRe2L/FKD soft-label folder -> store.",
+                epilog=example("convert-softlabels"))(handle_errors(convert_softlabels_cmd))
     imp = typer.Typer(help="Import other methods' outputs as stores.", no_args_is_help=True, rich_markup_mode=None)
-    imp.command("rded", short_help="RDED synthetic images -> store.")(handle_errors(import_rded_cmd))
+    imp.command("rded", short_help="RDED synthetic images -> store.", epilog=example("import rded"))(handle_errors(import_rded_cmd))
     app.add_typer(imp, name="import")
-    app.command("size-report", short_help="Label bytes vs other label schemes.")(handle_errors(size_report_cmd))
-    app.command("export", short_help="A store as class folders + distances.")(handle_errors(export_cmd))
+    app.command("size-report", short_help="Label bytes vs other label schemes.", epilog=example("size-report"))(handle_errors(size_report_cmd))
+    app.command("export", short_help="A store as class folders + distances.", epilog=example("export"))(handle_errors(export_cmd))

@@ -17,6 +17,7 @@ from nrrstore_cli._common import (
     Select,
     Sources,
     StoreImageFormat,
+    example,
     handle_errors,
     print_json,
 )
@@ -111,4 +112,4 @@ def distill_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("distill", short_help="Real shards -> distilled store.")(distill_cmd)
+    app.command("distill", short_help="Real shards -> distilled store.", epilog=example("distill"))(distill_cmd)

@@ -8,7 +8,7 @@ import typer
 
 from nrrstore.format import fs
 from nrrstore.train.defaults import STUDENT
-from nrrstore_cli._common import DbrNorm, ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import DbrNorm, ProgressBar, example, handle_errors, print_json
 
 
 @handle_errors
@@ -72,4 +72,4 @@ def default_work(store: str) -> Path:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("evaluate", short_help="Students on a store vs random real.")(evaluate_cmd)
+    app.command("evaluate", short_help="Students on a store vs random real.", epilog=example("evaluate"))(evaluate_cmd)

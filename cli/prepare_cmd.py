@@ -8,7 +8,7 @@ import typer
 
 from nrrstore.sources.prepare import MODES, class_names_from_arg, prepare_idx, prepare_imagefolder
 from nrrstore.units import human_bytes
-from nrrstore_cli._common import ColourMode, ProgressBar, ShardImageFormat, handle_errors, print_json
+from nrrstore_cli._common import ColourMode, ProgressBar, ShardImageFormat, example, handle_errors, print_json
 
 _OUT = typer.Option(..., "--out", "-o", help="Output folder (created atomically; must not exist or be empty), or an "
                     "s3:// or gs:// URL.")
@@ -102,6 +102,6 @@ def imagefolder(
 def register(app: typer.Typer) -> None:
     sub = typer.Typer(help="Convert raw labelled images into WebDataset shards.", no_args_is_help=True,
                       rich_markup_mode=None)
-    sub.command("idx", short_help="IDX files (MNIST...) -> shards.")(handle_errors(idx))
-    sub.command("imagefolder", short_help="Class folders -> shards.")(handle_errors(imagefolder))
+    sub.command("idx", short_help="IDX files (MNIST...) -> shards.", epilog=example("prepare idx"))(handle_errors(idx))
+    sub.command("imagefolder", short_help="Class folders -> shards.", epilog=example("prepare imagefolder"))(handle_errors(imagefolder))
     app.add_typer(sub, name="prepare")

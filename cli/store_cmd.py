@@ -7,7 +7,7 @@ import typer
 from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
 from nrrstore.inspect import format_info, inspect_path
-from nrrstore_cli._common import ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import ProgressBar, example, handle_errors, print_json
 
 
 @handle_errors
@@ -46,10 +46,12 @@ def verify_cmd(
         problems = verify_store(store, progress=bar, decode=not no_decode)
     replay = None
     if teacher is not None and not problems:
-        from nrrstore.labels.replay_check import replay_check
+        from nrrstore.labels.replay_check import replay_check, teacher_identity_problems
         from nrrstore.models.checkpoint import load_teacher
 
-        replay = replay_check(store, load_teacher(teacher, device), sample=sample, device=device)
+        model = load_teacher(teacher, device)
+        problems.extend(f"{store}: {p}" for p in teacher_identity_problems(Store(store).manifest, model))
+        replay = replay_check(store, model, sample=sample, device=device)
         if replay.problem:
             problems.append(f"{store}: {replay.problem}")
     manifest = Store(store, check_digest=False).manifest
@@ -76,5 +78,5 @@ def verify_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("inspect", short_help="Summary of a store or shards.")(inspect_cmd)
-    app.command("verify", short_help="Check a store (and its labels).")(verify_cmd)
+    app.command("inspect", short_help="Summary of a store or shards.", epilog=example("inspect"))(inspect_cmd)
+    app.command("verify", short_help="Check a store (and its labels).", epilog=example("verify"))(verify_cmd)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from nrrstore_cli._common import Norm, ProgressBar, TeacherOptimizer, handle_errors, print_json
+from nrrstore_cli._common import Norm, ProgressBar, TeacherOptimizer, example, handle_errors, print_json
 
 teacher_app = typer.Typer(help="Train or evaluate a teacher classifier on shards.", no_args_is_help=True,
                           rich_markup_mode=None)
 
 
-@teacher_app.command("train", short_help="Train a teacher on shards.")
+@teacher_app.command("train", short_help="Train a teacher on shards.", epilog=example("teacher train"))
 @handle_errors
 def train_cmd(
     inputs: str = typer.Option(..., "--in", help="Training shards (folder, brace pattern, list file, URL)."),
@@ -57,7 +57,7 @@ def train_cmd(
               f"({result['images_per_second']:.0f} images/s){acc}")
 
 
-@teacher_app.command("eval", short_help="Top-1 of a teacher on shards.")
+@teacher_app.command("eval", short_help="Top-1 of a teacher on shards.", epilog=example("teacher eval"))
 @handle_errors
 def eval_cmd(
     teacher: str = typer.Option(..., "--teacher", help="Teacher checkpoint."),

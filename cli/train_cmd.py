@@ -6,7 +6,17 @@ import typer
 
 from nrrstore.format.distances import DEFAULT_EPOCHS_PER_FILE
 from nrrstore.train.defaults import STUDENT
-from nrrstore_cli._common import Amp, DbrNorm, LabelMode, MixMode, Precision, ProgressBar, handle_errors, print_json
+from nrrstore_cli._common import (
+    Amp,
+    DbrNorm,
+    LabelMode,
+    MixMode,
+    Precision,
+    ProgressBar,
+    example,
+    handle_errors,
+    print_json,
+)
 
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
 _DEVICE = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...).")
@@ -107,5 +117,5 @@ def train_student_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("relabel", short_help="DBR distances for a store.")(handle_errors(relabel_cmd))
-    app.command("train-student", short_help="Train and test a student.")(handle_errors(train_student_cmd))
+    app.command("relabel", short_help="DBR distances for a store.", epilog=example("relabel"))(handle_errors(relabel_cmd))
+    app.command("train-student", short_help="Train and test a student.", epilog=example("train-student"))(handle_errors(train_student_cmd))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -117,8 +117,10 @@ def write_sre2l(labels_dir: Path, images: list[np.ndarray], y: np.ndarray, mixes
     rng = np.random.default_rng(7)
     g = torch.Generator()
     g.manual_seed(seed)
-    loader = torch.utils.data.DataLoader(range(n), batch_size=batch,
-                                         sampler=torch.utils.data.RandomSampler(range(n), generator=g))
+    # SRe2L batches a plain range of indices; a range is a map-style dataset at run time.
+    indices = cast("torch.utils.data.Dataset[int]", range(n))
+    loader: torch.utils.data.DataLoader[int] = torch.utils.data.DataLoader(
+        indices, batch_size=batch, sampler=torch.utils.data.RandomSampler(range(n), generator=g))
     records = []
     for e, mix in enumerate(mixes):
         (labels_dir / f"epoch_{e}").mkdir(parents=True)

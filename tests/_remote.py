@@ -46,6 +46,7 @@ class MotoS3:
 
     def _count_requests(self) -> None:
         server = self._server._server  # werkzeug's server: wrap its WSGI app to count what reaches the API
+        assert server is not None  # set by start()
         inner = server.app
 
         def counting(environ, start_response):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nrrstore.errors import NrrError
-from nrrstore.models import CamModel, build_model
+from nrrstore.models import CamModel, ConvNet, ResNet, build_model
 
 
 def _reference_post(raw: Tensor, size: int) -> Tensor:
@@ -28,7 +30,7 @@ def _count_calls(module: nn.Module) -> list[int]:
 
 
 def test_convnet_exact_cam_matches_brute_force() -> None:
-    model = build_model("convnet3", 5, 1, 28, seed=0).eval()
+    model = cast(ConvNet, build_model("convnet3", 5, 1, 28, seed=0).eval())
     x = torch.rand(4, 1, 28, 28)
     classes = torch.tensor([0, 3, 4, 3])
     logits, cam = CamModel(model).forward_with_cam(x, classes)
@@ -49,13 +51,13 @@ def test_convnet_exact_cam_matches_brute_force() -> None:
 
 
 def test_resnet_exact_cam_matches_brute_force_and_gradcam_identity() -> None:
-    model = build_model("resnet18_cifar", 6, 3, 32, seed=0).eval()
+    model = cast(ResNet, build_model("resnet18_cifar", 6, 3, 32, seed=0).eval())
     x = torch.rand(2, 3, 32, 32)
     classes = [5, 1]
     logits, cam = CamModel(model).forward_with_cam(x, classes)
     with torch.no_grad():
         feats = model.features(x)
-        raw = torch.stack([sum(model.fc.weight[c, k] * feats[n, k] for k in range(feats.shape[1]))
+        raw = torch.stack([cast(Tensor, sum(model.fc.weight[c, k] * feats[n, k] for k in range(feats.shape[1])))
                            for n, c in enumerate(classes)])
         assert torch.allclose(logits, model(x))
     assert torch.allclose(cam, _reference_post(raw, 32), atol=1e-4)
@@ -66,11 +68,11 @@ def test_resnet_exact_cam_matches_brute_force_and_gradcam_identity() -> None:
 
 
 def test_one_forward_pass_per_call() -> None:
-    model = build_model("convnet3", 3, 3, 32).eval()
+    model = cast(ConvNet, build_model("convnet3", 3, 3, 32).eval())
     calls = _count_calls(model.body[0])
     logits, cam = CamModel(model).forward_with_cam(torch.rand(8, 3, 32, 32), 1)
     assert calls[0] == 1 and logits.shape == (8, 3) and cam.shape == (8, 32, 32)
-    resnet = build_model("resnet18_cifar", 3, 3, 16).eval()
+    resnet = cast(ResNet, build_model("resnet18_cifar", 3, 3, 16).eval())
     calls = _count_calls(resnet.conv1)
     CamModel(resnet).cam(torch.rand(2, 3, 16, 16), [0, 2])
     assert calls[0] == 1
@@ -87,7 +89,7 @@ def test_values_in_unit_range_and_constant_map_is_zero() -> None:
 
 def test_flatten_head_localises_class_evidence() -> None:
     """A ConvNet whose class-2 weights live only on the top-left cells: its CAM peaks in that quadrant."""
-    model = build_model("convnet3", 3, 3, 32, seed=0).eval()  # 4x4 feature grid
+    model = cast(ConvNet, build_model("convnet3", 3, 3, 32, seed=0).eval())  # 4x4 feature grid
     with torch.no_grad():
         weight = model.classifier.weight.view(3, 128, 4, 4)
         weight[2] = 0
@@ -159,7 +161,7 @@ class _TimmLike(_TorchvisionLike):
 
 
 @pytest.mark.parametrize("cls", [_TorchvisionLike, _TimmLike])
-def test_external_layouts_are_exact_in_one_pass(cls: type[nn.Module]) -> None:
+def test_external_layouts_are_exact_in_one_pass(cls: type[_TorchvisionLike]) -> None:
     torch.manual_seed(0)
     model = cls().eval()
     calls = _count_calls(model.conv1)

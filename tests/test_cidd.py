@@ -79,7 +79,7 @@ def test_config_validates_and_round_trips() -> None:
     for bad in ({"per_image": "area"}, {"select": "best"}, {"cam_top": 0.0}, {"cam_top": 1.5},
                 {"scale": (0.5, 0.1)}, {"seed": -1}, {"factor": 0}, {"ipc": True}):
         with pytest.raises(NrrError):
-            cidd_config(**{"ipc": 1, "mipc": 4, **bad})  # type: ignore[arg-type]
+            cidd_config(**{"ipc": 1, "mipc": 4, **bad})
     with pytest.raises(NrrError, match="unknown parameters crops"):
         CiddConfig.from_dict({"ipc": 1, "crops": 3})
 

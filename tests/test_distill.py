@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from tests._real import FMNIST_CLASSES, FMNIST_TRAIN
 from tests._teacher import one_thread, teacher_path
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"cidd": {"mipc": 12, "num_crop": 3}, "nrr": {"iterations": 3}, "classes_per_pass": 5}  # two class groups
+SMALL: dict[str, Any] = {"cidd": {"mipc": 12, "num_crop": 3}, "nrr": {"iterations": 3}, "classes_per_pass": 5}  # two class groups
 
 
 @pytest.fixture(autouse=True)

@@ -50,10 +50,12 @@ def test_pyarrow_reads_one_epoch_as_one_row_group(store: Path) -> None:
 def test_duckdb_joins_an_epoch_to_the_index(store: Path) -> None:
     import duckdb
 
-    rows = duckdb.sql(f"""
+    rel = duckdb.sql(f"""
         SELECT i.key, i.label, d.d_org, d.d_aug
         FROM '{store}/index.parquet' AS i JOIN '{store}/labels/distances-*.parquet' AS d USING (image)
-        WHERE d.epoch = 2 ORDER BY i.image""").fetchall()
+        WHERE d.epoch = 2 ORDER BY i.image""")
+    assert rel is not None  # a SELECT gives a relation
+    rows = rel.fetchall()
     st = Store(store)
     want = st.read_distances(2)
     assert [r[0] for r in rows] == st.index.column("key").to_pylist()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,8 +58,10 @@ def test_distances_written_and_read_back_through_the_store(tmp_path, precision: 
     assert verify_store(st.path) == []
     for e in range(5):
         lab = read_epoch_labels(st, e)
+        assert lab.d_org is not None
         tol = {"fp32": 0.0, "fp16": 2e-3}.get(precision)
         if tol is None:
+            assert qmax is not None
             bound = quant.max_abs_log_error(qmax)
             assert np.abs(np.log1p(lab.d_org) - np.log1p(d[e][0])).max() <= bound + 1e-6
         else:
@@ -92,6 +96,7 @@ def test_a_rewrite_deletes_the_files_it_stops_listing(tmp_path) -> None:
             table.write_epoch(e, np.ones(N), np.ones(N))
     update_store(st.path, kinds={distance_path(0, 1): "distances"}, remove_prefixes=(distance_path(0, 0),),
                  sections={"labels": {"distances": distances_section([(0, 1)], "fp16", "seeded")}})
+    assert isinstance(st.path, Path)
     assert not (st.path / distance_path(0, 0)).exists() and verify_store(st.path) == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
+from nrrstore.format.manifest import DIGEST_KEY, manifest_digest
 from nrrstore.format.reader import Store
 from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
@@ -49,7 +51,7 @@ def stores(tmp_path_factory, teacher) -> dict[str, Path]:
     return {"plain": plain, "dbr": dbr, "explicit": explicit, "v1": v1}
 
 
-def _batches(store: Path, workers: int = 0, **kw) -> list[dict]:
+def _batches(store: Path | str, workers: int = 0, **kw) -> list[dict]:
     kw.setdefault("labels", "dbr")
     return list(make_loader(store, kw.pop("epoch", 0), kw.pop("batch_size", 12), workers=workers, **kw))
 
@@ -165,6 +167,9 @@ def test_reading_an_epoch_touches_only_its_row_groups(stores, tmp_path: Path) ->
         start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
         data[start:start + col.total_compressed_size] = b"\xff" * col.total_compressed_size
     path.write_bytes(bytes(data))
+    with pytest.raises(NrrError, match="changed since this store's manifest was read"):
+        _batches(store, epoch=1)  # readers check what they read against the manifest first
+    _declare(store, "labels/distances-e0000-e0001.parquet")  # the edit declared: the row-group reads are tested
     good = _batches(stores["dbr"], epoch=1)
     assert _same(_batches(store, epoch=1), good)
     with pytest.raises(NrrError, match="distance table"):
@@ -192,10 +197,22 @@ def test_store_without_labels(stores) -> None:
     assert len(onehot) == 1 and set(onehot[0]) == {"images", "y", "y_partner", "lam", "index", "epoch", "step"}
 
 
+def _declare(store: Path, rel: str) -> None:
+    """Make the manifest agree with an edited file (size, sha256, digest): damage a buggy writer could leave,
+    which only the content checks behind the readers' pin can catch."""
+    data = (store / rel).read_bytes()
+    doc = json.loads((store / "manifest.json").read_text())
+    entry = next(f for f in doc["files"] if f["path"] == rel)
+    entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    doc[DIGEST_KEY] = manifest_digest(doc)
+    (store / "manifest.json").write_text(json.dumps(doc))
+
+
 def test_damaged_distance_tables(stores, tmp_path: Path) -> None:
     store = tmp_path / "s"
     shutil.copytree(stores["dbr"], store)
-    path = store / "labels/distances-e0000-e0001.parquet"
+    rel = "labels/distances-e0000-e0001.parquet"
+    path = store / rel
     table = pq.read_table(path)
     # image ids that do not match the images (a permutation; same rows, wrong order)
     pf = pq.ParquetFile(path)
@@ -203,15 +220,20 @@ def test_damaged_distance_tables(stores, tmp_path: Path) -> None:
     with pq.ParquetWriter(path, pf.schema_arrow) as w:
         for t in groups:
             w.write_table(t.set_column(1, pf.schema_arrow.field("image"), pa.array(t.column("image").to_numpy()[::-1].copy())))
+    with pytest.raises(NrrError, match="changed since this store's manifest was read"):
+        _batches(store, epoch=1)  # undeclared: the pin refuses it before its content is read
+    _declare(store, rel)
     with pytest.raises(NrrError, match="image ids do not match"):
         _batches(store, epoch=1)
     # a table with a missing image
     pq.write_table(table.slice(0, N - 1), path)
+    _declare(store, rel)
     with pytest.raises(NrrError, match="image ids do not match"):
         _batches(store, epoch=0)
     # a truncated file
-    shutil.copy(stores["dbr"] / "labels/distances-e0000-e0001.parquet", path)
+    shutil.copy(stores["dbr"] / rel, path)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _declare(store, rel)
     with pytest.raises(NrrError, match="unreadable distance table"):
         _batches(store, epoch=0)
     # a truncated image shard
@@ -322,6 +344,7 @@ def test_version_1_store_replays_with_its_own_renderer(stores, teacher) -> None:
     from nrrstore.train.loader import to_chw
 
     store = Store(stores["v1"])
+    assert store.manifest.augmentation is not None
     recipe = AugRecipe.from_dict(store.manifest.augmentation)
     assert recipe.version == 1
     for workers in (0, 2):

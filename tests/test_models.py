@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from typing import cast
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from nrrstore.errors import FormatVersionError, NrrError
 from nrrstore.models import (
     ARCHS,
     BNStatsLoss,
+    ConvNet,
+    ResNet,
     build_model,
     file_sha256,
     load_teacher,
@@ -35,7 +38,7 @@ def _meta(arch: str = "convnet3", n: int = 4, c: int = 1, size: int = 28, **extr
 @pytest.mark.parametrize("size", [28, 32])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes(arch: str, size: int, channels: int) -> None:
-    model = build_model(arch, 7, channels, size, seed=0).eval()
+    model = cast("ConvNet | ResNet", build_model(arch, 7, channels, size, seed=0).eval())
     x = torch.randn(2, channels, size, size)
     with torch.no_grad():
         logits, feats = model(x), model.features(x)
@@ -45,12 +48,12 @@ def test_shapes(arch: str, size: int, channels: int) -> None:
 
 
 def test_resnet18_imagenet_stem_at_64px() -> None:
-    model = build_model("resnet18", 5, 3, 64, seed=0).eval()
+    model = cast(ResNet, build_model("resnet18", 5, 3, 64, seed=0).eval())
     with torch.no_grad():
         x = torch.randn(2, 3, 64, 64)
         assert model(x).shape == (2, 5)
         assert model.features(x).shape == (2, 512, 2, 2)
-    assert build_model("resnet18", 5, 1, 64).conv1.weight.shape == (64, 1, 7, 7)
+    assert cast(ResNet, build_model("resnet18", 5, 1, 64)).conv1.weight.shape == (64, 1, 7, 7)
 
 
 def test_resnet18_matches_torchvision_layout() -> None:
@@ -59,13 +62,13 @@ def test_resnet18_matches_torchvision_layout() -> None:
     assert sum(p.numel() for p in model.parameters()) == 11_689_512  # torchvision resnet18's count
     for key in ("conv1.weight", "bn1.running_mean", "layer2.0.downsample.0.weight", "layer4.1.bn2.bias", "fc.bias"):
         assert key in keys
-    cifar = build_model("resnet18_cifar", 10, 3, 32)
+    cifar = cast(ResNet, build_model("resnet18_cifar", 10, 3, 32))
     assert cifar.conv1.kernel_size == (3, 3) and isinstance(cifar.maxpool, nn.Identity)
 
 
 @pytest.mark.parametrize(("arch", "size", "grid"), [("convnet3", 28, 3), ("convnet4", 32, 2), ("convnet6", 28, 1)])
 def test_convnet_feature_grid(arch: str, size: int, grid: int) -> None:
-    model = build_model(arch, 10, 1, size)
+    model = cast(ConvNet, build_model(arch, 10, 1, size))
     assert model.feature_shape == (128, grid, grid)
     assert model.classifier.in_features == 128 * grid * grid
     assert isinstance(model.body[1], nn.GroupNorm) and model.body[1].num_groups == 128
@@ -113,7 +116,7 @@ def factory_module(tmp_path, monkeypatch) -> str:
 
 
 def test_factory_spec(factory_module: str) -> None:
-    model = build_model(f"{factory_module}:tiny", 6, 3, 4, hidden=5)
+    model = cast(nn.Sequential, build_model(f"{factory_module}:tiny", 6, 3, 4, hidden=5))
     assert model(torch.randn(2, 3, 4, 4)).shape == (2, 6) and model[1].out_features == 5
     with pytest.raises(NrrError, match="has no callable 'missing'"):
         build_model(f"{factory_module}:missing", 6, 3, 4)
@@ -137,10 +140,12 @@ def test_seeded_build_is_reproducible_and_leaves_global_rng_alone() -> None:
 
 # ------------------------------------------------------------------------------------- checkpoint
 def test_checkpoint_round_trip(tmp_path) -> None:
-    model = build_model("convnet3", 4, 1, 28, seed=1, norm="batch", width=32)
+    model = cast(ConvNet, build_model("convnet3", 4, 1, 28, seed=1, norm="batch", width=32))
+    bn = cast(nn.BatchNorm2d, model.body[1])
+    assert bn.running_mean is not None and bn.running_var is not None
     with torch.no_grad():  # non-default BN buffers must survive too
-        model.body[1].running_mean.uniform_(-1, 1)
-        model.body[1].running_var.uniform_(0.5, 2)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
     model.eval()
     path = tmp_path / "teacher.pt"
     save_teacher(path, model, _meta(arch_kwargs={"norm": "batch", "width": 32}, train={"epochs": 1, "top1": 0.5}))
@@ -278,6 +283,7 @@ def _set_running_stats_from(model: nn.Module, x: torch.Tensor) -> None:
     for h in handles:
         h.remove()
     for m in bns:
+        assert m.running_mean is not None and m.running_var is not None
         m.running_mean.copy_(captured[m].mean((0, 2, 3)))
         m.running_var.copy_(captured[m].var((0, 2, 3), correction=0))
     model.eval()
@@ -303,19 +309,22 @@ def test_bn_loss_zero_on_matching_stats_and_positive_otherwise() -> None:
 def test_bn_loss_formula_and_first_layer_weight() -> None:
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 3, 1), nn.BatchNorm2d(3))
     model.eval()
+    bn1, bn4 = cast(nn.BatchNorm2d, model[1]), cast(nn.BatchNorm2d, model[4])
     with torch.no_grad():
-        for bn in (model[1], model[4]):
-            bn.running_mean.uniform_(-1, 1)
-            bn.running_var.uniform_(0.5, 2)
+        for layer in (bn1, bn4):
+            assert layer.running_mean is not None and layer.running_var is not None
+            layer.running_mean.uniform_(-1, 1)
+            layer.running_var.uniform_(0.5, 2)
     x = torch.randn(5, 2, 6, 6)
     inputs = [model[0](x)]
     inputs.append(model[3](model[2](model[1](inputs[0]))))
 
     def term(bn: nn.BatchNorm2d, a: torch.Tensor) -> torch.Tensor:
+        assert bn.running_mean is not None and bn.running_var is not None
         flat = a.transpose(0, 1).reshape(a.shape[1], -1)
         return (flat.mean(1) - bn.running_mean).norm() + (flat.var(1, unbiased=False) - bn.running_var).norm()
 
-    terms = [term(model[1], inputs[0]), term(model[4], inputs[1])]
+    terms = [term(bn1, inputs[0]), term(bn4, inputs[1])]
     for first_weight in (10.0, 1.0):
         bn = BNStatsLoss(model, first_weight=first_weight)
         model(x)

@@ -63,7 +63,7 @@ def test_config_defaults_validation_and_round_trip() -> None:
     for bad in ({"optimizer": "lbfgs"}, {"lr": 0.0}, {"eps": -0.1}, {"iterations": -1}, {"iterations": 2.5},
                 {"alpha_bn": float("nan")}, {"betas": (0.9, 1.0)}, {"refine": "yes"}):
         with pytest.raises(NrrError):
-            NrrConfig(**bad)  # type: ignore[arg-type]
+            NrrConfig(**bad)
 
 
 @pytest.mark.parametrize("optimizer, lr", [("adam", 0.02), ("sgd", 30.0)])

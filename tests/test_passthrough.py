@@ -41,7 +41,9 @@ def _members(store: Path) -> dict[str, bytes]:
     for shard in sorted((store / "images").glob("*.tar")):
         with tarfile.open(shard) as tar:
             for info in tar:
-                out[info.name] = tar.extractfile(info).read()
+                member = tar.extractfile(info)
+                assert member is not None, info.name  # shards hold regular files only
+                out[info.name] = member.read()
     return out
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 from PIL import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from nrrstore.errors import NrrError
 from nrrstore.sources import (
@@ -40,11 +40,11 @@ FMNIST_CLASSES = ROOT / "data" / "fashion-mnist" / "classes.txt"
 # ---------------------------------------------------------------- helpers
 
 
-def run_cli(*args: object) -> object:
+def run_cli(*args: object) -> Result:
     return CliRunner().invoke(make_app(prepare_cmd), [str(a) for a in args])
 
 
-def assert_cli_error(result: object, *parts: object) -> None:
+def assert_cli_error(result: Result, *parts: object) -> None:
     assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

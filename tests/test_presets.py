@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -100,3 +101,34 @@ def test_student_defaults_have_one_source() -> None:
         res = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"}, terminal_width=200)
         text = " ".join(res.stdout.split())
         assert f"[default: {STUDENT['dbr_norm']}]" in text and f"[default: {STUDENT['epochs']};" in text, cmd
+
+
+def test_every_command_ends_its_help_with_an_example_that_parses() -> None:
+    """Each command's help ends with one example (cli/_common.py EXAMPLES), and the example's options exist and
+    parse (click builds the command's context from it without running it)."""
+    import shlex
+
+    import typer
+
+    from nrrstore_cli._common import EXAMPLES
+
+    root = typer.main.get_command(app)
+    leaves: list[str] = []
+
+    def walk(cmd: Any, path: list[str]) -> None:  # typer's own click: groups are what have commands
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+        else:
+            leaves.append(" ".join(path))
+
+    walk(root, [])
+    assert sorted(leaves) == sorted(EXAMPLES)
+    for name, line in EXAMPLES.items():
+        words = shlex.split(line)[1:]
+        res = CliRunner().invoke(app, [*name.split(), "--help"], env={"COLUMNS": "100"}, terminal_width=100)
+        assert res.stdout.rstrip().endswith(line), name
+        cmd, args = root, words
+        while hasattr(cmd, "commands"):
+            cmd, args = cmd.commands[args[0]], args[1:]
+        cmd.make_context(name, list(args))  # raises click.UsageError on an unknown option or a missing one

@@ -95,7 +95,7 @@ def test_existing_labels_need_overwrite(tmp_path: Path, teacher) -> None:
     m = Store(store).manifest
     assert m.labels["distances"]["epochs"] == 3 and "softlabels" not in m.labels
     assert not (store / "labels/softlabels.zarr").exists()
-    assert m.augmentation["group_size"] == 4  # the store's recipe is kept by default
+    assert m.augmentation is not None and m.augmentation["group_size"] == 4  # the store's recipe is kept by default
     assert out["files"] == ["labels/distances-e0000-e0002.parquet"]
     assert verify_store(store) == []
 

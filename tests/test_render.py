@@ -49,7 +49,8 @@ def test_matches_torch_antialiased_bilinear(source: int, size: int) -> None:
 
 def test_full_crop_is_a_scaled_copy() -> None:
     img = _photos(1, 24)[0]
-    views = VW.ViewBatch(*(np.array([v]) for v in (0, 0, 24, 24)), flip=np.array([True]), lam=np.ones(1, np.float32),
+    views = VW.ViewBatch(crop_i=np.array([0]), crop_j=np.array([0]), crop_h=np.array([24]), crop_w=np.array([24]),
+                        flip=np.array([True]), lam=np.ones(1, np.float32),
                         box_y1=np.zeros(1, np.int64), box_x1=np.zeros(1, np.int64), box_y2=np.zeros(1, np.int64),
                         box_x2=np.zeros(1, np.int64))
     got = _render([img], views, 24)[0]
@@ -130,7 +131,7 @@ def test_render_batch_dispatches_on_the_recipe_version() -> None:
 def test_bad_input() -> None:
     r = Renderer(8, 3)
     with pytest.raises(NrrError, match="uint8 images"):
-        r.render(torch.zeros(1, 3, 8, 8), view_taps(*(np.array([0]) for _ in range(2)), np.array([8]), np.array([8]),
+        r.render(torch.zeros(1, 3, 8, 8), view_taps(np.array([0]), np.array([0]), np.array([8]), np.array([8]),
                                                     np.array([False]), 8))
     with pytest.raises(NrrError, match="normalization has"):
         Renderer(8, 3, mean=[0.5], std=[0.5])

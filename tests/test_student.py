@@ -105,7 +105,8 @@ def test_cli_relabel_and_train_student(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["views"] == 60 and out["precision"] == "int8" and out["augmentation"]["mix"] == "mixup"
-    assert Store(path).manifest.augmentation["seed"] == 4 and verify_store(path) == []
+    augmentation = Store(path).manifest.augmentation
+    assert augmentation is not None and augmentation["seed"] == 4 and verify_store(path) == []
     res = runner.invoke(app, args)  # labels exist: one line on stderr, exit 1
     assert res.exit_code == 1 and "overwrite" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     res = runner.invoke(app, ["train-student", str(path), "--val", str(VAL), "--epochs", "2", "--labels", "dbr",

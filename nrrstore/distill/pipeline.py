@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from nrrstore.distill.cidd import ClassCandidates, discover, select_and_stitch
 from nrrstore.distill.cidd_config import CiddConfig
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
 from nrrstore.distill.presets import METHODS, default_image_encoding, preset_values
-from nrrstore.errors import NrrError, ResumeMismatchError
+from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError
 from nrrstore.format import fs, remote
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes
 from nrrstore.format.cams import write_cams
@@ -42,7 +43,7 @@ from nrrstore.format.lock import output_lock
 from nrrstore.format.manifest import load_manifest
 from nrrstore.format.writer import STORE_KIND, StoreWriter, check_output_dir, store_object
 from nrrstore.models.cam import CamModel
-from nrrstore.models.checkpoint import Teacher, teacher_record
+from nrrstore.models.checkpoint import Teacher, class_mapping_warning, teacher_record
 from nrrstore.progress import Progress
 from nrrstore.ranks import barrier, dist_info, stopped_error
 from nrrstore.sources.shards import iter_labels, iter_samples, read_class_names, resolve_shards
@@ -174,6 +175,9 @@ def distill(
         raise NrrError(urls[0] if not isinstance(inputs, (str, os.PathLike)) else inputs,
                        f"the data has {len(names)} classes (classes file) but the teacher has {teacher.num_classes}")
     classes = names or list(teacher.classes)
+    mapping = class_mapping_warning(teacher, names, "the input shards")
+    if mapping and rank == 0:
+        warnings.warn(mapping, NrrWarning, stacklevel=2)
     params = {
         "config": cfg.to_dict(), "inputs": urls, "teacher_sha256": teacher.sha256, "classes": classes,
         "tool_version": __version__,

@@ -234,11 +234,13 @@ def file_problems(store: Store, part: Mapping[str, Any]) -> list[str]:
     """What is wrong with one listed distance file: unreadable, ids or epochs out of range, rows missing."""
     m = store.manifest
     where = store.path / part["path"]
+    section = m.labels.get("distances") or {}
+    precision = section.get("precision", "fp16")
     try:
-        t = pq.read_table(store._table_source(part["path"]), columns=["epoch", "image"])
-    except (pa.ArrowException, OSError) as exc:
+        t = pq.read_table(store._table_source(part["path"]), columns=["epoch", "image", "d_org", "d_aug"])
+    except (pa.ArrowException, OSError, KeyError) as exc:
         return [f"{where}: unreadable distance table: {exc}"]
-    problems = []
+    problems = _value_problems(t, precision, section, where)
     img, ep = t.column("image").to_numpy(), t.column("epoch").to_numpy()
     if img.size and (img.min() < 0 or img.max() >= m.num_images):
         problems.append(f"{where}: image ids outside 0..{m.num_images - 1}")
@@ -247,6 +249,29 @@ def file_problems(store: Store, part: Mapping[str, Any]) -> list[str]:
     expected = (part["last_epoch"] - part["first_epoch"] + 1) * m.num_images
     if t.num_rows != expected:
         problems.append(f"{where}: {t.num_rows} rows, expected {expected} (every image in every epoch)")
+    return problems
+
+
+def _value_problems(t: pa.Table, precision: str, section: Mapping[str, Any], where: Any) -> list[str]:
+    """What readers would refuse or misread in the value columns: another type than the declared precision, an
+    int8 table without its scale, and distances no teacher produces (non-finite or negative cross-entropies)."""
+    if precision not in DISTANCE_TYPES:
+        return [f"{where}: unknown precision {precision!r} in the manifest"]
+    want = distance_schema(precision, False)
+    problems = [f"{where}: column {c} holds {t.schema.field(c).type}, the manifest declares {precision} "
+                f"({want.field(c).type})" for c in ("d_org", "d_aug") if t.schema.field(c).type != want.field(c).type]
+    if problems:
+        return problems
+    try:
+        values = [decode_values(t.column(c).to_numpy(), precision, section, where) for c in ("d_org", "d_aug")]
+    except NrrError as exc:
+        return [exc.message]
+    for name, v in zip(("d_org", "d_aug"), values, strict=True):
+        if not np.isfinite(v).all():
+            problems.append(f"{where}: {int((~np.isfinite(v)).sum())} non-finite {name} values (a teacher's "
+                            "cross-entropy is always finite)")
+        elif v.size and v.min() < 0:
+            problems.append(f"{where}: negative {name} values (a cross-entropy is never below 0)")
     return problems
 
 

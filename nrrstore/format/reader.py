@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +22,7 @@ import pyarrow as pa
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
+from nrrstore.format.atomic import stream_sha256
 from nrrstore.format.distances import epoch_part, read_epoch_table
 from nrrstore.format.images import IMAGE_EXTS, decode_image
 from nrrstore.format.index import read_index
@@ -38,12 +40,17 @@ class StoreImage:
     meta: dict[str, Any]
 
 
+_CHANGED = ("changed since this store's manifest was read (its size or checksum no longer match: relabelled or "
+            "edited meanwhile?); open the store again to read the new version")
+
+
 class Store:
     """A finished store: a local folder or a URL (``path`` is a `Path` or an `fs.Url`)."""
 
     def __init__(self, path: str | os.PathLike[str], check_digest: bool = True) -> None:
         self.path: fs.Location = fs.location(path)
         self.manifest: Manifest = load_manifest(self.path, check_digest)
+        self._pins: dict[str, tuple[int, int, int, int]] = {}  # files checked against the manifest (_pinned_table)
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -185,7 +192,40 @@ class Store:
         part = epoch_part(self, epoch)
         if part is None:
             raise NrrError(self.path, f"no distances stored for epoch {epoch} (store has {self.num_epochs} epochs)")
-        return read_epoch_table(self._table_source(part["path"]), self.path / part["path"], epoch, columns)
+        with self._pinned_table(part["path"]) as source:
+            return read_epoch_table(source, self.path / part["path"], epoch, columns)
+
+    @contextmanager
+    def _pinned_table(self, rel: str) -> Iterator[Any]:
+        """The Parquet file ``rel`` as this store's manifest describes it, or one line saying it changed.
+
+        A reader pins the manifest it opened: the first time a local file is read its size and sha256 must
+        match the manifest (once per `Store`), and later reads must find the same file (device, inode, size,
+        mtime), checked on the open handle that pyarrow then reads. So a reader running beside
+        ``relabel --overwrite`` finishes on the files it already holds or fails in one line, and never mixes
+        two versions' labels. Remote files are checked by size (their ranges are read by size).
+        """
+        loc = self.path / rel
+        entry = self.manifest.file(rel)
+        if not isinstance(loc, Path) or entry is None:
+            yield self._table_source(rel)
+            return
+        try:
+            f = open(loc, "rb")  # noqa: SIM115 - closed below, after pyarrow has read from it
+        except FileNotFoundError:
+            raise NrrError(loc, _CHANGED) from None
+        with f:
+            st = os.fstat(f.fileno())
+            pin = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+            known = self._pins.get(rel)
+            if known is None:
+                if st.st_size != entry.bytes or stream_sha256(f) != entry.sha256:
+                    raise NrrError(loc, _CHANGED)
+                self._pins[rel] = pin
+                f.seek(0)
+            elif known != pin:
+                raise NrrError(loc, _CHANGED)
+            yield f
 
 
 def _parse_label(data: bytes | None, where: str) -> int:

@@ -32,16 +32,16 @@ import functools
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from nrrstore.devices import amp_dtype, autocast, resolve_device
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, NrrWarning
 from nrrstore.format import fs, quant, remote
 from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
@@ -62,13 +62,22 @@ from nrrstore.format.softlabels import create_softlabels, install_softlabels, so
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.format.writer import STORE_KIND, store_object
-from nrrstore.models.checkpoint import Teacher, load_teacher, teacher_record
+from nrrstore.models.checkpoint import Teacher, class_mapping_warning, load_teacher, teacher_record
 from nrrstore.progress import Progress
 from nrrstore.ranks import barrier, dist_info, stopped_error
 from nrrstore.replay.recipe import RECIPE_VERSION, AugRecipe, epoch_columns, store_recipe
-from nrrstore.replay.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
+from nrrstore.replay.stream import (
+    BatchAssembler,
+    ItemSource,
+    ViewStream,
+    assemble,
+    pin_default,
+    worker_count,
+    worker_items,
+)
 from nrrstore.train.loader import open_store
 from nrrstore.train.losses import distances
+from nrrstore.units import human_bytes
 
 
 def default_recipe(store: Store, teacher: Teacher, **overrides: Any) -> AugRecipe:
@@ -179,7 +188,7 @@ def relabel(
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, dev)
     recipe, quant_max = _check_inputs(st, teacher, recipe, seed, precision, mode, epochs, epochs_per_file,
-                                      batch_size, quant_max)
+                                      batch_size, quant_max, bool(full_softlabels))
     if workers is None:
         workers = 0 if dev.type == "cpu" else worker_count(None)
     workers = worker_count(workers)
@@ -215,8 +224,8 @@ def relabel(
 
 
 def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: int | None, precision: str, mode: str,
-                  epochs: Any, epochs_per_file: Any, batch_size: Any,
-                  quant_max: float | None) -> tuple[AugRecipe, float | None]:
+                  epochs: Any, epochs_per_file: Any, batch_size: Any, quant_max: float | None,
+                  full_softlabels: bool = False) -> tuple[AugRecipe, float | None]:
     """Refuse what relabel cannot do before any work; ``(the recipe to replay, the checked int8 scale)``."""
     m = st.manifest
     check_precision(precision)
@@ -233,13 +242,41 @@ def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: i
             if teacher.in_channels == 1 and "import" in m.method else ""
         raise NrrError(teacher.spec, f"teacher takes {teacher.in_channels} channel(s) but store images have "
                                      f"{m.image.channels}{hint}")
+    mapping = class_mapping_warning(teacher, m.classes, "the store")
+    if mapping:
+        warnings.warn(mapping, NrrWarning, stacklevel=3)
     if recipe is not None and seed is not None and recipe.seed != seed:
         raise NrrError(None, f"seed {seed} contradicts the recipe's seed {recipe.seed}; give one of them")
+    _check_disk(st, epochs, precision, full_softlabels)
     recipe = recipe or default_recipe(st, teacher, seed=seed)
     if recipe.size != teacher.image_size:
         raise NrrError(teacher.spec, f"views are {recipe.size} px (augmentation size) but the teacher takes "
                                      f"{teacher.image_size} px")
     return recipe, quant_max
+
+
+VALUE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+"""Half the raw bytes of one view's two stored distances: a lower bound of what relabel writes per view, even
+after compression (distances are close to random bits in their low half)."""
+
+
+def _check_disk(st: Store, epochs: int, precision: str, full_softlabels: bool) -> None:
+    """Refuse before any work a job whose labels cannot fit on the store's disk (a lower bound of their size),
+    so a mistyped ``--epochs`` ends in one line, not in a full disk or an exhausted memory hours later."""
+    m = st.manifest
+    per_view = VALUE_BYTES[precision] + (m.num_classes if full_softlabels else 0)
+    need = epochs * m.num_images * per_view
+    root = st.path
+    if not isinstance(root, Path):
+        return
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return
+    if need > free:
+        raise NrrError(root, f"{epochs} epochs of {m.num_images} images need at least {human_bytes(need)} of labels, "
+                             f"and the disk holds {human_bytes(free)} free; use fewer --epochs (labels for E epochs "
+                             "serve any longer student run with --cycle)")
 
 
 def _compute(job: _Job, work: Path, state: dict[str, Any], chunks: list[tuple[int, int]], rank: int,
@@ -383,19 +420,22 @@ class _Job:
         mean, std = [float(v) for v in teacher.mean], [float(v) for v in teacher.std]
         assembler = BatchAssembler(self.recipe, self.st.manifest.image.channels, self.device, mean, std)
         if self.workers:
-            items: Any = DataLoader(ItemSource(stream), batch_size=None, num_workers=self.workers,
-                                    pin_memory=pin_default(self.device), prefetch_factor=4)
+            items: Any = worker_items(ItemSource(stream), self.workers, pin_default(self.device), 4)
         else:
             items = stream.items()
         dev, n, c = self.device, self.n, self.st.manifest.num_classes
         current = None
+        seen, k = 0, -1
         buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
         with torch.inference_mode():
             for batch in assemble(items, assembler):
                 if batch["epoch"] != current:
                     if buffers is not None:
-                        yield self._host(current, buffers)
-                    current = batch["epoch"]
+                        yield self._host(current, buffers, seen, n)
+                    current, seen, k = batch["epoch"], 0, k + 1
+                    if current != todo[k]:
+                        raise NrrError(None, f"relabel: epoch {todo[k]}'s views never came (a decoding worker ended "
+                                             "early); nothing of it was written")
                     buffers = (torch.empty(n, dtype=torch.float32, device=dev),
                                torch.empty(n, dtype=torch.float32, device=dev),
                                torch.empty((n, c), dtype=torch.float16, device=dev) if self.soft else None)
@@ -403,6 +443,7 @@ class _Job:
                 a, b, logits = teacher_distances(teacher, batch["images"], batch["y"], batch["y_partner"],
                                                  batch["lam"], self.amp)
                 index = batch["index"]
+                seen += len(index)
                 buffers[0][index] = a
                 buffers[1][index] = b
                 if buffers[2] is not None:
@@ -411,14 +452,24 @@ class _Job:
                 if self.progress:
                     self.progress("relabel views", self.done_views, self.total_views)
             if buffers is not None:
-                yield self._host(current, buffers)
+                yield self._host(current, buffers, seen, n)
+        if todo and current != todo[-1]:
+            raise NrrError(None, f"relabel: the views stopped after epoch {current} of {todo[-1]} (a decoding "
+                                 "worker ended early); nothing of the unfinished epochs was written")
 
-    @staticmethod
-    def _host(epoch: Any, buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+    def _host(self, epoch: Any, buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], seen: int, n: int
               ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None]:
-        """One epoch's results on the host: the only wait for the device, once per epoch."""
+        """One epoch's results on the host (the only wait for the device, once per epoch), refused when views
+        are missing or the teacher's distances are not finite: such labels would train students on garbage."""
+        if seen != n:
+            raise NrrError(None, f"relabel: epoch {epoch} got {seen} of {n} views (a decoding worker ended early); "
+                                 "nothing of it was written")
         d_org, d_aug, soft = buffers
-        return int(epoch), d_org.cpu().numpy(), d_aug.cpu().numpy(), None if soft is None else soft.cpu().numpy()
+        host = int(epoch), d_org.cpu().numpy(), d_aug.cpu().numpy(), None if soft is None else soft.cpu().numpy()
+        if not (np.isfinite(host[1]).all() and np.isfinite(host[2]).all()):
+            raise NrrError(self.teacher.spec, "the teacher's cross-entropies are not finite (NaN or infinite "
+                                              f"weights or outputs?) in epoch {epoch}; no labels were written")
+        return host
 
     def choose_quant_max(self) -> float:
         """int8 scale from epoch 0's distances (kept, so the chunk holding epoch 0 does not redo it)."""

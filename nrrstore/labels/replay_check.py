@@ -158,6 +158,23 @@ def replay_check(
     return report
 
 
+def teacher_identity_problems(m: Any, teacher: Teacher) -> list[str]:
+    """Where ``teacher`` is not the one the manifest records: another checksum, or other class names (equal
+    distances cannot excuse labels whose classes mean something else)."""
+    problems = []
+    recorded = (m.teacher or {}).get("sha256")
+    if recorded and recorded != teacher.sha256:
+        problems.append(f"the teacher's sha256 {teacher.sha256[:12]}... is not the {recorded[:12]}... the store "
+                        "records: its labels were made by another teacher")
+    if teacher.classes and list(teacher.classes) != list(m.classes):
+        i = next((i for i, (a, b) in enumerate(zip(teacher.classes, m.classes, strict=False)) if a != b),
+                 min(len(teacher.classes), len(m.classes)))
+        ours = teacher.classes[i] if i < len(teacher.classes) else "(none)"
+        theirs = m.classes[i] if i < len(m.classes) else "(none)"
+        problems.append(f"the teacher's classes differ from the store's (class {i}: {ours!r} vs {theirs!r})")
+    return problems
+
+
 def _problem(r: ReplayReport) -> str | None:
     cause = ("likely a different teacher" if r.teacher_sha256_matches is False
              else "likely another teacher, augmentation seed or recipe than the store records")

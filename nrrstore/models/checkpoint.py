@@ -385,3 +385,16 @@ def _load_state(path: str, model: nn.Module, state: Any, arch: str) -> None:
     if problem:
         raise NrrError(path, f"state dict does not match architecture '{arch}': {problem}")
     model.load_state_dict(state, strict=True)
+
+
+def class_mapping_warning(teacher: Teacher, names: list[str] | None, what: str) -> str | None:
+    """The warning for class names that differ from the teacher's (same count): labels are matched by index,
+    so say which teacher class each of ``what``'s classes is taken as. None when they agree or either side
+    has no names."""
+    theirs = list(teacher.classes or [])
+    if not names or not theirs or list(names) == theirs or len(names) != len(theirs):
+        return None
+    pairs = [f"{a!r} -> {b!r}" for a, b in zip(names, theirs, strict=True) if a != b]
+    shown = ", ".join(pairs[:3]) + (f", ... ({len(pairs)} differ)" if len(pairs) > 3 else "")
+    return (f"{what}'s class names differ from the teacher's; class i is taken as the teacher's class i: {shown} "
+            "(name the classes with --classes when preparing, or check that this is the right teacher)")

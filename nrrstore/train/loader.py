@@ -22,6 +22,7 @@ The distance table is read for the current epoch only (its row groups), never th
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections import OrderedDict
@@ -30,16 +31,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning
 from nrrstore.format.distances import EpochLabels, read_epoch_labels
+from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
 from nrrstore.ranks import resolve_rank
 from nrrstore.replay.recipe import store_recipe
-from nrrstore.replay.stream import BatchAssembler, ItemSource, ViewStream, assemble, pin_default, worker_count
+from nrrstore.replay.stream import (
+    BatchAssembler,
+    ItemSource,
+    ViewStream,
+    assemble,
+    pin_default,
+    worker_count,
+    worker_items,
+)
 from nrrstore.replay.views import ViewBatch
 
 LABEL_MODES = ("dbr", "kd", "onehot")
@@ -50,6 +60,12 @@ LOADER_STATE_VERSION = 1
 def open_store(store: Store | str | os.PathLike[str]) -> Store:
     """A `Store` for a folder or URL (an open `Store` is passed through)."""
     return store if isinstance(store, Store) else Store(store)
+
+
+def _label_identity(m: Manifest) -> str:
+    """What pins a store's labels: their manifest section and the checksums of their files."""
+    files = sorted((f.path, f.sha256) for f in m.files if f.kind in ("distances", "softlabels"))
+    return json.dumps([m.labels, files], sort_keys=True, default=str)
 
 
 def to_chw(pixels: np.ndarray) -> torch.Tensor:
@@ -103,6 +119,7 @@ class DistilledDataset(ViewStream, IterableDataset):
                          cache_mb=cache_mb, explicit=explicit)
         self.root = st.path
         self.index_sha256 = m.index_sha256
+        self._label_pin = _label_identity(m)  # workers open the store again: they must find these labels
         self.labels = labels
         self.want_soft = softlabels or labels == "kd"
         if labels == "dbr" and not dist:
@@ -168,7 +185,11 @@ class DistilledDataset(ViewStream, IterableDataset):
     # -- labels of the work items ------------------------------------------------------------------
     def _epoch_labels(self, view_epoch: int) -> tuple[EpochLabels | None, _SoftCache | None, Any]:
         if self._store is None:
-            self._store = open_store(self.root)
+            store = open_store(self.root)
+            if _label_identity(store.manifest) != self._label_pin:
+                raise NrrError(self.root, "the store's labels changed since this loader was made (relabelled "
+                                          "meanwhile?); make a new loader to read the new version")
+            self._store = store
         stored = views = None
         if self.labels == "dbr" or self.explicit:
             stored = read_epoch_labels(self._store, view_epoch, need_distances=self.labels == "dbr")
@@ -256,8 +277,7 @@ class DistilledLoader:
         ds = self.dataset
         assembler = BatchAssembler(ds.recipe, ds.channels, self.device, ds.mean, ds.std)
         if self.workers:
-            items: Any = DataLoader(ItemSource(ds, skip), batch_size=None, num_workers=self.workers,
-                                    pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor or 2)
+            items: Any = worker_items(ItemSource(ds, skip), self.workers, self.pin_memory, self.prefetch_factor or 2)
         else:
             items = ds.items(skip=skip)
         try:
@@ -267,6 +287,10 @@ class DistilledLoader:
                 for batch in assembler.feed(item):
                     self._yielded += 1  # before handing it out: a state taken now must not yield it again
                     yield batch
+            expected = len(ds.epochs) * len(ds.rank_batches()) - ds.start_step
+            if self._yielded < expected:  # a worker ended early: a short pass must not pass for a whole one
+                raise NrrError(ds.root, f"the loader ended after {self._yielded} of {expected} batches (a decoding "
+                                        "worker stopped early); rerun with --workers 0 to see the cause")
             self._yielded = 0  # the pass is complete: the next one starts afresh
         finally:
             self.decoded = assembler.decoded
