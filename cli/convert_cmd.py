@@ -8,6 +8,7 @@ import typer
 
 from nrrstore.errors import NrrError
 from nrrstore.format.outputs import local_output
+from nrrstore.limits import MAX_WORKERS
 from nrrstore_cli._common import (
     Amp,
     ColourMode,
@@ -65,7 +66,7 @@ def convert_softlabels_cmd(
     no_normalization: bool = typer.Option(False, "--no-normalization", help="The teacher took [0, 1] pixels."),
     classes: str | None = typer.Option(None, "--classes", help="Class names file (one per line, or JSON) instead of the folder names."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
-    workers: int | None = typer.Option(None, "--workers", min=0, help="Processes converting epochs in parallel (default: one per CPU up to 4 for large folders; 0: none)."),
+    workers: int | None = typer.Option(None, "--workers", min=0, max=MAX_WORKERS, help="Processes converting epochs in parallel (default: one per CPU up to 4 for large folders; 0: none)."),
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Convert only the first N epochs (they must be "
                                          "complete): for a label folder still being written."),
     teacher: str | None = typer.Option(None, "--teacher", help="The teacher that made the labels: replay a sample "

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from nrrstore.format import fs
+from nrrstore.limits import MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import DbrNorm, ProgressBar, example, handle_errors, print_json
 
@@ -37,7 +38,7 @@ def evaluate_cmd(
     plot: str | None = typer.Option(None, "--plot", help="Also draw the table as a PNG bar chart."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
-    workers: int = typer.Option(0, "--workers", min=0, help="Loader worker processes."),
+    workers: int = typer.Option(0, "--workers", min=0, max=MAX_WORKERS, help="Loader worker processes."),
     json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON on stdout."),
 ) -> None:
     """Train students on STORE for every label kind and seed (and on random real images with --train),

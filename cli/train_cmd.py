@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from nrrstore.format.distances import DEFAULT_EPOCHS_PER_FILE
+from nrrstore.limits import MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import (
     Amp,
@@ -39,7 +40,7 @@ def relabel_cmd(
     batch_size: int = typer.Option(256, "--batch-size", min=1, help="Teacher batch size."),
     device: str = _DEVICE,
     amp: Amp | None = _AMP,
-    workers: int | None = typer.Option(None, "--workers", min=0, help="Decoding processes (default: 0 on cpu, "
+    workers: int | None = typer.Option(None, "--workers", min=0, max=MAX_WORKERS, help="Decoding processes (default: 0 on cpu, "
                                                                         "one per CPU up to 4 on a GPU)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing distances and soft labels."),
     as_json: bool = _JSON,
@@ -93,7 +94,7 @@ def train_student_cmd(
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint if it exists."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --checkpoint instead of refusing."),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes."),
+    workers: int = typer.Option(0, "--workers", min=0, max=MAX_WORKERS, help="DataLoader worker processes."),
     cycle: bool = typer.Option(False, "--cycle", help="Reuse stored epochs when training longer than stored."),
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Also evaluate every N epochs (0: only at the end)."),
     device: str = _DEVICE,

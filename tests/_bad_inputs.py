@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
 import struct
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ from nrrstore.format.atomic import file_sha256
 from nrrstore.format.manifest import DIGEST_KEY, manifest_digest
 from nrrstore.format.writer import StoreWriter
 from nrrstore.labels.relabel import relabel
+from nrrstore.limits import MAX_WORKERS
 from nrrstore.models import load_teacher
 from nrrstore.sources import prepare_idx, prepare_imagefolder
 from nrrstore_cli.main import app
@@ -160,7 +163,86 @@ def hold_lock(target: Path, x: SimpleNamespace) -> None:
             "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
-    x.pid, x.finalize = proc.pid, lambda: (proc.kill(), proc.wait())
+
+    def finalize() -> None:
+        proc.kill()
+        proc.wait()
+
+    x.pid, x.finalize = proc.pid, finalize
+
+
+def locked_link(link: Path, target: Path, x: SimpleNamespace) -> None:
+    """``link``, a symlink to ``target``, whose write lock another live process holds (``target`` must exist:
+    a dangling link cannot be snapshot)."""
+    hold_lock(target, x)
+    link.symlink_to(target)
+
+
+def damage_distances(store: Path, column: str, value: float) -> Path:
+    """Set every value of ``column`` in the first distance file to ``value`` (one row group per epoch, as relabel
+    writes it), with its size, checksum and the manifest digest made to match; returns the file."""
+    doc = json.loads((store / "manifest.json").read_text())
+    entry = next(f for f in doc["files"] if f["kind"] == "distances")
+    path = store / entry["path"]
+    table = pq.read_table(path)
+    i = table.schema.get_field_index(column)
+    table = table.set_column(i, table.schema.field(i), pa.array(np.full(table.num_rows, value, np.float16)))
+    pq.write_table(table, path, row_group_size=doc["dataset"]["num_images"], store_schema=False)
+    entry["bytes"], entry["sha256"] = path.stat().st_size, file_sha256(path)
+    doc[DIGEST_KEY] = manifest_digest(doc)
+    (store / "manifest.json").write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def disagreeing_shards(e: Inputs, dst: Path) -> Path:
+    """The small shards under Fashion-MNIST's class names, their first sample labelled once more in a ``.json``
+    member that contradicts its ``.cls``; returns the damaged shard."""
+    copy(e.small_shards, dst)
+    copy(e.shards / "classes.txt", dst / "classes.txt")
+    shard = dst / "test-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    first = next(m for m, _ in members if m.name.endswith(".cls"))
+    label = int(next(d for m, d in members if m is first))
+    meta = json.dumps({"label": (label + 1) % 10}).encode()
+    extra = tarfile.TarInfo(first.name[:-4] + ".json")
+    extra.size = len(meta)
+    members.insert(1 + [m for m, _ in members].index(first), (extra, meta))
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            tar.addfile(m, io.BytesIO(data))
+    return shard
+
+
+def edited_teacher(e: Inputs, dst: Path, change: Callable[[dict], None]) -> Path:
+    """A copy of the teacher checkpoint with ``change`` applied to its dict."""
+    obj = torch.load(e.teacher, map_location="cpu", weights_only=True)
+    change(obj)
+    torch.save(obj, dst)
+    return dst
+
+
+def truncated(src: Path, dst: Path) -> Path:
+    """The first half of ``src``: a download or copy cut short."""
+    data = src.read_bytes()
+    dst.write_bytes(data[:len(data) // 2])
+    return dst
+
+
+def read_only_folder(folder: Path, x: SimpleNamespace) -> None:
+    """An empty folder nothing can be written into: mode 0555, or as root (who ignores permissions) a read-only
+    tmpfs; the case is skipped where root cannot mount one."""
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        x.finalize = lambda: folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", str(folder)], check=False,
+                      capture_output=True).returncode:
+        import pytest
+
+        pytest.skip("root ignores folder permissions, and no read-only tmpfs can be mounted here")
+    x.finalize = lambda: subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
 
 
 def mixed_sizes(e: Inputs, w: Path, x: SimpleNamespace) -> None:
@@ -190,17 +272,48 @@ def partial_sre2l(e: Inputs, w: Path, x: SimpleNamespace) -> None:
 
 
 # -- the table -------------------------------------------------------------------------------------------
+Setup = Callable[[Inputs, Path, SimpleNamespace], object]  # its return value is ignored
+
+
 @dataclass
 class Case:
     id: str
     args: Args
     names: Callable[[Any, Path, SimpleNamespace], list[Any]]
     code: int = 1
-    setup: Callable[[Inputs, Path, SimpleNamespace], Any] | None = None
+    setup: Setup | None = None
 
 
 def c(id: str, args: Args, names: Any, code: int = 1, setup: Any = None) -> Case:
-    return Case(id, args, names if callable(names) else (lambda e, w, x, n=names: n), code, setup)
+    if callable(names):
+        return Case(id, args, names, code, setup)
+    return Case(id, args, lambda e, w, x: names, code, setup)  # a fixed list of names
+
+
+def steps(*setups: Setup) -> Setup:
+    """One setup that runs ``setups`` in order (a lambda holds no statements)."""
+    def run(e: Inputs, w: Path, x: SimpleNamespace) -> None:
+        for setup in setups:
+            setup(e, w, x)
+    return run
+
+
+def _undigested(version: str) -> Setup:
+    """A copy of the labelled store whose manifest was edited (the augmentation seed) and its digest dropped,
+    declaring format ``version``."""
+    def change(doc: dict) -> None:
+        doc["augmentation"]["seed"] = 9
+        doc["format_version"] = version
+        del doc[DIGEST_KEY]
+    return steps(lambda e, w, x: copy(e.store, w / "s"), lambda e, w, x: edit_manifest(w / "s", change, redigest=False))
+
+
+def _rded_ten(e: Inputs, root: Path) -> Path:
+    """An RDED tree of all ten classes (one grey image each, saved as RGB JPEG like RDED does)."""
+    for _, img, label in fmnist("train", 1):
+        (root / f"{label:05d}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).convert("RGB").save(root / f"{label:05d}" / f"class{label:05d}_id00000.jpg")
+    return root
 
 
 IN = "--in"
@@ -328,11 +441,11 @@ CASES: list[Case] = [
       lambda e, w, x: [w / "s", "already has labels", "--overwrite"], setup=lambda e, w, x: copy(e.store, w / "s")),
     c("r-edited-manifest", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--overwrite"],
       lambda e, w, x: [w / "s/manifest.json", "changed"],
-      setup=lambda e, w, x: (copy(e.store, w / "s"),
-                             edit_manifest(w / "s", lambda d: d["augmentation"].update(seed=9), redigest=False))),
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"),
+                  lambda e, w, x: edit_manifest(w / "s", lambda d: d["augmentation"].update(seed=9), redigest=False))),
     c("r-locked", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 1],
       lambda e, w, x: [w / "s", f"pid {x.pid}"],
-      setup=lambda e, w, x: (copy(e.plain, w / "s"), hold_lock(w / "s", x))),
+      setup=steps(lambda e, w, x: copy(e.plain, w / "s"), lambda e, w, x: hold_lock(w / "s", x))),
     # train-student
     c("ts-missing-store", lambda e, w, x: ["train-student", w / "no", "--val", e.shards], lambda e, w, x: [w / "no"]),
     c("ts-bad-labels", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--labels", "soft"],
@@ -342,10 +455,10 @@ CASES: list[Case] = [
     c("ts-missing-val", lambda e, w, x: ["train-student", e.store, "--val", w / "no", "--epochs", 1],
       lambda e, w, x: [w / "no"]),
     c("ts-val-classes", lambda e, w, x: ["train-student", e.store, "--val", e.rgb_shards, "--epochs", 1],
-      ["held-out classes"]),
+      lambda e, w, x: [e.rgb_shards, "held-out (--val) classes"]),
     c("ts-label-42", lambda e, w, x: ["train-student", w / "s", "--val", e.shards, "--epochs", 1],
       lambda e, w, x: [w / "s/index.parquet", x.key, "label 42"],
-      setup=lambda e, w, x: (copy(e.store, w / "s"), setattr(x, "key", label_42(w / "s")))),
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"), lambda e, w, x: setattr(x, "key", label_42(w / "s")))),
     c("ts-checkpoint-exists", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
                                                "--checkpoint", w / "c.pt"],
       lambda e, w, x: [w / "c.pt", "--resume", "--overwrite"], setup=lambda e, w, x: text(w / "c.pt")),
@@ -381,8 +494,8 @@ CASES: list[Case] = [
     c("in-grid-is-folder", lambda e, w, x: ["inspect", e.store, "--grid", w / "d"],
       lambda e, w, x: [w / "d", "is a folder"], setup=lambda e, w, x: (w / "d").mkdir()),
     c("in-unknown-major", lambda e, w, x: ["inspect", w / "s"], lambda e, w, x: [w / "s/manifest.json", "9.0"],
-      setup=lambda e, w, x: (copy(e.plain, w / "s"),
-                             edit_manifest(w / "s", lambda d: d.update(format_version="9.0"), redigest=True))),
+      setup=steps(lambda e, w, x: copy(e.plain, w / "s"),
+                  lambda e, w, x: edit_manifest(w / "s", lambda d: d.update(format_version="9.0"), redigest=True))),
     c("v-missing", lambda e, w, x: ["verify", w / "no"], lambda e, w, x: [w / "no", "no such store"]),
     c("v-manifest-not-json", lambda e, w, x: ["verify", w / "s"], lambda e, w, x: [w / "s/manifest.json", "JSON"],
       setup=lambda e, w, x: (copy(e.plain, w / "s"), text(w / "s/manifest.json", "{broken"))),
@@ -403,7 +516,8 @@ CASES: list[Case] = [
       lambda e, w, x: [e.sre2l.labels / "epoch_2", "--epochs 3"]),
     c("c-pickled-code", lambda e, w, x: ["convert-softlabels", w / "labels", "--images", e.sre2l.images, "--out", w / "s"],
       lambda e, w, x: [w / "labels/epoch_1/batch_0.tar", "refused to load"],
-      setup=lambda e, w, x: (copy(e.sre2l.labels, w / "labels"), torch.save([_Payload()], w / "labels/epoch_1/batch_0.tar"))),
+      setup=steps(lambda e, w, x: copy(e.sre2l.labels, w / "labels"),
+                  lambda e, w, x: torch.save([_Payload()], w / "labels/epoch_1/batch_0.tar"))),
     c("c-image-count", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", w / "img", "--out", w / "s"],
       lambda e, w, x: [w / "img", "images make"],
       setup=lambda e, w, x: (copy(e.sre2l.images, w / "img"),
@@ -429,7 +543,7 @@ CASES: list[Case] = [
     c("c-other-images", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", w / "img", "--out", w / "s",
                                          "--teacher", e.teacher],
       lambda e, w, x: [e.sre2l.labels, "replayed views differ", "image folder"],
-      setup=lambda e, w, x: (copy(e.sre2l.images, w / "img"), _shuffle_images(w / "img"))),
+      setup=steps(lambda e, w, x: copy(e.sre2l.images, w / "img"), lambda e, w, x: _shuffle_images(w / "img"))),
     # import rded
     c("ir-missing", lambda e, w, x: ["import", "rded", w / "no", "--out", w / "s"], lambda e, w, x: [w / "no"]),
     c("ir-bad-class-folder", lambda e, w, x: ["import", "rded", w / "r", "--out", w / "s"],
@@ -440,7 +554,7 @@ CASES: list[Case] = [
       setup=lambda e, w, x: (copy(e.rded, w / "r"), copy(e.rded / "00001/class00001_id00000.jpg", w / "r/00001/img.jpg"))),
     c("ir-missing-class", lambda e, w, x: ["import", "rded", w / "r", "--out", w / "s"],
       lambda e, w, x: [w / "r/00001", "--classes"],
-      setup=lambda e, w, x: (copy(e.rded, w / "r"), shutil.rmtree(w / "r/00001"))),
+      setup=steps(lambda e, w, x: copy(e.rded, w / "r"), lambda e, w, x: shutil.rmtree(w / "r/00001"))),
     c("ir-epochs-no-teacher", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s", "--epochs", 3],
       ["--epochs", "--teacher"]),
     c("ir-mode-vs-teacher", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s", "--teacher", e.teacher,
@@ -468,6 +582,252 @@ CASES: list[Case] = [
     c("u-missing-option", lambda e, w, x: ["distill", "--ipc", 1], ["--in", "missing"], code=2),
     c("u-not-a-number", lambda e, w, x: ["distill", IN, e.shards, "--ipc", "ten"], ["--ipc"], code=2),
     c("u-extra-argument", lambda e, w, x: ["verify", e.store, "extra"], ["extra", "unexpected"], code=2),
+    # -- readers and writers: an output (or a store) that another live process is writing -------------------
+    c("lock-r-overwrite", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 1, "--overwrite"],
+      lambda e, w, x: [w / "s", f"another nrrstore process (pid {x.pid}) is writing here"],
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"), lambda e, w, x: hold_lock(w / "s", x))),
+    c("lock-r-store-link", lambda e, w, x: ["relabel", w / "l", "--teacher", e.teacher, "--epochs", 1],
+      lambda e, w, x: [w / "l", f"pid {x.pid}"],
+      setup=steps(lambda e, w, x: copy(e.plain, w / "s"), lambda e, w, x: locked_link(w / "l", w / "s", x))),
+    c("lock-ts-checkpoint", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
+                                             "--checkpoint", w / "c.pt"],
+      lambda e, w, x: [w / "c.pt", f"pid {x.pid}"], setup=lambda e, w, x: hold_lock(w / "c.pt", x)),
+    c("lock-ts-checkpoint-link", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
+                                                  "--checkpoint", w / "l.pt", "--overwrite"],
+      lambda e, w, x: [w / "l.pt", f"pid {x.pid}"],
+      setup=steps(lambda e, w, x: text(w / "c.pt"), lambda e, w, x: locked_link(w / "l.pt", w / "c.pt", x))),
+    c("lock-ev-work", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--seeds", 1, "--epochs", 1, "--work",
+                                       w / "ev"],
+      lambda e, w, x: [w / "ev", f"pid {x.pid}"], setup=lambda e, w, x: hold_lock(w / "ev", x)),
+    c("lock-ev-work-link", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--seeds", 1, "--epochs", 1,
+                                            "--work", w / "l"],
+      lambda e, w, x: [w / "l", f"pid {x.pid}"],
+      setup=steps(lambda e, w, x: (w / "ev").mkdir(), lambda e, w, x: locked_link(w / "l", w / "ev", x))),
+    c("lock-ex-out", lambda e, w, x: ["export", e.store, w / "o"], lambda e, w, x: [w / "o", f"pid {x.pid}"],
+      setup=lambda e, w, x: hold_lock(w / "o", x)),
+    c("lock-ex-out-link", lambda e, w, x: ["export", e.store, w / "l"], lambda e, w, x: [w / "l", f"pid {x.pid}"],
+      setup=steps(lambda e, w, x: (w / "o").mkdir(), lambda e, w, x: locked_link(w / "l", w / "o", x))),
+    c("lock-ir-out", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s"],
+      lambda e, w, x: [w / "s", f"pid {x.pid}"], setup=lambda e, w, x: hold_lock(w / "s", x)),
+    c("lock-ir-out-link", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "l"],
+      lambda e, w, x: [w / "l", f"pid {x.pid}"],
+      setup=steps(lambda e, w, x: (w / "s").mkdir(), lambda e, w, x: locked_link(w / "l", w / "s", x))),
+    c("lock-if-out", lambda e, w, x: ["prepare", "imagefolder", e.folder, "--out", w / "o"],
+      lambda e, w, x: [w / "o", f"pid {x.pid}"], setup=lambda e, w, x: hold_lock(w / "o", x)),
+    c("lock-if-out-link", lambda e, w, x: ["prepare", "imagefolder", e.folder, "--out", w / "l"],
+      lambda e, w, x: [w / "l", f"pid {x.pid}"],
+      setup=steps(lambda e, w, x: (w / "o").mkdir(), lambda e, w, x: locked_link(w / "l", w / "o", x))),
+    c("lock-idx-out", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o"],
+      lambda e, w, x: [w / "o", f"pid {x.pid}"], setup=lambda e, w, x: hold_lock(w / "o", x)),
+    c("lock-tt-out", lambda e, w, x: ["teacher", "train", IN, e.small_shards, "--out", w / "t.pt"],
+      lambda e, w, x: [w / "t.pt", f"pid {x.pid}"], setup=lambda e, w, x: hold_lock(w / "t.pt", x)),
+    c("lock-tt-out-link", lambda e, w, x: ["teacher", "train", IN, e.small_shards, "--out", w / "l.pt", "--overwrite"],
+      lambda e, w, x: [w / "l.pt", f"pid {x.pid}"],
+      setup=steps(lambda e, w, x: copy(e.teacher, w / "t.pt"), lambda e, w, x: locked_link(w / "l.pt", w / "t.pt", x))),
+    c("lock-d-out-link", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--mipc", 2, "--teacher", e.teacher,
+                                          "--out", w / "l"],
+      lambda e, w, x: [w / "l", f"pid {x.pid}"],
+      setup=steps(lambda e, w, x: (w / "s").mkdir(), lambda e, w, x: locked_link(w / "l", w / "s", x))),
+    # -- exhaustion and bounds: labels that cannot fit, sizes of 0 or below ----------------------------------
+    c("bound-r-epochs-disk", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 10**12],
+      lambda e, w, x: [w / "s", "need at least", "free; use fewer --epochs"], setup=lambda e, w, x: copy(e.plain, w / "s")),
+    c("bound-r-epochs-disk-soft", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 10**12,
+                                                   "--full-softlabels", "--epochs-per-file", 1],
+      lambda e, w, x: [w / "s", "need at least", "use fewer --epochs"], setup=lambda e, w, x: copy(e.plain, w / "s")),
+    c("bound-ir-epochs-disk", lambda e, w, x: ["import", "rded", w / "r", "--out", w / "s", "--teacher", e.teacher,
+                                               "--epochs", 10**12, "--mode", "L", "--classes", e.shards / "classes.txt"],
+      lambda e, w, x: [w / "s", "need at least", "--epochs"], setup=lambda e, w, x: _rded_ten(e, w / "r")),
+    c("bound-r-workers-huge", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 1, "--workers",
+                                               10**9], ["--workers", f"{MAX_WORKERS}"], code=2,
+      setup=lambda e, w, x: copy(e.plain, w / "s")),
+    c("bound-r-epochs-per-file-0", lambda e, w, x: ["relabel", e.plain, "--teacher", e.teacher, "--epochs-per-file", 0],
+      ["--epochs-per-file"], code=2),
+    c("bound-r-batch-size-0", lambda e, w, x: ["relabel", e.plain, "--teacher", e.teacher, "--batch-size", 0],
+      ["--batch-size"], code=2),
+    c("bound-r-workers-neg", lambda e, w, x: ["relabel", e.plain, "--teacher", e.teacher, "--workers", -1],
+      ["--workers"], code=2),
+    c("bound-r-epochs-0", lambda e, w, x: ["relabel", e.plain, "--teacher", e.teacher, "--epochs", 0], ["--epochs"],
+      code=2),
+    c("bound-r-group-size-0", lambda e, w, x: ["relabel", e.plain, "--teacher", e.teacher, "--group-size", 0],
+      ["--group-size"], code=2),
+    c("bound-ts-batch-size-0", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--batch-size", 0],
+      ["--batch-size"], code=2),
+    c("bound-ts-workers-neg", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--workers", -2],
+      ["--workers"], code=2),
+    c("bound-ts-epochs-0", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 0], ["--epochs"],
+      code=2),
+    c("bound-ts-eval-every-neg", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--eval-every", -1],
+      ["--eval-every"], code=2),
+    c("bound-ts-workers-huge", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--workers", 10**6],
+      ["--workers", f"{MAX_WORKERS}"], code=2),
+    c("bound-ev-batch-size-0", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--batch-size", 0],
+      ["--batch-size"], code=2),
+    c("bound-ev-workers-neg", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--workers", -1], ["--workers"],
+      code=2),
+    c("bound-ev-epochs-0", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--epochs", 0], ["--epochs"], code=2),
+    c("bound-ev-workers-huge", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--workers", 10**6],
+      ["--workers", f"{MAX_WORKERS}"], code=2),
+    c("bound-c-epochs-per-file-0", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images,
+                                                    "--out", w / "s", "--epochs-per-file", 0], ["--epochs-per-file"],
+      code=2),
+    c("bound-c-workers-neg", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
+                                              w / "s", "--workers", -1], ["--workers"], code=2),
+    c("bound-c-shard-size-0", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images,
+                                               "--out", w / "s", "--shard-size", 0], ["--shard-size"], code=2),
+    c("bound-c-size-0", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images, "--out",
+                                         w / "s", "--size", 0], ["--size"], code=2),
+    c("bound-c-workers-huge", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", e.sre2l.images,
+                                               "--out", w / "s", "--workers", MAX_WORKERS + 1],  # just past: a regression forks each
+      ["--workers", f"{MAX_WORKERS}"], code=2),
+    c("bound-ir-shard-size-0", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s", "--shard-size", 0],
+      ["--shard-size"], code=2),
+    c("bound-ir-quality-101", lambda e, w, x: ["import", "rded", e.rded, "--out", w / "s", "--quality", 101],
+      ["--quality"], code=2),
+    c("bound-in-per-class-0", lambda e, w, x: ["inspect", e.store, "--per-class", 0], ["--per-class"], code=2),
+    c("bound-sr-topk-0", lambda e, w, x: ["size-report", e.store, "--topk", 0], ["--topk"], code=2),
+    c("bound-sr-classes-neg", lambda e, w, x: ["size-report", e.store, "--classes", -10], ["--classes"], code=2),
+    c("bound-tt-batch-size-0", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt", "--batch-size",
+                                                0], ["--batch-size"], code=2),
+    c("bound-tt-width-0", lambda e, w, x: ["teacher", "train", IN, e.shards, "--out", w / "t.pt", "--width", 0],
+      ["--width"], code=2),
+    c("bound-d-nrr-batch-size-0", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--out",
+                                                   w / "s", "--nrr-batch-size", 0], ["--nrr-batch-size"], code=2),
+    c("bound-d-classes-per-pass-0", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher,
+                                                     "--out", w / "s", "--classes-per-pass", 0], ["--classes-per-pass"],
+      code=2),
+    c("bound-d-batch-size-neg", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--out",
+                                                 w / "s", "--batch-size", -64], ["--batch-size"], code=2),
+    c("bound-idx-per-class-0", lambda e, w, x: ["prepare", "idx", e.idx_images, e.idx_labels, "--out", w / "o",
+                                                "--per-class", 0], ["--per-class"], code=2),
+    c("bound-if-limit-0", lambda e, w, x: ["prepare", "imagefolder", e.folder, "--out", w / "o", "--limit", 0],
+      ["--limit"], code=2),
+    c("bound-if-skip-neg", lambda e, w, x: ["prepare", "imagefolder", e.folder, "--out", w / "o", "--skip", -1],
+      ["--skip"], code=2),
+    # -- verify checks meaning: values no teacher produces, a manifest edited without its digest --------------
+    c("meaning-ex-nan", lambda e, w, x: ["export", w / "s", w / "o"], lambda e, w, x: [x.file, "non-finite"],
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"),
+                  lambda e, w, x: setattr(x, "file", damage_distances(w / "s", "d_org", float("nan"))))),
+    c("meaning-ex-inf", lambda e, w, x: ["export", w / "s", w / "o"], lambda e, w, x: [x.file, "non-finite"],
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"),
+                  lambda e, w, x: setattr(x, "file", damage_distances(w / "s", "d_aug", float("-inf"))))),
+    c("meaning-ev-teacher-sha", lambda e, w, x: ["evaluate", w / "s", "--val", e.shards, "--train", e.shards,
+                                                 "--teacher", e.teacher, "--seeds", 1, "--epochs", 1, "--work", w / "ev"],
+      lambda e, w, x: [e.teacher, "not the one that labelled the store"],
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"),
+                  lambda e, w, x: edit_manifest(w / "s", lambda d: d["teacher"].update(sha256="0" * 64), redigest=True))),
+    c("meaning-in-no-digest", lambda e, w, x: ["inspect", w / "s"],
+      lambda e, w, x: [w / "s/manifest.json", "lacks its manifest_sha256"], setup=_undigested("1.1")),
+    c("meaning-ts-no-digest", lambda e, w, x: ["train-student", w / "s", "--val", e.shards, "--epochs", 1],
+      lambda e, w, x: [w / "s/manifest.json", "lacks its manifest_sha256"], setup=_undigested("1.1")),
+    c("meaning-ex-no-digest", lambda e, w, x: ["export", w / "s", w / "o"],
+      lambda e, w, x: [w / "s/manifest.json", "lacks its manifest_sha256"], setup=_undigested("1.1")),
+    c("meaning-r-no-digest", lambda e, w, x: ["relabel", w / "s", "--teacher", e.teacher, "--epochs", 1, "--overwrite"],
+      lambda e, w, x: [w / "s/manifest.json", "lacks its manifest_sha256"], setup=_undigested("1.1")),
+    c("meaning-sr-no-digest-1.3", lambda e, w, x: ["size-report", w / "s"],
+      lambda e, w, x: [w / "s/manifest.json", "format 1.3", "lacks its manifest_sha256"], setup=_undigested("1.3")),
+    c("meaning-ev-no-digest", lambda e, w, x: ["evaluate", w / "s", "--val", e.shards, "--seeds", 1, "--epochs", 1,
+                                               "--work", w / "ev"],
+      lambda e, w, x: [w / "s/manifest.json", "lacks its manifest_sha256"], setup=_undigested("1.2")),
+    # -- inputs: outputs inside their input, shards whose labels disagree, bad --val, --checkpoint, teachers ---
+    c("input-c-out-in-images", lambda e, w, x: ["convert-softlabels", e.sre2l.labels, "--images", w / "img", "--out",
+                                                w / "img/s"], lambda e, w, x: [w / "img/s", "inside the input"],
+      setup=lambda e, w, x: copy(e.sre2l.images, w / "img")),
+    c("input-ir-out-in-input", lambda e, w, x: ["import", "rded", w / "r", "--out", w / "r/s"],
+      lambda e, w, x: [w / "r/s", "inside the input"], setup=lambda e, w, x: copy(e.rded, w / "r")),
+    c("input-if-out-is-root", lambda e, w, x: ["prepare", "imagefolder", w / "in", "--out", w / "in", "--overwrite"],
+      lambda e, w, x: [w / "in"], setup=lambda e, w, x: copy(e.folder, w / "in")),
+    c("input-ex-out-is-store", lambda e, w, x: ["export", w / "s", w / "s", "--overwrite"], lambda e, w, x: [w / "s"],
+      setup=lambda e, w, x: copy(e.plain, w / "s")),
+    c("input-c-out-is-labels", lambda e, w, x: ["convert-softlabels", w / "labels", "--images", e.sre2l.images, "--out",
+                                                w / "labels", "--overwrite"], lambda e, w, x: [w / "labels"],
+      setup=lambda e, w, x: copy(e.sre2l.labels, w / "labels")),
+    c("input-ts-val-disagree", lambda e, w, x: ["train-student", e.store, "--val", w / "v", "--epochs", 1],
+      lambda e, w, x: [x.shard, "labels disagree"],
+      setup=lambda e, w, x: setattr(x, "shard", disagreeing_shards(e, w / "v"))),
+    c("input-ev-val-disagree", lambda e, w, x: ["evaluate", e.store, "--val", w / "v", "--seeds", 1, "--epochs", 1,
+                                                "--work", w / "ev"],
+      lambda e, w, x: [x.shard, "labels disagree"],
+      setup=lambda e, w, x: setattr(x, "shard", disagreeing_shards(e, w / "v"))),
+    c("input-d-in-disagree", lambda e, w, x: ["distill", IN, w / "v", "--ipc", 1, "--mipc", 2, "--teacher", e.teacher,
+                                              "--out", w / "s", "--relabel-epochs", 0],
+      lambda e, w, x: [x.shard, "labels disagree"],
+      setup=lambda e, w, x: setattr(x, "shard", disagreeing_shards(e, w / "v"))),
+    c("input-tt-in-disagree", lambda e, w, x: ["teacher", "train", IN, w / "v", "--out", w / "t.pt"],
+      lambda e, w, x: [x.shard, "labels disagree"],
+      setup=lambda e, w, x: setattr(x, "shard", disagreeing_shards(e, w / "v"))),
+    c("input-tt-val-disagree", lambda e, w, x: ["teacher", "train", IN, e.small_shards, "--val", w / "v", "--out",
+                                                w / "t.pt"],
+      lambda e, w, x: [x.shard, "labels disagree"],
+      setup=lambda e, w, x: setattr(x, "shard", disagreeing_shards(e, w / "v"))),
+    c("input-te-in-disagree", lambda e, w, x: ["teacher", "eval", "--teacher", e.teacher, IN, w / "v"],
+      lambda e, w, x: [x.shard, "labels disagree"],
+      setup=lambda e, w, x: setattr(x, "shard", disagreeing_shards(e, w / "v"))),
+    c("input-ts-val-empty", lambda e, w, x: ["train-student", e.store, "--val", w / "v", "--epochs", 1],
+      lambda e, w, x: [w / "v", "no .tar shards"], setup=lambda e, w, x: (w / "v").mkdir()),
+    c("input-ev-val-empty", lambda e, w, x: ["evaluate", e.store, "--val", w / "v", "--seeds", 1, "--epochs", 1,
+                                             "--work", w / "ev"],
+      lambda e, w, x: [w / "v", "no .tar shards"], setup=lambda e, w, x: (w / "v").mkdir()),
+    c("input-ev-val-names", lambda e, w, x: ["evaluate", e.store, "--val", e.small_shards, "--seeds", 1, "--epochs", 1,
+                                             "--work", w / "ev"],
+      lambda e, w, x: [e.small_shards, "--val", "differ"]),
+    c("input-ev-val-classes", lambda e, w, x: ["evaluate", e.store, "--val", e.rgb_shards, "--seeds", 1, "--epochs", 1,
+                                               "--work", w / "ev"],
+      lambda e, w, x: [e.rgb_shards, "--val", "differ"]),
+    c("input-ev-val-missing-default-work", lambda e, w, x: ["evaluate", w / "s", "--val", w / "no", "--seeds", 1],
+      lambda e, w, x: [w / "no"], setup=lambda e, w, x: copy(e.store, w / "s")),
+    c("input-ts-val-not-shards", lambda e, w, x: ["train-student", e.store, "--val", w / "v.txt", "--epochs", 1],
+      lambda e, w, x: [w / "v.txt"], setup=lambda e, w, x: text(w / "v.txt")),
+    c("input-ts-checkpoint-read-only", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
+                                                        "--checkpoint", w / "ro/c.pt"],
+      lambda e, w, x: [w / "ro/c.pt"], setup=lambda e, w, x: read_only_folder(w / "ro", x)),
+    c("input-ts-checkpoint-under-file", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
+                                                         "--checkpoint", w / "f/c.pt"],
+      lambda e, w, x: [w / "f/c.pt"], setup=lambda e, w, x: text(w / "f")),
+    c("input-ts-resume-not-checkpoint", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
+                                                         "--checkpoint", w / "c.pt", "--resume"],
+      lambda e, w, x: [w / "c.pt"], setup=lambda e, w, x: text(w / "c.pt")),
+    c("input-ts-resume-pickled-code", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
+                                                       "--checkpoint", w / "c.pt", "--resume"],
+      lambda e, w, x: [w / "c.pt", "unreadable student checkpoint"], setup=lambda e, w, x: copy(e.evil, w / "c.pt")),
+    c("input-ts-resume-truncated", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
+                                                    "--checkpoint", w / "c.pt", "--resume"],
+      lambda e, w, x: [w / "c.pt"], setup=lambda e, w, x: truncated(e.teacher, w / "c.pt")),
+    c("input-r-teacher-text", lambda e, w, x: ["relabel", e.plain, "--teacher", w / "t.pt", "--epochs", 1],
+      lambda e, w, x: [w / "t.pt", "not a torch checkpoint"], setup=lambda e, w, x: text(w / "t.pt")),
+    c("input-r-teacher-truncated", lambda e, w, x: ["relabel", e.plain, "--teacher", w / "t.pt", "--epochs", 1],
+      lambda e, w, x: [w / "t.pt", "not a safe checkpoint"], setup=lambda e, w, x: truncated(e.teacher, w / "t.pt")),
+    c("input-r-teacher-pickled-code", lambda e, w, x: ["relabel", e.plain, "--teacher", e.evil, "--epochs", 1],
+      lambda e, w, x: [e.evil, "not a safe checkpoint"]),
+    c("input-r-teacher-state-dict", lambda e, w, x: ["relabel", e.plain, "--teacher", w / "t.pt", "--epochs", 1],
+      lambda e, w, x: [w / "t.pt", "not an nrrstore teacher checkpoint"],
+      setup=lambda e, w, x: torch.save({"conv.weight": torch.zeros(2, 2)}, w / "t.pt")),
+    c("input-r-teacher-wrong-shapes", lambda e, w, x: ["relabel", e.plain, "--teacher", w / "t.pt", "--epochs", 1],
+      lambda e, w, x: [w / "t.pt"],
+      setup=lambda e, w, x: edited_teacher(e, w / "t.pt", lambda d: d["arch_kwargs"].update(width=16))),
+    c("input-r-teacher-folder", lambda e, w, x: ["relabel", e.plain, "--teacher", w / "d", "--epochs", 1],
+      lambda e, w, x: [w / "d"], setup=lambda e, w, x: (w / "d").mkdir()),
+    c("input-r-teacher-newer", lambda e, w, x: ["relabel", e.plain, "--teacher", w / "t.pt", "--epochs", 1],
+      lambda e, w, x: [w / "t.pt", "newer"],
+      setup=lambda e, w, x: edited_teacher(e, w / "t.pt", lambda d: d.update(version=99))),
+    c("input-v-teacher-text", lambda e, w, x: ["verify", e.store, "--teacher", w / "t.pt"],
+      lambda e, w, x: [w / "t.pt", "not a torch checkpoint"], setup=lambda e, w, x: text(w / "t.pt")),
+    c("input-v-teacher-truncated", lambda e, w, x: ["verify", e.store, "--teacher", w / "t.pt"],
+      lambda e, w, x: [w / "t.pt"], setup=lambda e, w, x: truncated(e.teacher, w / "t.pt")),
+    c("input-v-teacher-pickled-code", lambda e, w, x: ["verify", e.store, "--teacher", e.evil],
+      lambda e, w, x: [e.evil, "not a safe checkpoint"]),
+    c("input-v-teacher-empty", lambda e, w, x: ["verify", e.store, "--teacher", w / "t.pt"],
+      lambda e, w, x: [w / "t.pt"], setup=lambda e, w, x: text(w / "t.pt", "")),
+    c("input-ev-teacher-text", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--train", e.shards, "--teacher",
+                                                w / "t.pt", "--seeds", 1, "--epochs", 1, "--work", w / "ev"],
+      lambda e, w, x: [w / "t.pt", "not a torch checkpoint"], setup=lambda e, w, x: text(w / "t.pt")),
+    c("input-ev-teacher-pickled-code", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--train", e.shards,
+                                                        "--teacher", e.evil, "--seeds", 1, "--epochs", 1, "--work",
+                                                        w / "ev"],
+      lambda e, w, x: [e.evil, "not a safe checkpoint"]),
+    c("input-ev-teacher-truncated", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--train", e.shards,
+                                                     "--teacher", w / "t.pt", "--seeds", 1, "--epochs", 1, "--work",
+                                                     w / "ev"],
+      lambda e, w, x: [w / "t.pt"], setup=lambda e, w, x: truncated(e.teacher, w / "t.pt")),
 ]
 
 

@@ -21,7 +21,7 @@ def test_relabel_warns_with_the_mapping_it_uses(tmp_path: Path, teacher) -> None
         for key, img, label in fmnist("train", 2):
             w.add_image(key, img, label, {"source": key})
         w.finalize()
-    with pytest.warns(NrrWarning, match=r"class i is taken as the teacher's class i: '0' -> '"):
+    with pytest.warns(NrrWarning, match=r"class i was taken as the teacher's class i: '0' -> '"):
         relabel(store, teacher, 1, AugRecipe(size=28, group_size=10, seed=0), batch_size=20)
 
 

@@ -123,6 +123,7 @@ distill({data!r}, t, {out!r}, cfg, after_class=hook)
 """
 
 
+@pytest.mark.slow
 def test_killed_distill_resumes_to_identical_store(tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     _run(ref)
@@ -142,6 +143,7 @@ def test_killed_distill_resumes_to_identical_store(tmp_path: Path) -> None:
     assert _files(out) == _files(ref)
 
 
+@pytest.mark.slow
 def test_two_ranks_give_the_same_images(tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     _run(ref)

@@ -30,6 +30,7 @@ def small_store(tmp_path_factory, teacher, fmnist_train_shards) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_every_cell_and_a_faithful_baseline(small_store, teacher, fmnist_train_shards, fmnist_test_shards,
                                             tmp_path, single_thread) -> None:
     r = evaluate_store(small_store, fmnist_test_shards, tmp_path / "work", train=fmnist_train_shards,
@@ -76,6 +77,7 @@ def test_metrics_follow_ddranking_definitions() -> None:
     assert m["lrs"]["values"] == pytest.approx([lrs(0.05, 0.3), lrs(-0.02, 0.4)])
 
 
+@pytest.mark.slow
 def test_killed_evaluate_resumes_and_skips_finished_cells(small_store, fmnist_test_shards, tmp_path,
                                                           single_thread) -> None:
     seen: list[str] = []

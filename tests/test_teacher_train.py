@@ -52,6 +52,7 @@ def _batches(x: torch.Tensor, y: torch.Tensor, size: int):
     return per_epoch
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.is_dir(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_convnet3_learns_fashion_mnist_subset() -> None:
     x_train, y_train = _fmnist("train", 2000)

@@ -109,3 +109,18 @@ def test_relabel_refuses_epochs_whose_labels_cannot_fit(labelled: Path, teacher,
     with pytest.raises(NrrError, match=r"1000000000 epochs of 40 images need at least .* free; use fewer --epochs"):
         relabel(labelled, teacher, 10**9, RECIPE, overwrite=True)
     assert Store(labelled).manifest.labels == before
+
+
+@pytest.mark.parametrize("cmd", [["train-student", "s", "--val", "v"], ["relabel", "s", "--teacher", "t.pt"],
+                                 ["evaluate", "s", "--val", "v"], ["convert-softlabels", "l", "--images", "i",
+                                                                    "--out", "o"]])
+def test_an_absurd_worker_count_is_a_usage_error(cmd: list[str]) -> None:
+    """A mistyped --workers once forked thousands of processes and exhausted memory; now it is refused first."""
+    from typer.testing import CliRunner
+
+    from nrrstore_cli.main import app
+
+    res = CliRunner().invoke(app, [*cmd, "--workers", "100000"])
+    assert res.exit_code == 2 and "--workers" in res.output and "64" in res.output, res.output
+    with pytest.raises(NrrError, match="more than 64"):
+        stream.worker_count(100000)

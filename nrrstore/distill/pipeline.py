@@ -175,9 +175,6 @@ def distill(
         raise NrrError(urls[0] if not isinstance(inputs, (str, os.PathLike)) else inputs,
                        f"the data has {len(names)} classes (classes file) but the teacher has {teacher.num_classes}")
     classes = names or list(teacher.classes)
-    mapping = class_mapping_warning(teacher, names, "the input shards")
-    if mapping and rank == 0:
-        warnings.warn(mapping, NrrWarning, stacklevel=2)
     params = {
         "config": cfg.to_dict(), "inputs": urls, "teacher_sha256": teacher.sha256, "classes": classes,
         "tool_version": __version__,
@@ -198,6 +195,9 @@ def distill(
                 raise
             raise stopped from None
     summary.update(total_s=round(time.perf_counter() - t_start, 3))
+    mapping = class_mapping_warning(teacher, names, "the input shards")
+    if mapping and rank == 0:  # once the store stands: a refused run says one thing only
+        warnings.warn(mapping, NrrWarning, stacklevel=2)
     return DistillResult(out, summary)
 
 

@@ -211,9 +211,19 @@ def read_epoch_labels(store: Store, epoch: int, need_distances: bool = True) -> 
     d_org = d_aug = None
     if need_distances:
         precision = section.get("precision", "fp16")
+        if precision not in DISTANCE_TYPES:
+            raise NrrError(store.manifest_path, f"unknown distance precision {precision!r}")
+        want = distance_schema(precision, False)
+        for c in ("d_org", "d_aug"):  # a manifest that declares another precision would be misread
+            if table.schema.field(c).type != want.field(c).type:
+                raise NrrError(where, f"column {c} holds {table.schema.field(c).type}, the manifest declares "
+                                      f"{precision} ({want.field(c).type})")
         d_org, d_aug = (decode_values(table.column(c).to_numpy(), precision, section, where) for c in ("d_org", "d_aug"))
         if not (np.isfinite(d_org).all() and np.isfinite(d_aug).all()):
             raise NrrError(where, f"distance table holds non-finite distances in epoch {epoch}")
+        if d_org.min(initial=0.0) < 0 or d_aug.min(initial=0.0) < 0:
+            raise NrrError(where, f"distance table holds negative distances in epoch {epoch} (a cross-entropy is "
+                                  "never below 0)")
     views = {c: table.column(c).to_numpy() for c in EXPLICIT_COLUMNS} if explicit else None
     return EpochLabels(d_org, d_aug, views, where)
 

@@ -220,6 +220,9 @@ def relabel(
         summary.update(_finish(st, m, work, chunks, args, state, teacher, recipe, job, dev))
     barrier(world)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
+    mapping = class_mapping_warning(teacher, m.classes, "the store")
+    if mapping and rank == 0:  # once the labels stand: a refused run says one thing only
+        warnings.warn(mapping, NrrWarning, stacklevel=2)
     return summary
 
 
@@ -242,9 +245,6 @@ def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: i
             if teacher.in_channels == 1 and "import" in m.method else ""
         raise NrrError(teacher.spec, f"teacher takes {teacher.in_channels} channel(s) but store images have "
                                      f"{m.image.channels}{hint}")
-    mapping = class_mapping_warning(teacher, m.classes, "the store")
-    if mapping:
-        warnings.warn(mapping, NrrWarning, stacklevel=3)
     if recipe is not None and seed is not None and recipe.seed != seed:
         raise NrrError(None, f"seed {seed} contradicts the recipe's seed {recipe.seed}; give one of them")
     _check_disk(st, epochs, precision, full_softlabels)

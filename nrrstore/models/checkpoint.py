@@ -396,5 +396,5 @@ def class_mapping_warning(teacher: Teacher, names: list[str] | None, what: str) 
         return None
     pairs = [f"{a!r} -> {b!r}" for a, b in zip(names, theirs, strict=True) if a != b]
     shown = ", ".join(pairs[:3]) + (f", ... ({len(pairs)} differ)" if len(pairs) > 3 else "")
-    return (f"{what}'s class names differ from the teacher's; class i is taken as the teacher's class i: {shown} "
+    return (f"the class names of {what} differ from the teacher's; class i was taken as the teacher's class i: {shown} "
             "(name the classes with --classes when preparing, or check that this is the right teacher)")

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from nrrstore.errors import NrrError
 from nrrstore.format.images import decode_image
 from nrrstore.format.reader import Store
+from nrrstore.limits import MAX_WORKERS
 from nrrstore.replay.recipe import AugRecipe, EpochPlan, epoch_plan, view_params_batch
 from nrrstore.replay.render import Renderer, Taps, from_xmajor, to_xmajor, view_taps
 from nrrstore.replay.render_v1 import mix_views, render_view
@@ -473,6 +474,8 @@ def worker_count(workers: int | None) -> int:
         return max(0, min(4, (os.cpu_count() or 1) - 1))
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise NrrError(None, f"workers must be a non-negative integer, got {workers!r}")
+    if workers > MAX_WORKERS:
+        raise NrrError(None, f"--workers {workers} is more than {MAX_WORKERS} worker processes")
     return workers
 
 
@@ -520,8 +523,9 @@ def worker_items(source: ItemSource, workers: int, pin_memory: bool, prefetch_fa
     ensure_open_files(workers)
     loader = DataLoader(source, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                         prefetch_factor=prefetch_factor, timeout=WORKER_TIMEOUT_S)
+    it = iter(loader)
     try:
-        yield from loader
+        yield from it
     except NrrError:
         raise
     except WorkerError as exc:  # the worker's own one line, last in torch's text
@@ -541,3 +545,7 @@ def worker_items(source: ItemSource, workers: int, pin_memory: bool, prefetch_fa
         cause = lines[-1].strip() if lines else type(exc).__name__  # the worker's own last traceback line
         cause = cause.removeprefix("nrrstore.errors.NrrError: ")
         raise NrrError(None, f"a decoding worker failed: {cause}") from None
+    finally:  # stop the workers now: an iterator left to the garbage collector leaks into later forks
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()

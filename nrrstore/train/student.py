@@ -89,10 +89,20 @@ def _checkpoint_locked(train: Callable[..., dict[str, Any]]) -> Callable[..., di
         checkpoint = kwargs.get("checkpoint")
         if checkpoint is None:
             return train(*args, **kwargs)
+        parent = Path(checkpoint).parent
+        made = [p for p in (parent, *parent.parents) if not p.exists()]  # removed again if the run is refused
         with os_errors_name(checkpoint):
-            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-        with output_lock(checkpoint):
-            return train(*args, **kwargs)
+            parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with output_lock(checkpoint):
+                return train(*args, **kwargs)
+        except BaseException:
+            for p in made:  # deepest first; a folder something was written into stays
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
+            raise
 
     return run
 
@@ -158,9 +168,7 @@ def train_student(
     if start_epoch < epochs:
         loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, device=dev, cycle=cycle,
                              num_epochs=epochs - start_epoch)
-    few = few_steps_warning(m.num_images, batch_size, epochs)
-    if few:  # after every refusing check
-        warnings.warn(few, NrrWarning, stacklevel=2)
+    few = few_steps_warning(m.num_images, batch_size, epochs)  # given once the first batch has been read
     run = _Run(model=model, opt=opt, args=args, dev=dev, history=history, ckpt=ckpt,
                checkpoint_every_s=checkpoint_every_s, steps_per_epoch=math.ceil(m.num_images / batch_size),
                progress=progress, evaluate_now=lambda: evaluate(model, val_batches(val_spec, st, eval_batch_size),
@@ -168,7 +176,12 @@ def train_student(
                eval_every=eval_every)
     model.train()
     for batch in loader if loader is not None else ():
+        if few:  # after every refusing check, the first data read included
+            warnings.warn(few, NrrWarning, stacklevel=3)
+            few = None
         run.step(batch)
+    if few:
+        warnings.warn(few, NrrWarning, stacklevel=3)
     result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)
     if history:
         history[-1]["top1"] = result["top1"]
@@ -195,6 +208,8 @@ def _resume(ckpt: Path | None, resume: bool, overwrite: bool, args: dict[str, An
     """``(first epoch to train, history so far)``: a checkpoint is continued, refused, or started afresh."""
     if resume and ckpt is None:
         raise NrrError(None, "resume needs a checkpoint path (--checkpoint)")
+    if ckpt is not None and ckpt.is_dir():
+        raise NrrError(ckpt, "is a folder; --checkpoint names the checkpoint file")
     if ckpt is not None and not resume and ckpt.exists() and not overwrite:
         raise NrrError(ckpt, "already exists (use --resume to continue from it, or --overwrite to replace it)")
     if ckpt is not None and resume and ckpt.is_file():
@@ -286,7 +301,7 @@ def _check_val(val_spec: Any, st: Store) -> None:
     m = st.manifest
     names = read_class_names(val_spec)
     if names is not None and names != m.classes:
-        raise NrrError(None, f"held-out classes ({', '.join(names[:4])}...) differ from the store's "
+        raise NrrError(str(val_spec), f"held-out (--val) classes ({', '.join(names[:4])}...) differ from the store's "
                              f"({', '.join(m.classes[:4])}...); labels would not match")
     first = next(iter(val_batches(val_spec, st, batch_size=1)), None)
     if first is None:

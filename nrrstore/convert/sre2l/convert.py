@@ -49,6 +49,7 @@ from nrrstore.format.softlabels import create_store_softlabels, softlabels_secti
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.format.writer import check_output_dir, staged_store
+from nrrstore.limits import MAX_WORKERS
 from nrrstore.progress import Progress
 from nrrstore.replay.recipe import AugRecipe
 from nrrstore.sources.prepare import MODES as IMAGE_MODES
@@ -160,6 +161,8 @@ def _check_options(temperature: Any, precision: str, mode: str, epochs_per_file:
         quant_max = quant.check_max(quant_max)
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
         raise NrrError(None, f"workers must be a non-negative integer, got {workers!r}")
+    if workers is not None and workers > MAX_WORKERS:
+        raise NrrError(None, f"--workers {workers} is more than {MAX_WORKERS} worker processes")
     return quant_max
 
 
