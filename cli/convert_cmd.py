@@ -177,7 +177,7 @@ def size_report_cmd(
     from nrrstore.format.outputs import check_output_file
 
     if plot is not None:
-        check_output_file(plot, overwrite)  # before the report, not after
+        check_output_file(plot, overwrite, inputs=[store])  # before the report, not after
     report = size_report(store, classes=classes, ipc=ipc, epochs=epochs, topk=topk)
     if plot is not None:
         report["plot"] = str(plot_report(report, plot, overwrite=overwrite))

@@ -33,7 +33,7 @@ def inspect_path(path: str | os.PathLike[str], grid: str | os.PathLike[str] | No
     ``grid`` says how many images per class it shows (fewer than ``per_class`` when a class has fewer).
     """
     if grid is not None:
-        check_output_file(grid, overwrite)
+        check_output_file(grid, overwrite, inputs=[path])
     if names_a_store(path):
         store = Store(path)
         info = store.info()

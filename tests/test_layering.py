@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[set[str]] = [
-    {"errors", "progress", "units", "devices", "ranks", "limits"},
+    {"errors", "progress", "units", "devices", "ranks", "limits", "processes"},
     {"format"},
     {"sampling", "models", "sources"},
     {"replay"},
@@ -102,3 +102,17 @@ def test_the_checker_sees_a_lazy_upward_import(tmp_path: Path) -> None:
     bad.write_text("def f():\n    from ..train.student import train_student\n")
     deps = {_unit(m) for m in _imports(bad, tmp_path)}
     assert "train" in deps and RANK["train"] > RANK["format"]
+
+
+def test_small_pieces() -> None:
+    """A2: no function over 80 lines and no module over 500 lines in nrrstore/ (docstrings included)."""
+    big = []
+    for path in sorted((ROOT / "nrrstore").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 500:
+            big.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None \
+                    and node.end_lineno - node.lineno + 1 > 80:
+                big.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1}")
+    assert not big, "\n".join(big)

@@ -15,7 +15,7 @@ import torch
 
 from nrrstore.errors import NrrError
 from nrrstore.labels.relabel import relabel
-from nrrstore.replay import stream
+from nrrstore.replay import workers as W
 from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.loader import make_loader
 from tests._builders import write_fmnist_store
@@ -55,7 +55,7 @@ def test_a_low_soft_limit_is_raised_when_the_hard_one_allows() -> None:
         pytest.skip("the hard open-file limit is below what the check needs")
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (48, hard))
-        stream.ensure_open_files(2)
+        W.ensure_open_files(2)
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 256
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
@@ -63,12 +63,12 @@ def test_a_low_soft_limit_is_raised_when_the_hard_one_allows() -> None:
 
 def test_a_worker_that_stops_early_fails_the_pass(labelled: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     whole = list(make_loader(labelled, 0, 16, "dbr", workers=2))
-    real_iter = stream.ItemSource.__iter__
+    real_iter = W.ItemSource.__iter__
 
     def first_item_only(self):
         return iter(list(real_iter(self))[:1])
 
-    monkeypatch.setattr(stream.ItemSource, "__iter__", first_item_only)  # workers are forked: they see it
+    monkeypatch.setattr(W.ItemSource, "__iter__", first_item_only)  # workers are forked: they see it
     got: list[dict] = []
     with pytest.raises(NrrError, match=r"the loader ended after \d+ of \d+ batches"):
         got.extend(make_loader(labelled, 0, 16, "dbr", workers=2))
@@ -80,7 +80,7 @@ def test_a_worker_exception_is_one_line(labelled: Path, monkeypatch: pytest.Monk
         raise OSError(24, "Too many open files")
         yield
 
-    monkeypatch.setattr(stream.ItemSource, "__iter__", broken)
+    monkeypatch.setattr(W.ItemSource, "__iter__", broken)
     with pytest.raises(NrrError, match="too many open files"):
         list(make_loader(labelled, 0, 16, "dbr", workers=1))
 
@@ -123,4 +123,4 @@ def test_an_absurd_worker_count_is_a_usage_error(cmd: list[str]) -> None:
     res = CliRunner().invoke(app, [*cmd, "--workers", "100000"])
     assert res.exit_code == 2 and "--workers" in res.output and "64" in res.output, res.output
     with pytest.raises(NrrError, match="more than 64"):
-        stream.worker_count(100000)
+        W.worker_count(100000)

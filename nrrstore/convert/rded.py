@@ -16,7 +16,7 @@ import itertools
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,14 +147,7 @@ def import_rded(
                 return _write(root, images, target, names, source, method, as_is, fmt, quality, mode, shard_size,
                               overwrite, progress, why)
 
-            if image_format is not None:
-                stored = write(None, image_format, f"--image-format {image_format}")
-            else:
-                try:
-                    stored = write(AsIs(mode), None, "")
-                except NotAsIs as exc:  # one image cannot pass through: start over, re-encoding all
-                    stored = write(None, "png", exc.why)
-            summary["images_stored"] = stored
+            summary["images_stored"] = _write_as_is_or_encoded(write, image_format, mode)
             summary["import_seconds"] = round(time.perf_counter() - t0, 3)
             if stage is not None:
                 from nrrstore.labels.relabel import relabel
@@ -171,6 +164,17 @@ def import_rded(
             raise
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
+
+
+def _write_as_is_or_encoded(write: Callable[[AsIs | None, str | None, str], str], image_format: str | None,
+                            mode: str) -> str:
+    """The asked format; by default the source bytes as they are, else (one image cannot pass) all as PNG."""
+    if image_format is not None:
+        return write(None, image_format, f"--image-format {image_format}")
+    try:
+        return write(AsIs(mode), None, "")
+    except NotAsIs as exc:  # one image cannot pass through: start over, re-encoding all
+        return write(None, "png", exc.why)
 
 
 def _class_names(root: Path, folder_names: list[str], images: list[RdedImage],

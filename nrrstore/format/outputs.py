@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
-from nrrstore.format.atomic import TMP_PREFIX, fsync_dir
+from nrrstore.format.atomic import TMP_PREFIX, fsync_dir, is_inside
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
@@ -57,10 +58,16 @@ def check_writable(folder: str | os.PathLike[str], name: str | os.PathLike[str] 
                        "read-only file system" if read_only else f"permission denied (cannot write in {folder})")
 
 
-def check_output_file(path: str | os.PathLike[str], overwrite: bool) -> None:
-    """A file output: refuse an existing one unless ``overwrite``, and never replace a folder."""
+def check_output_file(path: str | os.PathLike[str], overwrite: bool, *,
+                      inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
+    """A file output: refuse an existing one unless ``overwrite``, never replace a folder, and never write
+    inside one of ``inputs`` (local folders such as the store read; a file there would corrupt it)."""
     p = Path(path)
     check_parent(p)
+    for root in inputs:
+        if isinstance(root, (str, os.PathLike)) and "://" not in os.fspath(root) and Path(root).is_dir() \
+                and is_inside(p, Path(root)):
+            raise NrrError(p, f"the output may not lie inside the input folder {root}")
     if p.is_dir():
         raise NrrError(p, "is a folder; give a file name")
     if p.exists() and not overwrite:

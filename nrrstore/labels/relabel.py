@@ -66,15 +66,8 @@ from nrrstore.models.checkpoint import Teacher, class_mapping_warning, load_teac
 from nrrstore.progress import Progress
 from nrrstore.ranks import barrier, dist_info, stopped_error
 from nrrstore.replay.recipe import RECIPE_VERSION, AugRecipe, epoch_columns, store_recipe
-from nrrstore.replay.stream import (
-    BatchAssembler,
-    ItemSource,
-    ViewStream,
-    assemble,
-    pin_default,
-    worker_count,
-    worker_items,
-)
+from nrrstore.replay.stream import BatchAssembler, ViewStream, assemble, pin_default
+from nrrstore.replay.workers import ItemSource, worker_count, worker_items
 from nrrstore.train.loader import open_store
 from nrrstore.train.losses import distances
 from nrrstore.units import human_bytes

@@ -41,16 +41,9 @@ from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
 from nrrstore.ranks import resolve_rank
 from nrrstore.replay.recipe import store_recipe
-from nrrstore.replay.stream import (
-    BatchAssembler,
-    ItemSource,
-    ViewStream,
-    assemble,
-    pin_default,
-    worker_count,
-    worker_items,
-)
+from nrrstore.replay.stream import BatchAssembler, ViewStream, assemble, pin_default
 from nrrstore.replay.views import ViewBatch
+from nrrstore.replay.workers import ItemSource, worker_count, worker_items
 
 LABEL_MODES = ("dbr", "kd", "onehot")
 LOADER_STATE_FORMAT = "nrrstore-loader"

@@ -34,6 +34,7 @@ from torch import nn
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
+from nrrstore.format.atomic import is_inside
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import local_output
 from nrrstore.format.reader import Store
@@ -151,18 +152,18 @@ def train_student(
     batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images, m.num_classes)
     recipe = store_recipe(m, st.manifest_path)
     _check_val(val_spec, st)
-    args = {
+    args = {  # what a checkpoint must have been made with to be resumed
         "store_index_sha256": m.index_sha256,
         "labels_files": sorted(f.sha256 for f in m.files if f.kind in ("distances", "softlabels")),
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
-        "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay),
-        "alpha_dbr": float(alpha_dbr), "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature),
-        "seed": int(seed), "cycle": bool(cycle),
-    }
+        "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay), "alpha_dbr": float(alpha_dbr),
+        "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature), "seed": int(seed), "cycle": bool(cycle)}
     dev = resolve_device(device)
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ckpt = local_output(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and isinstance(st.path, Path) and is_inside(ckpt, st.path):
+        raise NrrError(ckpt, f"the checkpoint may not lie inside the store {st.path} (it would no longer verify)")
     start_epoch, history = _resume(ckpt, resume, overwrite, args, model, opt)
     loader = None
     if start_epoch < epochs:
@@ -175,13 +176,10 @@ def train_student(
                                                                 dev)["top1"],
                eval_every=eval_every)
     model.train()
-    for batch in loader if loader is not None else ():
-        if few:  # after every refusing check, the first data read included
+    for k, batch in enumerate(loader if loader is not None else ()):
+        if few and k == 0:  # after every refusing check, the first data read included
             warnings.warn(few, NrrWarning, stacklevel=3)
-            few = None
         run.step(batch)
-    if few:
-        warnings.warn(few, NrrWarning, stacklevel=3)
     result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)
     if history:
         history[-1]["top1"] = result["top1"]

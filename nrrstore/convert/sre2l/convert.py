@@ -110,15 +110,7 @@ def convert_sre2l(
     first = load_batch(folder.path(0, 0))
     batch, num_classes = len(first), int(first.logits.shape[1])
     src = open_image_source(images, classes)
-    for inside in (folder.root, Path(images)):
-        if inside.exists() and is_inside(out, inside):
-            raise NrrError(out, f"the output may not lie inside the input folder {inside}")
-    check_output_dir(out, overwrite)
-    if src.count is not None:
-        _check_count(src.count, folder, batch, Path(images))
-    if src.classes is not None and len(src.classes) != num_classes:
-        raise NrrError(folder.path(0, 0), f"logits have {num_classes} classes, but the images have {len(src.classes)} "
-                                          f"classes ({src.spec})")
+    _check_inputs_and_output(folder, src, Path(images), out, overwrite, batch, num_classes)
 
     order_digest = _sha256_file(order_file) if order_file is not None else None
     args = {
@@ -130,12 +122,12 @@ def convert_sre2l(
         "shard_size": shard_size,
     }
     work = out.with_name(f"{WORK_PREFIX}{out.name}")
-    state = load_state(work, args, "conversion")
-    if state is None:
-        work.mkdir(parents=True, exist_ok=True)
-        state = {"args": args, "mix": "none", "quant_max": quant_max, "logits_dtypes": []}
-        save_state(work, state)
-    with output_lock(out), os_errors_name(out):
+    with output_lock(out), os_errors_name(out):  # before the work folder: a live converter's state is its own
+        state = load_state(work, args, "conversion")
+        if state is None:
+            work.mkdir(parents=True, exist_ok=True)
+            state = {"args": args, "mix": "none", "quant_max": quant_max, "logits_dtypes": []}
+            save_state(work, state)
         try:
             return _run(folder, src, out, work, state, batch, num_classes, t0, order_file, overwrite, workers,
                         progress, teacher, replay_sample)
@@ -144,6 +136,21 @@ def convert_sre2l(
             if isinstance(exc, NrrError) and staged_as(exc, work / "store", out) is not exc:
                 raise staged_as(exc, work / "store", out) from None
             raise
+
+
+def _check_inputs_and_output(folder: LabelFolder, src: ImageSource, images: Path, out: Path, overwrite: bool,
+                             batch: int, num_classes: int) -> None:
+    """The output outside both inputs and free to write; the images as many, and of as many classes, as the
+    label files describe."""
+    for inside in (folder.root, images):
+        if inside.exists() and is_inside(out, inside):
+            raise NrrError(out, f"the output may not lie inside the input folder {inside}")
+    check_output_dir(out, overwrite)
+    if src.count is not None:
+        _check_count(src.count, folder, batch, images)
+    if src.classes is not None and len(src.classes) != num_classes:
+        raise NrrError(folder.path(0, 0), f"logits have {num_classes} classes, but the images have {len(src.classes)} "
+                                          f"classes ({src.spec})")
 
 
 def _check_options(temperature: Any, precision: str, mode: str, epochs_per_file: Any, shard_size: Any,

@@ -10,6 +10,7 @@ type does not pickle.
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -22,6 +23,7 @@ import torch
 
 from nrrstore.convert.sre2l.rows import EpochRows, EpochWork
 from nrrstore.errors import NrrError
+from nrrstore.processes import die_with_parent
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
@@ -38,8 +40,9 @@ class _Failure:
 _WORKER: EpochWork | None = None
 
 
-def _worker_init(work: EpochWork) -> None:
+def _worker_init(work: EpochWork, parent: int) -> None:
     global _WORKER
+    die_with_parent(parent)  # a killed converter leaves no worker holding its memory and its output's lock
     _WORKER = work
     torch.set_num_threads(1)  # parallelism comes from the processes
 
@@ -72,7 +75,7 @@ class EpochPool:
             return
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(_start_method()),
-                                             initializer=_worker_init, initargs=(self.work,))
+                                             initializer=_worker_init, initargs=(self.work, os.getpid()))
         pending: deque[Future[EpochRows | _Failure]] = deque()
         e = first
         try:
