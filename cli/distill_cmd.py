@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from nrrstore.distill.presets import NRR_CIDD, NRR_REFINE, default_text
@@ -78,6 +80,11 @@ def distill_cmd(
         raise NrrError("--precision", f"unknown precision {precision!r}; use one of {', '.join(DISTANCE_TYPES)}")
     amp_dtype(amp, device)  # refuse a bad --device/--amp before any work
     t = load_teacher(teacher, device=device)
+    if relabel_epochs and "://" not in out and Path(out).absolute().parent.is_dir():  # not after the distill
+        from nrrstore.labels.relabel import check_labels_fit
+
+        check_labels_fit(Path(out).absolute().parent, ipc * t.num_classes, t.num_classes, relabel_epochs, precision,
+                         full_softlabels, option="--relabel-epochs")
     nrr = {"eps": eps, "lr": lr, "iterations": iterations, "alpha_bn": alpha_bn, "optimizer": optimizer}
     if no_refine:
         nrr["refine"] = False

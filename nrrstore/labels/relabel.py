@@ -254,22 +254,25 @@ after compression (distances are close to random bits in their low half)."""
 
 
 def _check_disk(st: Store, epochs: int, precision: str, full_softlabels: bool) -> None:
-    """Refuse before any work a job whose labels cannot fit on the store's disk (a lower bound of their size),
-    so a mistyped ``--epochs`` ends in one line, not in a full disk or an exhausted memory hours later."""
+    """Refuse before any work a job whose labels cannot fit on the store's disk (see `check_labels_fit`)."""
     m = st.manifest
-    per_view = VALUE_BYTES[precision] + (m.num_classes if full_softlabels else 0)
-    need = epochs * m.num_images * per_view
-    root = st.path
-    if not isinstance(root, Path):
-        return
+    if isinstance(st.path, Path):
+        check_labels_fit(st.path, m.num_images, m.num_classes, epochs, precision, full_softlabels)
+
+
+def check_labels_fit(where: Path, images: int, classes: int, epochs: int, precision: str, full_softlabels: bool,
+                     option: str = "--epochs") -> None:
+    """Refuse labels that cannot fit on the disk holding ``where`` (a lower bound of their size), so a mistyped
+    ``option`` ends in one line, not in a full disk or an exhausted memory hours later."""
+    need = epochs * images * (VALUE_BYTES[precision] + (classes if full_softlabels else 0))
     try:
-        free = shutil.disk_usage(root).free
+        free = shutil.disk_usage(where).free
     except OSError:
         return
     if need > free:
-        raise NrrError(root, f"{epochs} epochs of {m.num_images} images need at least {human_bytes(need)} of labels, "
-                             f"and the disk holds {human_bytes(free)} free; use fewer --epochs (labels for E epochs "
-                             "serve any longer student run with --cycle)")
+        raise NrrError(where, f"{epochs} epochs of {images} images need at least {human_bytes(need)} of labels, "
+                              f"and the disk holds {human_bytes(free)} free; use fewer {option} (labels for E epochs "
+                              "serve any longer student run with --cycle)")
 
 
 def _compute(job: _Job, work: Path, state: dict[str, Any], chunks: list[tuple[int, int]], rank: int,
