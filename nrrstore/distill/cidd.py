@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nrrstore.distill.cidd_config import CiddConfig
+from nrrstore.distill.cidd_config import MAX_WORD, CiddConfig
 from nrrstore.distill.nrr import eval_mode, from_uint8, model_device, to_uint8
 from nrrstore.errors import NrrError
 from nrrstore.models.cam import CamModel
@@ -62,7 +62,6 @@ from nrrstore.sampling.crops import SLOTS_PER_CROP, random_resized_crop
 STREAM_CROP = 0x43494444  # "CIDD": counter word 0 of crop-box draws
 STREAM_SELECT = STREAM_CROP + 1  # counter word 0 of select="random"
 # crop k of an image draws at slots 40k .. 40k+39 (nrrstore.sampling.crops)
-_MAX_WORD = 2**32 - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +87,7 @@ def sample_boxes(
     idx = np.asarray(indices, dtype=np.int64).reshape(-1, 1)
     if lab.shape != idx.shape:
         raise ValueError("one label per index")
-    if idx.size and (idx.min() < 0 or idx.max() > _MAX_WORD or lab.min() < 0 or lab.max() > _MAX_WORD):
+    if idx.size and (idx.min() < 0 or idx.max() > MAX_WORD or lab.min() < 0 or lab.max() > MAX_WORD):
         raise NrrError(None, "CIDD: class and image indices must lie in [0, 2**32)")
     first_slot = np.arange(num_crop, dtype=np.int64).reshape(1, -1) * SLOTS_PER_CROP
     box = random_resized_crop(seed, STREAM_CROP, lab, idx, first_slot, height, width, scale, ratio)

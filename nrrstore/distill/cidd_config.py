@@ -19,7 +19,7 @@ SELECT = ("low", "high", "random")
 SOURCES = ("random", "first")
 CAM_SCORES = ("share", "density", "excess")
 
-_MAX_WORD = 2**32 - 1
+MAX_WORD = 2**32 - 1  # the largest counter word of the Philox generator (crop and select draws)
 
 
 
@@ -84,8 +84,8 @@ class CiddConfig:
     def __post_init__(self) -> None:
         for name in ("ipc", "factor", "mipc", "num_crop", "batch_size"):
             object.__setattr__(self, name, _int_at_least(getattr(self, name), name, 1))
-        if self.num_crop > _MAX_WORD // SLOTS_PER_CROP:
-            raise NrrError(None, f"CIDD: num_crop must be at most {_MAX_WORD // SLOTS_PER_CROP}")
+        if self.num_crop > MAX_WORD // SLOTS_PER_CROP:
+            raise NrrError(None, f"CIDD: num_crop must be at most {MAX_WORD // SLOTS_PER_CROP}")
         if self.per_image not in PER_IMAGE:
             raise NrrError(None, f"CIDD: per_image must be one of {', '.join(PER_IMAGE)}, got {self.per_image!r}")
         if self.select not in SELECT:

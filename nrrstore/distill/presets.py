@@ -89,7 +89,7 @@ def _show(value: Any) -> str:
         return str(value[0]) if value[1] == 1.0 else f"{value[0]}-{value[1]}"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return {AUTO: "auto"}.get(value, str(value)) if isinstance(value, str) else f"{value:g}"
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def default_text(key: str) -> str:

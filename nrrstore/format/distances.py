@@ -213,17 +213,10 @@ def read_epoch_labels(store: Store, epoch: int, need_distances: bool = True) -> 
         precision = section.get("precision", "fp16")
         if precision not in DISTANCE_TYPES:
             raise NrrError(store.manifest_path, f"unknown distance precision {precision!r}")
-        want = distance_schema(precision, False)
-        for c in ("d_org", "d_aug"):  # a manifest that declares another precision would be misread
-            if table.schema.field(c).type != want.field(c).type:
-                raise NrrError(where, f"column {c} holds {table.schema.field(c).type}, the manifest declares "
-                                      f"{precision} ({want.field(c).type})")
-        d_org, d_aug = (decode_values(table.column(c).to_numpy(), precision, section, where) for c in ("d_org", "d_aug"))
-        if not (np.isfinite(d_org).all() and np.isfinite(d_aug).all()):
-            raise NrrError(where, f"distance table holds non-finite distances in epoch {epoch}")
-        if d_org.min(initial=0.0) < 0 or d_aug.min(initial=0.0) < 0:
-            raise NrrError(where, f"distance table holds negative distances in epoch {epoch} (a cross-entropy is "
-                                  "never below 0)")
+        problems, values = value_problems(table, precision, section, where)
+        if problems or values is None:
+            raise NrrError(where, f"{problems[0]} in epoch {epoch}")
+        d_org, d_aug = values
     views = {c: table.column(c).to_numpy() for c in EXPLICIT_COLUMNS} if explicit else None
     return EpochLabels(d_org, d_aug, views, where)
 
@@ -250,7 +243,7 @@ def file_problems(store: Store, part: Mapping[str, Any]) -> list[str]:
         t = pq.read_table(store._table_source(part["path"]), columns=["epoch", "image", "d_org", "d_aug"])
     except (pa.ArrowException, OSError, KeyError) as exc:
         return [f"{where}: unreadable distance table: {exc}"]
-    problems = _value_problems(t, precision, section, where)
+    problems = [f"{where}: {p}" for p in value_problems(t, precision, section, where)[0]]
     img, ep = t.column("image").to_numpy(), t.column("epoch").to_numpy()
     if img.size and (img.min() < 0 or img.max() >= m.num_images):
         problems.append(f"{where}: image ids outside 0..{m.num_images - 1}")
@@ -262,27 +255,30 @@ def file_problems(store: Store, part: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _value_problems(t: pa.Table, precision: str, section: Mapping[str, Any], where: Any) -> list[str]:
-    """What readers would refuse or misread in the value columns: another type than the declared precision, an
-    int8 table without its scale, and distances no teacher produces (non-finite or negative cross-entropies)."""
+def value_problems(t: pa.Table, precision: str, section: Mapping[str, Any],
+                   where: Any) -> tuple[list[str], tuple[np.ndarray, np.ndarray] | None]:
+    """What readers would refuse or misread in the value columns of ``t`` (each problem without the file's name):
+    another type than the declared precision, an int8 table without its scale, and distances no teacher produces
+    (non-finite or negative cross-entropies); with the decoded ``(d_org, d_aug)`` when they could be decoded.
+    The one check of readers (which refuse the first problem) and of `verify` (which lists them all)."""
     if precision not in DISTANCE_TYPES:
-        return [f"{where}: unknown precision {precision!r} in the manifest"]
+        return [f"unknown precision {precision!r} in the manifest"], None
     want = distance_schema(precision, False)
-    problems = [f"{where}: column {c} holds {t.schema.field(c).type}, the manifest declares {precision} "
+    problems = [f"column {c} holds {t.schema.field(c).type}, the manifest declares {precision} "
                 f"({want.field(c).type})" for c in ("d_org", "d_aug") if t.schema.field(c).type != want.field(c).type]
     if problems:
-        return problems
+        return problems, None
     try:
-        values = [decode_values(t.column(c).to_numpy(), precision, section, where) for c in ("d_org", "d_aug")]
+        d_org, d_aug = (decode_values(t.column(c).to_numpy(), precision, section, where) for c in ("d_org", "d_aug"))
     except NrrError as exc:
-        return [exc.message]
-    for name, v in zip(("d_org", "d_aug"), values, strict=True):
+        return [exc.problem], None
+    for name, v in (("d_org", d_org), ("d_aug", d_aug)):
         if not np.isfinite(v).all():
-            problems.append(f"{where}: {int((~np.isfinite(v)).sum())} non-finite {name} values (a teacher's "
-                            "cross-entropy is always finite)")
+            problems.append(f"{int((~np.isfinite(v)).sum())} non-finite {name} values (a teacher's cross-entropy "
+                            "is always finite)")
         elif v.size and v.min() < 0:
-            problems.append(f"{where}: negative {name} values (a cross-entropy is never below 0)")
-    return problems
+            problems.append(f"negative {name} values (a cross-entropy is never below 0)")
+    return problems, (d_org, d_aug)
 
 
 def split_bytes(store: Store) -> tuple[int, int]:

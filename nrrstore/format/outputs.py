@@ -65,8 +65,8 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool, *,
     p = Path(path)
     check_parent(p)
     for root in inputs:
-        if isinstance(root, (str, os.PathLike)) and "://" not in os.fspath(root) and Path(root).is_dir() \
-                and is_inside(p, Path(root)):
+        loc = fs.location(root)
+        if isinstance(loc, Path) and loc.is_dir() and is_inside(p, loc):
             raise NrrError(p, f"the output may not lie inside the input folder {root}")
     if p.is_dir():
         raise NrrError(p, "is a folder; give a file name")

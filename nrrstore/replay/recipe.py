@@ -384,6 +384,24 @@ def epoch_columns(
     return batch.to_columns(plan.partner)
 
 
+
+def batch_views(idx: np.ndarray, plan: EpochPlan | None, epoch: int,
+                explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None) -> tuple[ViewBatch | None, np.ndarray]:
+    """Checked ``(explicit parameters or None, partner of each index)`` of a batch to render (both renderers):
+    seeded views need ``epoch``'s plan, explicit ones their columns; every index must be one of theirs."""
+    if idx.size == 0:
+        raise NrrError(None, "render_batch needs at least one index")
+    if explicit is None:
+        if plan is None or plan.epoch != epoch:
+            raise NrrError(None, f"render_batch needs the epoch plan of epoch {epoch}")
+        if idx.min() < 0 or idx.max() >= len(plan.partner):
+            raise NrrError(None, f"image indices must lie in [0, {len(plan.partner)})")
+        return None, plan.partner[idx]
+    all_params, all_partner = explicit if isinstance(explicit, tuple) else ViewBatch.from_columns(explicit)
+    if idx.min() < 0 or idx.max() >= len(all_params):
+        raise NrrError(None, f"image indices must lie in [0, {len(all_params)})")
+    return all_params, all_partner[idx]
+
 def store_recipe(manifest: Manifest, where: str | os.PathLike[str] | None = None) -> AugRecipe:
     """The store's augmentation recipe; a store without one replays ``AugRecipe(size=height, seed=0)``."""
     if manifest.augmentation:

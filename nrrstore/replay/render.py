@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from nrrstore.errors import NrrError
-from nrrstore.replay.recipe import AugRecipe, EpochPlan, check_epoch, view_params_batch
+from nrrstore.replay.recipe import AugRecipe, EpochPlan, batch_views, check_epoch, view_params_batch
 from nrrstore.replay.views import ViewBatch, check_crops
 
 CHUNK_BYTES = 1300 * 1024
@@ -340,7 +340,7 @@ def render_batch(
         return render_batch_v1(imgs, indices, plan, recipe, epoch, explicit=explicit)
     epoch = check_epoch(epoch)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    params, partner = _batch_views(imgs, idx, plan, epoch, explicit)
+    params, partner = batch_views(idx, plan, epoch, explicit)
     need = np.unique(np.concatenate([idx, partner]))
     shapes = {tuple(imgs[int(i)].shape) for i in need}
     if len(shapes) != 1:
@@ -362,20 +362,3 @@ def render_batch(
     out = renderer.mix(rendered, np.searchsorted(need, idx), np.searchsorted(need, partner), recipe.mix, own.lam,
                        own.boxes())
     return out, torch.from_numpy(own.lam.copy()).to(out.device), torch.from_numpy(partner.copy())
-
-
-def _batch_views(imgs: Any, idx: np.ndarray, plan: EpochPlan | None, epoch: int,
-                 explicit: Mapping[str, Any] | tuple[ViewBatch, np.ndarray] | None) -> tuple[ViewBatch | None, np.ndarray]:
-    """Checked ``(explicit parameters or None, partner of each index)`` of a batch."""
-    if idx.size == 0:
-        raise NrrError(None, "render_batch needs at least one index")
-    if explicit is None:
-        if plan is None or plan.epoch != epoch:
-            raise NrrError(None, f"render_batch needs the epoch plan of epoch {epoch}")
-        if idx.min() < 0 or idx.max() >= len(plan.partner):
-            raise NrrError(None, f"image indices must lie in [0, {len(plan.partner)})")
-        return None, plan.partner[idx]
-    all_params, all_partner = explicit if isinstance(explicit, tuple) else ViewBatch.from_columns(explicit)
-    if idx.min() < 0 or idx.max() >= len(all_params):
-        raise NrrError(None, f"image indices must lie in [0, {len(all_params)})")
-    return all_params, all_partner[idx]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from nrrstore.errors import NrrError
-from nrrstore.replay.recipe import MIX_MODES, AugRecipe, EpochPlan, check_epoch, view_params_batch
+from nrrstore.replay.recipe import MIX_MODES, AugRecipe, EpochPlan, batch_views, check_epoch, view_params_batch
 from nrrstore.replay.views import ViewBatch, ViewParams
 
 
@@ -79,15 +79,9 @@ def render_batch_v1(
     """
     epoch = check_epoch(epoch)
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    if idx.size == 0:
-        raise NrrError(None, "render_batch needs at least one index")
     size = recipe.size
-    if explicit is None:
-        if plan is None or plan.epoch != epoch:
-            raise NrrError(None, f"render_batch needs the epoch plan of epoch {epoch}")
-        if idx.min() < 0 or idx.max() >= len(plan.partner):
-            raise NrrError(None, f"image indices must lie in [0, {len(plan.partner)})")
-        partner = plan.partner[idx]
+    explicit_params, partner = batch_views(idx, plan, epoch, explicit)
+    if explicit_params is None:  # seeded: the plan's views of the batch and its partners
         need = np.unique(np.concatenate([idx, partner]))
         shapes = np.array([tuple(imgs[int(i)].shape[-2:]) for i in need], dtype=np.int64)
         batch = view_params_batch(recipe, epoch, need, shapes[:, 0], shapes[:, 1])
@@ -96,14 +90,8 @@ def render_batch_v1(
         def params(i: int) -> ViewParams:
             return batch[row_of[i]]
     else:
-        all_params, all_partner = (explicit if isinstance(explicit, tuple)
-                                   else ViewBatch.from_columns(explicit))
-        if idx.min() < 0 or idx.max() >= len(all_params):
-            raise NrrError(None, f"image indices must lie in [0, {len(all_params)})")
-        partner = all_partner[idx]
-
         def params(i: int) -> ViewParams:
-            return all_params[i]
+            return explicit_params[i]
 
     cache: dict[int, torch.Tensor] = {}
 
