@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from nrrstore.distill.pipeline import distill, method_config
 from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.format.codecs import label_mode
 from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
 from nrrstore.replay.recipe import AugRecipe
@@ -177,22 +178,36 @@ def store_key(name: str) -> str:
     return json.dumps([preset, cidd, nrr, name.startswith(("g-", "c-"))], sort_keys=True)
 
 
+def _codecs(args: argparse.Namespace) -> list[str]:
+    """The array codecs the cells' labels need (issue 15), written by one relabel pass per store."""
+    return [lab for lab in args.labels if ":" in lab and lab != "dbrc:0"]
+
+
+def _pruned(args: argparse.Namespace) -> str:
+    """Folder/cell suffix of label pruning: labels for --label-epochs E' < E distinct epochs, cycled."""
+    return f"-le{args.label_epochs}" if args.label_epochs and args.label_epochs < args.epochs else ""
+
+
 def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> Path:
     preset, cidd, nrr, _ = V[name]
     sk = store_key(name)
     tag = next(n for n in V if store_key(n) == sk)  # the first variant with these images names the folder
-    out = args.work / "stores" / f"{tag}-ipc{args.ipc}-s{seed}"
+    out = args.work / "stores" / f"{tag}-ipc{args.ipc}-s{seed}{_pruned(args)}"
     if (out / "manifest.json").is_file():
         from nrrstore.format.reader import Store
 
-        if Store(out).manifest.labels.get("distances"):
+        labels = Store(out).manifest.labels
+        if labels.get("distances") and all(c in (labels.get("codecs") or {}) for c in _codecs(args)):
             return out
+    elif _pruned(args) and (out.with_name(out.name[:-len(_pruned(args))]) / "manifest.json").is_file():
+        shutil.copytree(out.with_name(out.name[:-len(_pruned(args))]), out)  # the same images, relabelled below
     else:
         cfg = method_config(preset, args.ipc, teacher.image_size, cidd={**cidd, "seed": seed}, nrr=nrr)
         out.parent.mkdir(parents=True, exist_ok=True)  # outputs' parent folders must exist
         _timing(out, "distill", distill(args.train, teacher, out, cfg, overwrite=True).summary)
-    _timing(out, "relabel", relabel(out, teacher, args.epochs, AugRecipe(size=teacher.image_size, seed=seed),
-                                    full_softlabels=True, overwrite=True))
+    epochs = args.label_epochs if _pruned(args) else args.epochs
+    _timing(out, "relabel", relabel(out, teacher, epochs, AugRecipe(size=teacher.image_size, seed=seed),
+                                    full_softlabels=True, overwrite=True, codecs=["dbr", *_codecs(args)]))
     return out
 
 
@@ -207,16 +222,18 @@ def _timing(store: Path, step: str, summary: dict[str, Any]) -> None:
 
 def run_cell(name: str, seed: int, label: str, args: argparse.Namespace, teacher: Any) -> dict[str, Any]:
     arch = "" if args.student == "convnet3" else f"-{args.student}"  # the default keeps the old cell names
-    path = args.work / "cells" / f"{name}-ipc{args.ipc}-e{args.epochs}-s{seed}-{label}{arch}.json"
+    tag = label.replace(":", "")
+    path = args.work / "cells" / f"{name}-ipc{args.ipc}-e{args.epochs}-s{seed}-{tag}{arch}{_pruned(args)}.json"
     if path.is_file():
         return json.loads(path.read_text())
     t0 = time.perf_counter()
     store = make_store(name, seed, args, teacher)
     student = dict(V[name][3])
     r = train_student(store, args.val, arch=args.student, epochs=args.epochs, labels=label, seed=seed,
-                      checkpoint=args.work / "ckpt" / f"{path.stem}.pt", resume=True, **student)
+                      checkpoint=args.work / "ckpt" / f"{path.stem}.pt", resume=True, cycle=bool(_pruned(args)),
+                      **student)
     rec = {"variant": name, "seed": seed, "labels": label, "ipc": args.ipc, "epochs": args.epochs,
-           "student": args.student,
+           "student": args.student, "label_epochs": args.label_epochs or args.epochs,
            "top1": r["top1"], "batch_size": r["batch_size"], "spec": [V[name][0], V[name][1], V[name][2], student],
            "seconds": round(time.perf_counter() - t0, 1)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,13 +248,18 @@ def report(args: argparse.Namespace) -> None:
         rec = json.loads(f.read_text())
         if rec.get("student", "convnet3") != args.student:
             continue
-        rows.setdefault((rec["variant"], rec["labels"]), []).append(rec["top1"] * 100)
-    names = [n for n in V if any((n, lab) in rows for lab in LABELS)]
+        pruned = rec.get("label_epochs", args.epochs) < args.epochs
+        rows.setdefault((rec["variant"], rec["labels"] + (f"/E'{rec['label_epochs']}" if pruned else "")),
+                        []).append(rec["top1"] * 100)
+    seen = list(dict.fromkeys(lab for _, lab in rows))
+    columns = tuple([lab for lab in ("dbr", "onehot", "kd") if lab in seen] + [lab for lab in seen
+                                                                             if lab not in ("dbr", "onehot", "kd")])
+    names = [n for n in V if any((n, lab) in rows for lab in columns)]
     print(f"IPC {args.ipc}, {args.epochs} epochs of {args.student} students; top-1 % on --val (mean +- std, seeds)")
-    print(f"{'variant':22}" + "".join(f"{lab:>22}" for lab in LABELS))
+    print(f"{'variant':22}" + "".join(f"{lab:>22}" for lab in columns))
     for n in names:
         cells = []
-        for lab in LABELS:
+        for lab in columns:
             v = rows.get((n, lab), [])
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
             cells.append(f"{statistics.fmean(v):6.2f} +- {sd:4.2f} ({len(v)})" if v else "-")
@@ -254,7 +276,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=2)
     ap.add_argument("--student", default="convnet3", help="student architecture (cross-architecture runs)")
     ap.add_argument("--variants", nargs="+", default=list(V), choices=list(V))
-    ap.add_argument("--labels", nargs="+", default=["dbr", "onehot"], choices=list(LABELS))
+    ap.add_argument("--labels", nargs="+", default=["dbr", "onehot"], type=label_mode,
+                    help="dbr, onehot, kd, or label codecs (topk:K, dbrc:K; issue 15)")
+    ap.add_argument("--label-epochs", type=int, default=0,
+                    help="label pruning: relabel this many epochs (< --epochs) and cycle them (own stores)")
     ap.add_argument("--also-onehot", nargs="*", default=[], choices=list(V), metavar="VARIANT",
                     help="variants that also get one-hot students (besides --labels)")
     ap.add_argument("--part", default="0/1", help="i/n: run every n-th cell starting at i")

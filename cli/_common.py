@@ -55,7 +55,6 @@ Precision = Literal["fp16", "fp32", "int8"]  # nrrstore.format.distances.DISTANC
 Amp = Literal["bf16", "fp16", "fp32"]  # nrrstore.devices.AMP_MODES, and fp32: no autocast (the default)
 ColourMode = Literal["keep", "L", "RGB"]  # nrrstore.sources.prepare.MODES
 Norm = Literal["group", "instance", "batch", "none"]  # nrrstore.models.convnet.NORMS
-LabelMode = Literal["dbr", "kd", "onehot"]  # nrrstore.train.loader.LABEL_MODES
 DbrNorm = Literal["l2", "l1", "smooth_l1"]  # nrrstore.train.losses.DBR_NORMS
 MixMode = Literal["cutmix", "mixup", "none"]  # nrrstore.replay.recipe.MIX_MODES
 SoftLabelFormat = Literal["sre2l"]  # the formats convert-softlabels reads
@@ -310,3 +309,29 @@ def example(command: str) -> str:
     """The help epilog of ``command`` (``\\b`` keeps click from rewrapping it; it is indented 4, so keep each
     example within 76 characters for 80-column help)."""
     return f"\b\nExample:\n  {EXAMPLES[command]}"
+
+
+def check_label_mode(value: str | None) -> str | None:
+    """``--labels`` of the student commands: a usage error (exit 2) for an unknown mode, before any file is read."""
+    if value is None:
+        return None
+    from nrrstore.errors import NrrError
+    from nrrstore.format.codecs import LABEL_MODES, label_mode
+
+    try:
+        return label_mode(value)
+    except NrrError:
+        raise typer.BadParameter(f"'{value}' is not one of " + ", ".join(f"'{m}'" for m in LABEL_MODES)) from None
+
+
+def check_codecs(value: str | None) -> str | None:
+    """``relabel --labels``: a comma-separated codec list, refused as a usage error when one is unknown."""
+    if value is None:
+        return None
+    from nrrstore.errors import NrrError
+    from nrrstore.format.codecs import parse_codecs
+
+    try:
+        return ",".join(c.name for c in parse_codecs(value))
+    except NrrError as exc:
+        raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None

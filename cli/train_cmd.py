@@ -10,10 +10,11 @@ from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import (
     Amp,
     DbrNorm,
-    LabelMode,
     MixMode,
     Precision,
     ProgressBar,
+    check_codecs,
+    check_label_mode,
     example,
     handle_errors,
     print_json,
@@ -31,6 +32,8 @@ def relabel_cmd(
     epochs: int = typer.Option(300, "--epochs", min=1, help="Training epochs to label (one view per image each)."),
     precision: Precision = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
+    codecs: str = typer.Option("dbr", "--labels", callback=check_codecs, help="Label codecs to write in one teacher pass, comma-separated: "
+                               "dbr, full, topk:K, dbrc:K (e.g. dbr,topk:2,dbrc:1). DBR is always written."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Augmentation seed (default: the store's, else 0)."),
     group_size: int | None = typer.Option(None, "--group-size", min=1, help="Partner group size (default: the store's, else 64)."),
     mix: MixMode | None = typer.Option(None, "--mix", help="cutmix, mixup or none (default: the store's, else cutmix)."),
@@ -62,7 +65,8 @@ def relabel_cmd(
     with ProgressBar() as bar:
         summary = relabel(st, t, epochs, recipe, precision, full_softlabels, mode="explicit" if explicit else "seeded",
                           epochs_per_file=epochs_per_file, batch_size=batch_size, quant_max=quant_max,
-                          overwrite=overwrite, device=device, amp=amp, workers=workers, progress=bar)
+                          overwrite=overwrite, device=device, amp=amp, workers=workers, codecs=codecs,
+                          progress=bar)
     if as_json:
         print_json(summary)
         return
@@ -71,6 +75,9 @@ def relabel_cmd(
     print(f"relabelled {summary['views']} views ({summary['images']} images x {summary['epochs']} epochs) of {store}: "
           f"{summary['distance_bytes']} bytes of distances ({summary['bytes_per_view']:.2f} B/view, "
           f"{summary['precision']}, {summary['mode']}) in {summary['seconds']:.1f} s")
+    per_codec = summary.get("codec_bytes_per_view") or {}
+    if len(per_codec) > 1:
+        print("  bytes per view: " + ", ".join(f"{k} {v:.2f}" for k, v in per_codec.items()))
     if summary["chunks_resumed"]:
         print(f"  resumed: {summary['chunks_resumed']} file(s) were already done")
     if summary["clipped"]:
@@ -82,7 +89,8 @@ def train_student_cmd(
     val: str = typer.Option(..., "--val", help="Held-out real images: shard folder, pattern, list or URL."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
-    labels: LabelMode = typer.Option("dbr", "--labels", help="dbr (the two distances), kd (full soft labels) or onehot."),
+    labels: str = typer.Option("dbr", "--labels", callback=check_label_mode, help="dbr (the two distances), kd (full soft labels), onehot, or a "
+                               "codec the store holds: topk:K, dbrc:K (KD on the distribution it implies)."),
     alpha_dbr: float = typer.Option(STUDENT["alpha_dbr"], "--alpha-dbr", min=0.0, help="Weight of L_dbr."),
     dbr_norm: DbrNorm = typer.Option(STUDENT["dbr_norm"], "--dbr-norm", help="L_dbr norm (l1: chosen on validation data, README)."),
     kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),

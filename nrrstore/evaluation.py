@@ -31,6 +31,7 @@ from typing import Any
 from nrrstore.errors import NrrError, os_errors_name, os_problem
 from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_write_bytes
+from nrrstore.format.codecs import label_mode
 from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_output_file, check_parent, local_output
@@ -40,7 +41,7 @@ from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.defaults import STUDENT
 
-LABEL_KINDS = ("dbr", "kd", "onehot")
+LABEL_KINDS = ("dbr", "kd", "onehot", "topk:K", "dbrc:K")
 LRS_WEIGHT = 0.5
 #: Students checkpoint at most this often (and after their last epoch): a killed evaluate loses under a
 #: minute of a cell, and hundreds of sub-second epochs do not each pay for a checkpoint write.
@@ -73,11 +74,22 @@ def available_labels(store: Store) -> list[str]:
         kinds.append("dbr")
     if labels.get("softlabels"):
         kinds.append("kd")
+    kinds += [name for name, e in (labels.get("codecs") or {}).items() if e.get("fields")]
     kinds.append("onehot")
     return kinds
 
 
+def _label_kind(kind: str, num_classes: int) -> str:
+    try:
+        return label_mode(kind, num_classes)
+    except NrrError:
+        raise NrrError(None, f"unknown label kind {kind!r}; use {', '.join(LABEL_KINDS)}") from None
+
+
 def _missing_label_hint(kind: str, store: fs.Location) -> str:
+    if ":" in kind:
+        return (f"the store has no {kind} labels; add them with `nrrstore relabel {store} --teacher T.pt "
+                f"--epochs 300 --labels dbr,{kind} --overwrite`")
     if kind == "dbr":
         return (f"the store has no DBR distances; add them with `nrrstore relabel {store} --teacher T.pt "
                 "--epochs 300`")
@@ -141,10 +153,10 @@ def make_baseline(store: Store, train: Any, teacher: Teacher | None, seed: int, 
     from nrrstore.replay.recipe import AugRecipe
 
     m = store.manifest
-    needs_teacher = bool({"dbr", "kd"} & set(labels))
+    needs_teacher = any(k != "onehot" for k in labels)
     if is_store(out):
-        have = Store(out).manifest.labels
-        if not needs_teacher or (have.get("distances") and ("kd" not in labels or have.get("softlabels"))):
+        have = available_labels(Store(out))
+        if not needs_teacher or all(k in have or k == "dbrc:0" for k in labels):
             return out
     else:
         random_real_store(train, out, store_ipc(store), seed, classes=list(m.classes),
@@ -156,7 +168,7 @@ def make_baseline(store: Store, train: Any, teacher: Teacher | None, seed: int, 
         assert m.augmentation is not None  # labels are written with the recipe whose views they label
         relabel(out, teacher, epochs, AugRecipe.from_dict(m.augmentation),
                 precision=str(dist.get("precision", "fp16")) if dist else "fp16", full_softlabels="kd" in labels,
-                overwrite=True, device=device, progress=progress)
+                codecs=[k for k in labels if ":" in k] or None, overwrite=True, device=device, progress=progress)
     return out
 
 
@@ -222,10 +234,9 @@ def evaluate_store(
     st = store if isinstance(store, Store) else Store(store)
     have = available_labels(st)
     kinds = list(labels) if labels else have
+    kinds = [_label_kind(k, st.manifest.num_classes) for k in kinds]
     for kind in kinds:
-        if kind not in LABEL_KINDS:
-            raise NrrError(None, f"unknown label kind {kind!r}; use {', '.join(LABEL_KINDS)}")
-        if kind not in have:
+        if kind not in have and not (kind == "dbrc:0" and "dbr" in have):
             raise NrrError(st.path, _missing_label_hint(kind, st.path))
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise NrrError(None, f"seeds must be a positive integer, got {seeds!r}")
@@ -235,7 +246,7 @@ def evaluate_store(
     base_teacher = None
     if train is not None:
         _check_real_set(train, "training (--train)", st)
-        if {"dbr", "kd"} & set(kinds):
+        if any(k != "onehot" for k in kinds):
             base_teacher = _baseline_teacher(st, teacher, device)
     work = local_output(work)
     local = st.path.resolve() if isinstance(st.path, Path) else None  # a remote store cannot hold the work folder

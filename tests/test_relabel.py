@@ -110,13 +110,13 @@ def progress(task, done, total):
     if done >= kill_at:
         os.kill(os.getpid(), signal.SIGKILL)
 relabel(store, teacher, 6, AugRecipe(size=28, group_size=8, seed=1), full_softlabels=True,
-        epochs_per_file=2, batch_size=16, progress=progress)
+        epochs_per_file=2, batch_size=16, codecs="dbr,topk:2,dbrc:1", progress=progress)
 """
 
 
 def test_resume_after_sigkill_is_byte_identical(tmp_path: Path, teacher) -> None:
     a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
-    kw = {"full_softlabels": True, "epochs_per_file": 2, "batch_size": 16}
+    kw = {"full_softlabels": True, "epochs_per_file": 2, "batch_size": 16, "codecs": "dbr,topk:2,dbrc:1"}
     recipe = AugRecipe(size=28, group_size=8, seed=1)
     relabel(a, teacher, 6, recipe, **kw)
     # killed in the middle of epoch 3 (second file): the first file is done, the second is half written
@@ -133,9 +133,12 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path: Path, teacher) -> None
         relabel(b, teacher, 6, recipe, precision="fp32", **kw)
     with pytest.raises(ResumeMismatchError, match="recipe"):
         relabel(b, teacher, 6, AugRecipe(size=28, group_size=8, seed=2), **kw)
+    with pytest.raises(ResumeMismatchError, match="codecs"):
+        relabel(b, teacher, 6, recipe, **{**kw, "codecs": "dbr,topk:1"})
     out = relabel(b, teacher, 6, recipe, **kw)
     assert (out["chunks_resumed"], out["chunks_computed"]) == (1, 2)
-    assert _label_bytes(a) == _label_bytes(b)
+    assert _label_bytes(a) == _label_bytes(b)  # the codec arrays included
+    assert any("codecs/topk2" in k for k in _label_bytes(b))
     assert verify_store(b) == [] and not work.exists()
     ma, mb = (json.loads((s / "manifest.json").read_text()) for s in (a, b))
     ma.pop("created"), mb.pop("created")

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 from nrrstore.errors import NrrError, os_errors_name
 from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_open
+from nrrstore.format.codecs import codec_bytes, full_bytes_per_view, parse_codec
 from nrrstore.format.distances import split_bytes
 from nrrstore.format.outputs import check_output_file
 from nrrstore.format.reader import Store
@@ -100,6 +101,7 @@ def size_report(
             row["stored"] = round(value_per_view * images * epochs + fixed_per_epoch * epochs)
         extrapolation.append({"classes": classes, "ipc": int(n_ipc), "epochs": epochs, "images": images,
                               "views": images * epochs, "label_costs": row})
+    codecs = codec_report(m, views, classes, [classes * int(n) * epochs for n in ipc])
     source = None
     if m.source.get("bytes") is not None:
         total_src = int(m.source.get("total_bytes", m.source["bytes"]))
@@ -113,8 +115,23 @@ def size_report(
         "label_costs": costs, "stored_bytes_per_view": per_view,
         "stored_value_bytes_per_view": value_per_view, "stored_fixed_bytes_per_epoch": fixed_per_epoch,
         "distances": {k: dist.get(k) for k in ("precision", "mode")} if dist else None,
-        "source": source, "extrapolation": extrapolation,
+        "source": source, "extrapolation": extrapolation, "codecs": codecs,
     }
+
+
+def codec_report(m: Any, views: int, classes: int, extrapolated_views: list[int]) -> list[dict[str, Any]]:
+    """Per label codec the store holds: measured bytes (per view and per store), and the formula's bytes per
+    view at this store's classes and at ``classes`` (with the store total at each extrapolated view count),
+    against fp16 full soft labels at ``classes`` (LPLD's yardstick is 1/40 of it)."""
+    out = []
+    for name, measured in codec_bytes(m).items():
+        c = parse_codec(name)
+        at = c.raw_bytes_per_view(classes)
+        out.append({"codec": name, "measured_bytes": measured, "measured_bytes_per_view": measured / max(1, views),
+                    "formula_bytes_per_view": c.raw_bytes_per_view(m.num_classes), "formula_bytes_per_view_at": at,
+                    "classes_at": classes, "vs_full_fp16_at": at / full_bytes_per_view(classes),
+                    "extrapolated_bytes": [round(at * v) for v in extrapolated_views]})
+    return out
 
 
 def format_report(r: dict[str, Any]) -> str:
@@ -146,7 +163,28 @@ def format_report(r: dict[str, Any]) -> str:
                      f"{human_bytes(r['stored_fixed_bytes_per_epoch'])} per epoch (Parquet footers, epoch and image columns)")
         lines.append("  'stored' extrapolates the values per view and the fixed part per epoch (an estimate: "
                      "compression varies with the data)")
+    lines += _codec_lines(r)
     return "\n".join(lines)
+
+
+def _codec_lines(r: dict[str, Any]) -> list[str]:
+    if not r.get("codecs"):
+        return []
+    at = r["codecs"][0]["classes_at"]
+    ipcs = [e["ipc"] for e in r["extrapolation"]]
+    header = ["codec", "measured", "B/view", "formula B/view", f"at {at} cls", "of full fp16",
+              *(f"IPC {n}" for n in ipcs)]
+    rows = [[c["codec"], human_bytes(c["measured_bytes"]), f"{c['measured_bytes_per_view']:.2f}",
+             f"{c['formula_bytes_per_view']:g}", f"{c['formula_bytes_per_view_at']:g}",
+             f"1/{1 / c['vs_full_fp16_at']:.0f}" if c["vs_full_fp16_at"] < 1 else "1",
+             *(human_bytes(b) for b in c["extrapolated_bytes"])] for c in r["codecs"]]
+    widths = [max(len(str(x[i])) for x in [header, *rows]) for i in range(len(header))]
+    lines = [f"  label codecs held (measured, and the formula at {at} classes, {r['extrapolation'][0]['epochs']} "
+             "epochs, values only):" if r["extrapolation"] else "  label codecs held:"]
+    for row in [header, *rows]:
+        lines.append("    " + "  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                                       for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+    return lines
 
 
 def _scheme_titles(k: int) -> list[str]:

@@ -27,7 +27,7 @@ from nrrstore.format import fs
 from nrrstore.format.layout import INDEX_NAME, MANIFEST_NAME
 
 FORMAT_NAME = "nrrstore"
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 DIGEST_KEY = "manifest_sha256"
 
 

@@ -33,43 +33,46 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from nrrstore.devices import amp_dtype, autocast, resolve_device
+from nrrstore.devices import amp_dtype, resolve_device
 from nrrstore.errors import NrrError, NrrWarning
 from nrrstore.format import fs, quant, remote
+from nrrstore.format.codecs import (
+    Codec,
+    codec_bytes,
+    codecs_section,
+    install_codecs,
+    parse_codecs,
+)
 from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
-    DistanceFile,
     check_mode,
     check_precision,
     distances_section,
     epoch_chunks,
     install_chunks,
 )
-from nrrstore.format.layout import DISTANCE_FILE_GLOB, MANIFEST_NAME, distance_file_name
+from nrrstore.format.layout import DISTANCE_FILE_GLOB, LABEL_FILE_KINDS, MANIFEST_NAME, distance_file_name
 from nrrstore.format.layout import RELABEL_WORK_DIR as WORK_DIR
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_writable
 from nrrstore.format.reader import Store
-from nrrstore.format.softlabels import WORK_NAME as SOFTLABELS_WORK_NAME
-from nrrstore.format.softlabels import create_softlabels, install_softlabels, softlabels_section
+from nrrstore.format.softlabels import install_softlabels, softlabels_section
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.format.writer import STORE_KIND, store_object
+from nrrstore.labels.teacher_pass import TeacherPass
 from nrrstore.models.checkpoint import Teacher, class_mapping_warning, load_teacher, teacher_record
 from nrrstore.progress import Progress
 from nrrstore.ranks import barrier, dist_info, stopped_error
-from nrrstore.replay.recipe import RECIPE_VERSION, AugRecipe, epoch_columns, store_recipe
-from nrrstore.replay.stream import BatchAssembler, ViewStream, assemble, pin_default
-from nrrstore.replay.workers import ItemSource, worker_count, worker_items
+from nrrstore.replay.recipe import RECIPE_VERSION, AugRecipe, store_recipe
+from nrrstore.replay.workers import worker_count
 from nrrstore.train.loader import open_store
-from nrrstore.train.losses import distances
 from nrrstore.units import human_bytes
 
 
@@ -159,9 +162,11 @@ def relabel(
     device: str | torch.device = "cpu",
     amp: str | None = None,
     workers: int | None = None,
+    codecs: str | list[str] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Write DBR distances for ``epochs`` epochs of ``store`` (and full soft labels if asked).
+    """Write DBR distances for ``epochs`` epochs of ``store``, and the other label ``codecs`` asked for (e.g.
+    ``"dbr,topk:2,dbrc:1"``, :mod:`nrrstore.format.codecs`; ``full`` = ``full_softlabels``) from the same logits.
 
     ``recipe`` defaults to the store's own (see :func:`default_recipe`) with ``seed`` as its
     augmentation seed when given; ``mode="explicit"`` also
@@ -180,8 +185,10 @@ def relabel(
     m = st.manifest
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, dev)
+    wanted = _wanted_codecs(codecs, bool(full_softlabels), m.num_classes)
+    full_softlabels = Codec("full") in wanted
     recipe, quant_max = _check_inputs(st, teacher, recipe, seed, precision, mode, epochs, epochs_per_file,
-                                      batch_size, quant_max, bool(full_softlabels))
+                                      batch_size, quant_max, full_softlabels, wanted)
     if workers is None:
         workers = 0 if dev.type == "cpu" else worker_count(None)
     workers = worker_count(workers)
@@ -194,12 +201,12 @@ def relabel(
         "teacher_sha256": teacher.sha256, "epochs": epochs, "recipe": recipe.to_dict(), "precision": precision,
         "mode": mode, "full_softlabels": bool(full_softlabels), "epochs_per_file": epochs_per_file,
         "batch_size": batch_size, "quant_max": quant_max, "num_images": m.num_images, "amp": amp_key(amp),
-        "index_sha256": m.index_sha256,
+        "index_sha256": m.index_sha256, "codecs": [c.name for c in wanted],
     }
     state = _start(st, work, args, quant_max, overwrite, rank, world)
     chunks = epoch_chunks(epochs, epochs_per_file)
-    job = _Job(st, teacher, recipe, epochs, precision, mode, full_softlabels, batch_size, dev, amp_dt, workers, work,
-               cache_mb, progress)
+    job = TeacherPass(st, teacher, recipe, epochs, precision, mode, full_softlabels, batch_size, dev, amp_dt, workers, work,
+               cache_mb, progress, [c for c in wanted if c.has_arrays])
     resumed = computed = 0
     if state["phase"] == "computing":
         resumed, computed = _compute(job, work, state, chunks, rank, world)
@@ -208,7 +215,7 @@ def relabel(
                                "mode": mode, "chunks_resumed": resumed, "chunks_computed": computed,
                                "clipped": job.clipped, "quant_max": state["quant_max"], "device": str(dev),
                                "amp": amp_key(amp), "workers": workers, "augmentation": recipe.to_dict(),
-                               "softlabels": full_softlabels}
+                               "softlabels": full_softlabels, "codecs": [c.name for c in wanted]}
     if rank == 0:
         summary.update(_finish(st, m, work, chunks, args, state, teacher, recipe, job, dev))
     barrier(world)
@@ -219,9 +226,17 @@ def relabel(
     return summary
 
 
+def _wanted_codecs(codecs: str | list[str] | None, full_softlabels: bool, num_classes: int) -> list[Codec]:
+    """The codecs a job writes, DBR first (always: resume and replay checks stand on its table), then the
+    requested ones in order; ``full_softlabels`` is the ``full`` codec."""
+    wanted = parse_codecs(codecs or "dbr", num_classes)
+    extra = [Codec("full")] if full_softlabels else []
+    return list(dict.fromkeys([Codec("dbr"), *(c for c in wanted if c.kind != "dbr"), *extra]))
+
+
 def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: int | None, precision: str, mode: str,
                   epochs: Any, epochs_per_file: Any, batch_size: Any, quant_max: float | None,
-                  full_softlabels: bool = False) -> tuple[AugRecipe, float | None]:
+                  full_softlabels: bool = False, codecs: list[Codec] | None = None) -> tuple[AugRecipe, float | None]:
     """Refuse what relabel cannot do before any work; ``(the recipe to replay, the checked int8 scale)``."""
     m = st.manifest
     check_precision(precision)
@@ -240,7 +255,7 @@ def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: i
                                      f"{m.image.channels}{hint}")
     if recipe is not None and seed is not None and recipe.seed != seed:
         raise NrrError(None, f"seed {seed} contradicts the recipe's seed {recipe.seed}; give one of them")
-    _check_disk(st, epochs, precision, full_softlabels)
+    _check_disk(st, epochs, precision, full_softlabels, codecs or [])
     recipe = recipe or default_recipe(st, teacher, seed=seed)
     if recipe.size != teacher.image_size:
         raise NrrError(teacher.spec, f"views are {recipe.size} px (augmentation size) but the teacher takes "
@@ -253,18 +268,20 @@ VALUE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
 after compression (distances are close to random bits in their low half)."""
 
 
-def _check_disk(st: Store, epochs: int, precision: str, full_softlabels: bool) -> None:
+def _check_disk(st: Store, epochs: int, precision: str, full_softlabels: bool, codecs: list[Codec]) -> None:
     """Refuse before any work a job whose labels cannot fit on the store's disk (see `check_labels_fit`)."""
     m = st.manifest
     if isinstance(st.path, Path):
-        check_labels_fit(st.path, m.num_images, m.num_classes, epochs, precision, full_softlabels)
+        extra = sum(c.raw_bytes_per_view(m.num_classes, 0) / 2 for c in codecs if c.has_arrays)
+        check_labels_fit(st.path, m.num_images, m.num_classes, epochs, precision, full_softlabels,
+                         extra_per_view=extra)
 
 
 def check_labels_fit(where: Path, images: int, classes: int, epochs: int, precision: str, full_softlabels: bool,
-                     option: str = "--epochs") -> None:
+                     option: str = "--epochs", extra_per_view: float = 0.0) -> None:
     """Refuse labels that cannot fit on the disk holding ``where`` (a lower bound of their size), so a mistyped
     ``option`` ends in one line, not in a full disk or an exhausted memory hours later."""
-    need = epochs * images * (VALUE_BYTES[precision] + (classes if full_softlabels else 0))
+    need = int(epochs * images * (VALUE_BYTES[precision] + (classes if full_softlabels else 0) + extra_per_view))
     try:
         free = shutil.disk_usage(where).free
     except OSError:
@@ -275,12 +292,14 @@ def check_labels_fit(where: Path, images: int, classes: int, epochs: int, precis
                               "serve any longer student run with --cycle)")
 
 
-def _compute(job: _Job, work: Path, state: dict[str, Any], chunks: list[tuple[int, int]], rank: int,
+def _compute(job: TeacherPass, work: Path, state: dict[str, Any], chunks: list[tuple[int, int]], rank: int,
              world: int) -> tuple[int, int]:
     """This rank's share of the epoch files, skipping those already written; ``(resumed, computed)``."""
     resumed = computed = 0
-    if job.soft and rank == 0:
-        job.softlabels()  # created once, before the ranks write their epochs into it
+    if rank == 0:  # created once, before the ranks write their epochs into them
+        if job.soft:
+            job.softlabels()
+        job.codec_arrays()
     barrier(world)
     if job.precision == "int8" and state["quant_max"] is None:
         state["quant_max"] = job.choose_quant_max()  # every rank alike: epoch 0 is deterministic
@@ -333,23 +352,27 @@ def _start(st: Store, work: Path, args: dict[str, Any], quant_max: float | None,
 
 
 def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: dict[str, Any], state: dict[str, Any],
-            teacher: Teacher, recipe: AugRecipe, job: _Job, dev: torch.device) -> dict[str, Any]:
+            teacher: Teacher, recipe: AugRecipe, job: TeacherPass, dev: torch.device) -> dict[str, Any]:
     """Install the finished files and rewrite the manifest (rank 0 only)."""
     epochs, precision, mode = args["epochs"], args["precision"], args["mode"]
     full_softlabels = args["full_softlabels"]
     files = install_chunks(st.path, work, chunks)
     if full_softlabels:
         files.update(install_softlabels(st.path, work))
-    labels = {k: v for k, v in m.labels.items() if k not in ("distances", "softlabels")}
+    if job.codecs:
+        files.update(install_codecs(st.path, work))
+    labels = {k: v for k, v in m.labels.items() if k not in ("distances", "softlabels", "codecs")}
     labels["distances"] = distances_section(chunks, precision, mode, state["quant_max"])
     if full_softlabels:
         labels["softlabels"] = softlabels_section((epochs, m.num_images, m.num_classes),
                                                   (1, job.block_of_softlabels, m.num_classes))
+    labels["codecs"] = codecs_section(parse_codecs(args["codecs"]), epochs, m.num_images, m.num_classes,
+                                      job.block_of_softlabels)
     method = dict(m.method)
     method["relabel"] = {**{k: args[k] for k in ("epochs", "precision", "mode", "full_softlabels", "epochs_per_file",
-                                                 "batch_size", "amp")},
+                                                 "batch_size", "amp", "codecs")},
                          "quant_max": state["quant_max"], "device": dev.type}
-    old = [f.path for f in m.files if f.kind in ("distances", "softlabels")]
+    old = [f.path for f in m.files if f.kind in LABEL_FILE_KINDS]
     updated = update_store(st.path, kinds=files, remove_prefixes=tuple(old), sections={
         "labels": labels, "augmentation": recipe.to_dict(), "teacher": teacher_record(teacher),
         "normalization": m.normalization or {"mean": list(teacher.mean), "std": list(teacher.std)},
@@ -359,130 +382,7 @@ def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: 
     distance_files = [f for f in updated.files if f.kind == "distances"]
     total_bytes = sum(f.bytes for f in distance_files)
     views = epochs * m.num_images
+    per_codec = codec_bytes(updated)
     return {"files": [f.path for f in distance_files], "distance_bytes": total_bytes,
-            "bytes_per_view": total_bytes / max(1, views), "clipped": job.clipped}
-
-
-# -- the work itself ----------------------------------------------------------------------------------
-def teacher_distances(teacher: Teacher, images: torch.Tensor, y: torch.Tensor, y_partner: torch.Tensor,
-                      lam: torch.Tensor, amp: torch.dtype | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(d_org, d_aug, logits)`` of a batch of rendered views: exactly what relabel stores per view.
-
-    ``images`` are in the teacher's input space (normalized) and, with the label columns, on the
-    teacher's device; ``amp`` is the autocast dtype (None: float32). One function for relabel and
-    for the replay check (`nrrstore.labels.replay_check`), so a check recomputes distances the way they
-    were made.
-    """
-    with autocast(images.device, amp):
-        logits = teacher.model(images)
-    logits = logits.float()
-    d_org, d_aug = distances(logits, y, y_partner, lam)
-    return d_org, d_aug, logits
-
-
-class _Job:
-    def __init__(self, st: Store, teacher: Teacher, recipe: AugRecipe, epochs: int, precision: str, mode: str,
-                 soft: bool, batch_size: int, device: torch.device, amp: torch.dtype | None, workers: int, work: Path,
-                 cache_mb: int, progress: Progress | None) -> None:
-        self.st, self.teacher, self.recipe, self.epochs = st, teacher, recipe, epochs
-        self.precision, self.mode, self.soft = precision, mode, soft
-        self.batch_size, self.work, self.progress = batch_size, work, progress
-        self.device, self.amp, self.workers, self.cache_mb = device, amp, workers, cache_mb
-        self.n = st.num_images
-        g = recipe.group_size
-        self.block_of_softlabels = min(g * max(1, batch_size // g), self.n)
-        self.clipped = 0
-        self.total_views = epochs * self.n
-        self.done_views = 0
-        self._epoch0: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
-        teacher.model.to(device).eval()
-
-    def softlabels(self) -> Any:
-        return create_softlabels(self.work / SOFTLABELS_WORK_NAME, self.epochs, self.n, self.st.manifest.num_classes,
-                                 self.block_of_softlabels)
-
-    def epochs_of(self, first: int, last: int) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
-        """``(epoch, d_org, d_aug, soft or None)`` for epochs ``first..last``, in order."""
-        todo = list(range(first, last + 1))
-        if self._epoch0 is not None and todo and todo[0] == 0:
-            yield (0, *self._epoch0)
-            self._epoch0 = None
-            todo = todo[1:]
-        if not todo:
-            return
-        stream = ViewStream(self.st, self.recipe, self.batch_size, todo, todo, cache_mb=self.cache_mb)
-        teacher = self.teacher
-        mean, std = [float(v) for v in teacher.mean], [float(v) for v in teacher.std]
-        assembler = BatchAssembler(self.recipe, self.st.manifest.image.channels, self.device, mean, std)
-        if self.workers:
-            items: Any = worker_items(ItemSource(stream), self.workers, pin_default(self.device), 4)
-        else:
-            items = stream.items()
-        dev, n, c = self.device, self.n, self.st.manifest.num_classes
-        current = None
-        seen, k = 0, -1
-        buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
-        with torch.inference_mode():
-            for batch in assemble(items, assembler):
-                if batch["epoch"] != current:
-                    if buffers is not None:
-                        yield self._host(current, buffers, seen, n)
-                    current, seen, k = batch["epoch"], 0, k + 1
-                    if current != todo[k]:
-                        raise NrrError(None, f"relabel: epoch {todo[k]}'s views never came (a decoding worker ended "
-                                             "early); nothing of it was written")
-                    buffers = (torch.empty(n, dtype=torch.float32, device=dev),
-                               torch.empty(n, dtype=torch.float32, device=dev),
-                               torch.empty((n, c), dtype=torch.float16, device=dev) if self.soft else None)
-                assert buffers is not None
-                a, b, logits = teacher_distances(teacher, batch["images"], batch["y"], batch["y_partner"],
-                                                 batch["lam"], self.amp)
-                index = batch["index"]
-                seen += len(index)
-                buffers[0][index] = a
-                buffers[1][index] = b
-                if buffers[2] is not None:
-                    buffers[2][index] = torch.softmax(logits, dim=1).to(torch.float16)
-                self.done_views += len(index)
-                if self.progress:
-                    self.progress("relabel views", self.done_views, self.total_views)
-            if buffers is not None:
-                yield self._host(current, buffers, seen, n)
-        if todo and current != todo[-1]:
-            raise NrrError(None, f"relabel: the views stopped after epoch {current} of {todo[-1]} (a decoding "
-                                 "worker ended early); nothing of the unfinished epochs was written")
-
-    def _host(self, epoch: Any, buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], seen: int, n: int
-              ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray | None]:
-        """One epoch's results on the host (the only wait for the device, once per epoch), refused when views
-        are missing or the teacher's distances are not finite: such labels would train students on garbage."""
-        if seen != n:
-            raise NrrError(None, f"relabel: epoch {epoch} got {seen} of {n} views (a decoding worker ended early); "
-                                 "nothing of it was written")
-        d_org, d_aug, soft = buffers
-        host = int(epoch), d_org.cpu().numpy(), d_aug.cpu().numpy(), None if soft is None else soft.cpu().numpy()
-        if not (np.isfinite(host[1]).all() and np.isfinite(host[2]).all()):
-            raise NrrError(self.teacher.spec, "the teacher's cross-entropies are not finite (NaN or infinite "
-                                              f"weights or outputs?) in epoch {epoch}; no labels were written")
-        return host
-
-    def choose_quant_max(self) -> float:
-        """int8 scale from epoch 0's distances (kept, so the chunk holding epoch 0 does not redo it)."""
-        _, d_org, d_aug, soft = next(self.epochs_of(0, 0))
-        self._epoch0 = (d_org, d_aug, soft)
-        self.done_views = 0
-        return quant.choose_max(np.concatenate([d_org, d_aug]))
-
-    def compute_chunk(self, first: int, last: int, quant_max: float | None) -> None:
-        soft_out = self.softlabels() if self.soft else None
-        m = self.st.manifest
-        with DistanceFile(self.work / distance_file_name(first, last), self.n, self.precision,
-                          explicit=self.mode == "explicit", quant_max=quant_max) as table:
-            for e, d_org, d_aug, soft in self.epochs_of(first, last):
-                if soft_out is not None:
-                    soft_out[e] = soft
-                views = epoch_columns(self.recipe, e, self.n, m.image.height, m.image.width) \
-                    if self.mode == "explicit" else None
-                table.write_epoch(e, d_org, d_aug, views)
-        self.clipped += table.clipped
+            "bytes_per_view": total_bytes / max(1, views), "clipped": job.clipped,
+            "codec_bytes_per_view": {k: v / max(1, views) for k, v in per_codec.items()}}

@@ -4,7 +4,7 @@ Checksums say the files are the ones written; they cannot say the labels fit the
 augmentation seed, a wrong view size, another teacher or (for converted SRe2L labels) a wrong image
 order all give well-formed stores whose distances describe other views. The check replays a sample
 of views exactly as a student would get them (the loader renders them), recomputes the teacher's
-two distances with relabel's own :func:`~nrrstore.labels.relabel.teacher_distances`, and compares
+two distances with relabel's own :func:`~nrrstore.labels.teacher_pass.teacher_distances`, and compares
 them with the stored ones:
 
 - stores labelled by nrrstore (``relabel``/``distill``): every replayed view must agree within the
@@ -31,7 +31,8 @@ from nrrstore.devices import amp_dtype, resolve_device
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
 from nrrstore.format.reader import Store
-from nrrstore.labels.relabel import amp_key, teacher_distances
+from nrrstore.labels.relabel import amp_key
+from nrrstore.labels.teacher_pass import teacher_distances
 from nrrstore.models.checkpoint import Teacher
 from nrrstore.replay.recipe import store_recipe
 from nrrstore.train.loader import make_loader, open_store

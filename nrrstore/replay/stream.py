@@ -301,7 +301,7 @@ class ViewStream:
 
 
 # -- the consumer -----------------------------------------------------------------------------------
-LABEL_KEYS = ("y", "y_partner", "lam", "index", "d_org", "d_aug", "soft")
+LABEL_KEYS = ("y", "y_partner", "lam", "index", "d_org", "d_aug", "soft", "codec_ids", "codec_values")
 
 
 class OutputPool:

@@ -26,7 +26,7 @@ import json
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning
+from nrrstore.format.codecs import CodecLabels, label_mode
 from nrrstore.format.distances import EpochLabels, read_epoch_labels
+from nrrstore.format.layout import LABEL_FILE_KINDS
 from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import SoftLabels
@@ -45,7 +47,6 @@ from nrrstore.replay.stream import BatchAssembler, ViewStream, assemble, pin_def
 from nrrstore.replay.views import ViewBatch
 from nrrstore.replay.workers import ItemSource, worker_count, worker_items
 
-LABEL_MODES = ("dbr", "kd", "onehot")
 LOADER_STATE_FORMAT = "nrrstore-loader"
 LOADER_STATE_VERSION = 1
 
@@ -57,7 +58,7 @@ def open_store(store: Store | str | os.PathLike[str]) -> Store:
 
 def _label_identity(m: Manifest) -> str:
     """What pins a store's labels: their manifest section and the checksums of their files."""
-    files = sorted((f.path, f.sha256) for f in m.files if f.kind in ("distances", "softlabels"))
+    files = sorted((f.path, f.sha256) for f in m.files if f.kind in LABEL_FILE_KINDS)
     return json.dumps([m.labels, files], sort_keys=True, default=str)
 
 
@@ -102,8 +103,7 @@ class DistilledDataset(ViewStream, IterableDataset):
     ) -> None:
         st = open_store(store)
         m = st.manifest
-        if labels not in LABEL_MODES:
-            raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)}")
+        labels = label_mode(labels, m.num_classes)
         recipe = store_recipe(m, st.manifest_path)
         dist = m.labels.get("distances") or {}
         explicit = dist.get("mode", "seeded") == "explicit"
@@ -115,9 +115,11 @@ class DistilledDataset(ViewStream, IterableDataset):
         self._label_pin = _label_identity(m)  # workers open the store again: they must find these labels
         self.labels = labels
         self.want_soft = softlabels or labels == "kd"
-        if labels == "dbr" and not dist:
+        self.want_distances = labels == "dbr" or labels.startswith("dbrc:")
+        if self.want_distances and not dist:
             raise NrrError(st.path, "store has no DBR distances (labels.distances); run `nrrstore relabel` first, "
                                     "or train with labels='onehot'")
+        self._codec_section = self._codec_of(st, labels)
         self._soft_section: dict[str, Any] = m.labels.get("softlabels") or {}
         if self.want_soft and not self._soft_section:
             raise NrrError(st.path, "store has no soft labels (labels.softlabels); relabel with --full-softlabels "
@@ -125,6 +127,8 @@ class DistilledDataset(ViewStream, IterableDataset):
         stored = [int(dist["epochs"])] if dist else []
         if self._soft_section:
             stored.append(int(self._soft_section["shape"][0]))
+        if self._codec_section:
+            stored.append(int(self._codec_section["shape"][0]))
         self.stored_epochs = min(stored) if stored else 0
         self.needs_stored = labels != "onehot" or self.want_soft or explicit
         self.num_classes = m.num_classes
@@ -134,6 +138,18 @@ class DistilledDataset(ViewStream, IterableDataset):
         self.std = None if norm is None else [float(v) for v in norm["std"]]
         self._store: Store | None = st
         self.set_epoch(epoch, start_step, num_epochs)
+
+    @staticmethod
+    def _codec_of(st: Store, labels: str) -> dict[str, Any]:
+        """The manifest entry of the codec arrays ``labels`` reads (empty for modes without arrays)."""
+        if ":" not in labels or labels == "dbrc:0":
+            return {}
+        entry = (st.manifest.labels.get("codecs") or {}).get(labels) or {}
+        if not entry.get("fields"):
+            have = ", ".join(st.manifest.labels.get("codecs") or {}) or "none"
+            raise NrrError(st.path, f"store has no {labels} labels (it has: {have}); relabel with "
+                                    f"--labels dbr,{labels}")
+        return dict(entry)
 
     # -- epochs ----------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int, start_step: int = 0, num_epochs: int = 1) -> None:
@@ -176,7 +192,7 @@ class DistilledDataset(ViewStream, IterableDataset):
         return assemble(self.items(), BatchAssembler(self.recipe, self.channels, "cpu", self.mean, self.std))
 
     # -- labels of the work items ------------------------------------------------------------------
-    def _epoch_labels(self, view_epoch: int) -> tuple[EpochLabels | None, _SoftCache | None, Any]:
+    def _epoch_labels(self, view_epoch: int) -> tuple[EpochLabels | None, _BlockCache | None, Any, _BlockCache | None]:
         if self._store is None:
             store = open_store(self.root)
             if _label_identity(store.manifest) != self._label_pin:
@@ -184,28 +200,35 @@ class DistilledDataset(ViewStream, IterableDataset):
                                           "meanwhile?); make a new loader to read the new version")
             self._store = store
         stored = views = None
-        if self.labels == "dbr" or self.explicit:
-            stored = read_epoch_labels(self._store, view_epoch, need_distances=self.labels == "dbr")
+        if self.want_distances or self.explicit:
+            stored = read_epoch_labels(self._store, view_epoch, need_distances=self.want_distances)
             if stored.views is not None:
                 views = ViewBatch.from_columns(stored.views, stored.where)
-        soft = None
+        soft = codec = None
+        g, n = self.recipe.group_size, self.num_images
         if self.want_soft:
-            soft = _SoftCache(SoftLabels(self.root, self._soft_section), view_epoch, self.recipe.group_size,
-                              self.num_images)
-        return stored, soft, views
+            arr = SoftLabels(self.root, self._soft_section)
+            soft = _BlockCache(lambda e, a, b: {"soft": arr.read(e, a, b)}, view_epoch, g, n)
+        if self._codec_section:
+            codec = _BlockCache(CodecLabels(self.root, self.labels, self._codec_section, self.num_classes).read, view_epoch, g, n)
+        return stored, soft, views, codec
 
     def _explicit_views(self, context: Any) -> tuple[ViewBatch, np.ndarray] | None:
         return context[2]
 
     def _item_labels(self, context: Any, own: np.ndarray) -> dict[str, torch.Tensor]:
-        stored, soft, _ = context
+        stored, soft, _, codec = context
         out: dict[str, torch.Tensor] = {}
-        if self.labels == "dbr":
+        if self.want_distances:
             assert stored is not None and stored.d_org is not None and stored.d_aug is not None
             out["d_org"] = torch.from_numpy(stored.d_org[own])
             out["d_aug"] = torch.from_numpy(stored.d_aug[own])
         if soft is not None:
-            out["soft"] = torch.from_numpy(soft.take(own))
+            out["soft"] = torch.from_numpy(soft.take(own)["soft"])
+        if codec is not None:
+            fields = codec.take(own)
+            out["codec_ids"] = torch.from_numpy(fields.pop("ids"))
+            out["codec_values"] = torch.from_numpy(next(iter(fields.values())))
         return out
 
     def __getstate__(self) -> dict[str, Any]:  # workers reopen the store themselves
@@ -214,23 +237,28 @@ class DistilledDataset(ViewStream, IterableDataset):
         return state
 
 
-class _SoftCache:
-    """Soft labels of one epoch, read a block of consecutive images at a time (zarr chunk friendly)."""
+class _BlockCache:
+    """One epoch's labels of an array codec (or the soft labels), read a block of consecutive images at a time
+    (zarr chunk friendly): ``read(epoch, start, stop) -> {field: [stop - start, K]}``."""
 
-    def __init__(self, soft: SoftLabels, epoch: int, block: int, n: int, max_blocks: int = 8) -> None:
-        self.soft, self.epoch, self.block, self.n, self.max_blocks = soft, epoch, block, n, max_blocks
-        self.cache: OrderedDict[int, np.ndarray] = OrderedDict()
+    def __init__(self, read: Callable[[int, int, int], dict[str, np.ndarray]], epoch: int, block: int, n: int,
+                 max_blocks: int = 8) -> None:
+        self.read, self.epoch, self.block, self.n, self.max_blocks = read, epoch, block, n, max_blocks
+        self.cache: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
 
-    def take(self, idx: np.ndarray) -> np.ndarray:
+    def take(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         g = self.block
-        out = np.empty((len(idx), self.soft.shape[2]), np.float32)
+        out: dict[str, np.ndarray] = {}
         for blk in np.unique(idx // g).tolist():
             if blk not in self.cache:
-                self.cache[blk] = self.soft.read(self.epoch, blk * g, min((blk + 1) * g, self.n))
+                self.cache[blk] = self.read(self.epoch, blk * g, min((blk + 1) * g, self.n))
                 while len(self.cache) > self.max_blocks:
                     self.cache.popitem(last=False)
             rows = np.flatnonzero(idx // g == blk)
-            out[rows] = self.cache[blk][idx[rows] - blk * g]
+            for field, values in self.cache[blk].items():
+                if field not in out:
+                    out[field] = np.empty((len(idx), *values.shape[1:]), values.dtype)
+                out[field][rows] = values[idx[rows] - blk * g]
         return out
 
 

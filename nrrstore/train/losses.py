@@ -133,3 +133,58 @@ def dbr_objective(
         return sce
     dbr = dbr_loss(student_logits, y, y_partner, lam, d_org_t, d_aug_t, norm=norm)
     return sce + alpha_dbr * dbr
+
+
+MIN_PARTNER_SHARE = 0.1
+"""``dbrc`` targets recover the partner class's probability from ``d_aug`` only when the partner holds at least
+this share of the view: below it, fp16 rounding of ``d_aug`` is amplified more than 10x."""
+
+
+def codec_target(
+    kind: str,
+    num_classes: int,
+    ids: torch.Tensor,
+    values: torch.Tensor,
+    y: torch.Tensor | None = None,
+    y_partner: torch.Tensor | None = None,
+    lam: torch.Tensor | float = 1.0,
+    d_org: torch.Tensor | None = None,
+    d_aug: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The teacher distribution a label codec implies, float32 [B, C], for the KD loss.
+
+    - ``topk``: ``ids`` [B, K] with their probabilities ``values``;
+    - ``dbrc``: ``ids`` [B, K] with their distances ``values`` (``-log p``), plus the label's probability
+      ``exp(-d_org)`` and, for a mixed view whose partner is not among ``ids``, the partner's from
+      ``d_aug = -(lam log p_y + (1-lam) log p_y')`` (``K = 0``: DBR's two numbers alone).
+
+    The mass left over is spread evenly over the classes the codec says nothing about (the most
+    uncommitted completion); known probabilities that sum past 1 (fp16 rounding) are rescaled.
+    """
+    b = ids.shape[0]
+    dev = ids.device
+    q = torch.zeros((b, num_classes), dtype=torch.float32, device=dev)
+    known = torch.zeros((b, num_classes), dtype=torch.bool, device=dev)
+    p = values.float() if kind == "topk" else torch.exp(-values.float())
+    if ids.numel():
+        q.scatter_(1, ids.long(), p)
+        known.scatter_(1, ids.long(), True)
+    if kind == "dbrc":
+        if y is None or y_partner is None or d_org is None or d_aug is None:
+            raise NrrError(None, "dbrc targets need y, y_partner, lam, d_org and d_aug")
+        yl, y2 = y.long().view(-1, 1), y_partner.long().view(-1, 1)
+        lam_t = _lam(lam, q).to(dev)
+        q.scatter_(1, yl, torch.exp(-d_org.float().to(dev)).view(-1, 1))
+        known.scatter_(1, yl, True)
+        share = 1.0 - lam_t
+        usable = (share >= MIN_PARTNER_SHARE) & ~known.gather(1, y2).squeeze(1)
+        lp2 = -(d_aug.float().to(dev) - lam_t * d_org.float().to(dev)) / share.clamp_min(MIN_PARTNER_SHARE)
+        p2 = torch.exp(lp2.clamp(max=0.0)) * usable
+        q.scatter_add_(1, y2, p2.view(-1, 1))
+        known.scatter_(1, y2, usable.view(-1, 1) | known.gather(1, y2))
+    total = q.sum(dim=1, keepdim=True)
+    q = torch.where(total > 1.0, q / total, q)
+    rest = (1.0 - q.sum(dim=1, keepdim=True)).clamp_min(0.0)
+    unknown = (~known).float()
+    q = q + unknown * rest / unknown.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return q

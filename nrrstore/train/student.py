@@ -35,6 +35,7 @@ from torch import nn
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
 from nrrstore.format.atomic import is_inside
+from nrrstore.format.layout import LABEL_FILE_KINDS
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import local_output
 from nrrstore.format.reader import Store
@@ -45,8 +46,8 @@ from nrrstore.replay.recipe import store_recipe
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.accuracy import evaluate
 from nrrstore.train.defaults import STUDENT
-from nrrstore.train.loader import LABEL_MODES, make_loader, open_store, to_chw
-from nrrstore.train.losses import DBR_NORMS, dbr_loss, kd_loss, sce_loss
+from nrrstore.train.loader import label_mode, make_loader, open_store, to_chw
+from nrrstore.train.losses import DBR_NORMS, codec_target, dbr_loss, kd_loss, sce_loss
 
 CHECKPOINT_FORMAT = "nrrstore-student"
 #: A student with fewer than this many optimizer steps per epoch AND fewer than `MIN_TOTAL_STEPS` in all
@@ -148,13 +149,14 @@ def train_student(
     """
     st = open_store(store)
     m = st.manifest
-    _check_args(labels, dbr_norm, epochs, lr, weight_decay, alpha_dbr, kd_temperature)
+    labels = label_mode(labels, m.num_classes)
+    _check_args(dbr_norm, epochs, lr, weight_decay, alpha_dbr, kd_temperature)
     batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images, m.num_classes)
     recipe = store_recipe(m, st.manifest_path)
     _check_val(val_spec, st)
     args = {  # what a checkpoint must have been made with to be resumed
         "store_index_sha256": m.index_sha256,
-        "labels_files": sorted(f.sha256 for f in m.files if f.kind in ("distances", "softlabels")),
+        "labels_files": sorted(f.sha256 for f in m.files if f.kind in LABEL_FILE_KINDS),
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
         "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay), "alpha_dbr": float(alpha_dbr),
         "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature), "seed": int(seed), "cycle": bool(cycle)}
@@ -189,10 +191,8 @@ def train_student(
     }
 
 
-def _check_args(labels: str, dbr_norm: str, epochs: Any, lr: float, weight_decay: float, alpha_dbr: float,
+def _check_args(dbr_norm: str, epochs: Any, lr: float, weight_decay: float, alpha_dbr: float,
                 kd_temperature: float) -> None:
-    if labels not in LABEL_MODES:
-        raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)}")
     if dbr_norm not in DBR_NORMS:
         raise NrrError(None, f"unknown DBR norm {dbr_norm!r}; use one of {', '.join(DBR_NORMS)}")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -284,6 +284,15 @@ def _loss(model: nn.Module, batch: dict[str, Any], labels: str, alpha_dbr: float
     logits = model(x)
     if labels == "kd":
         kd = kd_loss(logits, batch["soft"].to(dev), T=T, from_logits=False)
+        return {"loss": kd, "kd": kd}
+    if ":" in labels:  # a label codec: KD on the distribution it implies (nrrstore.train.losses.codec_target)
+        kind = labels.split(":")[0]
+        ids = batch.get("codec_ids", torch.zeros((len(y), 0), dtype=torch.long))
+        values = batch.get("codec_values", torch.zeros((len(y), 0)))
+        d_org, d_aug = batch.get("d_org"), batch.get("d_aug")
+        target = codec_target(kind, logits.shape[1], ids.to(dev), values.to(dev), y, y2, lam,
+                              None if d_org is None else d_org.to(dev), None if d_aug is None else d_aug.to(dev))
+        kd = kd_loss(logits, target, T=T, from_logits=False)
         return {"loss": kd, "kd": kd}
     sce = sce_loss(logits, y, y2, lam)
     if labels == "onehot" or alpha_dbr == 0:

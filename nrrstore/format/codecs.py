@@ -1,0 +1,296 @@
+"""Label codecs: what a store keeps of the teacher's output per augmented view, at what cost in bytes.
+
+A user picks a storage budget; each codec is one point on the accuracy-per-byte curve:
+
+- ``dbr``: the two DBR distances (the Parquet table, :mod:`nrrstore.format.distances`);
+- ``full``: the whole probability vector, float16 [E, N, C] (:mod:`nrrstore.format.softlabels`);
+- ``topk:K``: the teacher's K most probable class ids (the smallest unsigned type that holds C - 1)
+  and their probabilities (float16) per view: FKD's and SRe2L's scheme;
+- ``dbrc:K`` (*DBR plus confusers*, ours): DBR's two distances plus the ids of the K classes the teacher
+  finds most likely *other than the view's own label* and the teacher's distance to each
+  (``-log p``, float16). DBR knows how sure the teacher is of the labelled classes; what it lacks is
+  where the rest of the mass goes, and for a mixed view that is mostly one or two classes.
+  ``dbrc:0`` is DBR's own table read as a distribution (no extra bytes).
+
+Every array codec is a set of zarr (format 3) arrays ``labels/codecs/<folder>/<field>.zarr`` of shape
+[E, N, K], chunked one epoch by a block of images like the soft labels (a killed relabel rewrites
+whole chunks), and one manifest entry ``labels.codecs[name]``. Label *pruning* (LPLD) is orthogonal:
+labels for E' < E epochs of distinct views, replayed cyclically by the loader (``cycle``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nrrstore.errors import NrrError
+from nrrstore.format import fs
+from nrrstore.format.layout import CODECS_DIR, SOFTLABELS_PATH
+
+ZSTD_LEVEL = 3
+WORK_NAME = "codecs"
+"""The codec arrays' folder inside a relabel job's work folder, until :func:`install_codecs` moves it."""
+KINDS = ("dbr", "full", "topk", "dbrc")
+MAX_K = 64
+VALUE_BYTES = 2  # float16 probabilities / distances
+_SPEC = re.compile(r"^(dbr|full|topk|dbrc)(?::(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Codec:
+    """One label codec: ``kind`` and, for the array codecs, ``k`` classes per view."""
+
+    kind: str
+    k: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.k}" if self.kind in ("topk", "dbrc") else self.kind
+
+    @property
+    def folder(self) -> str:
+        return f"{self.kind}{self.k}"
+
+    @property
+    def has_arrays(self) -> bool:
+        """Whether the codec writes arrays of its own (``dbr``, ``full`` and ``dbrc:0`` reuse others')."""
+        return self.kind in ("topk", "dbrc") and self.k > 0
+
+    @property
+    def needs_distances(self) -> bool:
+        return self.kind in ("dbr", "dbrc")
+
+    def fields(self, num_classes: int) -> dict[str, np.dtype[Any]]:
+        """Array name -> dtype of the codec's own arrays."""
+        if not self.has_arrays:
+            return {}
+        return {"ids": id_dtype(num_classes), ("probs" if self.kind == "topk" else "dist"): np.dtype(np.float16)}
+
+    def raw_bytes_per_view(self, num_classes: int, distance_bytes: float = VALUE_BYTES) -> float:
+        """Uncompressed bytes one view costs: the formula `size-report` prints for any C."""
+        ids = id_dtype(num_classes).itemsize
+        if self.kind == "full":
+            return float(num_classes * VALUE_BYTES)
+        dbr = 2 * distance_bytes if self.needs_distances else 0.0
+        return dbr + self.k * (ids + VALUE_BYTES)
+
+
+def id_dtype(num_classes: int) -> np.dtype[Any]:
+    """The smallest unsigned integer type that holds every class id."""
+    for t in (np.uint8, np.uint16, np.uint32):
+        if num_classes - 1 <= np.iinfo(t).max:
+            return np.dtype(t)
+    raise NrrError(None, f"{num_classes} classes do not fit a 32-bit class id")
+
+
+def parse_codec(text: str, num_classes: int | None = None) -> Codec:
+    """``"topk:2"`` -> ``Codec("topk", 2)``; refuses unknown names and K outside 1..min(C, 64)."""
+    m = _SPEC.match(str(text).strip().lower())
+    if not m:
+        raise NrrError(None, f"unknown label codec {text!r}; use dbr, full, topk:K or dbrc:K (e.g. topk:2)")
+    kind, k = m.group(1), m.group(2)
+    if kind in ("dbr", "full"):
+        if k is not None:
+            raise NrrError(None, f"label codec {kind!r} takes no ':K' (got {text!r})")
+        return Codec(kind)
+    if k is None:
+        raise NrrError(None, f"label codec {kind!r} needs a class count, e.g. {kind}:2")
+    low = 1 if kind == "topk" else 0
+    top = min(MAX_K, num_classes - (kind == "dbrc")) if num_classes else MAX_K
+    if not low <= int(k) <= top:
+        raise NrrError(None, f"label codec {text!r}: K must be in {low}..{top}")
+    return Codec(kind, int(k))
+
+
+def parse_codecs(text: str | list[str] | tuple[str, ...], num_classes: int | None = None) -> list[Codec]:
+    """A comma-separated list (or a list of such strings) of codecs, in order, duplicates dropped."""
+    items = [text] if isinstance(text, str) else list(text)
+    out: list[Codec] = []
+    for part in (p for item in items for p in str(item).split(",")):
+        if part.strip():
+            c = parse_codec(part, num_classes)
+            if c not in out:
+                out.append(c)
+    if not out:
+        raise NrrError(None, "no label codec given; use e.g. dbr or dbr,topk:2")
+    return out
+
+
+LABEL_MODES = ("dbr", "kd", "onehot", "topk:K", "dbrc:K")
+"""What a student can train on: one-hot labels, DBR's distances, full soft labels (KD) or a label codec."""
+
+
+def label_mode(labels: str, num_classes: int | None = None) -> str:
+    """The canonical name of a label mode (``full`` is ``kd``; codecs as `parse_codec` spells them)."""
+    text = str(labels).strip().lower()
+    if text in ("onehot", "kd", "dbr"):
+        return text
+    if text == "full":
+        return "kd"
+    try:
+        return parse_codec(text, num_classes).name
+    except NrrError:
+        raise NrrError(None, f"unknown label mode {labels!r}; use one of {', '.join(LABEL_MODES)} "
+                             "(e.g. topk:2)") from None
+
+
+# -- writing --------------------------------------------------------------------------------------
+def create_codec_arrays(work: str | os.PathLike[str], codec: Codec, epochs: int, num_images: int,
+                        num_classes: int, block: int) -> dict[str, Any]:
+    """Create (or reopen, same shape and chunks) the codec's arrays under ``work`` for writing."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    shape = (int(epochs), int(num_images), codec.k)
+    chunks = (1, max(1, min(int(block), int(num_images))), codec.k)
+    out = {}
+    for field, dtype in codec.fields(num_classes).items():
+        p = Path(work) / WORK_NAME / codec.folder / f"{field}.zarr"
+        if (p / "zarr.json").is_file():
+            arr = zarr.open_array(p, mode="r+")
+            if tuple(arr.shape) != shape or tuple(arr.chunks) != chunks or arr.dtype != dtype:
+                raise NrrError(p, f"existing codec array has shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}; "
+                                  f"expected {shape}, {chunks}, {dtype}")
+        else:
+            arr = zarr.create_array(store=p, shape=shape, chunks=chunks, dtype=dtype,
+                                    compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0, zarr_format=3)
+        out[field] = arr
+    return out
+
+
+def encode_views(codec: Codec, probs: Any, y: Any) -> dict[str, Any]:
+    """The codec's fields for a batch of views from the teacher's probabilities (torch [B, C], float32).
+
+    ``y``: the views' own labels (``dbrc`` leaves them out). Ties go to the lower class id (stable
+    sort), so the same logits give the same bytes on every device.
+    """
+    import torch
+
+    if codec.kind == "topk":
+        p, ids = torch.sort(probs, dim=1, descending=True, stable=True)
+        return {"ids": ids[:, :codec.k], "probs": p[:, :codec.k].to(torch.float16)}
+    masked = probs.scatter(1, y.long().view(-1, 1), -1.0)
+    p, ids = torch.sort(masked, dim=1, descending=True, stable=True)
+    dist = -torch.log(p[:, :codec.k].clamp_min(torch.finfo(torch.float32).tiny))
+    return {"ids": ids[:, :codec.k], "dist": dist.clamp_max(float(np.finfo(np.float16).max)).to(torch.float16)}
+
+
+def install_codecs(root: str | os.PathLike[str], work: str | os.PathLike[str]) -> dict[str, str]:
+    """Move the arrays a job wrote in ``work`` into the store, replacing the old ones; idempotent.
+
+    Returns ``{store path: kind}`` as :func:`~nrrstore.format.update.update_store` takes them.
+    """
+    src, dst = Path(work) / WORK_NAME, Path(root) / CODECS_DIR
+    if src.is_dir():
+        fs.remove(dst)
+        fs.make_dirs(dst.parent)
+        fs.move(src, dst)
+    return {CODECS_DIR: "codecs"} if dst.is_dir() else {}
+
+
+def codecs_section(codecs: list[Codec], epochs: int, num_images: int, num_classes: int,
+                   block: int) -> dict[str, Any]:
+    """The manifest's ``labels.codecs`` entry: every codec written, with its arrays' paths and types."""
+    out: dict[str, Any] = {}
+    for c in codecs:
+        fields = {f: {"path": f"{CODECS_DIR}/{c.folder}/{f}.zarr", "dtype": str(d)}
+                  for f, d in c.fields(num_classes).items()}
+        entry: dict[str, Any] = {"kind": c.kind, "k": c.k, "fields": fields}
+        if fields:
+            entry.update(shape=[epochs, num_images, c.k], chunks=[1, max(1, min(block, num_images)), c.k])
+        out[c.name] = entry
+    return out
+
+
+def codec_bytes(manifest: Any) -> dict[str, int]:
+    """Measured bytes of each codec a store holds, from the sizes its manifest records (DBR's table counts
+    for ``dbr`` and ``dbrc``; stores from before codecs list ``dbr`` and ``full`` by their sections)."""
+    labels = manifest.labels
+    entries = dict(labels.get("codecs") or {})
+    if labels.get("distances") and "dbr" not in entries:
+        entries["dbr"] = {"kind": "dbr"}
+    if labels.get("softlabels") and "full" not in entries:
+        entries["full"] = {"kind": "full"}
+    dbr = sum(f.bytes for f in manifest.files if f.kind == "distances")
+    out: dict[str, int] = {}
+    for name, e in entries.items():
+        prefixes = [SOFTLABELS_PATH] if e["kind"] == "full" else [v["path"] for v in e.get("fields", {}).values()]
+        own = sum(f.bytes for f in manifest.files if any(f.path.startswith(p + "/") for p in prefixes))
+        out[name] = own + (dbr if e["kind"] in ("dbr", "dbrc") else 0)
+    return out
+
+
+# -- reading --------------------------------------------------------------------------------------
+class CodecLabels:
+    """Read access to one array codec of a store: ``read(epoch, start, stop) -> {field: array [n, K]}``."""
+
+    def __init__(self, store_root: str | os.PathLike[str], name: str, section: dict[str, Any],
+                 num_classes: int) -> None:
+        self.root, self.name, self.num_classes = fs.location(store_root), name, int(num_classes)
+        self.codec = Codec(str(section["kind"]), int(section["k"]))
+        self.fields = {f: str(v["path"]) for f, v in section.get("fields", {}).items()}
+        self.shape = tuple(int(s) for s in section.get("shape", (0, 0, 0)))
+        self._open()
+
+    def _open(self) -> None:
+        import zarr
+
+        self._arrays = {}
+        for field, rel in self.fields.items():
+            path = self.root / rel
+            try:
+                arr = zarr.open_array(fs.zarr_source(path), mode="r")
+            except Exception as exc:  # noqa: BLE001 - zarr raises several unrelated types for a missing/corrupt array
+                raise NrrError(path, f"unreadable {self.name} label array: {type(exc).__name__}: {exc}") from None
+            if tuple(int(s) for s in arr.shape) != self.shape:
+                raise NrrError(path, f"{self.name} array has shape {arr.shape}; the manifest says {self.shape}")
+            self._arrays[field] = arr
+
+    def read(self, epoch: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        out = {}
+        for field, arr in self._arrays.items():
+            try:
+                block = np.asarray(arr[int(epoch), int(start):int(stop), :])
+            except Exception as exc:  # noqa: BLE001 - any zarr, codec or storage failure is one NrrError
+                raise NrrError(self.root / self.fields[field], f"cannot read {self.name} labels of epoch {epoch}: "
+                                                               f"{type(exc).__name__}: {exc}") from None
+            out[field] = block.astype(np.int64) if field == "ids" else block.astype(np.float32)
+        problem = value_problems(self.name, out, self.num_classes)
+        if problem:
+            raise NrrError(self.root / next(iter(self.fields.values())), f"{problem} in epoch {epoch} (a corrupt or "
+                                                                          "foreign label array)")
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:  # zarr handles are reopened in DataLoader workers
+        return {k: v for k, v in self.__dict__.items() if k != "_arrays"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._open()
+
+
+def value_problems(name: str, fields: dict[str, np.ndarray], num_classes: int) -> str | None:
+    """What is wrong with decoded codec values (ids out of range, probabilities outside [0, 1], negative
+    or NaN distances), or None: such labels would train a student on garbage without an error."""
+    ids = fields.get("ids")
+    if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+        return f"{name}: class ids outside 0..{num_classes - 1}"
+    for field in ("probs", "dist"):
+        v = fields.get(field)
+        if v is None or not v.size:
+            continue
+        if not np.isfinite(v).all() and field == "probs":
+            return f"{name}: non-finite probabilities"
+        if np.isnan(v).any() or v.min() < 0 or (field == "probs" and v.max() > 1.0 + 1e-3):
+            return f"{name}: {field} outside their range"
+    return None
+
+
+def full_bytes_per_view(num_classes: int) -> float:
+    """fp16 full soft labels per view: the reference that L4's ratio (1/40) is measured against."""
+    return float(num_classes * VALUE_BYTES)

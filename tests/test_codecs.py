@@ -1,0 +1,147 @@
+"""Label codecs (issue 15) on real Fashion-MNIST images with a real (briefly trained) teacher: every codec from
+the same logits in one relabel pass, the student's targets they imply, and one clear line for what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from nrrstore.errors import NrrError
+from nrrstore.format.codecs import Codec, codec_bytes, id_dtype, parse_codec, parse_codecs
+from nrrstore.format.reader import Store
+from nrrstore.format.verify import verify_store
+from nrrstore.labels.relabel import relabel
+from nrrstore.replay.recipe import AugRecipe
+from nrrstore.train.loader import DistilledDataset
+from nrrstore.train.losses import codec_target
+from nrrstore.train.student import train_student
+from tests._builders import write_fmnist_store
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # `teacher` comes from conftest.py
+ROOT = Path(__file__).resolve().parents[1]
+CODECS = "dbr,topk:2,dbrc:1,topk:10,full"
+
+
+def _array(path: Path) -> np.ndarray:
+    return np.asarray(zarr.open_array(path, mode="r")[...])
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory, teacher) -> Path:
+    store = tmp_path_factory.mktemp("codecs") / "s"
+    write_fmnist_store(store, per_class=4, shard_size=16)
+    relabel(store, teacher, 3, AugRecipe(size=28, group_size=8, seed=5), codecs=CODECS, batch_size=16)
+    return store
+
+
+def test_parse() -> None:
+    assert parse_codec("topk:2") == Codec("topk", 2) and parse_codec(" DBRC:0 ") == Codec("dbrc", 0)
+    assert [c.name for c in parse_codecs("dbr,topk:2,dbr", 10)] == ["dbr", "topk:2"]
+    for bad, why in [("top2", "unknown"), ("topk", "needs a class count"), ("dbr:2", "takes no"),
+                     ("topk:0", "1..10"), ("topk:11", "1..10"), ("dbrc:10", "0..9"), ("", "no label codec")]:
+        with pytest.raises(NrrError, match=why):
+            parse_codecs(bad, 10)
+    assert [id_dtype(c) for c in (10, 256, 257, 1000, 70000)] == [np.uint8, np.uint8, np.uint16, np.uint16, np.uint32]
+    # the formula size-report prints: 2 fp16 distances, K (id + fp16) per view, C fp16 for full
+    assert Codec("dbrc", 1).raw_bytes_per_view(1000) == 4 + 2 + 2
+    assert Codec("topk", 2).raw_bytes_per_view(10) == 2 * (1 + 2) and Codec("full").raw_bytes_per_view(1000) == 2000
+
+
+def test_one_pass_writes_every_codec_from_the_same_logits(labelled: Path) -> None:
+    assert verify_store(labelled) == []
+    m = Store(labelled).manifest
+    assert list(m.labels["codecs"]) == ["dbr", "topk:2", "dbrc:1", "topk:10", "full"]
+    soft = _array(labelled / "labels/softlabels.zarr").astype(np.float32)  # [E, N, C]
+    arr = {f: _array(labelled / "labels/codecs/topk2" / f"{f}.zarr") for f in ("ids", "probs")}
+    assert arr["ids"].dtype == np.uint8 and arr["probs"].dtype == np.float16 and arr["ids"].shape == (3, 40, 2)
+    # top-k of the same probabilities the full soft labels hold (both fp16 of one softmax)
+    top = np.take_along_axis(soft, arr["ids"].astype(np.int64), axis=2)
+    np.testing.assert_allclose(top, arr["probs"].astype(np.float32), atol=1e-3)
+    assert (top[..., 0] >= soft.max(axis=2) - 1e-3).all() and (top[..., 0] >= top[..., 1]).all()
+    # dbrc: the most likely classes other than the view's own label, with -log p
+    ds = DistilledDataset(labelled, 0, 40, "dbrc:1")
+    y = np.empty(40, np.int64)
+    for b in ds:
+        y[b["index"].numpy()] = b["y"].numpy()
+    ids = _array(labelled / "labels/codecs/dbrc1/ids.zarr")[0, :, 0].astype(np.int64)
+    dist = _array(labelled / "labels/codecs/dbrc1/dist.zarr")[0, :, 0].astype(np.float32)
+    assert (ids != y).all()
+    masked = soft[0].copy()
+    masked[np.arange(40), y] = -1
+    assert (ids == masked.argmax(1)).all()
+    np.testing.assert_allclose(np.exp(-dist), masked.max(1), rtol=5e-3, atol=1e-4)
+    sizes = codec_bytes(m)
+    assert set(sizes) == {"dbr", "topk:2", "dbrc:1", "topk:10", "full"}
+    assert sizes["dbrc:1"] > sizes["dbr"] > 0 and sizes["topk:10"] > sizes["topk:2"] > 0
+
+
+def test_codecs_are_deterministic_and_leave_dbr_alone(tmp_path: Path, teacher, labelled: Path) -> None:
+    other = tmp_path / "s"
+    write_fmnist_store(other, per_class=4, shard_size=16)
+    relabel(other, teacher, 3, AugRecipe(size=28, group_size=8, seed=5), codecs="dbr", batch_size=16)
+    dbr_only = {p.name: p.read_bytes() for p in (other / "labels").glob("*.parquet")}
+    assert dbr_only == {p.name: p.read_bytes() for p in (labelled / "labels").glob("*.parquet")}
+    relabel(other, teacher, 3, AugRecipe(size=28, group_size=8, seed=5), codecs=CODECS, batch_size=16, overwrite=True)
+    files = {p.relative_to(other).as_posix(): p.read_bytes() for p in (other / "labels").rglob("*") if p.is_file()}
+    assert files == {p.relative_to(labelled).as_posix(): p.read_bytes()
+                     for p in (labelled / "labels").rglob("*") if p.is_file()}
+    # relabelling with DBR alone drops the codec arrays from the store and its manifest
+    relabel(other, teacher, 3, AugRecipe(size=28, group_size=8, seed=5), batch_size=16, overwrite=True)
+    assert not (other / "labels/codecs").exists() and verify_store(other) == []
+    assert list(Store(other).manifest.labels["codecs"]) == ["dbr"]
+
+
+def test_targets_the_codecs_imply(labelled: Path) -> None:
+    full = next(iter(DistilledDataset(labelled, 1, 40, "kd")))
+    everything = next(iter(DistilledDataset(labelled, 1, 40, "topk:10")))
+    q = codec_target("topk", 10, everything["codec_ids"], everything["codec_values"])
+    torch.testing.assert_close(q, full["soft"] / full["soft"].sum(1, keepdim=True), atol=2e-3, rtol=0)
+    two = next(iter(DistilledDataset(labelled, 1, 40, "topk:2")))
+    q2 = codec_target("topk", 10, two["codec_ids"], two["codec_values"])
+    assert torch.allclose(q2.sum(1), torch.ones(40)) and (q2 > 0).all()
+    torch.testing.assert_close(q2.gather(1, two["codec_ids"]), full["soft"].gather(1, two["codec_ids"]), atol=2e-3,
+                               rtol=0)
+    b = next(iter(DistilledDataset(labelled, 1, 40, "dbrc:1")))
+    q3 = codec_target("dbrc", 10, b["codec_ids"], b["codec_values"], b["y"], b["y_partner"], b["lam"], b["d_org"],
+                      b["d_aug"])
+    assert torch.allclose(q3.sum(1), torch.ones(40), atol=1e-5)
+    y = b["y"].view(-1, 1)
+    torch.testing.assert_close(q3.gather(1, y), full["soft"].gather(1, y), atol=3e-3, rtol=0.01)
+    # dbrc:0 reads DBR's table alone: the label's and (mixed views) the partner's probability
+    b0 = next(iter(DistilledDataset(labelled, 1, 40, "dbrc:0")))
+    assert "codec_ids" not in b0
+    q0 = codec_target("dbrc", 10, torch.zeros((40, 0), dtype=torch.long), torch.zeros((40, 0)), b0["y"],
+                      b0["y_partner"], b0["lam"], b0["d_org"], b0["d_aug"])
+    mixed = (b0["lam"] < 0.9) & (b0["y"] != b0["y_partner"])
+    assert mixed.any()
+    y2 = b0["y_partner"].view(-1, 1)
+    torch.testing.assert_close(q0.gather(1, y2)[mixed], full["soft"].gather(1, y2)[mixed], atol=0.02, rtol=0.05)
+
+
+@pytest.mark.filterwarnings("ignore::nrrstore.errors.NrrWarning")  # two steps per epoch: a smoke run
+def test_students_train_on_codecs_and_missing_ones_are_named(labelled: Path) -> None:
+    val = ROOT / "data" / "fashion-mnist" / "test"
+    for labels in ("topk:2", "dbrc:1", "dbrc:0"):
+        r = train_student(labelled, val, epochs=1, labels=labels, batch_size=20, cycle=True)
+        assert np.isfinite(r["history"][-1]["loss"]) and r["labels"] == labels
+    with pytest.raises(NrrError, match=r"no topk:3 labels \(it has: dbr, topk:2, dbrc:1, topk:10, full\)"):
+        DistilledDataset(labelled, 0, 20, "topk:3")
+    with pytest.raises(NrrError, match="unknown label mode 'top3'"):
+        DistilledDataset(labelled, 0, 20, "top3")
+
+
+def test_corrupt_codec_values_are_one_line(tmp_path: Path, labelled: Path) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(labelled, bad)
+    arr = zarr.open_array(bad / "labels/codecs/topk2/ids.zarr", mode="r+")
+    arr[0, 0, 0] = 200  # a class id the store does not have (the manifest's checksum no longer matches either)
+    with pytest.raises(NrrError, match=r"topk:2: class ids outside 0\.\.9 in epoch 0"):
+        for _ in DistilledDataset(bad, 0, 20, "topk:2"):
+            pass
+    assert any("ids.zarr" in p for p in verify_store(bad))
