@@ -23,7 +23,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nrrstore.evaluation import format_table, metrics, plot_result
+from nrrstore.evaluation import format_table, metrics
+from nrrstore.plots import plot_result
 
 IMAGES = {"random": ("random", "random-l1"), "rded": ("rded", "rded-l1"), "nrr": ("nrr", "nrr-now-l1")}
 KINDS = ("dbr", "onehot", "kd")

@@ -167,6 +167,10 @@ V.update({
 # Not "c-" rows, so they share the stores of "random", "rded" and "nrr".
 V.update({
     "nrr-now-l1": ("nrr", {}, {}, {"dbr_norm": "l1"}),
+    # issue 15: how a codec student spreads the mass its codec does not store, and its KD temperature
+    "nrr-fill-uniform": ("nrr", {}, {}, {"codec_fill": "uniform"}),
+    "nrr-t1": ("nrr", {}, {}, {"kd_temperature": 1.0}),
+    "nrr-fill-uniform-t1": ("nrr", {}, {}, {"codec_fill": "uniform", "kd_temperature": 1.0}),
 })
 LABELS = ("dbr", "onehot", "kd")
 
@@ -197,7 +201,9 @@ def make_store(name: str, seed: int, args: argparse.Namespace, teacher: Any) -> 
         from nrrstore.format.reader import Store
 
         labels = Store(out).manifest.labels
-        if labels.get("distances") and all(c in (labels.get("codecs") or {}) for c in _codecs(args)):
+        codecs_ok = all(c in (labels.get("codecs") or {}) for c in _codecs(args)) and \
+            (labels.get("codecs_prior") or not _codecs(args))
+        if labels.get("distances") and codecs_ok:
             return out
     elif _pruned(args) and (out.with_name(out.name[:-len(_pruned(args))]) / "manifest.json").is_file():
         shutil.copytree(out.with_name(out.name[:-len(_pruned(args))]), out)  # the same images, relabelled below

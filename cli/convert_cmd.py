@@ -16,6 +16,7 @@ from nrrstore_cli._common import (
     ProgressBar,
     SoftLabelFormat,
     StoreImageFormat,
+    check_codecs,
     example,
     handle_errors,
     print_json,
@@ -74,6 +75,8 @@ def convert_softlabels_cmd(
                                           "images)."),
     replay_sample: int = typer.Option(256, "--replay-sample", min=1, help="Views replayed with --teacher."),
     device: str = typer.Option("cpu", "--device", help="Torch device for --teacher."),
+    codecs: str = typer.Option("dbr", "--labels", callback=check_codecs, help="Label codecs to write from the stored "
+                               "logits, comma-separated: dbr, full, topk:K, dbrc:K. DBR is always written."),
     overwrite: bool = _OVERWRITE,
     as_json: bool = _JSON,
 ) -> None:
@@ -93,7 +96,7 @@ def convert_softlabels_cmd(
                                 epochs_per_file=epochs_per_file, size=size, mode=mode,
                                 normalization=_normalization(mean, std, no_normalization), classes=classes,
                                 shard_size=shard_size, workers=workers, overwrite=overwrite, progress=bar,
-                                epochs=epochs, teacher=t, replay_sample=replay_sample)
+                                epochs=epochs, teacher=t, replay_sample=replay_sample, codecs=codecs)
     if teacher is None:  # nothing tied the labels to these images: say so, on stderr (stdout may be JSON)
         print(f"nrrstore: note: {out}: the labels were not checked against a teacher (a wrong --sampler-seed, --size "
               f"or image folder would go unnoticed); check them with `nrrstore verify {out} --teacher T.pt`",

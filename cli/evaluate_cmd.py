@@ -9,7 +9,7 @@ import typer
 from nrrstore.format import fs
 from nrrstore.limits import MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
-from nrrstore_cli._common import DbrNorm, ProgressBar, example, handle_errors, print_json
+from nrrstore_cli._common import CodecFill, DbrNorm, ProgressBar, example, handle_errors, print_json
 
 
 @handle_errors
@@ -31,6 +31,8 @@ def evaluate_cmd(
     alpha_dbr: float = typer.Option(STUDENT["alpha_dbr"], "--alpha-dbr", help="Weight of L_dbr."),
     dbr_norm: DbrNorm = typer.Option(STUDENT["dbr_norm"], "--dbr-norm", help="L_dbr norm (l1: chosen on validation data, README)."),
     kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", help="KD temperature."),
+    codec_fill: CodecFill = typer.Option(STUDENT["codec_fill"], "--codec-fill", help="Where a codec's unstored mass "
+                                         "goes: prior (the store's class prior) or uniform."),
     full_acc: float | None = typer.Option(None, "--full-acc", help="Top-1 (fraction, e.g. 0.93) of the "
                                              "student on the full real data with hard labels: adds HLR and LRS."),
     work: str | None = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
@@ -43,14 +45,16 @@ def evaluate_cmd(
 ) -> None:
     """Train students on STORE for every label kind and seed (and on random real images with --train),
     test them on --val, and report top-1 mean +- std and DD-Ranking's IOR, HLR and LRS."""
-    from nrrstore.evaluation import StudentProtocol, evaluate_store, format_table, plot_result
+    from nrrstore.evaluation import StudentProtocol, evaluate_store, format_table
     from nrrstore.format.outputs import check_output_file
+    from nrrstore.plots import plot_result
 
     if plot is not None:
         check_output_file(plot, overwrite)  # before hours of training, not after
     kinds = [k.strip() for k in labels.split(",") if k.strip()] if labels else None
     protocol = StudentProtocol(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, alpha_dbr=alpha_dbr,
-                               dbr_norm=dbr_norm, kd_temperature=kd_temperature)
+                               dbr_norm=dbr_norm, kd_temperature=kd_temperature,
+                               codec_fill=codec_fill)
     work_dir = work if work is not None else default_work(store)
     with ProgressBar() as bar:
         result = evaluate_store(store, val, work_dir, train=train, teacher=teacher, seeds=seeds, labels=kinds,

@@ -9,6 +9,7 @@ from nrrstore.limits import MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import (
     Amp,
+    CodecFill,
     DbrNorm,
     MixMode,
     Precision,
@@ -93,7 +94,9 @@ def train_student_cmd(
                                "codec the store holds: topk:K, dbrc:K (KD on the distribution it implies)."),
     alpha_dbr: float = typer.Option(STUDENT["alpha_dbr"], "--alpha-dbr", min=0.0, help="Weight of L_dbr."),
     dbr_norm: DbrNorm = typer.Option(STUDENT["dbr_norm"], "--dbr-norm", help="L_dbr norm (l1: chosen on validation data, README)."),
-    kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", min=1e-6, help="KD temperature (labels=kd)."),
+    kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", min=1e-6, help="KD temperature (kd and codecs)."),
+    codec_fill: CodecFill = typer.Option(STUDENT["codec_fill"], "--codec-fill", help="Where a codec's unstored mass "
+                                         "goes: prior (the store's class prior) or uniform."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "
                                              "at IPC 1/10/50 for 10 classes)."),
     lr: float = typer.Option(STUDENT["lr"], "--lr", min=1e-12, help="AdamW learning rate (cosine to 0)."),
@@ -114,7 +117,7 @@ def train_student_cmd(
     with ProgressBar() as bar:
         result = train_student(store, val, arch=arch, epochs=epochs, labels=labels, batch_size=batch_size, lr=lr,
                                weight_decay=weight_decay, alpha_dbr=alpha_dbr, dbr_norm=dbr_norm,
-                               kd_temperature=kd_temperature,
+                               kd_temperature=kd_temperature, codec_fill=codec_fill,
                                seed=seed, device=device, workers=workers, cycle=cycle, checkpoint=checkpoint,
                                resume=resume, eval_every=eval_every, progress=bar, overwrite=overwrite)
     summary = summary_without_model(result)

@@ -31,10 +31,10 @@ from typing import Any
 from nrrstore.errors import NrrError, os_errors_name, os_problem
 from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_write_bytes
-from nrrstore.format.codecs import label_mode
+from nrrstore.format.codecs import codec_bytes, label_mode
 from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import check_output_file, check_parent, local_output
+from nrrstore.format.outputs import check_parent, local_output
 from nrrstore.format.reader import Store
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
@@ -60,6 +60,7 @@ class StudentProtocol:
     alpha_dbr: float = STUDENT["alpha_dbr"]
     dbr_norm: str = STUDENT["dbr_norm"]
     kd_temperature: float = STUDENT["kd_temperature"]
+    codec_fill: str = STUDENT["codec_fill"]
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -300,7 +301,8 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
             r = train_student(path, val, arch=protocol.arch, epochs=protocol.epochs, labels=kind,
                               batch_size=protocol.batch_size, lr=protocol.lr, weight_decay=protocol.weight_decay,
                               alpha_dbr=protocol.alpha_dbr, dbr_norm=protocol.dbr_norm,
-                              kd_temperature=protocol.kd_temperature, seed=seed, device=device, workers=workers,
+                              kd_temperature=protocol.kd_temperature, codec_fill=protocol.codec_fill, seed=seed,
+                              device=device, workers=workers,
                               checkpoint=ckpt, resume=True, checkpoint_every_s=CHECKPOINT_EVERY_S,
                               arch_kwargs=protocol.arch_kwargs,
                               progress=_cell_progress(progress, f"{images} {kind} seed {seed}", n, cell_steps,
@@ -365,7 +367,8 @@ def _load_cell(path: Path, proto: dict[str, Any], images: str, kind: str, seed: 
 
 
 def label_bytes(store: Store) -> dict[str, Any]:
-    """What the store's DBR labels cost on disk against fp16 full soft labels for the same views."""
+    """What the store's DBR labels cost on disk against fp16 full soft labels for the same views, and the
+    measured bytes per view of every label kind it holds (``codecs``; ``kd`` is the full soft labels)."""
     m = store.manifest
     dist = m.labels.get("distances")
     if not dist:
@@ -373,8 +376,11 @@ def label_bytes(store: Store) -> dict[str, Any]:
     views = int(dist["epochs"]) * m.num_images
     stored = sum(f.bytes for f in m.files if f.kind == "distances")
     full = views * m.num_classes * 2
+    per_codec = {("kd" if k == "full" else k): b / views for k, b in codec_bytes(m).items()}
+    if "dbr" in per_codec:
+        per_codec["dbrc:0"] = per_codec["dbr"]  # DBR's table read as a distribution: the same bytes
     return {"distances": stored, "views": views, "bytes_per_view": stored / views, "full_fp16": full,
-            "ratio": full / stored if stored else None}
+            "ratio": full / stored if stored else None, "codecs": per_codec}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -402,58 +408,8 @@ def format_table(result: dict[str, Any]) -> str:
     if lb.get("views"):
         lines.append(f"DBR labels: {lb['distances']:,} bytes for {lb['views']:,} views ({lb['bytes_per_view']:.2f} B/view); "
                      f"fp16 full soft labels: {lb['full_fp16']:,} bytes ({lb['ratio']:.0f}x more)")
+        per_view = lb.get("codecs") or {}
+        shown = [k for k in kinds if k in per_view]
+        if len(shown) > 1:
+            lines.append("label bytes per view (measured): " + ", ".join(f"{k} {per_view[k]:.2f}" for k in shown))
     return "\n".join(lines)
-
-
-def plot_result(result: dict[str, Any], path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Bars of top-1 (mean) with error bars (std) per label kind and image set, as a PNG (Pillow).
-
-    An existing ``path`` is refused unless ``overwrite``."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    from nrrstore.format.atomic import atomic_open
-
-    check_output_file(path, overwrite)
-
-    kinds = result["labels"]
-    sets = list(result["table"])
-    colours = {"store": (52, 101, 164), "random": (204, 121, 38)}
-    width, height, left, bottom, top = 160 + 150 * len(kinds), 360, 60, 50, 40
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    d.text((10, 10), f"student top-1 (%), IPC {result['ipc']}, {result['seeds']} seed(s)", fill="black", font=font)
-    plot_h = height - bottom - top
-
-    def y_of(v: float) -> int:
-        return int(height - bottom - v * plot_h)
-
-    for tick in range(0, 101, 20):
-        y = y_of(tick / 100)
-        d.line((left - 4, y, width - 20, y), fill=(225, 225, 225))
-        d.text((left - 30, y - 6), f"{tick}", fill="black", font=font)
-    group_w = (width - left - 30) // max(1, len(kinds))
-    bar_w = max(8, group_w // (len(sets) + 1))
-    for g, kind in enumerate(kinds):
-        x0 = left + g * group_w + bar_w // 2
-        for j, images in enumerate(sets):
-            cell = result["table"][images].get(kind)
-            if cell is None:
-                continue
-            x = x0 + j * bar_w
-            d.rectangle((x, y_of(cell["mean"]), x + bar_w - 4, y_of(0)), fill=colours.get(images, (120, 120, 120)))
-            cx = x + (bar_w - 4) // 2
-            lo, hi = y_of(cell["mean"] - cell["std"]), y_of(cell["mean"] + cell["std"])
-            d.line((cx, lo, cx, hi), fill="black", width=2)
-            d.line((cx - 4, lo, cx + 4, lo), fill="black")
-            d.line((cx - 4, hi, cx + 4, hi), fill="black")
-            d.text((x, y_of(cell["mean"]) - 14), f"{cell['mean'] * 100:.1f}", fill="black", font=font)
-        d.text((x0, height - bottom + 8), kind, fill="black", font=font)
-    for j, images in enumerate(sets):
-        d.rectangle((left + 200 * j, height - 22, left + 200 * j + 10, height - 12), fill=colours.get(images, (120, 120, 120)))
-        d.text((left + 200 * j + 16, height - 24), {"store": "distilled store", "random": "random real"}.get(images, images),
-               fill="black", font=font)
-    path = Path(path)
-    with os_errors_name(path), atomic_open(path) as f:
-        img.save(f, format="PNG")
-    return path

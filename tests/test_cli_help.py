@@ -49,14 +49,14 @@ def test_choice_types_match_the_library() -> None:
     from nrrstore.models.convnet import NORMS
     from nrrstore.replay import recipe as augment
     from nrrstore.sources import prepare
-    from nrrstore.train import losses, teacher
+    from nrrstore.train import defaults, losses, teacher
     from nrrstore_cli import _common as c
 
     pairs = {c.Method: pipeline.METHODS, c.Select: cidd.SELECT, c.PerImage: cidd.PER_IMAGE,
              c.CamScore: cidd.CAM_SCORES, c.Sources: cidd.SOURCES, c.NrrOptimizer: nrr.OPTIMIZERS,
              c.TeacherOptimizer: teacher.OPTIMIZERS, c.StoreImageFormat: pipeline.IMAGE_FORMATS,
              c.ShardImageFormat: prepare._IMAGE_FORMATS, c.Precision: tuple(DISTANCE_TYPES), c.Amp: (*AMP_MODES, "fp32"),
-             c.ColourMode: prepare.MODES, c.Norm: NORMS, c.DbrNorm: losses.DBR_NORMS,
+             c.ColourMode: prepare.MODES, c.Norm: NORMS, c.DbrNorm: losses.DBR_NORMS, c.CodecFill: defaults.CODEC_FILLS,
              c.MixMode: augment.MIX_MODES}
     for alias, values in pairs.items():
         assert sorted(get_args(alias)) == sorted(values), (alias, values)

@@ -145,3 +145,45 @@ def test_corrupt_codec_values_are_one_line(tmp_path: Path, labelled: Path) -> No
         for _ in DistilledDataset(bad, 0, 20, "topk:2"):
             pass
     assert any("ids.zarr" in p for p in verify_store(bad))
+
+
+@pytest.mark.filterwarnings("ignore::nrrstore.errors.NrrWarning")  # one step per epoch: a smoke run
+def test_evaluate_compares_codecs_and_plots_the_front(tmp_path: Path, labelled: Path) -> None:
+    from PIL import Image
+
+    from nrrstore.evaluation import StudentProtocol, evaluate_store, format_table
+    from nrrstore.plots import front_of, plot_result
+
+    val = ROOT / "data" / "fashion-mnist" / "test"
+    r = evaluate_store(labelled, val, tmp_path / "ev", seeds=1, labels=["dbr", "topk:2", "dbrc:1", "onehot"],
+                       protocol=StudentProtocol(epochs=1, batch_size=40))
+    assert r["labels"] == ["dbr", "topk:2", "dbrc:1", "onehot"]
+    per_view = r["label_bytes"]["codecs"]
+    assert per_view["dbrc:1"] > per_view["dbr"] > 0 and per_view["kd"] > per_view["topk:2"] > 0
+    assert "label bytes per view (measured): dbr" in format_table(r)
+    bars_only = dict(r, labels=["onehot"], table={"store": {"onehot": r["table"]["store"]["onehot"]}})
+    w1 = Image.open(plot_result(bars_only, tmp_path / "bars.png")).width
+    w2 = Image.open(plot_result(r, tmp_path / "both.png")).width
+    assert w2 > w1  # the accuracy-per-byte panel beside the bars
+    pts = [("a", 4.0, 0.70, 0.01), ("b", 8.0, 0.75, 0.01), ("c", 8.0, 0.72, 0.0), ("d", 2.0, 0.71, 0.0)]
+    assert front_of(pts) == ["b", "d"]
+
+
+def test_the_class_prior_spreads_what_a_codec_does_not_store(labelled: Path) -> None:
+    from nrrstore.format.codecs import read_prior
+
+    m = Store(labelled).manifest
+    prior = read_prior(labelled, m.labels["codecs_prior"], 10)
+    np.testing.assert_allclose(prior.sum(1), 1.0, atol=1e-5)
+    assert np.diag(prior).mean() > 2 / 10  # a briefly trained teacher: rows lean toward their own class (chance: 0.1)
+    b = next(iter(DistilledDataset(labelled, 2, 40, "topk:2")))
+    p = torch.from_numpy(prior)
+    q = codec_target("topk", 10, b["codec_ids"], b["codec_values"], b["y"], b["y_partner"], b["lam"], prior=p)
+    assert torch.allclose(q.sum(1), torch.ones(40), atol=1e-5)
+    torch.testing.assert_close(q.gather(1, b["codec_ids"]), b["codec_values"].float(), atol=1e-6, rtol=0)
+    lam = b["lam"].view(-1, 1)
+    view_prior = lam * p[b["y"]] + (1 - lam) * p[b["y_partner"]]
+    unknown = torch.ones(40, 10).scatter_(1, b["codec_ids"], 0.0).bool()
+    row = 0 if unknown[0].sum() > 1 else 1
+    ratio = q[row][unknown[row]] / view_prior[row][unknown[row]]
+    torch.testing.assert_close(ratio, ratio[0].expand_as(ratio), rtol=1e-4, atol=0)  # proportional to the prior

@@ -146,6 +146,31 @@ def test_mixup_fp32_keep_full_and_temperature(tmp_path: Path, teacher) -> None:
             np.testing.assert_allclose(cast(np.ndarray, soft[e])[pos], torch.softmax(logits / 2.0, 1).numpy(), atol=1e-3)
 
 
+def test_codecs_from_the_stored_logits(tmp_path: Path, teacher) -> None:
+    fx = make_fixture(tmp_path / "fx", ["cutmix", "cutmix"], per_class=3, batch=8, dtype=torch.float32,
+                      teacher=teacher)
+    out = tmp_path / "s"
+    convert_sre2l(fx.labels_dir, fx.images_dir, out, normalization=NORM, codecs="dbr,topk:2,dbrc:1,full", workers=2)
+    assert verify_store(out) == []
+    m = Store(out).manifest
+    assert list(m.labels["codecs"]) == ["dbr", "topk:2", "dbrc:1", "full"] and m.labels["softlabels"]
+    ids = np.asarray(zarr.open_array(out / "labels/codecs/topk2/ids.zarr", mode="r")[...])
+    probs = np.asarray(zarr.open_array(out / "labels/codecs/topk2/probs.zarr", mode="r")[...])
+    conf = np.asarray(zarr.open_array(out / "labels/codecs/dbrc1/ids.zarr", mode="r")[...])
+    y = Store(out).labels()
+    for e in range(2):
+        for pos, *_, logits in fx.records[e]:
+            p = torch.softmax(logits, 1)
+            top = torch.sort(p, dim=1, descending=True, stable=True)
+            assert (ids[e][pos] == top.indices[:, :2].numpy()).all()
+            np.testing.assert_allclose(probs[e][pos].astype(np.float32), top.values[:, :2].numpy(), atol=1e-3)
+            masked = p.clone()
+            masked[torch.arange(len(pos)), torch.from_numpy(y[pos])] = -1
+            assert (conf[e][pos][:, 0] == masked.argmax(1).numpy()).all()
+    b = next(iter(DistilledDataset(out, 1, 10, "dbrc:1")))
+    assert b["codec_ids"].shape == (10, 1) and "d_org" in b
+
+
 def test_mixup_loader_replay(tmp_path: Path, teacher) -> None:
     fx = make_fixture(tmp_path / "fx", ["mixup"], per_class=2, batch=8, dtype=torch.float32, teacher=teacher)
     out = tmp_path / "s"

@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"sampling", "models", "sources"},
     {"replay"},
     {"labels", "distill", "train"},
-    {"evaluation", "convert", "inspect"},
+    {"evaluation", "convert", "inspect", "plots"},
 ]
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 

@@ -20,8 +20,10 @@ labels for E' < E epochs of distinct views, replayed cyclically by the loader (`
 
 from __future__ import annotations
 
+import io
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +109,7 @@ def parse_codec(text: str, num_classes: int | None = None) -> Codec:
     return Codec(kind, int(k))
 
 
-def parse_codecs(text: str | list[str] | tuple[str, ...], num_classes: int | None = None) -> list[Codec]:
+def parse_codecs(text: str | Sequence[str], num_classes: int | None = None) -> list[Codec]:
     """A comma-separated list (or a list of such strings) of codecs, in order, duplicates dropped."""
     items = [text] if isinstance(text, str) else list(text)
     out: list[Codec] = []
@@ -163,21 +165,31 @@ def create_codec_arrays(work: str | os.PathLike[str], codec: Codec, epochs: int,
     return out
 
 
-def encode_views(codec: Codec, probs: Any, y: Any) -> dict[str, Any]:
+def encode_views(codec: Codec, probs: Any, y: Any, ranked: tuple[Any, Any] | None = None) -> dict[str, Any]:
     """The codec's fields for a batch of views from the teacher's probabilities (torch [B, C], float32).
 
-    ``y``: the views' own labels (``dbrc`` leaves them out). Ties go to the lower class id (stable
-    sort), so the same logits give the same bytes on every device.
+    ``y``: the views' own labels (``dbrc`` leaves them out). ``ranked``: ``rank_classes(probs)``, when
+    several codecs share one sort. Ties go to the lower class id (a stable sort), so the same logits give
+    the same bytes on every device.
     """
     import torch
 
+    p, ids = ranked if ranked is not None else rank_classes(probs)
     if codec.kind == "topk":
-        p, ids = torch.sort(probs, dim=1, descending=True, stable=True)
         return {"ids": ids[:, :codec.k], "probs": p[:, :codec.k].to(torch.float16)}
-    masked = probs.scatter(1, y.long().view(-1, 1), -1.0)
-    p, ids = torch.sort(masked, dim=1, descending=True, stable=True)
-    dist = -torch.log(p[:, :codec.k].clamp_min(torch.finfo(torch.float32).tiny))
-    return {"ids": ids[:, :codec.k], "dist": dist.clamp_max(float(np.finfo(np.float16).max)).to(torch.float16)}
+    # the K most probable classes other than y: among the first K + 1, drop y (or the last when y is not there)
+    head_p, head_ids = p[:, :codec.k + 1], ids[:, :codec.k + 1]
+    keep = torch.argsort((head_ids == y.long().view(-1, 1)).to(torch.int8), dim=1, stable=True)[:, :codec.k]
+    dist = -torch.log(head_p.gather(1, keep).clamp_min(torch.finfo(torch.float32).tiny))
+    return {"ids": head_ids.gather(1, keep),
+            "dist": dist.clamp_max(float(np.finfo(np.float16).max)).to(torch.float16)}
+
+
+def rank_classes(probs: Any) -> tuple[Any, Any]:
+    """``(probabilities, class ids)`` of each view, most probable first, ties to the lower id (stable)."""
+    import torch
+
+    return torch.sort(probs, dim=1, descending=True, stable=True)
 
 
 def install_codecs(root: str | os.PathLike[str], work: str | os.PathLike[str]) -> dict[str, str]:
@@ -190,6 +202,10 @@ def install_codecs(root: str | os.PathLike[str], work: str | os.PathLike[str]) -
         fs.remove(dst)
         fs.make_dirs(dst.parent)
         fs.move(src, dst)
+    prior = Path(work) / PRIOR_NAME
+    if prior.is_dir():  # after the arrays: a crash between the moves leaves the arrays in place, and a rerun
+        fs.remove(dst / PRIOR_NAME)  # writes the same prior again
+        fs.move(prior, dst / PRIOR_NAME)
     return {CODECS_DIR: "codecs"} if dst.is_dir() else {}
 
 
@@ -223,6 +239,63 @@ def codec_bytes(manifest: Any) -> dict[str, int]:
         own = sum(f.bytes for f in manifest.files if any(f.path.startswith(p + "/") for p in prefixes))
         out[name] = own + (dbr if e["kind"] in ("dbr", "dbrc") else 0)
     return out
+
+
+# -- the class prior: where the mass a codec does not store usually goes --------------------------------
+PRIOR_NAME = "prior.zarr"
+PRIOR_LAM = 0.75
+"""A view counts toward its label's row of the prior when the label holds at least this share of it (and toward
+its partner's row when the partner does): mostly one class, so the row is that class's, not the mix's."""
+
+
+def prior_chunk_name(first_epoch: int, last_epoch: int) -> str:
+    """The work-folder file of one chunk's prior sums (written before the chunk's distance table is complete)."""
+    return f"prior-e{first_epoch:04d}-e{last_epoch:04d}.npy"
+
+
+def save_prior_chunk(work: str | os.PathLike[str], first: int, last: int, sums: np.ndarray) -> None:
+    from nrrstore.format.atomic import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(sums, dtype=np.float64), allow_pickle=False)
+    atomic_write_bytes(Path(work) / prior_chunk_name(first, last), buf.getvalue())
+
+
+def write_prior(work: str | os.PathLike[str], chunks: list[tuple[int, int]], num_classes: int) -> dict[str, Any]:
+    """Sum the chunks' prior files into the class prior (row c: the teacher's mean probabilities over views
+    mostly of class c; a class no view was mostly of gets a uniform row), write it as a float32 [C, C] zarr
+    array in ``work`` (:func:`install_codecs` moves it beside the codec arrays), and return its manifest entry
+    (``labels.codecs_prior``). Written afresh on every install: a resumed install gets the same bytes."""
+    import zarr
+
+    total = np.zeros((num_classes, num_classes), np.float64)
+    for first, last in chunks:
+        with open(Path(work) / prior_chunk_name(first, last), "rb") as f:
+            total += np.load(f, allow_pickle=False)
+    rows = total.sum(axis=1, keepdims=True)
+    prior = np.where(rows > 0, total / np.where(rows > 0, rows, 1.0), 1.0 / num_classes).astype(np.float32)
+    path = Path(work) / PRIOR_NAME
+    arr = zarr.create_array(store=path, shape=prior.shape, chunks=prior.shape, dtype="float32", fill_value=0.0,
+                            compressors=None, zarr_format=3, overwrite=True)
+    arr[...] = prior
+    return {"path": f"{CODECS_DIR}/{PRIOR_NAME}", "shape": [num_classes, num_classes], "dtype": "float32",
+            "min_share": PRIOR_LAM}
+
+
+def read_prior(store_root: str | os.PathLike[str], section: dict[str, Any], num_classes: int) -> np.ndarray:
+    """The class prior [C, C] (rows sum to 1), refused with one line when unreadable or out of range."""
+    import zarr
+
+    path = fs.location(store_root) / str(section["path"])
+    try:
+        prior = np.asarray(zarr.open_array(fs.zarr_source(path), mode="r")[...], dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - zarr raises several unrelated types for a missing/corrupt array
+        raise NrrError(path, f"unreadable class prior: {type(exc).__name__}: {exc}") from None
+    if prior.shape != (num_classes, num_classes) or not np.isfinite(prior).all() or (prior < 0).any() \
+            or not np.allclose(prior.sum(axis=1), 1.0, atol=1e-3):
+        raise NrrError(path, f"the class prior must be [{num_classes}, {num_classes}] rows of probabilities "
+                             f"(got shape {prior.shape})")
+    return prior
 
 
 # -- reading --------------------------------------------------------------------------------------

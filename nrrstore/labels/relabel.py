@@ -48,6 +48,7 @@ from nrrstore.format.codecs import (
     codecs_section,
     install_codecs,
     parse_codecs,
+    write_prior,
 )
 from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
@@ -360,14 +361,17 @@ def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: 
     if full_softlabels:
         files.update(install_softlabels(st.path, work))
     if job.codecs:
+        prior = write_prior(work, chunks, m.num_classes)
         files.update(install_codecs(st.path, work))
-    labels = {k: v for k, v in m.labels.items() if k not in ("distances", "softlabels", "codecs")}
+    labels = {k: v for k, v in m.labels.items() if k not in ("distances", "softlabels", "codecs", "codecs_prior")}
     labels["distances"] = distances_section(chunks, precision, mode, state["quant_max"])
     if full_softlabels:
         labels["softlabels"] = softlabels_section((epochs, m.num_images, m.num_classes),
                                                   (1, job.block_of_softlabels, m.num_classes))
     labels["codecs"] = codecs_section(parse_codecs(args["codecs"]), epochs, m.num_images, m.num_classes,
                                       job.block_of_softlabels)
+    if job.codecs:
+        labels["codecs_prior"] = prior
     method = dict(m.method)
     method["relabel"] = {**{k: args[k] for k in ("epochs", "precision", "mode", "full_softlabels", "epochs_per_file",
                                                  "batch_size", "amp", "codecs")},

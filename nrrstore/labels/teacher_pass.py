@@ -16,7 +16,7 @@ import torch
 from nrrstore.devices import autocast
 from nrrstore.errors import NrrError
 from nrrstore.format import quant
-from nrrstore.format.codecs import Codec, create_codec_arrays, encode_views
+from nrrstore.format.codecs import PRIOR_LAM, Codec, create_codec_arrays, encode_views, rank_classes, save_prior_chunk
 from nrrstore.format.distances import DistanceFile
 from nrrstore.format.layout import distance_file_name
 from nrrstore.format.reader import Store
@@ -47,6 +47,8 @@ def teacher_distances(teacher: Teacher, images: torch.Tensor, y: torch.Tensor, y
     return d_org, d_aug, logits
 
 
+PRIOR = "class prior"
+"""The key of an epoch's class-prior sums among its codec fields (see `nrrstore.format.codecs.write_prior`)."""
 Epoch = tuple[int, np.ndarray, np.ndarray, "np.ndarray | None", dict[str, dict[str, np.ndarray]]]
 """One epoch's labels on the host: ``(epoch, d_org, d_aug, soft or None, {codec: {field: [N, K]}})``."""
 
@@ -87,6 +89,8 @@ class TeacherPass:
         for k in self.codecs:
             out[k.name] = {f: torch.empty((n, k.k), dtype=torch.float16 if f != "ids" else torch.int64, device=dev)
                            for f in k.fields(c)}
+        if self.codecs:
+            out[PRIOR] = {"sums": torch.zeros((c, c), dtype=torch.float64, device=dev)}
         return out
 
     def epochs_of(self, first: int, last: int) -> Iterator[Epoch]:
@@ -145,9 +149,15 @@ class TeacherPass:
         probs = torch.softmax(logits, dim=1)
         if buffers["soft"] is not None:
             buffers["soft"][index] = probs.to(torch.float16)
+        ranked = rank_classes(probs) if self.codecs else None
         for k in self.codecs:
-            for field, v in encode_views(k, probs, batch["y"]).items():
+            for field, v in encode_views(k, probs, batch["y"], ranked).items():
                 buffers[k.name][field][index] = v
+        if self.codecs:  # views mostly of one class add to that class's row of the prior
+            lam, p64 = batch["lam"].to(torch.float64), probs.to(torch.float64)
+            sums = buffers[PRIOR]["sums"]
+            sums.index_add_(0, batch["y"].long(), p64 * (lam >= PRIOR_LAM).to(torch.float64).unsqueeze(1))
+            sums.index_add_(0, batch["y_partner"].long(), p64 * (lam <= 1 - PRIOR_LAM).to(torch.float64).unsqueeze(1))
 
     def _host(self, epoch: Any, buffers: dict[str, Any], seen: int, n: int) -> Epoch:
         """One epoch's results on the host (the only wait for the device, once per epoch), refused when views
@@ -161,6 +171,8 @@ class TeacherPass:
             raise NrrError(self.teacher.spec, "the teacher's cross-entropies are not finite (NaN or infinite "
                                               f"weights or outputs?) in epoch {epoch}; no labels were written")
         codecs = {k.name: {f: v.cpu().numpy() for f, v in buffers[k.name].items()} for k in self.codecs}
+        if self.codecs:
+            codecs[PRIOR] = {"sums": buffers[PRIOR]["sums"].cpu().numpy()}
         return int(epoch), d_org, d_aug, None if soft is None else soft.cpu().numpy(), codecs
 
     def choose_quant_max(self) -> float:
@@ -173,11 +185,15 @@ class TeacherPass:
         soft_out = self.softlabels() if self.soft else None
         codec_out = self.codec_arrays()
         m = self.st.manifest
+        c = m.num_classes
+        prior = np.zeros((c, c), np.float64)
         with DistanceFile(self.work / distance_file_name(first, last), self.n, self.precision,
                           explicit=self.mode == "explicit", quant_max=quant_max) as table:
             for e, d_org, d_aug, soft, codecs in self.epochs_of(first, last):
                 if soft_out is not None:
                     soft_out[e] = soft
+                if PRIOR in codecs:
+                    prior += codecs.pop(PRIOR)["sums"]
                 for name, fields in codecs.items():
                     for field, values in fields.items():
                         arr = codec_out[name][field]
@@ -185,4 +201,6 @@ class TeacherPass:
                 views = epoch_columns(self.recipe, e, self.n, m.image.height, m.image.width) \
                     if self.mode == "explicit" else None
                 table.write_epoch(e, d_org, d_aug, views)
+            if self.codecs:  # before the table is complete: a finished chunk always has its prior sums
+                save_prior_chunk(self.work, first, last, prior)
         self.clipped += table.clipped

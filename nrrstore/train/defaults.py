@@ -12,5 +12,8 @@ from typing import Any
 
 STUDENT: dict[str, Any] = {
     "epochs": 300, "lr": 1e-3, "weight_decay": 0.01, "alpha_dbr": 1.0, "dbr_norm": "l1", "kd_temperature": 4.0,
+    "codec_fill": "prior",
 }
+CODEC_FILLS = ("prior", "uniform")
+"""How a label codec's target spreads the mass it does not store (nrrstore.train.losses.codec_target)."""
 DBR_NORMS = ("l2", "l1", "smooth_l1")

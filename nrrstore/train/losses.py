@@ -150,6 +150,7 @@ def codec_target(
     lam: torch.Tensor | float = 1.0,
     d_org: torch.Tensor | None = None,
     d_aug: torch.Tensor | None = None,
+    prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The teacher distribution a label codec implies, float32 [B, C], for the KD loss.
 
@@ -158,8 +159,10 @@ def codec_target(
       ``exp(-d_org)`` and, for a mixed view whose partner is not among ``ids``, the partner's from
       ``d_aug = -(lam log p_y + (1-lam) log p_y')`` (``K = 0``: DBR's two numbers alone).
 
-    The mass left over is spread evenly over the classes the codec says nothing about (the most
-    uncommitted completion); known probabilities that sum past 1 (fp16 rounding) are rescaled.
+    The mass left over goes to the classes the codec says nothing about: in proportion to the view's class
+    prior ``lam * prior[y] + (1-lam) * prior[y']`` when ``prior`` ([C, C], the store's
+    ``labels.codecs_prior``) is given, else evenly. Known probabilities that sum past 1 (fp16 rounding) are
+    rescaled.
     """
     b = ids.shape[0]
     dev = ids.device
@@ -186,5 +189,12 @@ def codec_target(
     q = torch.where(total > 1.0, q / total, q)
     rest = (1.0 - q.sum(dim=1, keepdim=True)).clamp_min(0.0)
     unknown = (~known).float()
-    q = q + unknown * rest / unknown.sum(dim=1, keepdim=True).clamp_min(1.0)
-    return q
+    share = unknown / unknown.sum(dim=1, keepdim=True).clamp_min(1.0)
+    if prior is not None:
+        if y is None or y_partner is None:
+            raise NrrError(None, "a prior fill needs the views' y and y_partner")
+        lam_c = _lam(lam, q).to(dev).view(-1, 1)
+        pv = (lam_c * prior[y.long()] + (1.0 - lam_c) * prior[y_partner.long()]).float() * unknown
+        total_p = pv.sum(dim=1, keepdim=True)
+        share = torch.where(total_p > 0, pv / total_p.clamp_min(torch.finfo(torch.float32).tiny), share)
+    return q + rest * share

@@ -8,7 +8,9 @@ Objectives per label mode:
 - ``kd``: ``KL(teacher || student) * T**2`` on the stored full soft labels, T = ``kd_temperature``
   (default 4, our choice: the stored probabilities are fp16, and at RDED's T = 20 their underflowed
   tail would dominate the tempered target);
-- ``onehot``: cross-entropy to the mixed one-hot label (``L_sce`` alone).
+- ``onehot``: cross-entropy to the mixed one-hot label (``L_sce`` alone);
+- a label codec (``topk:K``, ``dbrc:K``): KD as above on the distribution the codec implies
+  (:func:`~nrrstore.train.losses.codec_target`, the unstored mass spread by ``codec_fill``).
 
 Checkpoints are written atomically after every epoch (model, optimizer, history, arguments);
 ``resume=True`` continues at the next epoch and ends with exactly the weights an uninterrupted run
@@ -35,6 +37,7 @@ from torch import nn
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
 from nrrstore.format.atomic import is_inside
+from nrrstore.format.codecs import read_prior
 from nrrstore.format.layout import LABEL_FILE_KINDS
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import local_output
@@ -45,7 +48,7 @@ from nrrstore.progress import Progress
 from nrrstore.replay.recipe import store_recipe
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.accuracy import evaluate
-from nrrstore.train.defaults import STUDENT
+from nrrstore.train.defaults import CODEC_FILLS, STUDENT
 from nrrstore.train.loader import label_mode, make_loader, open_store, to_chw
 from nrrstore.train.losses import DBR_NORMS, codec_target, dbr_loss, kd_loss, sce_loss
 
@@ -122,6 +125,7 @@ def train_student(
     alpha_dbr: float = STUDENT["alpha_dbr"],
     dbr_norm: str = STUDENT["dbr_norm"],
     kd_temperature: float = STUDENT["kd_temperature"],
+    codec_fill: str = STUDENT["codec_fill"],
     seed: int = 0,
     device: str | torch.device = "cpu",
     workers: int = 0,
@@ -144,8 +148,7 @@ def train_student(
     It is written after every epoch, or with ``checkpoint_every_s > 0`` after the first epoch that ends
     at least that many seconds after the last write (and after the last epoch): small students run
     hundreds of sub-second epochs, and a write per epoch would cost more than the training.
-    Fewer than `MIN_STEPS_PER_EPOCH` optimizer steps per epoch and `MIN_TOTAL_STEPS` in all give an
-    `NrrWarning`.
+    Fewer than `MIN_STEPS_PER_EPOCH` optimizer steps per epoch and `MIN_TOTAL_STEPS` in all warn.
     """
     st = open_store(store)
     m = st.manifest
@@ -160,6 +163,7 @@ def train_student(
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
         "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay), "alpha_dbr": float(alpha_dbr),
         "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature), "seed": int(seed), "cycle": bool(cycle)}
+    args.update(_codec_args(labels, codec_fill))
     dev = resolve_device(device)
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -176,7 +180,7 @@ def train_student(
                checkpoint_every_s=checkpoint_every_s, steps_per_epoch=math.ceil(m.num_images / batch_size),
                progress=progress, evaluate_now=lambda: evaluate(model, val_batches(val_spec, st, eval_batch_size),
                                                                 dev)["top1"],
-               eval_every=eval_every)
+               eval_every=eval_every, prior=_prior(st, args, dev))
     model.train()
     for k, batch in enumerate(loader if loader is not None else ()):
         if few and k == 0:  # after every refusing check, the first data read included
@@ -189,6 +193,25 @@ def train_student(
         "top1": result["top1"], "val_loss": result["loss"], "val_images": result["n"], "history": history,
         "steps": run.total_steps, "resumed_at_epoch": start_epoch, "store": str(st.path), **args, "model": model,
     }
+
+
+def _codec_args(labels: str, codec_fill: str) -> dict[str, Any]:
+    """What a codec student's checkpoint records besides the rest (only codec students: older checkpoints of
+    the other modes still resume)."""
+    if ":" not in labels:
+        return {}
+    if codec_fill not in CODEC_FILLS:
+        raise NrrError(None, f"unknown codec fill {codec_fill!r}; use one of {', '.join(CODEC_FILLS)}")
+    return {"codec_fill": codec_fill}
+
+
+def _prior(st: Store, args: dict[str, Any], dev: torch.device) -> torch.Tensor | None:
+    """The store's class prior for a codec student with ``codec_fill="prior"`` (None: spread evenly; also for
+    stores relabelled before the prior existed)."""
+    section = st.manifest.labels.get("codecs_prior")
+    if args.get("codec_fill") != "prior" or not section:
+        return None
+    return torch.from_numpy(read_prior(st.path, section, st.manifest.num_classes)).to(dev)
 
 
 def _check_args(dbr_norm: str, epochs: Any, lr: float, weight_decay: float, alpha_dbr: float,
@@ -230,6 +253,7 @@ class _Run:
     progress: Progress | None
     evaluate_now: Callable[[], float]
     eval_every: int
+    prior: torch.Tensor | None = None  # the class prior of codec targets (codec_fill "prior")
     sums: dict[str, Any] = field(default_factory=dict)
     seen: int = 0
     t_epoch: float = field(default_factory=time.perf_counter)
@@ -246,7 +270,8 @@ class _Run:
         rate = a["lr"] * 0.5 * (1.0 + math.cos(math.pi * global_step / self.total_steps))
         for group in self.opt.param_groups:
             group["lr"] = rate
-        parts = _loss(self.model, batch, a["labels"], a["alpha_dbr"], a["dbr_norm"], a["kd_temperature"], self.dev)
+        parts = _loss(self.model, batch, a["labels"], a["alpha_dbr"], a["dbr_norm"], a["kd_temperature"], self.dev,
+                      self.prior)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         self.opt.step()
@@ -278,7 +303,7 @@ class _Run:
 
 
 def _loss(model: nn.Module, batch: dict[str, Any], labels: str, alpha_dbr: float, norm: str, T: float,
-          dev: torch.device) -> dict[str, torch.Tensor]:
+          dev: torch.device, prior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     x = batch["images"].to(dev, non_blocking=True)
     y, y2, lam = (batch[k].to(dev) for k in ("y", "y_partner", "lam"))
     logits = model(x)
@@ -291,7 +316,8 @@ def _loss(model: nn.Module, batch: dict[str, Any], labels: str, alpha_dbr: float
         values = batch.get("codec_values", torch.zeros((len(y), 0)))
         d_org, d_aug = batch.get("d_org"), batch.get("d_aug")
         target = codec_target(kind, logits.shape[1], ids.to(dev), values.to(dev), y, y2, lam,
-                              None if d_org is None else d_org.to(dev), None if d_aug is None else d_aug.to(dev))
+                              None if d_org is None else d_org.to(dev), None if d_aug is None else d_aug.to(dev),
+                              prior)
         kd = kd_loss(logits, target, T=T, from_logits=False)
         return {"loss": kd, "kd": kd}
     sce = sce_loss(logits, y, y2, lam)

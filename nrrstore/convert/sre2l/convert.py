@@ -35,6 +35,7 @@ from nrrstore.convert.sre2l.unpickle import load_batch
 from nrrstore.errors import NrrError, os_errors_name, os_problem, staged_as
 from nrrstore.format import fs, quant
 from nrrstore.format.atomic import file_sha256, is_inside
+from nrrstore.format.codecs import Codec, codecs_section, create_codec_arrays, parse_codecs
 from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
     DistanceFile,
@@ -42,7 +43,7 @@ from nrrstore.format.distances import (
     distances_section,
     epoch_chunks,
 )
-from nrrstore.format.layout import distance_path, is_store
+from nrrstore.format.layout import CODECS_DIR, LABELS_DIR, distance_path, is_store
 from nrrstore.format.lock import output_lock
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import create_store_softlabels, softlabels_section
@@ -82,8 +83,10 @@ def convert_sre2l(
     epochs: int | None = None,
     teacher: Any = None,
     replay_sample: int = 256,
+    codecs: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Convert an SRe2L soft-label folder plus its images into an explicit-mode store at ``out``.
+    """Convert an SRe2L soft-label folder plus its images into an explicit-mode store at ``out``; ``codecs``: label
+    codecs to write from the same logits besides DBR (``"topk:2,dbrc:1"``, :mod:`nrrstore.format.codecs`).
 
     ``epochs``: convert only the first ``epochs`` (complete) epochs of a partly written folder.
     ``teacher``: the teacher that made the labels; once the first file of epochs is converted, a
@@ -109,6 +112,7 @@ def convert_sre2l(
         workers = min(4, os.cpu_count() or 1) if folder.epochs * folder.batches >= POOL_MIN_FILES else 0
     first = load_batch(folder.path(0, 0))
     batch, num_classes = len(first), int(first.logits.shape[1])
+    keep_full, array_codecs = _codec_options(codecs, bool(keep_full), num_classes)  # "full" = keep_full
     src = open_image_source(images, classes)
     _check_inputs_and_output(folder, src, Path(images), out, overwrite, batch, num_classes)
 
@@ -119,7 +123,7 @@ def convert_sre2l(
         "order_file_sha256": order_digest, "temperature": float(temperature), "keep_full": bool(keep_full),
         "precision": precision, "quant_max": quant_max, "epochs_per_file": epochs_per_file, "size": size,
         "mode": mode, "normalization": normalization, "classes": list(src.classes) if src.classes else None,
-        "shard_size": shard_size,
+        "shard_size": shard_size, "codecs": array_codecs,
     }
     work = out.with_name(f"{WORK_PREFIX}{out.name}")
     with output_lock(out), os_errors_name(out):  # before the work folder: a live converter's state is its own
@@ -136,6 +140,12 @@ def convert_sre2l(
             if isinstance(exc, NrrError) and staged_as(exc, work / "store", out) is not exc:
                 raise staged_as(exc, work / "store", out) from None
             raise
+
+
+def _codec_options(codecs: str | Sequence[str] | None, keep_full: bool, num_classes: int) -> tuple[bool, list[str]]:
+    """``(keep the full soft labels, the array codecs to write)`` of a ``codecs`` request."""
+    wanted = parse_codecs(codecs or "dbr", num_classes)
+    return keep_full or Codec("full") in wanted, [c.name for c in wanted if c.has_arrays]
 
 
 def _check_inputs_and_output(folder: LabelFolder, src: ImageSource, images: Path, out: Path, overwrite: bool,
@@ -191,7 +201,7 @@ def _run(folder: LabelFolder, src: ImageSource, out: Path, work: Path, state: di
         raise NrrError(src.spec, f"images are {height}x{width}, not square: give the views' output size (--size)")
     orders = file_orders(order_file, n, folder.epochs) if order_file is not None else sampler_orders(n, args["sampler_seed"])
     work_of_epoch = EpochWork(folder, st.labels(), height, width, size, num_classes, batch,
-                              float(args["temperature"]), bool(args["keep_full"]))
+                              float(args["temperature"]), bool(args["keep_full"]), tuple(args.get("codecs", ())))
     chunks = epoch_chunks(folder.epochs, args["epochs_per_file"])
     resumed = computed = 0
     replay = None
@@ -246,6 +256,9 @@ class _LabelWriter:
         if state["args"]["keep_full"]:
             self.soft = create_store_softlabels(st.path, folder.epochs, self.n, pool.work.num_classes,
                                                 _soft_block(self.n))
+        c = pool.work.num_classes
+        self.codecs = {k.name: create_codec_arrays(st.path / LABELS_DIR, k, folder.epochs, self.n, c, _soft_block(self.n))
+                       for k in parse_codecs(state["args"].get("codecs") or [], c)} if state["args"].get("codecs") else {}
 
     def done(self, first: int, last: int) -> bool:
         return fs.is_file(self.st.path / distance_path(first, last))
@@ -268,6 +281,9 @@ class _LabelWriter:
                     self.state["logits_dtypes"] = sorted(set(self.state["logits_dtypes"]) | set(rows.dtypes))
                     if self.soft is not None:
                         self.soft[rows.epoch] = rows.soft
+                    for name, fields in rows.codecs.items():
+                        for f, values in fields.items():
+                            self.codecs[name][f][rows.epoch] = values
                     table.write_epoch(rows.epoch, rows.d_org, rows.d_aug, rows.cols)
                     self.state["quant_max"] = table.quant_max  # int8: chosen from the first epoch converted
                     self.files_done += self.folder.batches
@@ -305,6 +321,10 @@ def _record_labels(st: Store, folder: LabelFolder, state: dict[str, Any], chunks
         labels["softlabels"] = softlabels_section(shape, (1, _soft_block(m.num_images), num_classes),
                                                   args["temperature"])
         kinds[labels["softlabels"]["path"]] = "softlabels"
+    if args.get("codecs"):
+        wanted = [Codec("dbr"), *parse_codecs(args["codecs"], num_classes)] + ([Codec("full")] if soft else [])
+        labels["codecs"] = codecs_section(wanted, folder.epochs, m.num_images, num_classes, _soft_block(m.num_images))
+        kinds[CODECS_DIR] = "codecs"
     recipe = AugRecipe(size=size, mix=state["mix"], seed=0)
     method = {"convert": {
         "from": "sre2l", "temperature": args["temperature"], "sampler_seed": args["sampler_seed"],

@@ -26,6 +26,7 @@ import torch
 from nrrstore.convert.sre2l.folder import LabelFolder
 from nrrstore.convert.sre2l.unpickle import load_batch
 from nrrstore.errors import NrrError
+from nrrstore.format.codecs import encode_views, parse_codecs, rank_classes
 from nrrstore.format.tables import EXPLICIT_COLUMNS
 from nrrstore.replay.views import ViewBatch
 from nrrstore.train.losses import distances
@@ -53,6 +54,7 @@ class EpochRows:
     d_aug: np.ndarray
     cols: dict[str, np.ndarray]  # EXPLICIT_COLUMNS
     soft: np.ndarray | None  # float16 [N, C] with keep_full
+    codecs: dict[str, dict[str, np.ndarray]]  # codec name -> field -> [N, K] (issue 15's label codecs)
     mixes: list[tuple[str, str]]  # (mix mode, file) per batch file
     dtypes: list[str]
 
@@ -70,6 +72,7 @@ class EpochWork:
     batch: int
     temperature: float
     keep_full: bool
+    codecs: tuple[str, ...] = ()  # array codecs (topk:K, dbrc:K) written from the same logits
 
     def __call__(self, e: int, order: np.ndarray) -> EpochRows:
         n, bs = len(self.labels), self.batch
@@ -77,6 +80,8 @@ class EpochWork:
         d_aug = np.empty(n, np.float32)
         cols = {c: np.empty(n, dt) for c, dt in EXPLICIT_COLUMNS.items()}
         soft = np.empty((n, self.num_classes), np.float16) if self.keep_full else None
+        wanted = parse_codecs(list(self.codecs), self.num_classes) if self.codecs else []
+        codecs = {c.name: {f: np.empty((n, c.k), d) for f, d in c.fields(self.num_classes).items()} for c in wanted}
         labels = torch.from_numpy(self.labels)
         buf = torch.empty(bs, self.num_classes, dtype=torch.float32)
         mixes, dtypes = [], set()
@@ -116,7 +121,13 @@ class EpochWork:
             if not (np.isfinite(org).all() and np.isfinite(aug).all()):  # cheaper than scanning B x C logits
                 raise NrrError(path, "item 5 (teacher logits) holds non-finite values where the labels need them")
             d_org[pos], d_aug[pos] = org, aug
-            if soft is not None:
-                soft[pos] = torch.softmax(logits, dim=1).to(torch.float16).numpy()
+            if soft is not None or wanted:
+                probs = torch.softmax(logits, dim=1)
+                if soft is not None:
+                    soft[pos] = probs.to(torch.float16).numpy()
+                ranked = rank_classes(probs) if wanted else None
+                for c in wanted:
+                    for f, v in encode_views(c, probs, labels[pos], ranked).items():
+                        codecs[c.name][f][pos] = v.numpy()
         ViewBatch.from_columns(cols, os.fspath(self.folder.path(e, 0).parent))  # the loader's own checks
-        return EpochRows(e, d_org, d_aug, cols, soft, mixes, sorted(dtypes))
+        return EpochRows(e, d_org, d_aug, cols, soft, codecs, mixes, sorted(dtypes))
