@@ -36,7 +36,7 @@ from nrrstore.models import build_model, load_teacher, save_teacher
 from nrrstore.replay.recipe import AugRecipe
 
 WORK = ROOT / "benchmarks" / "_work" / "codec_bytes"
-ALL = "dbr,topk:1,topk:2,topk:5,dbrc:1,dbrc:2,full"
+ALL = "dbr,topk:1,topk:2,topk:4,topk:2:int8,topk:4:int8,dbrc:1,dbrc:2,dbrc:2:int8,dbrc:4:int8,full"
 MEAN, STD = 0.286, 0.353
 
 

@@ -171,6 +171,7 @@ V.update({
     "nrr-fill-uniform": ("nrr", {}, {}, {"codec_fill": "uniform"}),
     "nrr-t1": ("nrr", {}, {}, {"kd_temperature": 1.0}),
     "nrr-fill-uniform-t1": ("nrr", {}, {}, {"codec_fill": "uniform", "kd_temperature": 1.0}),
+    "nrr-match": ("nrr", {}, {}, {"codec_loss": "match"}),
 })
 LABELS = ("dbr", "onehot", "kd")
 

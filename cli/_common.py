@@ -56,6 +56,7 @@ Amp = Literal["bf16", "fp16", "fp32"]  # nrrstore.devices.AMP_MODES, and fp32: n
 ColourMode = Literal["keep", "L", "RGB"]  # nrrstore.sources.prepare.MODES
 Norm = Literal["group", "instance", "batch", "none"]  # nrrstore.models.convnet.NORMS
 CodecFill = Literal["prior", "uniform"]  # nrrstore.train.defaults.CODEC_FILLS
+CodecLoss = Literal["kd", "match"]  # nrrstore.train.defaults.CODEC_LOSSES
 DbrNorm = Literal["l2", "l1", "smooth_l1"]  # nrrstore.train.losses.DBR_NORMS
 MixMode = Literal["cutmix", "mixup", "none"]  # nrrstore.replay.recipe.MIX_MODES
 SoftLabelFormat = Literal["sre2l"]  # the formats convert-softlabels reads

@@ -9,7 +9,7 @@ import typer
 from nrrstore.format import fs
 from nrrstore.limits import MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
-from nrrstore_cli._common import CodecFill, DbrNorm, ProgressBar, example, handle_errors, print_json
+from nrrstore_cli._common import CodecFill, CodecLoss, DbrNorm, ProgressBar, example, handle_errors, print_json
 
 
 @handle_errors
@@ -33,6 +33,8 @@ def evaluate_cmd(
     kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", help="KD temperature."),
     codec_fill: CodecFill = typer.Option(STUDENT["codec_fill"], "--codec-fill", help="Where a codec's unstored mass "
                                          "goes: prior (the store's class prior) or uniform."),
+    codec_loss: CodecLoss = typer.Option(STUDENT["codec_loss"], "--codec-loss", help="A codec student's objective: "
+                                         "kd (on the implied distribution) or match (DBR's, every stored distance)."),
     full_acc: float | None = typer.Option(None, "--full-acc", help="Top-1 (fraction, e.g. 0.93) of the "
                                              "student on the full real data with hard labels: adds HLR and LRS."),
     work: str | None = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
@@ -54,7 +56,7 @@ def evaluate_cmd(
     kinds = [k.strip() for k in labels.split(",") if k.strip()] if labels else None
     protocol = StudentProtocol(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, alpha_dbr=alpha_dbr,
                                dbr_norm=dbr_norm, kd_temperature=kd_temperature,
-                               codec_fill=codec_fill)
+                               codec_fill=codec_fill, codec_loss=codec_loss)
     work_dir = work if work is not None else default_work(store)
     with ProgressBar() as bar:
         result = evaluate_store(store, val, work_dir, train=train, teacher=teacher, seeds=seeds, labels=kinds,

@@ -10,6 +10,7 @@ from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import (
     Amp,
     CodecFill,
+    CodecLoss,
     DbrNorm,
     MixMode,
     Precision,
@@ -97,6 +98,8 @@ def train_student_cmd(
     kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", min=1e-6, help="KD temperature (kd and codecs)."),
     codec_fill: CodecFill = typer.Option(STUDENT["codec_fill"], "--codec-fill", help="Where a codec's unstored mass "
                                          "goes: prior (the store's class prior) or uniform."),
+    codec_loss: CodecLoss = typer.Option(STUDENT["codec_loss"], "--codec-loss", help="A codec student's objective: "
+                                         "kd (on the implied distribution) or match (DBR's, every stored distance)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "
                                              "at IPC 1/10/50 for 10 classes)."),
     lr: float = typer.Option(STUDENT["lr"], "--lr", min=1e-12, help="AdamW learning rate (cosine to 0)."),
@@ -117,7 +120,7 @@ def train_student_cmd(
     with ProgressBar() as bar:
         result = train_student(store, val, arch=arch, epochs=epochs, labels=labels, batch_size=batch_size, lr=lr,
                                weight_decay=weight_decay, alpha_dbr=alpha_dbr, dbr_norm=dbr_norm,
-                               kd_temperature=kd_temperature, codec_fill=codec_fill,
+                               kd_temperature=kd_temperature, codec_fill=codec_fill, codec_loss=codec_loss,
                                seed=seed, device=device, workers=workers, cycle=cycle, checkpoint=checkpoint,
                                resume=resume, eval_every=eval_every, progress=bar, overwrite=overwrite)
     summary = summary_without_model(result)

@@ -34,7 +34,7 @@ from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.format.codecs import codec_bytes, label_mode
 from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import check_parent, local_output
+from nrrstore.format.outputs import check_not_inside, check_parent, local_output
 from nrrstore.format.reader import Store
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
@@ -61,6 +61,7 @@ class StudentProtocol:
     dbr_norm: str = STUDENT["dbr_norm"]
     kd_temperature: float = STUDENT["kd_temperature"]
     codec_fill: str = STUDENT["codec_fill"]
+    codec_loss: str = STUDENT["codec_loss"]
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -253,6 +254,7 @@ def evaluate_store(
     local = st.path.resolve() if isinstance(st.path, Path) else None  # a remote store cannot hold the work folder
     if local is not None and (work.resolve() == local or local in work.resolve().parents):
         raise NrrError(work, "the work folder must lie outside the store (evaluate never writes into a store)")
+    check_not_inside(work, [val, train], "--work")
     created = not work.is_dir()
     if created:
         check_parent(work)
@@ -301,7 +303,8 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
             r = train_student(path, val, arch=protocol.arch, epochs=protocol.epochs, labels=kind,
                               batch_size=protocol.batch_size, lr=protocol.lr, weight_decay=protocol.weight_decay,
                               alpha_dbr=protocol.alpha_dbr, dbr_norm=protocol.dbr_norm,
-                              kd_temperature=protocol.kd_temperature, codec_fill=protocol.codec_fill, seed=seed,
+                              kd_temperature=protocol.kd_temperature, codec_fill=protocol.codec_fill,
+                              codec_loss=protocol.codec_loss, seed=seed,
                               device=device, workers=workers,
                               checkpoint=ckpt, resume=True, checkpoint_every_s=CHECKPOINT_EVERY_S,
                               arch_kwargs=protocol.arch_kwargs,

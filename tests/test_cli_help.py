@@ -56,7 +56,7 @@ def test_choice_types_match_the_library() -> None:
              c.CamScore: cidd.CAM_SCORES, c.Sources: cidd.SOURCES, c.NrrOptimizer: nrr.OPTIMIZERS,
              c.TeacherOptimizer: teacher.OPTIMIZERS, c.StoreImageFormat: pipeline.IMAGE_FORMATS,
              c.ShardImageFormat: prepare._IMAGE_FORMATS, c.Precision: tuple(DISTANCE_TYPES), c.Amp: (*AMP_MODES, "fp32"),
-             c.ColourMode: prepare.MODES, c.Norm: NORMS, c.DbrNorm: losses.DBR_NORMS, c.CodecFill: defaults.CODEC_FILLS,
+             c.ColourMode: prepare.MODES, c.Norm: NORMS, c.DbrNorm: losses.DBR_NORMS, c.CodecFill: defaults.CODEC_FILLS, c.CodecLoss: defaults.CODEC_LOSSES,
              c.MixMode: augment.MIX_MODES}
     for alias, values in pairs.items():
         assert sorted(get_args(alias)) == sorted(values), (alias, values)

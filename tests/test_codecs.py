@@ -125,9 +125,12 @@ def test_targets_the_codecs_imply(labelled: Path) -> None:
 @pytest.mark.filterwarnings("ignore::nrrstore.errors.NrrWarning")  # two steps per epoch: a smoke run
 def test_students_train_on_codecs_and_missing_ones_are_named(labelled: Path) -> None:
     val = ROOT / "data" / "fashion-mnist" / "test"
-    for labels in ("topk:2", "dbrc:1", "dbrc:0"):
-        r = train_student(labelled, val, epochs=1, labels=labels, batch_size=20, cycle=True)
+    for labels, loss in (("topk:2", "kd"), ("dbrc:1", "kd"), ("dbrc:0", "kd"), ("dbrc:1", "match"), ("topk:2", "match")):
+        r = train_student(labelled, val, epochs=1, labels=labels, batch_size=20, cycle=True, codec_loss=loss)
         assert np.isfinite(r["history"][-1]["loss"]) and r["labels"] == labels
+        assert ("dbr" in r["history"][-1]) == (loss == "match")  # match: L_sce + L_dbr over the stored distances
+    with pytest.raises(NrrError, match="is DBR itself"):
+        train_student(labelled, val, epochs=1, labels="dbrc:0", codec_loss="match")
     with pytest.raises(NrrError, match=r"no topk:3 labels \(it has: dbr, topk:2, dbrc:1, topk:10, full\)"):
         DistilledDataset(labelled, 0, 20, "topk:3")
     with pytest.raises(NrrError, match="unknown label mode 'top3'"):
@@ -187,3 +190,32 @@ def test_the_class_prior_spreads_what_a_codec_does_not_store(labelled: Path) -> 
     row = 0 if unknown[0].sum() > 1 else 1
     ratio = q[row][unknown[row]] / view_prior[row][unknown[row]]
     torch.testing.assert_close(ratio, ratio[0].expand_as(ratio), rtol=1e-4, atol=0)  # proportional to the prior
+
+
+def test_int8_codecs_keep_their_values_within_the_code_bound(tmp_path: Path, teacher, labelled: Path) -> None:
+    from nrrstore.format import quant
+    from nrrstore.format.codecs import CODE_MAX, CodecLabels
+
+    assert parse_codec("dbrc:4:int8") == Codec("dbrc", 4, int8=True) and parse_codec("topk:2:fp16") == Codec("topk", 2)
+    assert Codec("dbrc", 4, int8=True).raw_bytes_per_view(1000) == 4 + 4 * 3 and Codec("dbrc", 4, True).name == "dbrc:4:int8"
+    with pytest.raises(NrrError, match="takes no"):
+        parse_codec("dbr:int8")
+    s = tmp_path / "s"
+    write_fmnist_store(s, per_class=4, shard_size=16)
+    relabel(s, teacher, 3, AugRecipe(size=28, group_size=8, seed=5), codecs="topk:2,topk:2:int8,dbrc:1:int8,dbrc:1",
+            batch_size=16)
+    assert verify_store(s) == []
+    m = Store(s).manifest
+    codes = _array(s / "labels/codecs/dbrc1i8/codes.zarr")
+    assert codes.dtype == np.uint8 and m.labels["codecs"]["dbrc:1:int8"]["code_max"] == CODE_MAX
+    bound = quant.max_abs_log_error(CODE_MAX)
+    for fp16, int8, field in (("topk:2", "topk:2:int8", "probs"), ("dbrc:1", "dbrc:1:int8", "dist")):
+        a = CodecLabels(s, fp16, m.labels["codecs"][fp16], 10).read(1, 0, 40)
+        b = CodecLabels(s, int8, m.labels["codecs"][int8], 10).read(1, 0, 40)
+        assert (a["ids"] == b["ids"]).all()
+        da = a[field] if field == "dist" else -np.log(a[field])
+        db = b[field] if field == "dist" else -np.log(b[field])
+        close = da < CODE_MAX  # larger distances clip to CODE_MAX
+        assert (np.abs(np.log1p(db) - np.log1p(np.minimum(da, CODE_MAX)))[close] <= bound + 2e-3).all()
+    sizes = codec_bytes(m)
+    assert sizes["dbrc:1:int8"] < sizes["dbrc:1"]

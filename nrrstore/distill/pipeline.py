@@ -41,6 +41,7 @@ from nrrstore.format.keys import image_key
 from nrrstore.format.layout import MANIFEST_NAME, is_store
 from nrrstore.format.lock import output_lock
 from nrrstore.format.manifest import load_manifest
+from nrrstore.format.outputs import check_not_inside
 from nrrstore.format.writer import STORE_KIND, StoreWriter, check_output_dir, store_object
 from nrrstore.models.cam import CamModel
 from nrrstore.models.checkpoint import Teacher, class_mapping_warning, teacher_record
@@ -168,6 +169,7 @@ def distill(
     if isinstance(loc, fs.Url):
         return _distill_remote(inputs, teacher, loc, cfg, overwrite, progress, after_class)
     out = loc
+    check_not_inside(out, [inputs])
     urls = resolve_shards(inputs)
     rank, world = dist_info()
     names = read_class_names(inputs)

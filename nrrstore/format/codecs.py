@@ -8,7 +8,9 @@ A user picks a storage budget; each codec is one point on the accuracy-per-byte 
   and their probabilities (float16) per view: FKD's and SRe2L's scheme;
 - ``dbrc:K`` (*DBR plus confusers*, ours): DBR's two distances plus the ids of the K classes the teacher
   finds most likely *other than the view's own label* and the teacher's distance to each
-  (``-log p``, float16). DBR knows how sure the teacher is of the labelled classes; what it lacks is
+  (``-log p``, float16).
+- ``topk:K:int8`` and ``dbrc:K:int8``: the same, with each value as an 8-bit code of ``-log p`` in uniform
+  steps of ``log1p`` up to `CODE_MAX` nats (:mod:`nrrstore.format.quant`): half the value bytes. DBR knows how sure the teacher is of the labelled classes; what it lacks is
   where the rest of the mass goes, and for a mixed view that is mostly one or two classes.
   ``dbrc:0`` is DBR's own table read as a distribution (no extra bytes).
 
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from nrrstore.errors import NrrError
-from nrrstore.format import fs
+from nrrstore.format import fs, quant
 from nrrstore.format.layout import CODECS_DIR, SOFTLABELS_PATH
 
 ZSTD_LEVEL = 3
@@ -40,7 +42,9 @@ WORK_NAME = "codecs"
 KINDS = ("dbr", "full", "topk", "dbrc")
 MAX_K = 64
 VALUE_BYTES = 2  # float16 probabilities / distances
-_SPEC = re.compile(r"^(dbr|full|topk|dbrc)(?::(\d+))?$")
+CODE_MAX = 20.0
+"""The int8 codes' scale in nats: ``1 + d`` within 0.6% up to 20 nats (p down to 2e-9); larger distances clip."""
+_SPEC = re.compile(r"^(dbr|full|topk|dbrc)(?::(\d+))?(?::(int8|fp16))?$")
 
 
 @dataclass(frozen=True)
@@ -49,14 +53,17 @@ class Codec:
 
     kind: str
     k: int = 0
+    int8: bool = False  # values as 8-bit codes of -log p instead of float16
 
     @property
     def name(self) -> str:
-        return f"{self.kind}:{self.k}" if self.kind in ("topk", "dbrc") else self.kind
+        if self.kind not in ("topk", "dbrc"):
+            return self.kind
+        return f"{self.kind}:{self.k}" + (":int8" if self.int8 else "")
 
     @property
     def folder(self) -> str:
-        return f"{self.kind}{self.k}"
+        return f"{self.kind}{self.k}" + ("i8" if self.int8 else "")
 
     @property
     def has_arrays(self) -> bool:
@@ -71,7 +78,19 @@ class Codec:
         """Array name -> dtype of the codec's own arrays."""
         if not self.has_arrays:
             return {}
+        if self.int8:
+            return {"ids": id_dtype(num_classes), "codes": np.dtype(np.uint8)}
         return {"ids": id_dtype(num_classes), ("probs" if self.kind == "topk" else "dist"): np.dtype(np.float16)}
+
+    def store_values(self, ids: np.ndarray, values: np.ndarray) -> dict[str, np.ndarray]:
+        """The stored fields of a block of views from `encode_views`' ids and float values (probabilities
+        for ``topk``, distances for ``dbrc``)."""
+        v = np.asarray(values, dtype=np.float64)
+        if self.int8:
+            dist = v if self.kind == "dbrc" else -np.log(np.clip(v, np.finfo(np.float64).tiny, 1.0))
+            return {"ids": ids, "codes": quant.encode(np.clip(dist, 0.0, CODE_MAX), CODE_MAX)}
+        name = "probs" if self.kind == "topk" else "dist"
+        return {"ids": ids, name: np.minimum(v, float(np.finfo(np.float16).max)).astype(np.float16)}
 
     def raw_bytes_per_view(self, num_classes: int, distance_bytes: float = VALUE_BYTES) -> float:
         """Uncompressed bytes one view costs: the formula `size-report` prints for any C."""
@@ -79,7 +98,7 @@ class Codec:
         if self.kind == "full":
             return float(num_classes * VALUE_BYTES)
         dbr = 2 * distance_bytes if self.needs_distances else 0.0
-        return dbr + self.k * (ids + VALUE_BYTES)
+        return dbr + self.k * (ids + (1 if self.int8 else VALUE_BYTES))
 
 
 def id_dtype(num_classes: int) -> np.dtype[Any]:
@@ -91,14 +110,17 @@ def id_dtype(num_classes: int) -> np.dtype[Any]:
 
 
 def parse_codec(text: str, num_classes: int | None = None) -> Codec:
-    """``"topk:2"`` -> ``Codec("topk", 2)``; refuses unknown names and K outside 1..min(C, 64)."""
+    """``"topk:2"`` -> ``Codec("topk", 2)``, ``"dbrc:4:int8"`` -> ``Codec("dbrc", 4, int8=True)``; refuses
+    unknown names and K outside 1..min(C, 64) (0..min(C - 1, 64) for dbrc)."""
     m = _SPEC.match(str(text).strip().lower())
     if not m:
-        raise NrrError(None, f"unknown label codec {text!r}; use dbr, full, topk:K or dbrc:K (e.g. topk:2)")
-    kind, k = m.group(1), m.group(2)
+        raise NrrError(None, f"unknown label codec {text!r}; use dbr, full, topk:K or dbrc:K, optionally "
+                             "followed by :int8 (e.g. topk:2, dbrc:4:int8)")
+    kind, k, precision = m.group(1), m.group(2), m.group(3)
     if kind in ("dbr", "full"):
-        if k is not None:
-            raise NrrError(None, f"label codec {kind!r} takes no ':K' (got {text!r})")
+        if k is not None or precision:
+            raise NrrError(None, f"label codec {kind!r} takes no ':K' or precision (got {text!r}; DBR's precision "
+                                 "is relabel's --precision)")
         return Codec(kind)
     if k is None:
         raise NrrError(None, f"label codec {kind!r} needs a class count, e.g. {kind}:2")
@@ -106,7 +128,7 @@ def parse_codec(text: str, num_classes: int | None = None) -> Codec:
     top = min(MAX_K, num_classes - (kind == "dbrc")) if num_classes else MAX_K
     if not low <= int(k) <= top:
         raise NrrError(None, f"label codec {text!r}: K must be in {low}..{top}")
-    return Codec(kind, int(k))
+    return Codec(kind, int(k), int8=precision == "int8" and int(k) > 0)
 
 
 def parse_codecs(text: str | Sequence[str], num_classes: int | None = None) -> list[Codec]:
@@ -166,7 +188,9 @@ def create_codec_arrays(work: str | os.PathLike[str], codec: Codec, epochs: int,
 
 
 def encode_views(codec: Codec, probs: Any, y: Any, ranked: tuple[Any, Any] | None = None) -> dict[str, Any]:
-    """The codec's fields for a batch of views from the teacher's probabilities (torch [B, C], float32).
+    """``{"ids", "values"}`` of a batch of views from the teacher's probabilities (torch [B, C], float32):
+    the codec's class ids (int64) and their probabilities (``topk``) or distances ``-log p`` (``dbrc``) as
+    float32 tensors; `Codec.store_values` makes the stored fields of them.
 
     ``y``: the views' own labels (``dbrc`` leaves them out). ``ranked``: ``rank_classes(probs)``, when
     several codecs share one sort. Ties go to the lower class id (a stable sort), so the same logits give
@@ -176,13 +200,12 @@ def encode_views(codec: Codec, probs: Any, y: Any, ranked: tuple[Any, Any] | Non
 
     p, ids = ranked if ranked is not None else rank_classes(probs)
     if codec.kind == "topk":
-        return {"ids": ids[:, :codec.k], "probs": p[:, :codec.k].to(torch.float16)}
+        return {"ids": ids[:, :codec.k], "values": p[:, :codec.k].float()}
     # the K most probable classes other than y: among the first K + 1, drop y (or the last when y is not there)
     head_p, head_ids = p[:, :codec.k + 1], ids[:, :codec.k + 1]
     keep = torch.argsort((head_ids == y.long().view(-1, 1)).to(torch.int8), dim=1, stable=True)[:, :codec.k]
     dist = -torch.log(head_p.gather(1, keep).clamp_min(torch.finfo(torch.float32).tiny))
-    return {"ids": head_ids.gather(1, keep),
-            "dist": dist.clamp_max(float(np.finfo(np.float16).max)).to(torch.float16)}
+    return {"ids": head_ids.gather(1, keep), "values": dist.float()}
 
 
 def rank_classes(probs: Any) -> tuple[Any, Any]:
@@ -217,6 +240,8 @@ def codecs_section(codecs: list[Codec], epochs: int, num_images: int, num_classe
         fields = {f: {"path": f"{CODECS_DIR}/{c.folder}/{f}.zarr", "dtype": str(d)}
                   for f, d in c.fields(num_classes).items()}
         entry: dict[str, Any] = {"kind": c.kind, "k": c.k, "fields": fields}
+        if c.int8:
+            entry.update(int8=True, code_max=CODE_MAX)
         if fields:
             entry.update(shape=[epochs, num_images, c.k], chunks=[1, max(1, min(block, num_images)), c.k])
         out[c.name] = entry
@@ -305,7 +330,7 @@ class CodecLabels:
     def __init__(self, store_root: str | os.PathLike[str], name: str, section: dict[str, Any],
                  num_classes: int) -> None:
         self.root, self.name, self.num_classes = fs.location(store_root), name, int(num_classes)
-        self.codec = Codec(str(section["kind"]), int(section["k"]))
+        self.codec = Codec(str(section["kind"]), int(section["k"]), bool(section.get("int8", False)))
         self.fields = {f: str(v["path"]) for f, v in section.get("fields", {}).items()}
         self.shape = tuple(int(s) for s in section.get("shape", (0, 0, 0)))
         self._open()
@@ -332,7 +357,12 @@ class CodecLabels:
             except Exception as exc:  # noqa: BLE001 - any zarr, codec or storage failure is one NrrError
                 raise NrrError(self.root / self.fields[field], f"cannot read {self.name} labels of epoch {epoch}: "
                                                                f"{type(exc).__name__}: {exc}") from None
-            out[field] = block.astype(np.int64) if field == "ids" else block.astype(np.float32)
+            if field == "codes":  # 8-bit codes of -log p: back to what the fp16 codec stores
+                dist = quant.decode(block, CODE_MAX)
+                out["probs" if self.codec.kind == "topk" else "dist"] = \
+                    np.exp(-dist.astype(np.float64)).astype(np.float32) if self.codec.kind == "topk" else dist
+            else:
+                out[field] = block.astype(np.int64) if field == "ids" else block.astype(np.float32)
         problem = value_problems(self.name, out, self.num_classes)
         if problem:
             raise NrrError(self.root / next(iter(self.fields.values())), f"{problem} in epoch {epoch} (a corrupt or "

@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
@@ -64,14 +64,25 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool, *,
     inside one of ``inputs`` (local folders such as the store read; a file there would corrupt it)."""
     p = Path(path)
     check_parent(p)
-    for root in inputs:
-        loc = fs.location(root)
-        if isinstance(loc, Path) and loc.is_dir() and is_inside(p, loc):
-            raise NrrError(p, f"the output may not lie inside the input folder {root}")
+    check_not_inside(p, inputs)
     if p.is_dir():
         raise NrrError(p, "is a folder; give a file name")
     if p.exists() and not overwrite:
         raise NrrError(p, "already exists (use --overwrite to replace it)")
+
+
+def check_not_inside(path: str | os.PathLike[str], inputs: Sequence[Any], option: str = "") -> None:
+    """Refuse an output at or inside one of the local input folders ``inputs`` (shard folders, a store, a
+    validation set): writing there would change the input for this run's readers and for the next run.
+    Entries that are not local folders (URLs, patterns, lists of files) are skipped."""
+    p = Path(path)
+    for root in inputs:
+        if root is None or not isinstance(root, (str, os.PathLike)):
+            continue
+        loc = fs.location(root)
+        if isinstance(loc, Path) and loc.is_dir() and (p.resolve() == loc.resolve() or is_inside(p, loc)):
+            what = f"{option} " if option else ""
+            raise NrrError(p, f"the {what}output may not lie inside the input folder {root}")
 
 
 def check_output_folder(path: str | os.PathLike[str], overwrite: bool, *, marker: str, kind: str) -> None:

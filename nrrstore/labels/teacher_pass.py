@@ -87,8 +87,8 @@ class TeacherPass:
                                "d_aug": torch.empty(n, dtype=torch.float32, device=dev),
                                "soft": torch.empty((n, c), dtype=torch.float16, device=dev) if self.soft else None}
         for k in self.codecs:
-            out[k.name] = {f: torch.empty((n, k.k), dtype=torch.float16 if f != "ids" else torch.int64, device=dev)
-                           for f in k.fields(c)}
+            out[k.name] = {"ids": torch.empty((n, k.k), dtype=torch.int64, device=dev),
+                           "values": torch.empty((n, k.k), dtype=torch.float32, device=dev)}
         if self.codecs:
             out[PRIOR] = {"sums": torch.zeros((c, c), dtype=torch.float64, device=dev)}
         return out
@@ -194,9 +194,9 @@ class TeacherPass:
                     soft_out[e] = soft
                 if PRIOR in codecs:
                     prior += codecs.pop(PRIOR)["sums"]
-                for name, fields in codecs.items():
-                    for field, values in fields.items():
-                        arr = codec_out[name][field]
+                for k in self.codecs:
+                    for field, values in k.store_values(codecs[k.name]["ids"], codecs[k.name]["values"]).items():
+                        arr = codec_out[k.name][field]
                         arr[e] = values.astype(arr.dtype)
                 views = epoch_columns(self.recipe, e, self.n, m.image.height, m.image.width) \
                     if self.mode == "explicit" else None

@@ -12,8 +12,11 @@ from typing import Any
 
 STUDENT: dict[str, Any] = {
     "epochs": 300, "lr": 1e-3, "weight_decay": 0.01, "alpha_dbr": 1.0, "dbr_norm": "l1", "kd_temperature": 4.0,
-    "codec_fill": "prior",
+    "codec_fill": "prior", "codec_loss": "kd",
 }
 CODEC_FILLS = ("prior", "uniform")
+CODEC_LOSSES = ("kd", "match")
+"""A codec student's objective: KD on the distribution the codec implies, or DBR's L_sce + L_dbr with every stored
+distance matched (nrrstore.train.losses.codec_match_loss)."""
 """How a label codec's target spreads the mass it does not store (nrrstore.train.losses.codec_target)."""
 DBR_NORMS = ("l2", "l1", "smooth_l1")

@@ -198,3 +198,40 @@ def codec_target(
         total_p = pv.sum(dim=1, keepdim=True)
         share = torch.where(total_p > 0, pv / total_p.clamp_min(torch.finfo(torch.float32).tiny), share)
     return q + rest * share
+
+
+def codec_match_loss(
+    logits: torch.Tensor,
+    kind: str,
+    ids: torch.Tensor,
+    values: torch.Tensor,
+    y: torch.Tensor,
+    y_partner: torch.Tensor,
+    lam: torch.Tensor | float,
+    d_org: torch.Tensor | None = None,
+    d_aug: torch.Tensor | None = None,
+    norm: str = STUDENT["dbr_norm"],
+) -> torch.Tensor:
+    """L_dbr extended to every distance a codec stores: the student's ``-log softmax`` of each stored class
+    matched to the teacher's (``-log p``; topk stores p), plus DBR's two distances for ``dbrc``, reduced by
+    ``norm`` as :func:`dbr_loss` does. The student's objective is then ``L_sce + alpha_dbr * this``: DBR's own
+    recipe, told a few more of the teacher's numbers."""
+    if norm not in DBR_NORMS:
+        raise NrrError(None, f"unknown DBR norm {norm!r}; expected one of {DBR_NORMS}")
+    logp = F.log_softmax(logits.float(), dim=-1)
+    t = values.float().detach()
+    if kind == "topk":
+        t = -torch.log(t.clamp_min(torch.finfo(torch.float32).tiny))
+    student, teacher = [-logp.gather(1, ids.long()).flatten()], [t.flatten()]
+    if kind == "dbrc":
+        if d_org is None or d_aug is None:
+            raise NrrError(None, "dbrc needs the teacher's d_org and d_aug")
+        s_org, s_aug = distances(logits, y, y_partner, lam)
+        student += [s_org, s_aug]
+        teacher += [d_org.float().detach(), d_aug.float().detach()]
+    a, b = torch.cat(student), torch.cat(teacher).to(logits.device)
+    if norm == "l2":
+        return F.mse_loss(a, b)
+    if norm == "l1":
+        return F.l1_loss(a, b)
+    return F.smooth_l1_loss(a, b, beta=1.0)

@@ -48,9 +48,9 @@ from nrrstore.progress import Progress
 from nrrstore.replay.recipe import store_recipe
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.accuracy import evaluate
-from nrrstore.train.defaults import CODEC_FILLS, STUDENT
+from nrrstore.train.defaults import CODEC_FILLS, CODEC_LOSSES, STUDENT
 from nrrstore.train.loader import label_mode, make_loader, open_store, to_chw
-from nrrstore.train.losses import DBR_NORMS, codec_target, dbr_loss, kd_loss, sce_loss
+from nrrstore.train.losses import DBR_NORMS, codec_match_loss, codec_target, dbr_loss, kd_loss, sce_loss
 
 CHECKPOINT_FORMAT = "nrrstore-student"
 #: A student with fewer than this many optimizer steps per epoch AND fewer than `MIN_TOTAL_STEPS` in all
@@ -125,7 +125,7 @@ def train_student(
     alpha_dbr: float = STUDENT["alpha_dbr"],
     dbr_norm: str = STUDENT["dbr_norm"],
     kd_temperature: float = STUDENT["kd_temperature"],
-    codec_fill: str = STUDENT["codec_fill"],
+    codec_fill: str = STUDENT["codec_fill"], codec_loss: str = STUDENT["codec_loss"],  # label codecs (issue 15)
     seed: int = 0,
     device: str | torch.device = "cpu",
     workers: int = 0,
@@ -162,8 +162,8 @@ def train_student(
         "labels_files": sorted(f.sha256 for f in m.files if f.kind in LABEL_FILE_KINDS),
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
         "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay), "alpha_dbr": float(alpha_dbr),
-        "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature), "seed": int(seed), "cycle": bool(cycle)}
-    args.update(_codec_args(labels, codec_fill))
+        "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature), "seed": int(seed), "cycle": bool(cycle),
+        **_codec_args(labels, codec_fill, codec_loss)}
     dev = resolve_device(device)
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -195,14 +195,18 @@ def train_student(
     }
 
 
-def _codec_args(labels: str, codec_fill: str) -> dict[str, Any]:
+def _codec_args(labels: str, codec_fill: str, codec_loss: str) -> dict[str, Any]:
     """What a codec student's checkpoint records besides the rest (only codec students: older checkpoints of
     the other modes still resume)."""
     if ":" not in labels:
         return {}
     if codec_fill not in CODEC_FILLS:
         raise NrrError(None, f"unknown codec fill {codec_fill!r}; use one of {', '.join(CODEC_FILLS)}")
-    return {"codec_fill": codec_fill}
+    if codec_loss not in CODEC_LOSSES:
+        raise NrrError(None, f"unknown codec loss {codec_loss!r}; use one of {', '.join(CODEC_LOSSES)}")
+    if codec_loss == "match" and labels == "dbrc:0":
+        raise NrrError(None, "dbrc:0 with codec_loss 'match' is DBR itself: train with labels='dbr'")
+    return {"codec_fill": codec_fill} if codec_loss == "kd" else {"codec_fill": codec_fill, "codec_loss": codec_loss}
 
 
 def _prior(st: Store, args: dict[str, Any], dev: torch.device) -> torch.Tensor | None:
@@ -270,8 +274,7 @@ class _Run:
         rate = a["lr"] * 0.5 * (1.0 + math.cos(math.pi * global_step / self.total_steps))
         for group in self.opt.param_groups:
             group["lr"] = rate
-        parts = _loss(self.model, batch, a["labels"], a["alpha_dbr"], a["dbr_norm"], a["kd_temperature"], self.dev,
-                      self.prior)
+        parts = _loss(self.model, batch, a, self.dev, self.prior)
         self.opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         self.opt.step()
@@ -302,8 +305,9 @@ class _Run:
         self.sums, self.seen, self.t_epoch = {}, 0, time.perf_counter()
 
 
-def _loss(model: nn.Module, batch: dict[str, Any], labels: str, alpha_dbr: float, norm: str, T: float,
-          dev: torch.device, prior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def _loss(model: nn.Module, batch: dict[str, Any], a: dict[str, Any], dev: torch.device,
+          prior: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    labels, alpha_dbr, norm, T = a["labels"], a["alpha_dbr"], a["dbr_norm"], a["kd_temperature"]
     x = batch["images"].to(dev, non_blocking=True)
     y, y2, lam = (batch[k].to(dev) for k in ("y", "y_partner", "lam"))
     logits = model(x)
@@ -315,6 +319,12 @@ def _loss(model: nn.Module, batch: dict[str, Any], labels: str, alpha_dbr: float
         ids = batch.get("codec_ids", torch.zeros((len(y), 0), dtype=torch.long))
         values = batch.get("codec_values", torch.zeros((len(y), 0)))
         d_org, d_aug = batch.get("d_org"), batch.get("d_aug")
+        if a.get("codec_loss") == "match":
+            sce = sce_loss(logits, y, y2, lam)
+            match = codec_match_loss(logits, kind, ids.to(dev), values.to(dev), y, y2, lam,
+                                     None if d_org is None else d_org.to(dev), None if d_aug is None else d_aug.to(dev),
+                                     norm)
+            return {"loss": sce + alpha_dbr * match, "sce": sce, "dbr": match}
         target = codec_target(kind, logits.shape[1], ids.to(dev), values.to(dev), y, y2, lam,
                               None if d_org is None else d_org.to(dev), None if d_aug is None else d_aug.to(dev),
                               prior)

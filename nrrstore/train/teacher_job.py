@@ -51,7 +51,7 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
     shows images/s and the time left. ``flip`` and ``crop_pad`` are the CIFAR recipe's augmentation
     (random horizontal flip; random crop of the image padded by ``crop_pad`` pixels).
     """
-    check_output_file(out, overwrite)
+    check_output_file(out, overwrite, inputs=[spec, val])
     with output_lock(out):
         size, channels, num_classes, names = _shape_and_classes(spec)
         if optimizer not in OPTIMIZERS:  # before the passes over the data below

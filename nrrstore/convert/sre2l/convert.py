@@ -35,7 +35,7 @@ from nrrstore.convert.sre2l.unpickle import load_batch
 from nrrstore.errors import NrrError, os_errors_name, os_problem, staged_as
 from nrrstore.format import fs, quant
 from nrrstore.format.atomic import file_sha256, is_inside
-from nrrstore.format.codecs import Codec, codecs_section, create_codec_arrays, parse_codecs
+from nrrstore.format.codecs import Codec, codecs_section, create_codec_arrays, parse_codec, parse_codecs
 from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
     DistanceFile,
@@ -282,7 +282,8 @@ class _LabelWriter:
                     if self.soft is not None:
                         self.soft[rows.epoch] = rows.soft
                     for name, fields in rows.codecs.items():
-                        for f, values in fields.items():
+                        codec = parse_codec(name)
+                        for f, values in codec.store_values(fields["ids"], fields["values"]).items():
                             self.codecs[name][f][rows.epoch] = values
                     table.write_epoch(rows.epoch, rows.d_org, rows.d_aug, rows.cols)
                     self.state["quant_max"] = table.quant_max  # int8: chosen from the first epoch converted

@@ -54,7 +54,7 @@ class EpochRows:
     d_aug: np.ndarray
     cols: dict[str, np.ndarray]  # EXPLICIT_COLUMNS
     soft: np.ndarray | None  # float16 [N, C] with keep_full
-    codecs: dict[str, dict[str, np.ndarray]]  # codec name -> field -> [N, K] (issue 15's label codecs)
+    codecs: dict[str, dict[str, np.ndarray]]  # codec name -> ids / values [N, K] (`encode_views`; issue 15)
     mixes: list[tuple[str, str]]  # (mix mode, file) per batch file
     dtypes: list[str]
 
@@ -81,7 +81,8 @@ class EpochWork:
         cols = {c: np.empty(n, dt) for c, dt in EXPLICIT_COLUMNS.items()}
         soft = np.empty((n, self.num_classes), np.float16) if self.keep_full else None
         wanted = parse_codecs(list(self.codecs), self.num_classes) if self.codecs else []
-        codecs = {c.name: {f: np.empty((n, c.k), d) for f, d in c.fields(self.num_classes).items()} for c in wanted}
+        codecs: dict[str, dict[str, np.ndarray]] = {
+            c.name: {"ids": np.empty((n, c.k), np.int64), "values": np.empty((n, c.k), np.float32)} for c in wanted}
         labels = torch.from_numpy(self.labels)
         buf = torch.empty(bs, self.num_classes, dtype=torch.float32)
         mixes, dtypes = [], set()
