@@ -184,8 +184,10 @@ def store_key(name: str) -> str:
 
 
 def _codecs(args: argparse.Namespace) -> list[str]:
-    """The array codecs the cells' labels need (issue 15), written by one relabel pass per store."""
-    return [lab for lab in args.labels if ":" in lab and lab != "dbrc:0"]
+    """The array codecs a store must hold (issue 15): --codecs (a superset, so that runs of other cells on the
+    same stores never relabel them under each other) and the cells' own, written by one relabel pass."""
+    wanted = [c for c in (args.codecs or "").split(",") if c] + [lab for lab in args.labels if ":" in lab]
+    return [c for c in dict.fromkeys(label_mode(c) for c in wanted) if c != "dbrc:0"]
 
 
 def _pruned(args: argparse.Namespace) -> str:
@@ -285,6 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", default=list(V), choices=list(V))
     ap.add_argument("--labels", nargs="+", default=["dbr", "onehot"], type=label_mode,
                     help="dbr, onehot, kd, or label codecs (topk:K, dbrc:K; issue 15)")
+    ap.add_argument("--codecs", default="", help="label codecs every store must hold (comma-separated), besides "
+                    "the cells' own")
     ap.add_argument("--label-epochs", type=int, default=0,
                     help="label pruning: relabel this many epochs (< --epochs) and cycle them (own stores)")
     ap.add_argument("--also-onehot", nargs="*", default=[], choices=list(V), metavar="VARIANT",

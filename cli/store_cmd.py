@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from nrrstore.format.reader import Store
@@ -73,7 +75,9 @@ def verify_cmd(
             print(f"{store}: ok{checked}{note}")
             if teacher_note:
                 print(f"{store}: note: {teacher_note}; give `evaluate` its teacher with --teacher T.pt")
-    if problems:
+    if problems:  # the report is on stdout; stderr gets the one line every failing command gives
+        print(f"nrrstore: {store}: {len(problems)} problem(s) found" + ("" if json_out else ", listed on stdout"),
+              file=sys.stderr)
         raise typer.Exit(1)
 
 

@@ -818,7 +818,7 @@ CASES: list[Case] = [
       lambda e, w, x: [w / "c.pt"], setup=lambda e, w, x: text(w / "c.pt")),
     c("input-ts-resume-pickled-code", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
                                                        "--checkpoint", w / "c.pt", "--resume"],
-      lambda e, w, x: [w / "c.pt", "unreadable student checkpoint"], setup=lambda e, w, x: copy(e.evil, w / "c.pt")),
+      lambda e, w, x: [w / "c.pt", "not a readable student checkpoint"], setup=lambda e, w, x: copy(e.evil, w / "c.pt")),
     c("input-ts-resume-truncated", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--epochs", 1,
                                                     "--checkpoint", w / "c.pt", "--resume"],
       lambda e, w, x: [w / "c.pt"], setup=lambda e, w, x: truncated(e.teacher, w / "c.pt")),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import pickle
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nrrstore.devices import resolve_device
-from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
+from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name, os_problem
 from nrrstore.format.atomic import is_inside
 from nrrstore.format.codecs import read_prior
 from nrrstore.format.layout import LABEL_FILE_KINDS
@@ -393,12 +394,29 @@ def _save_checkpoint(path: Path, args: dict[str, Any], model: nn.Module, opt: to
     save_torch_atomic(record, path)
 
 
+def _why_unreadable(path: Path, exc: BaseException) -> str:
+    """What is wrong with a checkpoint torch cannot load, in words (torch's own messages run to pages)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return os_problem(e)
+    if not head:
+        return "empty file"
+    if head[:2] != b"PK":
+        return "not a torch zip archive: another file, or not written by nrrstore"
+    if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
+        return "it holds objects other than tensors and plain data, which are never unpickled"
+    return f"truncated or damaged archive ({type(exc).__name__})"
+
+
 def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,
                      opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
     try:
         rec = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types (corrupt zip, refused globals...)
-        raise NrrError(path, f"unreadable student checkpoint: {type(exc).__name__}") from None
+        raise NrrError(path, f"not a readable student checkpoint ({_why_unreadable(path, exc)}); --overwrite "
+                             "starts the student afresh (or delete the file)") from None
     if not isinstance(rec, dict) or rec.get("format") != CHECKPOINT_FORMAT:
         raise NrrError(path, "not an nrrstore student checkpoint")
     if rec.get("args") != args:
