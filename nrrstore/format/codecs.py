@@ -34,7 +34,7 @@ import numpy as np
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs, quant
-from nrrstore.format.layout import CODECS_DIR, SOFTLABELS_PATH
+from nrrstore.format.layout import CODECS_DIR, SOFTLABELS_PATH, codecs_dir
 
 ZSTD_LEVEL = 3
 WORK_NAME = "codecs"
@@ -180,9 +180,10 @@ def create_codec_arrays(work: str | os.PathLike[str], codec: Codec, epochs: int,
             if tuple(arr.shape) != shape or tuple(arr.chunks) != chunks or arr.dtype != dtype:
                 raise NrrError(p, f"existing codec array has shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}; "
                                   f"expected {shape}, {chunks}, {dtype}")
-        else:
+        else:  # fill: an invalid id or NaN, so a missing chunk is refused when read, never taken for data
+            fill = float("nan") if dtype.kind == "f" else int(np.iinfo(dtype).max)
             arr = zarr.create_array(store=p, shape=shape, chunks=chunks, dtype=dtype,
-                                    compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0, zarr_format=3)
+                                    compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=fill, zarr_format=3)
         out[field] = arr
     return out
 
@@ -215,12 +216,14 @@ def rank_classes(probs: Any) -> tuple[Any, Any]:
     return torch.sort(probs, dim=1, descending=True, stable=True)
 
 
-def install_codecs(root: str | os.PathLike[str], work: str | os.PathLike[str]) -> dict[str, str]:
+def install_codecs(root: str | os.PathLike[str], work: str | os.PathLike[str],
+                   version: str | None = None) -> dict[str, str]:
     """Move the arrays a job wrote in ``work`` into the store, replacing the old ones; idempotent.
 
     Returns ``{store path: kind}`` as :func:`~nrrstore.format.update.update_store` takes them.
     """
-    src, dst = Path(work) / WORK_NAME, Path(root) / CODECS_DIR
+    rel = codecs_dir(version)
+    src, dst = Path(work) / WORK_NAME, Path(root) / rel
     if src.is_dir():
         fs.remove(dst)
         fs.make_dirs(dst.parent)
@@ -229,15 +232,15 @@ def install_codecs(root: str | os.PathLike[str], work: str | os.PathLike[str]) -
     if prior.is_dir():  # after the arrays: a crash between the moves leaves the arrays in place, and a rerun
         fs.remove(dst / PRIOR_NAME)  # writes the same prior again
         fs.move(prior, dst / PRIOR_NAME)
-    return {CODECS_DIR: "codecs"} if dst.is_dir() else {}
+    return {rel: "codecs"} if dst.is_dir() else {}
 
 
 def codecs_section(codecs: list[Codec], epochs: int, num_images: int, num_classes: int,
-                   block: int) -> dict[str, Any]:
+                   block: int, base: str = CODECS_DIR) -> dict[str, Any]:
     """The manifest's ``labels.codecs`` entry: every codec written, with its arrays' paths and types."""
     out: dict[str, Any] = {}
     for c in codecs:
-        fields = {f: {"path": f"{CODECS_DIR}/{c.folder}/{f}.zarr", "dtype": str(d)}
+        fields = {f: {"path": f"{base}/{c.folder}/{f}.zarr", "dtype": str(d)}
                   for f, d in c.fields(num_classes).items()}
         entry: dict[str, Any] = {"kind": c.kind, "k": c.k, "fields": fields}
         if c.int8:
@@ -260,7 +263,8 @@ def codec_bytes(manifest: Any) -> dict[str, int]:
     dbr = sum(f.bytes for f in manifest.files if f.kind == "distances")
     out: dict[str, int] = {}
     for name, e in entries.items():
-        prefixes = [SOFTLABELS_PATH] if e["kind"] == "full" else [v["path"] for v in e.get("fields", {}).values()]
+        soft = str((labels.get("softlabels") or {}).get("path", SOFTLABELS_PATH))
+        prefixes = [soft] if e["kind"] == "full" else [v["path"] for v in e.get("fields", {}).values()]
         own = sum(f.bytes for f in manifest.files if any(f.path.startswith(p + "/") for p in prefixes))
         out[name] = own + (dbr if e["kind"] in ("dbr", "dbrc") else 0)
     return out
@@ -286,7 +290,8 @@ def save_prior_chunk(work: str | os.PathLike[str], first: int, last: int, sums: 
     atomic_write_bytes(Path(work) / prior_chunk_name(first, last), buf.getvalue())
 
 
-def write_prior(work: str | os.PathLike[str], chunks: list[tuple[int, int]], num_classes: int) -> dict[str, Any]:
+def write_prior(work: str | os.PathLike[str], chunks: list[tuple[int, int]], num_classes: int,
+                base: str = CODECS_DIR) -> dict[str, Any]:
     """Sum the chunks' prior files into the class prior (row c: the teacher's mean probabilities over views
     mostly of class c; a class no view was mostly of gets a uniform row), write it as a float32 [C, C] zarr
     array in ``work`` (:func:`install_codecs` moves it beside the codec arrays), and return its manifest entry
@@ -303,7 +308,7 @@ def write_prior(work: str | os.PathLike[str], chunks: list[tuple[int, int]], num
     arr = zarr.create_array(store=path, shape=prior.shape, chunks=prior.shape, dtype="float32", fill_value=0.0,
                             compressors=None, zarr_format=3, overwrite=True)
     arr[...] = prior
-    return {"path": f"{CODECS_DIR}/{PRIOR_NAME}", "shape": [num_classes, num_classes], "dtype": "float32",
+    return {"path": f"{base}/{PRIOR_NAME}", "shape": [num_classes, num_classes], "dtype": "float32",
             "min_share": PRIOR_LAM}
 
 

@@ -24,6 +24,28 @@ RELABEL_WORK_DIR = ".relabel"
 """Inside the store: a relabel job's finished chunk files and resume state, until it installs them."""
 
 
+def softlabels_path(version: str | None = None) -> str:
+    """Where a relabel job with the ``version`` tag (see `label_version`) installs its soft labels; ``None``: the
+    unversioned name that stores made before versioning and converted stores use."""
+    return SOFTLABELS_PATH if version is None else f"{LABELS_DIR}/softlabels-{version}.zarr"
+
+
+def codecs_dir(version: str | None = None) -> str:
+    """The folder of a relabel job's codec arrays and class prior (as `softlabels_path`)."""
+    return CODECS_DIR if version is None else f"{LABELS_DIR}/codecs-{version}"
+
+
+def label_version(job: object) -> str:
+    """A tag naming one version of a store's zarr labels: the digest of the job's arguments. Labels of another
+    version go under other names, so a reader that opened the old manifest reads old files to the end or meets
+    a missing one (and fails in one line); it never reads a mix. The same arguments give the same bytes and
+    the same tag."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(job, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def shard_path(number: int) -> str:
     """The ``number``-th image shard (store order)."""
     return f"{IMAGES_DIR}/shard-{number:06d}.tar"

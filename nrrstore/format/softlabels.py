@@ -16,7 +16,7 @@ import numpy as np
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
-from nrrstore.format.layout import SOFTLABELS_PATH
+from nrrstore.format.layout import SOFTLABELS_PATH, softlabels_path
 
 ZSTD_LEVEL = 3
 WORK_NAME = "softlabels.zarr"
@@ -37,8 +37,10 @@ def create_softlabels(path: str | os.PathLike[str], epochs: int, num_images: int
         if tuple(arr.shape) == shape and tuple(arr.chunks) == chunks and arr.dtype == np.float16:
             return arr
         raise NrrError(p, f"existing soft-label array has shape {arr.shape}, chunks {arr.chunks}; expected {shape}, {chunks}")
+    # NaN fill: a chunk that is missing when read (never written, or deleted by a relabel meanwhile) is refused,
+    # never read as zeros
     return zarr.create_array(store=p, shape=shape, chunks=chunks, dtype="float16",
-                             compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=0.0, zarr_format=3)
+                             compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=float("nan"), zarr_format=3)
 
 
 def create_store_softlabels(root: str | os.PathLike[str], epochs: int, num_images: int, num_classes: int,
@@ -47,22 +49,25 @@ def create_store_softlabels(root: str | os.PathLike[str], epochs: int, num_image
     return create_softlabels(Path(root) / SOFTLABELS_PATH, epochs, num_images, num_classes, block)
 
 
-def install_softlabels(root: str | os.PathLike[str], work: str | os.PathLike[str]) -> dict[str, str]:
-    """Move the array a job wrote in ``work`` into the store (replacing the old one); idempotent.
+def install_softlabels(root: str | os.PathLike[str], work: str | os.PathLike[str],
+                       version: str | None = None) -> dict[str, str]:
+    """Move the array a job wrote in ``work`` into the store at `softlabels_path` (``version``); idempotent.
 
     Returns the store path and its kind, as :func:`~nrrstore.format.update.update_store` takes them.
     """
-    src, dst = Path(work) / WORK_NAME, Path(root) / SOFTLABELS_PATH
+    rel = softlabels_path(version)
+    src, dst = Path(work) / WORK_NAME, Path(root) / rel
     if src.is_dir():
         fs.remove(dst)
         fs.make_dirs(dst.parent)
         fs.move(src, dst)
-    return {SOFTLABELS_PATH: "softlabels"}
+    return {rel: "softlabels"}
 
 
-def softlabels_section(shape: tuple[int, ...], chunks: tuple[int, ...], temperature: float = 1.0) -> dict[str, Any]:
+def softlabels_section(shape: tuple[int, ...], chunks: tuple[int, ...], temperature: float = 1.0,
+                       path: str = SOFTLABELS_PATH) -> dict[str, Any]:
     """The manifest's ``labels.softlabels`` entry."""
-    return {"path": SOFTLABELS_PATH, "shape": list(shape), "chunks": list(chunks), "dtype": "float16",
+    return {"path": path, "shape": list(shape), "chunks": list(chunks), "dtype": "float16",
             "temperature": float(temperature)}
 
 
@@ -87,7 +92,11 @@ class SoftLabels:
             block = self._arr[int(epoch), int(start):int(stop), :]
         except Exception as exc:  # noqa: BLE001 - as above: any zarr, codec or storage failure is one NrrError
             raise NrrError(self.path, f"cannot read soft labels of epoch {epoch}: {type(exc).__name__}: {exc}") from None
-        return np.asarray(block, dtype=np.float32)
+        out = np.asarray(block, dtype=np.float32)
+        if np.isnan(out).any():
+            raise NrrError(self.path, f"soft labels of epoch {epoch} are missing (a chunk never written, or the labels "
+                                      "were replaced while being read); reopen the store")
+        return out
 
     def __getstate__(self) -> dict[str, Any]:  # zarr handles are reopened in DataLoader workers
         return {"path": self.path, "shape": self.shape, "temperature": self.temperature}

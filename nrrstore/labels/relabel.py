@@ -58,7 +58,15 @@ from nrrstore.format.distances import (
     epoch_chunks,
     install_chunks,
 )
-from nrrstore.format.layout import DISTANCE_FILE_GLOB, LABEL_FILE_KINDS, MANIFEST_NAME, distance_file_name
+from nrrstore.format.layout import (
+    DISTANCE_FILE_GLOB,
+    LABEL_FILE_KINDS,
+    MANIFEST_NAME,
+    codecs_dir,
+    distance_file_name,
+    label_version,
+    softlabels_path,
+)
 from nrrstore.format.layout import RELABEL_WORK_DIR as WORK_DIR
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_writable
@@ -358,18 +366,20 @@ def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: 
     epochs, precision, mode = args["epochs"], args["precision"], args["mode"]
     full_softlabels = args["full_softlabels"]
     files = install_chunks(st.path, work, chunks)
+    version = label_version(args)  # zarr labels under new names: a reader of the old manifest never mixes
     if full_softlabels:
-        files.update(install_softlabels(st.path, work))
+        files.update(install_softlabels(st.path, work, version))
     if job.codecs:
-        prior = write_prior(work, chunks, m.num_classes)
-        files.update(install_codecs(st.path, work))
+        prior = write_prior(work, chunks, m.num_classes, codecs_dir(version))
+        files.update(install_codecs(st.path, work, version))
     labels = {k: v for k, v in m.labels.items() if k not in ("distances", "softlabels", "codecs", "codecs_prior")}
     labels["distances"] = distances_section(chunks, precision, mode, state["quant_max"])
     if full_softlabels:
         labels["softlabels"] = softlabels_section((epochs, m.num_images, m.num_classes),
-                                                  (1, job.block_of_softlabels, m.num_classes))
+                                                  (1, job.block_of_softlabels, m.num_classes),
+                                                  path=softlabels_path(version))
     labels["codecs"] = codecs_section(parse_codecs(args["codecs"]), epochs, m.num_images, m.num_classes,
-                                      job.block_of_softlabels)
+                                      job.block_of_softlabels, codecs_dir(version))
     if job.codecs:
         labels["codecs_prior"] = prior
     method = dict(m.method)

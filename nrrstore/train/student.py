@@ -205,9 +205,9 @@ def _codec_args(labels: str, codec_fill: str, codec_loss: str) -> dict[str, Any]
         raise NrrError(None, f"unknown codec fill {codec_fill!r}; use one of {', '.join(CODEC_FILLS)}")
     if codec_loss not in CODEC_LOSSES:
         raise NrrError(None, f"unknown codec loss {codec_loss!r}; use one of {', '.join(CODEC_LOSSES)}")
-    if codec_loss == "match" and labels == "dbrc:0":
-        raise NrrError(None, "dbrc:0 with codec_loss 'match' is DBR itself: train with labels='dbr'")
-    return {"codec_fill": codec_fill} if codec_loss == "kd" else {"codec_fill": codec_fill, "codec_loss": codec_loss}
+    if codec_loss == "kd" or labels == "dbrc:0":  # dbrc:0 under "match" would be DBR itself: it is read as KD
+        return {"codec_fill": codec_fill}
+    return {"codec_fill": codec_fill, "codec_loss": codec_loss}
 
 
 def _prior(st: Store, args: dict[str, Any], dev: torch.device) -> torch.Tensor | None:
