@@ -172,6 +172,8 @@ V.update({
     "nrr-t1": ("nrr", {}, {}, {"kd_temperature": 1.0}),
     "nrr-fill-uniform-t1": ("nrr", {}, {}, {"codec_fill": "uniform", "kd_temperature": 1.0}),
     "nrr-match": ("nrr", {}, {}, {"codec_loss": "match"}),
+    "nrr-match-a0.5": ("nrr", {}, {}, {"codec_loss": "match", "alpha_dbr": 0.5}),
+    "nrr-match-a2": ("nrr", {}, {}, {"codec_loss": "match", "alpha_dbr": 2.0}),
 })
 LABELS = ("dbr", "onehot", "kd")
 

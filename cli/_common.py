@@ -120,6 +120,37 @@ def _stop_on_signals() -> Callable[[], None]:
     return restore
 
 
+MEMORY_HINT = "raise the memory limit (ulimit -v, or the container's) or use a smaller --batch-size or fewer --workers"
+MIN_ADDRESS_SPACE = 256 * 2**20
+"""Below this address-space limit numpy and pyarrow cannot even be loaded (their libraries map more)."""
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """What an exception says when it is the machine's memory running out, in words (else None): MemoryError, a
+    shared library that could not be mapped, torch's failed allocations (CPU and CUDA)."""
+    text = str(exc)
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    if isinstance(exc, ImportError) and ("failed to map segment" in text or "cannot allocate memory" in text.lower()):
+        return f"out of memory while loading a library ({text.split(':')[0]})"
+    if isinstance(exc, RuntimeError) and any(s in text.lower() for s in ("can't allocate memory", "cannot allocate memory",
+                                                                        "out of memory")):
+        wanted = re.search(r"allocate (\d+) bytes", text)
+        return "out of memory" + (f" (an allocation of {int(wanted.group(1)):,} bytes failed)" if wanted else "")
+    return None
+
+
+def check_memory_limit() -> None:
+    """Refuse, in one line, an address-space limit too small to load the libraries (numpy's BLAS would otherwise
+    abort with its own message, or an import would fail with a traceback)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY and soft < MIN_ADDRESS_SPACE:
+        fail(f"the memory limit (ulimit -v) is {soft // 2**20} MiB; nrrstore needs at least "
+             f"{MIN_ADDRESS_SPACE // 2**20} MiB to load its libraries, and more to work")
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a command so that every failure is one line on stderr and a non-zero exit code.
 
@@ -151,6 +182,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except (SystemExit, typer.Exit, typer.Abort, _click.exceptions.ClickException):
             raise
         except Exception as exc:  # a bug: still one line, unless asked for the traceback
+            if out_of_memory(exc):
+                fail(f"{out_of_memory(exc)}; {MEMORY_HINT}")
             if os.environ.get(TRACEBACK_ENV) == "1":
                 raise
             fail(f"internal error: {type(exc).__name__}: {exc} (rerun with {TRACEBACK_ENV}=1 for the traceback, "

@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from nrrstore import __version__
-from nrrstore_cli._common import OneLineErrors
+from nrrstore_cli._common import OneLineErrors, check_memory_limit
+
+check_memory_limit()  # before anything maps numpy's or pyarrow's libraries
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -45,7 +47,14 @@ def _register() -> None:
         module.register(app)
 
 
-_register()
+try:
+    _register()  # imports the command modules (pyarrow, numpy): the first place memory can run out
+except (ImportError, MemoryError) as _exc:
+    from nrrstore_cli._common import MEMORY_HINT, fail, out_of_memory
+
+    if not out_of_memory(_exc):
+        raise
+    fail(f"{out_of_memory(_exc)}; {MEMORY_HINT}")
 
 
 def main() -> None:

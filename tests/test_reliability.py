@@ -377,3 +377,27 @@ def test_error_texts_are_never_cut() -> None:
 
     long = "Weights only load failed because " + "a very long reason " * 20
     assert _short_reason(ValueError(long)) == long.strip()
+
+
+def test_a_memory_cap_is_one_line(tmp_path) -> None:
+    """Start-up under an address-space limit too small to load numpy and pyarrow: one line, exit 1, no traceback
+    (numpy's BLAS would otherwise abort with its own message, or an import fail with a traceback); and the
+    failures memory exhaustion causes later are named as such, not as internal errors."""
+    import resource
+
+    from nrrstore_cli._common import out_of_memory
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (200 * 2**20, resource.RLIM_INFINITY))
+
+    proc = subprocess.run([sys.executable, "-m", "nrrstore_cli.main", "inspect", str(tmp_path)], preexec_fn=cap,
+                          capture_output=True, text=True, timeout=60, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("nrrstore: the memory limit (ulimit -v) is 200 MiB")
+    assert out_of_memory(MemoryError()) == "out of memory"
+    assert "libtorch_cpu.so" in str(out_of_memory(ImportError("libtorch_cpu.so: failed to map segment from shared object")))
+    assert "200,704,000 bytes" in str(out_of_memory(RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+        "allocate 200704000 bytes. Error code 12 (Cannot allocate memory)")))
+    assert out_of_memory(RuntimeError("shape mismatch")) is None
