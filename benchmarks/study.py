@@ -167,10 +167,11 @@ V.update({
 # Not "c-" rows, so they share the stores of "random", "rded" and "nrr".
 V.update({
     "nrr-now-l1": ("nrr", {}, {}, {"dbr_norm": "l1"}),
-    # issue 15: how a codec student spreads the mass its codec does not store, and its KD temperature
-    "nrr-fill-uniform": ("nrr", {}, {}, {"codec_fill": "uniform"}),
-    "nrr-t1": ("nrr", {}, {}, {"kd_temperature": 1.0}),
-    "nrr-fill-uniform-t1": ("nrr", {}, {}, {"codec_fill": "uniform", "kd_temperature": 1.0}),
+    # issue 15: the codec students' objective (KD on the implied distribution, with the class prior or an even
+    # fill of the unstored mass; or DBR's objective over every stored distance) and its weight
+    "nrr-kd": ("nrr", {}, {}, {"codec_loss": "kd"}),
+    "nrr-kd-fill-uniform": ("nrr", {}, {}, {"codec_loss": "kd", "codec_fill": "uniform"}),
+    "nrr-kd-t1": ("nrr", {}, {}, {"codec_loss": "kd", "kd_temperature": 1.0}),
     "nrr-match": ("nrr", {}, {}, {"codec_loss": "match"}),
     "nrr-match-a0.5": ("nrr", {}, {}, {"codec_loss": "match", "alpha_dbr": 0.5}),
     "nrr-match-a2": ("nrr", {}, {}, {"codec_loss": "match", "alpha_dbr": 2.0}),
