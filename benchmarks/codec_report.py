@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--also", nargs="*", default=[], help="variants supplying the label kinds --variant lacks")
     ap.add_argument("--ipc", type=int, default=10)
     ap.add_argument("--plot", type=Path)
+    ap.add_argument("--title", help="the plot's title (default: the work folder's name)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = table(args.work, args.variant, args.ipc, args.also)
@@ -113,7 +114,8 @@ def main() -> None:
               f"{share:>16} {'*' if r['on_front'] else ''}")
     if args.plot:
         one = next((r["mean"] for r in rows if r["labels"] == "onehot"), None)
-        img = plot_front(_points(rows), one, f"{args.work.name}: top-1 per label byte, IPC {args.ipc}")
+        img = plot_front(_points(rows), one, f"{args.title or args.work.name}: top-1 per label byte, IPC {args.ipc} "
+                                             f"({len(rows[0]['seeds'])} seeds, mean +- std)")
         img.save(args.plot)
         print(f"plot: {args.plot}")
 
