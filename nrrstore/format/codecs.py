@@ -8,11 +8,11 @@ A user picks a storage budget; each codec is one point on the accuracy-per-byte 
   and their probabilities (float16) per view: FKD's and SRe2L's scheme;
 - ``dbrc:K`` (*DBR plus confusers*, ours): DBR's two distances plus the ids of the K classes the teacher
   finds most likely *other than the view's own label* and the teacher's distance to each
-  (``-log p``, float16).
-- ``topk:K:int8`` and ``dbrc:K:int8``: the same, with each value as an 8-bit code of ``-log p`` in uniform
-  steps of ``log1p`` up to `CODE_MAX` nats (:mod:`nrrstore.format.quant`): half the value bytes. DBR knows how sure the teacher is of the labelled classes; what it lacks is
+  (``-log p``, float16). DBR knows how sure the teacher is of the labelled classes; what it lacks is
   where the rest of the mass goes, and for a mixed view that is mostly one or two classes.
   ``dbrc:0`` is DBR's own table read as a distribution (no extra bytes).
+- ``topk:K:int8`` and ``dbrc:K:int8``: the same, with each value as an 8-bit code of ``-log p`` in uniform
+  steps of ``log1p`` up to `CODE_MAX` nats (:mod:`nrrstore.format.quant`): half the value bytes.
 
 Every array codec is a set of zarr (format 3) arrays ``labels/codecs/<folder>/<field>.zarr`` of shape
 [E, N, K], chunked one epoch by a block of images like the soft labels (a killed relabel rewrites
@@ -35,11 +35,10 @@ import numpy as np
 from nrrstore.errors import NrrError
 from nrrstore.format import fs, quant
 from nrrstore.format.layout import CODECS_DIR, SOFTLABELS_PATH, codecs_dir
+from nrrstore.format.softlabels import create_label_array, open_label_array
 
-ZSTD_LEVEL = 3
 WORK_NAME = "codecs"
 """The codec arrays' folder inside a relabel job's work folder, until :func:`install_codecs` moves it."""
-KINDS = ("dbr", "full", "topk", "dbrc")
 MAX_K = 64
 VALUE_BYTES = 2  # float16 probabilities / distances
 CODE_MAX = 20.0
@@ -145,6 +144,14 @@ def parse_codecs(text: str | Sequence[str], num_classes: int | None = None) -> l
     return out
 
 
+def codecs_to_write(requested: str | Sequence[str] | None, full_softlabels: bool, num_classes: int) -> list[Codec]:
+    """The codecs a labelling job (relabel, conversion) writes: DBR first, always (resume and replay checks stand
+    on its table), then the requested ones in order, then ``full`` when ``full_softlabels`` asks for it."""
+    wanted = parse_codecs(requested or "dbr", num_classes)
+    extra = [Codec("full")] if full_softlabels else []
+    return list(dict.fromkeys([Codec("dbr"), *(c for c in wanted if c.kind != "dbr"), *extra]))
+
+
 LABEL_MODES = ("dbr", "kd", "onehot", "topk:K", "dbrc:K")
 """What a student can train on: one-hot labels, DBR's distances, full soft labels (KD) or a label codec."""
 
@@ -167,25 +174,11 @@ def label_mode(labels: str, num_classes: int | None = None) -> str:
 def create_codec_arrays(work: str | os.PathLike[str], codec: Codec, epochs: int, num_images: int,
                         num_classes: int, block: int) -> dict[str, Any]:
     """Create (or reopen, same shape and chunks) the codec's arrays under ``work`` for writing."""
-    import zarr
-    from zarr.codecs import ZstdCodec
-
     shape = (int(epochs), int(num_images), codec.k)
     chunks = (1, max(1, min(int(block), int(num_images))), codec.k)
-    out = {}
-    for field, dtype in codec.fields(num_classes).items():
-        p = Path(work) / WORK_NAME / codec.folder / f"{field}.zarr"
-        if (p / "zarr.json").is_file():
-            arr = zarr.open_array(p, mode="r+")
-            if tuple(arr.shape) != shape or tuple(arr.chunks) != chunks or arr.dtype != dtype:
-                raise NrrError(p, f"existing codec array has shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}; "
-                                  f"expected {shape}, {chunks}, {dtype}")
-        else:  # fill: an invalid id or NaN, so a missing chunk is refused when read, never taken for data
-            fill = float("nan") if dtype.kind == "f" else int(np.iinfo(dtype).max)
-            arr = zarr.create_array(store=p, shape=shape, chunks=chunks, dtype=dtype,
-                                    compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=fill, zarr_format=3)
-        out[field] = arr
-    return out
+    return {field: create_label_array(Path(work) / WORK_NAME / codec.folder / f"{field}.zarr", shape, chunks, dtype,
+                                      "codec")
+            for field, dtype in codec.fields(num_classes).items()}
 
 
 def encode_views(codec: Codec, probs: Any, y: Any, ranked: tuple[Any, Any] | None = None) -> dict[str, Any]:
@@ -223,15 +216,10 @@ def install_codecs(root: str | os.PathLike[str], work: str | os.PathLike[str],
     Returns ``{store path: kind}`` as :func:`~nrrstore.format.update.update_store` takes them.
     """
     rel = codecs_dir(version)
-    src, dst = Path(work) / WORK_NAME, Path(root) / rel
-    if src.is_dir():
-        fs.remove(dst)
-        fs.make_dirs(dst.parent)
-        fs.move(src, dst)
-    prior = Path(work) / PRIOR_NAME
-    if prior.is_dir():  # after the arrays: a crash between the moves leaves the arrays in place, and a rerun
-        fs.remove(dst / PRIOR_NAME)  # writes the same prior again
-        fs.move(prior, dst / PRIOR_NAME)
+    dst = Path(root) / rel
+    fs.move_folder_over(Path(work) / WORK_NAME, dst)
+    # after the arrays: a crash between the moves leaves the arrays in place, and a rerun writes the same prior again
+    fs.move_folder_over(Path(work) / PRIOR_NAME, dst / PRIOR_NAME)
     return {rel: "codecs"} if dst.is_dir() else {}
 
 
@@ -314,13 +302,8 @@ def write_prior(work: str | os.PathLike[str], chunks: list[tuple[int, int]], num
 
 def read_prior(store_root: str | os.PathLike[str], section: dict[str, Any], num_classes: int) -> np.ndarray:
     """The class prior [C, C] (rows sum to 1), refused with one line when unreadable or out of range."""
-    import zarr
-
     path = fs.location(store_root) / str(section["path"])
-    try:
-        prior = np.asarray(zarr.open_array(fs.zarr_source(path), mode="r")[...], dtype=np.float32)
-    except Exception as exc:  # noqa: BLE001 - zarr raises several unrelated types for a missing/corrupt array
-        raise NrrError(path, f"unreadable class prior: {type(exc).__name__}: {exc}") from None
+    prior = np.asarray(open_label_array(path, "class prior")[...], dtype=np.float32)
     if prior.shape != (num_classes, num_classes) or not np.isfinite(prior).all() or (prior < 0).any() \
             or not np.allclose(prior.sum(axis=1), 1.0, atol=1e-3):
         raise NrrError(path, f"the class prior must be [{num_classes}, {num_classes}] rows of probabilities "
@@ -341,15 +324,10 @@ class CodecLabels:
         self._open()
 
     def _open(self) -> None:
-        import zarr
-
         self._arrays = {}
         for field, rel in self.fields.items():
             path = self.root / rel
-            try:
-                arr = zarr.open_array(fs.zarr_source(path), mode="r")
-            except Exception as exc:  # noqa: BLE001 - zarr raises several unrelated types for a missing/corrupt array
-                raise NrrError(path, f"unreadable {self.name} label array: {type(exc).__name__}: {exc}") from None
+            arr = open_label_array(path, f"{self.name} label")
             if tuple(int(s) for s in arr.shape) != self.shape:
                 raise NrrError(path, f"{self.name} array has shape {arr.shape}; the manifest says {self.shape}")
             self._arrays[field] = arr

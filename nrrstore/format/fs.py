@@ -334,6 +334,15 @@ def move(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     os.replace(_local(src), _local(dst))
 
 
+def move_folder_over(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Move the folder ``src`` to ``dst``, replacing whatever ``dst`` holds; nothing when ``src`` is gone (moved
+    already), so an interrupted install can simply be rerun."""
+    if _local(src).is_dir():
+        remove(dst)
+        make_dirs(_local(dst).parent)
+        move(src, dst)
+
+
 def remove(path: str | os.PathLike[str]) -> None:
     """Delete a file or a whole folder; a missing one is not an error."""
     p = _local(path)

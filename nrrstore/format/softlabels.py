@@ -23,24 +23,43 @@ WORK_NAME = "softlabels.zarr"
 """The array's folder name inside a job's work folder, before :func:`install_softlabels` moves it."""
 
 
-def create_softlabels(path: str | os.PathLike[str], epochs: int, num_images: int, num_classes: int,
-                      block: int) -> Any:
-    """Create (or reopen with the same shape and chunks) the array at ``path`` for writing."""
+def create_label_array(path: str | os.PathLike[str], shape: tuple[int, ...], chunks: tuple[int, ...],
+                       dtype: Any, what: str) -> Any:
+    """Create (or reopen with the same shape, chunks and type) a zstd-compressed label array for writing: the
+    soft labels' and the label codecs' (:mod:`nrrstore.format.codecs`). Its fill value is an invalid label (NaN,
+    or the id type's largest value), so a chunk missing when read (never written, or deleted by a relabel
+    meanwhile) is refused by the readers, never taken for zeros."""
     import zarr
     from zarr.codecs import ZstdCodec
 
-    shape = (int(epochs), int(num_images), int(num_classes))
-    chunks = (1, max(1, min(int(block), int(num_images))), int(num_classes))
-    p = Path(path)
+    p, dt = Path(path), np.dtype(dtype)
     if (p / "zarr.json").is_file():
         arr = zarr.open_array(p, mode="r+")
-        if tuple(arr.shape) == shape and tuple(arr.chunks) == chunks and arr.dtype == np.float16:
+        if tuple(arr.shape) == tuple(shape) and tuple(arr.chunks) == tuple(chunks) and arr.dtype == dt:
             return arr
-        raise NrrError(p, f"existing soft-label array has shape {arr.shape}, chunks {arr.chunks}; expected {shape}, {chunks}")
-    # NaN fill: a chunk that is missing when read (never written, or deleted by a relabel meanwhile) is refused,
-    # never read as zeros
-    return zarr.create_array(store=p, shape=shape, chunks=chunks, dtype="float16",
-                             compressors=ZstdCodec(level=ZSTD_LEVEL), fill_value=float("nan"), zarr_format=3)
+        raise NrrError(p, f"existing {what} array has shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}; "
+                          f"expected {shape}, {chunks}, {dt}")
+    fill = float("nan") if dt.kind == "f" else int(np.iinfo(dt).max)
+    return zarr.create_array(store=p, shape=shape, chunks=chunks, dtype=dt, compressors=ZstdCodec(level=ZSTD_LEVEL),
+                             fill_value=fill, zarr_format=3)
+
+
+def open_label_array(path: fs.Location, what: str) -> Any:
+    """A label array opened for reading (local or remote), refused in one line when missing or unreadable."""
+    import zarr
+
+    try:
+        return zarr.open_array(fs.zarr_source(path), mode="r")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several unrelated types for a missing/corrupt array
+        raise NrrError(path, f"unreadable {what} array: {type(exc).__name__}: {exc}") from None
+
+
+def create_softlabels(path: str | os.PathLike[str], epochs: int, num_images: int, num_classes: int,
+                      block: int) -> Any:
+    """Create (or reopen with the same shape and chunks) the array at ``path`` for writing."""
+    shape = (int(epochs), int(num_images), int(num_classes))
+    chunks = (1, max(1, min(int(block), int(num_images))), int(num_classes))
+    return create_label_array(path, shape, chunks, np.float16, "soft-label")
 
 
 def create_store_softlabels(root: str | os.PathLike[str], epochs: int, num_images: int, num_classes: int,
@@ -56,11 +75,7 @@ def install_softlabels(root: str | os.PathLike[str], work: str | os.PathLike[str
     Returns the store path and its kind, as :func:`~nrrstore.format.update.update_store` takes them.
     """
     rel = softlabels_path(version)
-    src, dst = Path(work) / WORK_NAME, Path(root) / rel
-    if src.is_dir():
-        fs.remove(dst)
-        fs.make_dirs(dst.parent)
-        fs.move(src, dst)
+    fs.move_folder_over(Path(work) / WORK_NAME, Path(root) / rel)
     return {rel: "softlabels"}
 
 
@@ -75,13 +90,8 @@ class SoftLabels:
     """Read access to a store's soft labels: ``read(epoch, start, stop) -> float32 [stop-start, C]``."""
 
     def __init__(self, store_root: str | os.PathLike[str], section: dict[str, Any]) -> None:
-        import zarr
-
         self.path = fs.location(store_root) / section.get("path", SOFTLABELS_PATH)
-        try:
-            self._arr = zarr.open_array(fs.zarr_source(self.path), mode="r")
-        except Exception as exc:  # noqa: BLE001 - zarr raises several unrelated types for a missing/corrupt array
-            raise NrrError(self.path, f"unreadable soft-label array: {type(exc).__name__}: {exc}") from None
+        self._arr = open_label_array(self.path, "soft-label")
         if self._arr.ndim != 3:
             raise NrrError(self.path, f"soft labels must be [epochs, images, classes], got shape {self._arr.shape}")
         self.shape = tuple(int(s) for s in self._arr.shape)
@@ -102,7 +112,5 @@ class SoftLabels:
         return {"path": self.path, "shape": self.shape, "temperature": self.temperature}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        import zarr
-
         self.__dict__.update(state)
-        self._arr = zarr.open_array(fs.zarr_source(self.path), mode="r")
+        self._arr = open_label_array(self.path, "soft-label")

@@ -46,6 +46,7 @@ from nrrstore.format.codecs import (
     Codec,
     codec_bytes,
     codecs_section,
+    codecs_to_write,
     install_codecs,
     parse_codecs,
     write_prior,
@@ -194,7 +195,7 @@ def relabel(
     m = st.manifest
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, dev)
-    wanted = _wanted_codecs(codecs, bool(full_softlabels), m.num_classes)
+    wanted = codecs_to_write(codecs, bool(full_softlabels), m.num_classes)
     full_softlabels = Codec("full") in wanted
     recipe, quant_max = _check_inputs(st, teacher, recipe, seed, precision, mode, epochs, epochs_per_file,
                                       batch_size, quant_max, full_softlabels, wanted)
@@ -233,14 +234,6 @@ def relabel(
     if mapping and rank == 0:  # once the labels stand: a refused run says one thing only
         warnings.warn(mapping, NrrWarning, stacklevel=2)
     return summary
-
-
-def _wanted_codecs(codecs: str | list[str] | None, full_softlabels: bool, num_classes: int) -> list[Codec]:
-    """The codecs a job writes, DBR first (always: resume and replay checks stand on its table), then the
-    requested ones in order; ``full_softlabels`` is the ``full`` codec."""
-    wanted = parse_codecs(codecs or "dbr", num_classes)
-    extra = [Codec("full")] if full_softlabels else []
-    return list(dict.fromkeys([Codec("dbr"), *(c for c in wanted if c.kind != "dbr"), *extra]))
 
 
 def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: int | None, precision: str, mode: str,

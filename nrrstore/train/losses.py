@@ -75,14 +75,24 @@ def dbr_loss(
     error, "smooth_l1" Huber with beta 1 (mean). Teacher distances are constants (no gradient);
     they may be stored in a lower precision and are widened to float32.
     """
-    if norm not in DBR_NORMS:
-        raise NrrError(None, f"unknown DBR norm {norm!r}; expected one of {DBR_NORMS}")
+    _check_norm(norm)
     d_org, d_aug = distances(student_logits, y, y_partner, lam)
     student = torch.cat([d_org, d_aug])
     teacher = torch.cat([d_org_t.detach().float(), d_aug_t.detach().float()]).to(student.device)
     if teacher.shape != student.shape:
         raise NrrError(None, f"teacher distances have {teacher.numel() // 2} rows, "
                              f"the batch has {student.numel() // 2}")
+    return _distance_gap(student, teacher, norm)
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in DBR_NORMS:
+        raise NrrError(None, f"unknown DBR norm {norm!r}; expected one of {DBR_NORMS}")
+
+
+def _distance_gap(student: torch.Tensor, teacher: torch.Tensor, norm: str) -> torch.Tensor:
+    """The mean gap between the student's and the teacher's distances, by ``norm``: "l2" mean squared error,
+    "l1" mean absolute error, "smooth_l1" Huber with beta 1."""
     if norm == "l2":
         return F.mse_loss(student, teacher)
     if norm == "l1":
@@ -216,8 +226,7 @@ def codec_match_loss(
     matched to the teacher's (``-log p``; topk stores p), plus DBR's two distances for ``dbrc``, reduced by
     ``norm`` as :func:`dbr_loss` does. The student's objective is then ``L_sce + alpha_dbr * this``: DBR's own
     recipe, told a few more of the teacher's numbers."""
-    if norm not in DBR_NORMS:
-        raise NrrError(None, f"unknown DBR norm {norm!r}; expected one of {DBR_NORMS}")
+    _check_norm(norm)
     logp = F.log_softmax(logits.float(), dim=-1)
     t = values.float().detach()
     if kind == "topk":
@@ -229,9 +238,4 @@ def codec_match_loss(
         s_org, s_aug = distances(logits, y, y_partner, lam)
         student += [s_org, s_aug]
         teacher += [d_org.float().detach(), d_aug.float().detach()]
-    a, b = torch.cat(student), torch.cat(teacher).to(logits.device)
-    if norm == "l2":
-        return F.mse_loss(a, b)
-    if norm == "l1":
-        return F.l1_loss(a, b)
-    return F.smooth_l1_loss(a, b, beta=1.0)
+    return _distance_gap(torch.cat(student), torch.cat(teacher).to(logits.device), norm)

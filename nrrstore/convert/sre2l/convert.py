@@ -35,7 +35,14 @@ from nrrstore.convert.sre2l.unpickle import load_batch
 from nrrstore.errors import NrrError, os_errors_name, os_problem, staged_as
 from nrrstore.format import fs, quant
 from nrrstore.format.atomic import file_sha256, is_inside
-from nrrstore.format.codecs import Codec, codecs_section, create_codec_arrays, parse_codec, parse_codecs
+from nrrstore.format.codecs import (
+    Codec,
+    codecs_section,
+    codecs_to_write,
+    create_codec_arrays,
+    parse_codec,
+    parse_codecs,
+)
 from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
     DistanceFile,
@@ -144,8 +151,8 @@ def convert_sre2l(
 
 def _codec_options(codecs: str | Sequence[str] | None, keep_full: bool, num_classes: int) -> tuple[bool, list[str]]:
     """``(keep the full soft labels, the array codecs to write)`` of a ``codecs`` request."""
-    wanted = parse_codecs(codecs or "dbr", num_classes)
-    return keep_full or Codec("full") in wanted, [c.name for c in wanted if c.has_arrays]
+    wanted = codecs_to_write(codecs, keep_full, num_classes)
+    return Codec("full") in wanted, [c.name for c in wanted if c.has_arrays]
 
 
 def _check_inputs_and_output(folder: LabelFolder, src: ImageSource, images: Path, out: Path, overwrite: bool,
@@ -323,8 +330,8 @@ def _record_labels(st: Store, folder: LabelFolder, state: dict[str, Any], chunks
                                                   args["temperature"])
         kinds[labels["softlabels"]["path"]] = "softlabels"
     if args.get("codecs"):
-        wanted = [Codec("dbr"), *parse_codecs(args["codecs"], num_classes)] + ([Codec("full")] if soft else [])
-        labels["codecs"] = codecs_section(wanted, folder.epochs, m.num_images, num_classes, _soft_block(m.num_images))
+        labels["codecs"] = codecs_section(codecs_to_write(args["codecs"], soft, num_classes), folder.epochs,
+                                          m.num_images, num_classes, _soft_block(m.num_images))
         kinds[CODECS_DIR] = "codecs"
     recipe = AugRecipe(size=size, mix=state["mix"], seed=0)
     method = {"convert": {
