@@ -81,7 +81,8 @@ def plot_front(points: list[tuple[str, float, float, float]], onehot: float | No
         for x in range(left, width - right, 12):
             d.line((x, y_of(onehot), x + 6, y_of(onehot)), fill=(150, 150, 150))
         d.text((width - right - 60, y_of(onehot) - 14), "one-hot", fill=(110, 110, 110), font=font)
-    front = sorted((b, m) for n, b, m, _ in points if n in front_of(points))
+    on_front = set(front_of(points))
+    front = sorted((b, m) for n, b, m, _ in points if n in on_front)
     for (b1, m1), (b2, m2) in itertools.pairwise(front):
         d.line((x_of(b1), y_of(m1), x_of(b2), y_of(m2)), fill=(52, 101, 164), width=2)
     for name, b, m, s in points:
@@ -89,7 +90,7 @@ def plot_front(points: list[tuple[str, float, float, float]], onehot: float | No
         d.line((x, y_of(m - s), x, y_of(m + s)), fill="black", width=1)
         d.line((x - 3, y_of(m - s), x + 3, y_of(m - s)), fill="black")
         d.line((x - 3, y_of(m + s), x + 3, y_of(m + s)), fill="black")
-        colour = (52, 101, 164) if name in front_of(points) else (204, 121, 38)
+        colour = (52, 101, 164) if name in on_front else (204, 121, 38)
         d.ellipse((x - 4, y_of(m) - 4, x + 4, y_of(m) + 4), fill=colour)
         d.text((x + 6, y_of(m) - 12), f"{name} {m * 100:.1f}", fill="black", font=font)
     return img
