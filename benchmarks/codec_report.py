@@ -4,7 +4,7 @@ For each label kind (one-hot, DBR, full soft labels as KD, and every codec) of o
 std over seeds, the measured label bytes per view (the stores' files as their manifests record them, mean over
 the seeds' stores), the share of the KD gain over one-hot it keeps, per seed and paired
 ((acc - onehot) / (KD - onehot)), and whether it is on the accuracy-per-byte front. Draws the front
-(`nrrstore.plots.plot_front`) when --plot is given.
+(`nrrstore.plots.plot_front`, .png/.pdf/.svg, needs matplotlib) when --plot is given.
 
     python benchmarks/codec_report.py --work runs/codecs-fm --variant nrr --plot fm-front.png
     python benchmarks/codec_report.py --work runs/codecs-c10 --variant nrr --also nrr-now-l1   # DBR cells named so
@@ -114,9 +114,8 @@ def main() -> None:
               f"{share:>16} {'*' if r['on_front'] else ''}")
     if args.plot:
         one = next((r["mean"] for r in rows if r["labels"] == "onehot"), None)
-        img = plot_front(_points(rows), one, f"{args.title or args.work.name}: top-1 per label byte, IPC {args.ipc} "
-                                             f"({len(rows[0]['seeds'])} seeds, mean +- std)")
-        img.save(args.plot)
+        plot_front(_points(rows), one, f"{args.title or args.work.name}: top-1 per label byte, IPC {args.ipc} "
+                                       f"({len(rows[0]['seeds'])} seeds, mean +- std)", args.plot, overwrite=True)
         print(f"plot: {args.plot}")
 
 

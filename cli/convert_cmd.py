@@ -63,7 +63,7 @@ def convert_softlabels_cmd(
     size: int | None = typer.Option(None, "--size", min=1, help="Views' output size in pixels (default: the image height)."),
     mode: ColourMode = typer.Option("keep", "--mode", help="Image channels: keep, L or RGB (torchvision's ImageFolder loads RGB)."),
     mean: str | None = typer.Option(None, "--mean", help="Teacher input mean per channel, e.g. 0.485,0.456,0.406 (default: ImageNet's for RGB)."),
-    std: str | None = typer.Option(None, "--std", help="Teacher input std per channel."),
+    std: str | None = typer.Option(None, "--std", help="Teacher input std per channel (default: ImageNet's for RGB)."),
     no_normalization: bool = typer.Option(False, "--no-normalization", help="The teacher took [0, 1] pixels."),
     classes: str | None = typer.Option(None, "--classes", help="Class names file (one per line, or JSON) instead of the folder names."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
@@ -121,7 +121,8 @@ def import_rded_cmd(
     classes: str | None = typer.Option(None, "--classes", help="Class names file (line i = class i) instead of the folder names."),
     image_format: StoreImageFormat | None = typer.Option(None, "--image-format", help="Re-encode as png, webp or jpg (default: "
                                                "keep the source files' bytes when they can be, else png)."),
-    quality: int | None = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp."),
+    quality: int | None = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg / lossy webp "
+                                          "(default: 95 for jpg, lossless webp)."),
     mode: ColourMode = typer.Option("keep", "--mode", help="Image channels: keep (with --teacher: the teacher's), L or RGB. "
                              "RDED writes RGB even for grey data."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
@@ -171,16 +172,17 @@ def size_report_cmd(
     ipc: list[int] = _IPC,
     epochs: int = typer.Option(300, "--epochs", min=1, help="Epochs of the extrapolation (and of a store without labels)."),
     topk: int = typer.Option(10, "--topk", min=1, help="k of the FKD-style top-k scheme."),
-    plot: str | None = typer.Option(None, "--plot", help="Also draw a bar chart (log scale) into this PNG file."),
+    plot: str | None = typer.Option(None, "--plot", help="Also draw a bar chart (log scale): .png, .pdf or .svg "
+                                       "(needs matplotlib: pip install 'nrrstore[plots]')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     as_json: bool = _JSON,
 ) -> None:
     """Bytes per component, and what the labels would cost as soft, top-k, DBR or one-hot labels."""
     from nrrstore.convert.size_report import format_report, plot_report, size_report
-    from nrrstore.format.outputs import check_output_file
+    from nrrstore.plots import check_chart_output
 
     if plot is not None:
-        check_output_file(plot, overwrite, inputs=[store])  # before the report, not after
+        check_chart_output(plot, overwrite, inputs=[store])  # format, matplotlib, the file: before the report
     report = size_report(store, classes=classes, ipc=ipc, epochs=epochs, topk=topk)
     if plot is not None:
         report["plot"] = str(plot_report(report, plot, overwrite=overwrite))

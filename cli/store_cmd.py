@@ -16,8 +16,9 @@ from nrrstore_cli._common import ProgressBar, example, handle_errors, print_json
 def inspect_cmd(
     path: str = typer.Argument(..., help="A store, a folder of .tar shards, a brace pattern or a shard list "
                                "(paths or URLs).", metavar="PATH"),
-    grid: str | None = typer.Option(None, "--grid", help="Write a contact sheet PNG: a row per class, a column "
-                                        "per image (each followed by its CAM when the store keeps CAMs)."),
+    grid: str | None = typer.Option(None, "--grid", help="Write a contact sheet (.png, .jpg or .jpeg): a row "
+                                        "per class, a column per image (each followed by its CAM when the store "
+                                        "keeps CAMs)."),
     per_class: int = typer.Option(10, "--per-class", min=1, help="Images per class on the contact sheet."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --grid file."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

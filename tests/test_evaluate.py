@@ -6,8 +6,10 @@ import json
 import math
 import re
 import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -156,6 +158,76 @@ def test_cli_evaluate_table_json_plot_and_errors(small_store, fmnist_test_shards
     res = runner.invoke(app, ["evaluate", str(small_store), "--val", str(fmnist_test_shards), "--labels", "bogus",
                               "--work", str(work)])
     assert res.exit_code == 1 and "unknown label kind" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+# An evaluate result as the chart reads it: two image sets, and three label kinds that cost bytes per view.
+RESULT = {
+    "labels": ["dbr", "topk:2", "dbrc:1", "onehot"], "ipc": 10, "seeds": 3,
+    "label_bytes": {"codecs": {"dbr": 4.0, "topk:2": 8.0, "dbrc:1": 12.0}},
+    "table": {"store": {"dbr": {"mean": 0.71, "std": 0.01}, "topk:2": {"mean": 0.69, "std": 0.02},
+                        "dbrc:1": {"mean": 0.74, "std": 0.015}, "onehot": {"mean": 0.55, "std": 0.03}},
+              "random": {"dbr": {"mean": 0.61, "std": 0.01}, "onehot": {"mean": 0.45, "std": 0.03}}},
+}
+
+
+def test_chart_bars_error_bars_and_front() -> None:
+    from matplotlib.container import BarContainer
+
+    from nrrstore.plots import _result_figure
+
+    bars, front = _result_figure(RESULT).axes
+    store, random = [c for c in bars.containers if isinstance(c, BarContainer)]
+    assert [p.get_height() for p in store.patches] == pytest.approx([71, 69, 74, 55])  # top-1 in %
+    assert [p.get_height() for p in random.patches] == pytest.approx([61, 45])
+    assert store.errorbar is not None
+    spans = [sorted(seg[:, 1]) for seg in store.errorbar.lines[2][0].get_segments()]
+    assert spans == [pytest.approx([m - s, m + s]) for m, s in ((71, 1), (69, 2), (74, 1.5), (55, 3))]  # +- std
+    legend = bars.get_legend()
+    assert legend is not None and [t.get_text() for t in legend.get_texts()] == ["distilled store", "random real images"]
+    assert front.get_xscale() == "log"
+    line = next(ln for ln in front.lines if str(ln.get_label()).startswith("front"))
+    assert np.asarray(line.get_xdata()).tolist() == [4.0, 12.0]  # dbr, dbrc:1; topk:2 costs more than dbr, scores less
+    assert np.asarray(line.get_ydata()).tolist() == pytest.approx([71.0, 74.0])
+    onehot = next(ln for ln in front.lines if str(ln.get_label()).startswith("one-hot"))
+    assert onehot.get_linestyle() == "--" and np.asarray(onehot.get_ydata()).tolist() == pytest.approx([55.0, 55.0])
+    one_kind = dict(RESULT, label_bytes={"codecs": {"dbr": 4.0}})
+    assert len(_result_figure(one_kind).axes) == 1  # no accuracy-per-byte panel for a single costed kind
+
+
+@pytest.mark.parametrize(("ext", "magic"), [("png", b"\x89PNG\r\n\x1a\n"), ("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_chart_format_follows_the_extension_and_is_reproducible(tmp_path, ext, magic) -> None:
+    from nrrstore.plots import plot_result
+
+    first = plot_result(RESULT, tmp_path / f"bars.{ext}").read_bytes()
+    assert first.startswith(magic)
+    assert plot_result(RESULT, tmp_path / f"bars.{ext}", overwrite=True).read_bytes() == first  # same bytes
+    with pytest.raises(NrrError, match="already exists"):
+        plot_result(RESULT, tmp_path / f"bars.{ext}")
+    assert [p.name for p in tmp_path.iterdir()] == [f"bars.{ext}"]  # no temporary file left
+    if ext == "svg":
+        text = first.decode()
+        for label in ("distilled store", "random real images", "on the front", "one-hot 55.0 (no label bytes)",
+                      "accuracy per label byte, IPC 10", "label bytes per view (log scale)", "student top-1 (%)"):
+            assert f">{label}<" in text, label
+
+
+def test_cli_evaluate_checks_the_chart_before_any_work(tmp_path, monkeypatch) -> None:
+    """A wrong extension, or no matplotlib, is one line before the store is even opened (it does not exist)."""
+    from nrrstore_cli.main import app
+
+    runner = CliRunner()
+    args = ["evaluate", str(tmp_path / "no-store"), "--val", str(tmp_path / "no-val"), "--work", str(tmp_path / "w")]
+    res = runner.invoke(app, [*args, "--plot", str(tmp_path / "bars.jpg")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert res.stderr.strip().splitlines() == [(f"nrrstore: {tmp_path / 'bars.jpg'}: the file extension decides the "
+                                                "chart's format: give one of .png, .pdf, .svg (not '.jpg')")]
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as when it is not installed
+    res = runner.invoke(app, [*args, "--plot", str(tmp_path / "bars.png")])
+    assert res.exit_code == 1 and res.stderr.strip().splitlines() == [
+        f"nrrstore: {tmp_path / 'bars.png'}: the chart needs matplotlib: pip install 'nrrstore[plots]'"]
+    res = runner.invoke(app, args)  # without --plot, evaluate gets as far as the missing store
+    assert res.exit_code == 1 and "no-store" in res.stderr and "matplotlib" not in res.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_relabelled_store_keeps_its_teacher_path_for_evaluate(small_store, teacher, fmnist_train_shards,

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from nrrstore.convert.rded import import_rded
-from nrrstore.convert.size_report import _COLORS, label_costs, plot_report, size_report
+from nrrstore.convert.size_report import _report_figure, label_costs, plot_report, size_report
 from nrrstore.convert.sre2l import convert_sre2l
 from nrrstore.errors import NrrError
 from tests._builders import du, make_app, make_fixture, write_rded
@@ -72,20 +71,59 @@ def test_store_without_labels_uses_the_epochs_option(tmp_path: Path) -> None:
 
 
 def test_plot_is_a_log_scale_bar_chart(converted, tmp_path: Path) -> None:
+    from matplotlib.container import BarContainer
+
     r = size_report(converted[0], ipc=[10, 200])
-    plot_report(r, tmp_path / "chart.png")
-    img = np.asarray(Image.open(tmp_path / "chart.png").convert("RGB"))
-    assert img.shape[1] == 900
-    lengths = {}
-    for s, color in enumerate(_COLORS):
-        mask = np.all(img == np.array(color, np.uint8), axis=2)
-        assert mask.any(), f"no bar of scheme {s}"
-        lengths[s] = mask.sum(axis=1).max()  # the longest bar of this scheme (legend swatches are 11 px)
-    # full fp32 > fp16 > top-k > DBR fp16 > DBR int8 on the same views; log scale: fp32 vs fp16 differ by log10(2)
-    assert lengths[0] > lengths[1] > lengths[2] > lengths[3] > lengths[4]
-    assert lengths[0] - lengths[1] < lengths[1] - lengths[3]
-    with pytest.raises(NrrError, match="PNG"):
-        plot_report(r, tmp_path / "chart.jpg")
+    fig = _report_figure(r)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    bars = {c.get_label(): [p.get_width() for p in c.patches] for c in ax.containers if isinstance(c, BarContainer)}
+    titles = ["full fp32", "full fp16", f"top-{r['topk']}", "DBR fp16", "DBR int8", "one-hot", "stored (measured)"]
+    assert list(bars) == titles and all(len(v) == 3 for v in bars.values())  # this store + 2 extrapolations
+    schemes = ("full_fp32", "full_fp16", "topk", "dbr_fp16", "dbr_int8", "onehot")
+    assert [bars[t][0] for t in titles[:6]] == [r["label_costs"][s] for s in schemes]  # bar length = bytes
+    at_scale = [bars[t][-1] for t in titles[:6]]  # IPC 200 of 1000 classes: full fp32 > fp16 > top-k > DBR > one-hot
+    assert at_scale == [r["extrapolation"][-1]["label_costs"][s] for s in schemes]
+    assert at_scale == sorted(at_scale, reverse=True) and len(set(at_scale)) == 6
+    assert next(t.get_text() for t in ax.get_yticklabels()) == "this store"
+
+
+@pytest.mark.parametrize(("ext", "magic"), [("png", b"\x89PNG\r\n\x1a\n"), ("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_plot_format_follows_the_extension_and_is_reproducible(converted, tmp_path: Path, ext, magic) -> None:
+    r = size_report(converted[0], ipc=[10, 200])
+    first = plot_report(r, tmp_path / f"chart.{ext}").read_bytes()
+    assert first.startswith(magic)
+    assert plot_report(r, tmp_path / f"chart.{ext}", overwrite=True).read_bytes() == first  # same inputs, same bytes
+    assert [p.name for p in tmp_path.iterdir()] == [f"chart.{ext}"]  # written under a temporary name, renamed
+    if ext == "svg":
+        text = first.decode()
+        assert "<svg" in text and "label bytes per scheme" in text
+        for title in ("full fp32", "DBR int8", "one-hot", "stored (measured)", "this store", "IPC 200"):
+            assert f">{title}<" in text, title  # the legend and the groups, as text
+
+
+@pytest.mark.parametrize("name", ["chart.jpg", "chart", "chart.PNG.txt"])
+def test_plot_refuses_other_extensions_before_writing(converted, tmp_path: Path, name) -> None:
+    r = size_report(converted[0], ipc=[10])
+    with pytest.raises(NrrError) as err:
+        plot_report(r, tmp_path / name)
+    assert str(tmp_path / name) in err.value.message and ".png, .pdf, .svg" in err.value.message
+    assert "\n" not in err.value.message and not any(tmp_path.iterdir())
+    assert plot_report(r, tmp_path / "chart.PNG").read_bytes()[:4] == b"\x89PNG"  # the case does not matter
+
+
+def test_plot_without_matplotlib_is_one_line_before_any_work(converted, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails, as when not installed
+    r = size_report(converted[0], ipc=[10])  # the report itself needs no matplotlib
+    with pytest.raises(NrrError, match=r"the chart needs matplotlib: pip install 'nrrstore\[plots\]'"):
+        plot_report(r, tmp_path / "c.png")
+    res = CliRunner().invoke(make_app(), ["size-report", str(converted[0]), "--plot", str(tmp_path / "c.png")])
+    assert res.exit_code == 1 and res.stdout == "" and "Traceback" not in res.output
+    assert res.stderr.strip().splitlines() == [
+        f"nrrstore: {tmp_path / 'c.png'}: the chart needs matplotlib: pip install 'nrrstore[plots]'"]
+    res = CliRunner().invoke(make_app(), ["size-report", str(converted[0])])
+    assert res.exit_code == 0 and "this store" in res.stdout  # everything but the chart still works
+    assert not any(tmp_path.iterdir())
 
 
 def test_cli_size_report(converted, tmp_path: Path) -> None:

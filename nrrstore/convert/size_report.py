@@ -24,18 +24,17 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image, ImageDraw, ImageFont
-
-from nrrstore.errors import NrrError, os_errors_name
+from nrrstore.errors import NrrError
 from nrrstore.format import fs
-from nrrstore.format.atomic import atomic_open
 from nrrstore.format.codecs import codec_bytes, full_bytes_per_view, parse_codec
 from nrrstore.format.distances import split_bytes
-from nrrstore.format.outputs import check_output_file
 from nrrstore.format.reader import Store
 from nrrstore.units import human_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SCHEMES = ("full_fp32", "full_fp16", "topk", "dbr_fp16", "dbr_int8", "onehot")
 
@@ -196,62 +195,53 @@ def _cell(costs: dict[str, int], scheme: str) -> str:
 
 
 # -- the chart ------------------------------------------------------------------------------------------
-_COLORS = [(68, 114, 196), (91, 155, 213), (237, 125, 49), (112, 173, 71), (165, 105, 189), (127, 127, 127),
-           (192, 0, 0)]
+# One colour per scheme, in SCHEMES order then "stored" (colour-blind safe: Okabe-Ito, grey for one-hot).
+_COLORS = ["#0072b2", "#56b4e9", "#e69f00", "#009e73", "#cc79a7", "#999999", "#d55e00"]
 
 
 def plot_report(r: dict[str, Any], path: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """A grouped bar chart of label bytes (log scale), one group per scenario, drawn with Pillow.
+    """Grouped horizontal bars of label bytes (log scale), one group per scenario (this store, then each
+    extrapolation), one bar per scheme; the format comes from ``path``'s extension (.png, .pdf, .svg).
 
-    An existing ``path`` is refused unless ``overwrite``.
-
-    Pillow, not matplotlib: it is already a dependency and the output is the same on every machine.
+    An existing ``path`` is refused unless ``overwrite``. Log scale: the schemes differ by orders of
+    magnitude (one-hot vs full soft labels), which a linear axis would flatten to nothing.
     """
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise NrrError(path, "the chart is written as PNG: give a .png file name")
-    check_output_file(path, overwrite)
+    from nrrstore.plots import draw_chart
+
+    return draw_chart(path, overwrite, lambda: _report_figure(r))
+
+
+def _report_figure(r: dict[str, Any]) -> Figure:
+    from nrrstore.plots import log_tick_labels, new_figure
+
     schemes = [*SCHEMES, "stored"]
     titles = _scheme_titles(r["topk"])
-    groups = [("this store", r["label_costs"])] + [(f"IPC {e['ipc']} ({e['classes']} cls, {e['epochs']} ep)", e["label_costs"])
-                                                   for e in r["extrapolation"]]
-    values = [v for _, c in groups for s in schemes if (v := c.get(s))]
-    lo = math.floor(math.log10(max(1, min(values))))
+    groups = [("this store", r["label_costs"])] + [(f"IPC {e['ipc']}\n({e['classes']} classes, {e['epochs']} epochs)",
+                                                    e["label_costs"]) for e in r["extrapolation"]]
+    step = len(schemes) + 1  # a blank row between groups
+    fig = new_figure(9.0, 1.2 + 0.17 * step * len(groups))
+    ax = fig.subplots()
+    values = []
+    for s, (scheme, title) in enumerate(zip(schemes, titles, strict=True)):
+        rows = [(g * step + s, v) for g, (_, costs) in enumerate(groups) if (v := costs.get(scheme))]
+        if not rows:
+            continue
+        ys, vs = [y for y, _ in rows], [v for _, v in rows]
+        ax.barh(ys, vs, height=0.85, color=_COLORS[s], label=title, zorder=2)
+        for y, v in rows:
+            ax.annotate(human_bytes(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        values.extend(vs)
+    lo = math.floor(math.log10(max(1.0, min(values) * 0.8)))  # the shortest bar keeps a visible length
     hi = math.ceil(math.log10(max(values) + 1))
-    hi = max(hi, lo + 1)
-    font = ImageFont.load_default()
-    bar_h, gap, left, right, top = 12, 14, 190, 40, 40
-    group_h = len(schemes) * bar_h + gap
-    height = top + len(groups) * group_h + 60 + 16 * len(schemes)
-    width = 900
-    img = Image.new("RGB", (width, height), "white")
-    d = ImageDraw.Draw(img)
-    plot_w = width - left - right
-
-    def x_of(v: float) -> int:
-        return left + round((math.log10(max(v, 1)) - lo) / (hi - lo) * plot_w)
-
-    d.text((left, 10), f"label bytes per scheme (log scale) - {r['store']}"[:110], fill="black", font=font)
-    axis_bottom = top + len(groups) * group_h
-    for e in range(lo, hi + 1):
-        x = x_of(10 ** e)
-        d.line([(x, top - 4), (x, axis_bottom)], fill=(220, 220, 220))
-        d.text((x - 12, axis_bottom + 4), human_bytes(10 ** e).replace(".0 ", " "), fill="black", font=font)
-    for g, (name, costs) in enumerate(groups):
-        y0 = top + g * group_h
-        d.text((6, y0 + (len(schemes) * bar_h) // 2 - 6), name, fill="black", font=font)
-        for s, scheme in enumerate(schemes):
-            v = costs.get(scheme)
-            if not v:
-                continue
-            y = y0 + s * bar_h
-            d.rectangle([left, y + 1, max(left + 1, x_of(v)), y + bar_h - 2], fill=_COLORS[s])
-            d.text((min(x_of(v) + 4, width - right - 10), y), human_bytes(v), fill="black", font=font)
-    d.line([(left, top - 4), (left, axis_bottom)], fill="black")
-    ly = axis_bottom + 24
-    for s, title in enumerate(titles):
-        d.rectangle([left, ly + 16 * s + 2, left + 10, ly + 16 * s + 12], fill=_COLORS[s])
-        d.text((left + 16, ly + 16 * s), title, fill="black", font=font)
-    with os_errors_name(path), atomic_open(path) as f:
-        img.save(f, format="PNG", optimize=False)
-    return path
+    ax.set_xscale("log")
+    ax.set_xlim(10 ** lo, 10 ** max(hi, lo + 1) * 1.5)  # room for the value written after the longest bar
+    log_tick_labels(ax.xaxis, [10 ** lo, 10 ** hi], lambda v: human_bytes(v).replace(".0 ", " "))
+    ax.set_yticks([g * step + (len(schemes) - 1) / 2 for g in range(len(groups))], [name for name, _ in groups])
+    ax.set_ylim(len(groups) * step - 1, -1)  # the first group on top, in the legend's order
+    ax.tick_params(axis="y", length=0)
+    ax.grid(axis="x", alpha=0.3, zorder=0)
+    ax.set_xlabel("label bytes (log scale)")
+    store = str(r["store"])
+    ax.set_title(f"label bytes per scheme: {store if len(store) <= 70 else '...' + store[-67:]}")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, title="scheme")
+    return fig
