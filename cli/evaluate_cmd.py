@@ -39,28 +39,37 @@ def evaluate_cmd(
                                              "student on the full real data with hard labels: adds HLR and LRS."),
     work: str | None = typer.Option(None, "--work", help="Folder for checkpoints and cell results "
                                         "(default: .eval-STORE beside the store); rerun to resume."),
-    plot: str | None = typer.Option(None, "--plot", help="Also draw the table as a PNG bar chart."),
+    plot: str | None = typer.Option(None, "--plot", help="Also draw the table as a chart: .png, .pdf or .svg "
+                                       "(needs matplotlib: pip install 'nrrstore[plots]')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --plot file."),
     device: str = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...)."),
     workers: int = typer.Option(0, "--workers", min=0, max=MAX_WORKERS, help="Loader worker processes."),
+    cache_dir: str | None = typer.Option(None, "--cache-dir", metavar="DIR", help="Keep a remote store's shards in "
+                                         "this local folder after their first read, so later epochs and students "
+                                         "read none remotely (default: $NRRSTORE_CACHE_DIR, else no cache)."),
+    cache_size: str | None = typer.Option(None, "--cache-size", metavar="SIZE", help="Cap of --cache-dir, least "
+                                          "recently used shards evicted first: bytes or e.g. 50GiB (default: "
+                                          "$NRRSTORE_CACHE_SIZE, else 20GiB)."),
     json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON on stdout."),
 ) -> None:
     """Train students on STORE for every label kind and seed (and on random real images with --train),
     test them on --val, and report top-1 mean +- std and DD-Ranking's IOR, HLR and LRS."""
     from nrrstore.evaluation import StudentProtocol, evaluate_store, format_table
-    from nrrstore.format.outputs import check_output_file
-    from nrrstore.plots import plot_result
+    from nrrstore.format.shard_cache import shard_cache
+    from nrrstore.plots import check_chart_output, plot_result
 
     if plot is not None:
-        check_output_file(plot, overwrite)  # before hours of training, not after
+        check_chart_output(plot, overwrite)  # format, matplotlib, the file: before hours of training, not after
     kinds = [k.strip() for k in labels.split(",") if k.strip()] if labels else None
     protocol = StudentProtocol(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, alpha_dbr=alpha_dbr,
                                dbr_norm=dbr_norm, kd_temperature=kd_temperature,
                                codec_fill=codec_fill, codec_loss=codec_loss)
     work_dir = work if work is not None else default_work(store)
+    cache = shard_cache(cache_dir, cache_size)  # without --cache-dir: $NRRSTORE_CACHE_DIR, else no cache
     with ProgressBar() as bar:
         result = evaluate_store(store, val, work_dir, train=train, teacher=teacher, seeds=seeds, labels=kinds,
-                                protocol=protocol, full_acc=full_acc, device=device, workers=workers, progress=bar)
+                                protocol=protocol, full_acc=full_acc, device=device, workers=workers, progress=bar,
+                                cache=cache)
     if plot is not None:
         plot_result(result, plot, overwrite=overwrite)
         result["plot"] = str(plot)

@@ -26,6 +26,11 @@ _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.
 _DEVICE = typer.Option("cpu", "--device", help="Torch device (cpu, cuda, cuda:1...).")
 _AMP = typer.Option(None, "--amp", help="Run the teacher under autocast: bf16 or fp16 (default: fp32). Recorded; "
                                         "changes the distances slightly.")
+_CACHE_DIR = typer.Option(None, "--cache-dir", metavar="DIR", help="Keep a remote store's shards in this local folder "
+                          "after their first read, so later epochs read none remotely (default: $NRRSTORE_CACHE_DIR, "
+                          "else no cache). Processes may share it; local stores are never cached.")
+_CACHE_SIZE = typer.Option(None, "--cache-size", metavar="SIZE", help="Cap of --cache-dir, least recently used shards "
+                           "evicted first: bytes or e.g. 50GiB, 500MB (default: $NRRSTORE_CACHE_SIZE, else 20GiB).")
 
 
 def relabel_cmd(
@@ -111,14 +116,19 @@ def train_student_cmd(
     workers: int = typer.Option(0, "--workers", min=0, max=MAX_WORKERS, help="DataLoader worker processes."),
     cycle: bool = typer.Option(False, "--cycle", help="Reuse stored epochs when training longer than stored."),
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Also evaluate every N epochs (0: only at the end)."),
+    cache_dir: str | None = _CACHE_DIR,
+    cache_size: str | None = _CACHE_SIZE,
     device: str = _DEVICE,
     as_json: bool = _JSON,
 ) -> None:
     """Train a student from scratch on the store and report top-1 on real held-out images."""
+    from nrrstore.format.reader import Store
+    from nrrstore.format.shard_cache import shard_cache
     from nrrstore.train.student import summary_without_model, train_student
 
+    cache = shard_cache(cache_dir, cache_size)  # without --cache-dir: $NRRSTORE_CACHE_DIR, else no cache
     with ProgressBar() as bar:
-        result = train_student(store, val, arch=arch, epochs=epochs, labels=labels, batch_size=batch_size, lr=lr,
+        result = train_student(Store(store, cache=cache), val, arch=arch, epochs=epochs, labels=labels, batch_size=batch_size, lr=lr,
                                weight_decay=weight_decay, alpha_dbr=alpha_dbr, dbr_norm=dbr_norm,
                                kd_temperature=kd_temperature, codec_fill=codec_fill, codec_loss=codec_loss,
                                seed=seed, device=device, workers=workers, cycle=cycle, checkpoint=checkpoint,

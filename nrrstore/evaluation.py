@@ -36,6 +36,7 @@ from nrrstore.format.layout import is_store
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_not_inside, check_parent, local_output
 from nrrstore.format.reader import Store
+from nrrstore.format.shard_cache import ShardCache
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
@@ -224,16 +225,21 @@ def evaluate_store(
     device: str = "cpu",
     workers: int = 0,
     progress: Progress | None = None,
+    cache: ShardCache | None = None,
 ) -> dict[str, Any]:
     """Train and test every cell (see the module docstring); returns plain data (the `--json` output).
 
     ``labels`` defaults to every kind the store holds; asking for one it lacks is refused with the
     ``relabel`` option that adds it. ``full_acc`` is the top-1 (fraction) of the same student trained
     on the full real data with hard labels, for HLR and LRS. A run that fails before finishing a
-    cell removes the work folder it created; finished cells are kept for a resume.
+    cell removes the work folder it created; finished cells are kept for a resume. ``cache``: a local cache
+    of a remote store's shards (:mod:`nrrstore.format.shard_cache`) that every student of the store reads
+    through, so only the first epoch of the first student reads shard bytes remotely.
     """
     t0 = time.perf_counter()
     st = store if isinstance(store, Store) else Store(store)
+    if cache is not None:
+        st = st.with_cache(cache)
     have = available_labels(st)
     kinds = list(labels) if labels else have
     kinds = [_label_kind(k, st.manifest.num_classes) for k in kinds]
@@ -300,7 +306,8 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
         if rec is None:
             path = st.path if images == "store" else \
                 make_baseline(st, train, base_teacher, seed, kinds, work / f"random-s{seed}", device, progress)
-            r = train_student(path, val, arch=protocol.arch, epochs=protocol.epochs, labels=kind,
+            student_data = st if images == "store" else path  # the Store object keeps its shard cache
+            r = train_student(student_data, val, arch=protocol.arch, epochs=protocol.epochs, labels=kind,
                               batch_size=protocol.batch_size, lr=protocol.lr, weight_decay=protocol.weight_decay,
                               alpha_dbr=protocol.alpha_dbr, dbr_norm=protocol.dbr_norm,
                               kd_temperature=protocol.kd_temperature, codec_fill=protocol.codec_fill,

@@ -8,6 +8,7 @@ remote store), the way litdata keeps a key index beside its chunks. A store is a
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Iterator
@@ -27,7 +28,8 @@ from nrrstore.format.distances import epoch_part, read_epoch_table
 from nrrstore.format.images import IMAGE_EXTS, decode_image
 from nrrstore.format.index import read_index
 from nrrstore.format.layout import INDEX_NAME, MANIFEST_NAME
-from nrrstore.format.manifest import Manifest, load_manifest
+from nrrstore.format.manifest import FileEntry, Manifest, load_manifest, manifest_digest
+from nrrstore.format.shard_cache import ShardCache
 from nrrstore.format.tario import iter_tar_samples
 
 
@@ -45,12 +47,24 @@ _CHANGED = ("changed since this store's manifest was read (its size or checksum 
 
 
 class Store:
-    """A finished store: a local folder or a URL (``path`` is a `Path` or an `fs.Url`)."""
+    """A finished store: a local folder or a URL (``path`` is a `Path` or an `fs.Url`).
 
-    def __init__(self, path: str | os.PathLike[str], check_digest: bool = True) -> None:
+    ``cache``: a :class:`~nrrstore.format.shard_cache.ShardCache` through which image reads of a remote
+    store go (the shards are fetched once, then read locally); a local store is read in place, never cached.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], check_digest: bool = True,
+                 cache: ShardCache | None = None) -> None:
         self.path: fs.Location = fs.location(path)
         self.manifest: Manifest = load_manifest(self.path, check_digest)
         self._pins: dict[str, tuple[int, int, int, int]] = {}  # files checked against the manifest (_pinned_table)
+        self.cache = cache if isinstance(self.path, fs.Url) else None
+
+    def with_cache(self, cache: ShardCache | None) -> Store:
+        """This store (a shallow copy: the same manifest and index) reading its shards through ``cache``."""
+        other = copy.copy(self)
+        other.cache = cache if isinstance(self.path, fs.Url) else None
+        return other
 
     # -- facts ------------------------------------------------------------------------------------
     @property
@@ -69,6 +83,12 @@ class Store:
     @property
     def index_path(self) -> fs.Location:
         return self.path / INDEX_NAME
+
+    @cached_property
+    def digest(self) -> str:
+        """sha256 of the manifest's values (its ``manifest_sha256`` when written by this format version): what
+        names this version of the store, e.g. as the shard cache's key."""
+        return manifest_digest(self.manifest.to_dict())
 
     def info(self) -> dict[str, Any]:
         """Counts, sizes per component and the recorded parameters, as plain data."""
@@ -106,6 +126,11 @@ class Store:
         """What pyarrow opens for the Parquet file ``rel``: a path, or a remote file of range requests."""
         entry = self.manifest.file(rel)
         return fs.table_source(self.path / rel, entry.bytes if entry else None)
+
+    @cached_property
+    def _listed(self) -> dict[str, FileEntry]:
+        """The manifest's file entries by path."""
+        return {f.path: f for f in self.manifest.files}
 
     @cached_property
     def _key_to_row(self) -> dict[str, int]:
@@ -149,9 +174,13 @@ class Store:
         return self._read_span(row["shard"], row["offset"], row["size"])
 
     def _read_span(self, shard: str, offset: int, size: int) -> bytes:
-        """One seek and read (one range request on a remote store)."""
+        """One seek and read (one range request on a remote store, or a read of its cached copy)."""
+        loc = self.path / shard
+        entry = self._listed.get(shard) if self.cache is not None else None
         try:
-            return fs.read_range(self.path / shard, offset, size)
+            if self.cache is not None and entry is not None and isinstance(loc, fs.Url):
+                return self.cache.read_range(loc, self.digest, entry, offset, size)
+            return fs.read_range(loc, offset, size)
         except NrrError as exc:
             if exc.problem.startswith("truncated"):
                 raise NrrError(self.path / shard, f"truncated shard: wanted {size} bytes at {offset}") from None

@@ -40,6 +40,7 @@ from nrrstore.format.distances import EpochLabels, read_epoch_labels
 from nrrstore.format.layout import LABEL_FILE_KINDS
 from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
+from nrrstore.format.shard_cache import shard_cache
 from nrrstore.format.softlabels import SoftLabels
 from nrrstore.ranks import resolve_rank
 from nrrstore.replay.recipe import store_recipe
@@ -82,6 +83,11 @@ class DistilledDataset(ViewStream, IterableDataset):
     and one set of workers, for a whole training run; ``start_step`` counts within the first).
     Every batch carries its ``epoch`` and ``step`` (index among this rank's batches of the epoch).
     ``cache_mb``: decoded images kept per process (see :class:`~nrrstore.replay.stream.ImageBlocks`).
+    ``cache_dir``: a local folder where a remote store's shards are kept after their first read (at most
+    ``cache_bytes``, default 20 GiB; a number or ``"50GiB"``), so later epochs read no shard bytes remotely
+    (:mod:`nrrstore.format.shard_cache`); default ``$NRRSTORE_CACHE_DIR`` (``$NRRSTORE_CACHE_SIZE``), else
+    none. A `Store` opened with its own ``cache`` keeps it unless ``cache_dir`` is given. Local stores are
+    never cached.
     """
 
     def __init__(
@@ -100,8 +106,14 @@ class DistilledDataset(ViewStream, IterableDataset):
         drop_last: bool = False,
         num_epochs: int = 1,
         cache_mb: int = 256,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_bytes: int | str | None = None,
     ) -> None:
         st = open_store(store)
+        if cache_dir is not None or st.cache is None:
+            cache = shard_cache(cache_dir, cache_bytes)
+            if cache is not None:
+                st = st.with_cache(cache)  # a copy: the caller's Store is left as it was
         m = st.manifest
         labels = label_mode(labels, m.num_classes)
         recipe = store_recipe(m, st.manifest_path)
@@ -378,12 +390,15 @@ def make_loader(
     device: str | torch.device = "cpu",
     pin_memory: bool | None = None,
     prefetch_factor: int | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    cache_bytes: int | str | None = None,
     **kwargs: Any,
 ) -> DistilledLoader:
     """Batches of a store on ``device``, decoded by ``workers`` processes (see :class:`DistilledLoader`).
 
     ``pin_memory`` defaults to on for CUDA devices; ``prefetch_factor`` (items per worker in
-    flight, default 2); other keyword arguments go to :class:`DistilledDataset`.
+    flight, default 2); ``cache_dir``/``cache_bytes``: the local cache of a remote store's shards
+    (see :class:`DistilledDataset`); other keyword arguments go to :class:`DistilledDataset`.
     """
-    ds = DistilledDataset(store, epoch, batch_size, labels, **kwargs)
+    ds = DistilledDataset(store, epoch, batch_size, labels, cache_dir=cache_dir, cache_bytes=cache_bytes, **kwargs)
     return DistilledLoader(ds, workers, device, pin_memory, prefetch_factor)
