@@ -6,6 +6,7 @@ from typing import Any
 
 import typer
 
+from nrrstore.limits import MAX_WORKERS
 from nrrstore.sources.prepare import MODES, class_names_from_arg, prepare_idx, prepare_imagefolder
 from nrrstore.units import human_bytes
 from nrrstore_cli._common import ColourMode, ProgressBar, ShardImageFormat, example, handle_errors, print_json
@@ -30,6 +31,8 @@ _FORMAT = typer.Option("png", "--format", help="Image encoding in the shards: pn
 _MODE = typer.Option("keep", "--mode", help=f"Colour mode of the output: {', '.join(MODES)}.")
 _OVERWRITE = typer.Option(False, "--overwrite", help="Replace an existing output folder made by prepare.")
 _JSON = typer.Option(False, "--json", help="Print the summary as JSON on stdout.")
+_WORKERS = typer.Option(0, "--workers", min=0, max=MAX_WORKERS, help="Worker processes that decode, convert and "
+                        "encode the images (0: all in this process); the shards are byte-identical either way.")
 
 
 def _report(summary: dict[str, Any], as_json: bool) -> None:
@@ -57,6 +60,7 @@ def idx(
     mode: ColourMode = _MODE,
     resize: int | None = _RESIZE,
     overwrite: bool = _OVERWRITE,
+    workers: int = _WORKERS,
     as_json: bool = _JSON,
 ) -> None:
     """Convert an IDX image/label pair (MNIST, Fashion-MNIST) into shards."""
@@ -65,7 +69,7 @@ def idx(
         summary = prepare_idx(
             images, labels, out, class_names=names, per_class=per_class, limit=limit, shard_size=shard_size,
             prefix=prefix, gzip=gzip, image_format=image_format, mode=mode, overwrite=overwrite, progress=bar,
-            skip=skip, resize=resize, skip_per_class=skip_per_class,
+            skip=skip, resize=resize, skip_per_class=skip_per_class, workers=workers,
         )
     summary["source"] = {"images": str(images), "labels": str(labels)}
     _report(summary, as_json)
@@ -86,6 +90,7 @@ def imagefolder(
     mode: ColourMode = _MODE,
     resize: int | None = _RESIZE,
     overwrite: bool = _OVERWRITE,
+    workers: int = _WORKERS,
     as_json: bool = _JSON,
 ) -> None:
     """Convert an ImageFolder tree (ROOT/<class>/<image>) into shards; classes are the folder names."""
@@ -93,7 +98,7 @@ def imagefolder(
         summary = prepare_imagefolder(
             root, out, per_class=per_class, limit=limit, shard_size=shard_size, prefix=prefix, gzip=gzip,
             image_format=image_format, mode=mode, overwrite=overwrite, progress=bar, skip=skip, resize=resize,
-            skip_per_class=skip_per_class,
+            skip_per_class=skip_per_class, workers=workers,
         )
     summary["source"] = {"root": str(root)}
     _report(summary, as_json)

@@ -30,9 +30,9 @@ from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import local_output
 from nrrstore.format.writer import StoreWriter, check_output_dir, staged_store
 from nrrstore.progress import Progress
+from nrrstore.sources.encode import MODES as IMAGE_MODES
+from nrrstore.sources.encode import convert_mode
 from nrrstore.sources.imagefolder import IMAGE_FILE_EXTS, read_image_file
-from nrrstore.sources.prepare import MODES as IMAGE_MODES
-from nrrstore.sources.prepare import convert_mode
 from nrrstore.sources.shards import check_class_names, load_class_names
 
 _CLASS_DIR_RE = re.compile(r"^\d+$")

@@ -18,62 +18,38 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from nrrstore.errors import NrrError, os_errors_name
 from nrrstore.format import fs, remote
 from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, is_inside
-from nrrstore.format.images import MAX_PIXELS, decode_image, encode_image, probe_image
+from nrrstore.format.images import MAX_PIXELS
 from nrrstore.format.keys import check_key
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import StagedFolder, check_output_folder
 from nrrstore.format.tario import TarShardWriter
 from nrrstore.progress import Progress
+from nrrstore.sources.encode import IMAGE_FORMATS as _IMAGE_FORMATS
+from nrrstore.sources.encode import MODES, Encoded, Failure, SourceImage, encode_sample
 from nrrstore.sources.idx import read_idx_pair
-from nrrstore.sources.imagefolder import list_imagefolder, read_file_bytes
+from nrrstore.sources.imagefolder import FolderEntry, list_imagefolder
 from nrrstore.sources.shards import SHARD_SUFFIXES, check_class_names, load_class_names
+from nrrstore.sources.workers import EncodeJob, EncodePool, FileResult, check_workers
 
 SHARDS_INDEX = "shards.json"
 SHARDS_FORMAT = "nrrstore-prepared-shards"
 SHARDS_VERSION = 1
-MODES = ("keep", "L", "RGB")
-#: "source" keeps each input file's bytes as they are (no second lossy encode of a JPEG, no PNG blow-up).
-_IMAGE_FORMATS = ("png", "webp", "jpg", "source")
 _PROGRESS_EVERY = 64
 
 
 PREPARED_KIND = "a folder made by prepare"
 
 
-@dataclass(frozen=True)
-class SourceImage:
-    """An input file's decoded pixels with its original bytes, for ``image_format="source"``."""
-
-    pixels: np.ndarray
-    data: bytes
-
-
-def _stored_bytes(pixels: np.ndarray, source: bytes | None, image_format: str, key: str) -> tuple[str, bytes]:
-    """(extension, bytes) of one sample: an encode of ``pixels``, or with ``source`` the file as it is.
-
-    Source bytes are kept only where every reader decodes them to the pixels nrrstore sees: a PNG, JPEG
-    or WebP of 8-bit grey or RGB (`probe_image`); --mode and --resize are refused with ``source`` up front.
-    """
-    if image_format != "source":
-        return image_format, encode_image(pixels, image_format)
-    head = probe_image(source) if source is not None else None
-    if head is None or source is None:
-        raise NrrError(None, f"sample {key!r}: --format source keeps files as they are, but this one is not an 8-bit "
-                             "grey or RGB PNG, JPEG or WebP; use png, jpg or webp")
-    return head.ext, source
-
-
-SampleIn = tuple[str, "np.ndarray | SourceImage", int]
+SampleIn = tuple[str, "np.ndarray | SourceImage | Encoded", int]
+"""``(key, image, label)``; an `Encoded` image is one a worker process already converted and encoded."""
 
 
 def _check_target(out_dir: str | os.PathLike[str], overwrite: bool) -> None:
@@ -104,29 +80,6 @@ def default_prefix(images: str | os.PathLike[str] | np.ndarray) -> str:
     stem = re.sub(r"\.[A-Za-z0-9]+$", "", stem) if stem == name else stem
     key = re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")[:100] or "train"
     return {"t10k": "test"}.get(key.lower(), key)
-
-
-def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Scale the shorter side to ``size`` and cut the centre ``size x size`` (torchvision's Resize + CenterCrop)."""
-    img = Image.fromarray(image)
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BILINEAR)
-    left, top = round((nw - size) / 2), round((nh - size) / 2)
-    return np.asarray(img.crop((left, top, left + size, top + size)))
-
-
-def convert_mode(image: np.ndarray, mode: str) -> np.ndarray:
-    """``keep`` the image as is, or make it grey (``L``, ITU-R 601 luma as Pillow) or ``RGB``."""
-    if mode == "keep":
-        return image
-    if mode == "L":
-        return image if image.ndim == 2 else np.asarray(Image.fromarray(image, "RGB").convert("L"))
-    if mode == "RGB":
-        return image if image.ndim == 3 else np.repeat(image[:, :, None], 3, axis=2)
-    raise NrrError(None, f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
 
 
 def _finish_shard(writer: TarShardWriter, gzip: bool) -> Path:
@@ -215,18 +168,14 @@ def _write_shards(samples: Iterable[SampleIn], out_dir: str | os.PathLike[str], 
         tmp = stage.path
         try:
             for key, item, label in samples:
-                source_bytes = item.data if isinstance(item, SourceImage) else None
-                image = item.pixels if isinstance(item, SourceImage) else item
                 check_key(key)
                 if key in seen:
                     raise NrrError(None, f"duplicate key {key!r}")
                 seen.add(key)
                 if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < len(names):
                     raise NrrError(None, f"sample {key!r}: label {label!r} outside the {len(names)} classes")
-                pixels = convert_mode(np.asarray(image), mode)
-                if resize is not None:
-                    pixels = resize_square(pixels, resize)
-                ext, data = _stored_bytes(pixels, source_bytes, image_format, key)
+                ext, data = (item.stored() if isinstance(item, Encoded)
+                             else encode_sample(item, key, image_format, mode, resize))
                 if writer is not None and writer.count >= shard_size:
                     close_current()
                 if writer is None:
@@ -327,12 +276,15 @@ def prepare_idx(
     skip: int = 0,
     resize: int | None = None,
     skip_per_class: int = 0,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """IDX images + labels (paths, or arrays already read) -> shards. Key = ``{prefix}_{source index:07d}``.
 
     Without ``class_names`` the classes are named ``"0"``..``"K-1"`` for the largest label K-1.
-    ``prefix`` defaults to the one the images file's name suggests (`default_prefix`).
+    ``prefix`` defaults to the one the images file's name suggests (`default_prefix`). ``workers``
+    processes convert and encode the images (0: this process does); the bytes written are the same.
     """
+    check_workers(workers)
     prefix = default_prefix(images) if prefix is None else prefix
     if image_format == "source":
         raise NrrError(None, "--format source keeps image files' bytes; IDX files hold raw pixels: use png, webp or jpg")
@@ -353,13 +305,14 @@ def prepare_idx(
     elif top >= len(class_names):
         raise NrrError(labels_where, f"label {top} found but only {len(class_names)} class names were given")
     idx = select_indices(labs, per_class, limit, skip, skip_per_class)
-    samples = ((f"{prefix}_{i:07d}", imgs[i], int(labs[i])) for i in idx)
-    summary = write_shards(
-        samples, out_dir, class_names, shard_size=shard_size, prefix=prefix, gzip=gzip,
-        image_format=image_format, mode=mode, overwrite=overwrite, total=len(idx), progress=progress,
-        resize=resize,
-    )
-    return summary
+    keys = [f"{prefix}_{i:07d}" for i in idx]
+    with EncodePool(EncodeJob(image_format, mode, resize, MAX_PIXELS), workers) as pool:
+        samples = zip(keys, pool.pixels(keys, imgs, idx), (int(labs[i]) for i in idx), strict=True)
+        return write_shards(
+            samples, out_dir, class_names, shard_size=shard_size, prefix=prefix, gzip=gzip,
+            image_format=image_format, mode=mode, overwrite=overwrite, total=len(idx), progress=progress,
+            resize=resize,
+        )
 
 
 def prepare_imagefolder(
@@ -378,13 +331,17 @@ def prepare_imagefolder(
     skip: int = 0,
     resize: int | None = None,
     skip_per_class: int = 0,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """``ROOT/<class>/<image>`` -> shards; class names are the folder names in sorted order.
 
     Key = ``{prefix}_{i:07d}`` with i the file's position in the sorted listing of the whole tree.
     All images must share one size (a teacher takes one input size) unless ``resize`` makes them
     ``resize x resize``; the first file of another size is refused, naming the first file too.
+    ``workers`` processes read, decode and encode the files (0: this process does); the bytes written
+    are the same, and so is the error a bad file gives.
     """
+    check_workers(workers)
     _check_target(out_dir, overwrite)
     root = Path(root)
     classes, entries = list_imagefolder(root)
@@ -392,25 +349,30 @@ def prepare_imagefolder(
         raise NrrError(out_dir, f"the output folder may not lie inside the input tree {root}")
     idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit, skip,
                          skip_per_class)
+    chosen = [entries[int(i)] for i in idx]
+    keys = [f"{prefix}_{int(i):07d}" for i in idx]
+    with EncodePool(EncodeJob(image_format, mode, resize, max_pixels), workers) as pool:
+        results = pool.files(keys, [e.path for e in chosen])
+        return write_shards(
+            _folder_samples(keys, chosen, results, resize), out_dir, classes, shard_size=shard_size,
+            prefix=prefix, gzip=gzip, image_format=image_format, mode=mode, overwrite=overwrite, total=len(idx),
+            progress=progress, resize=resize,
+        )
 
-    def samples() -> Iterator[tuple[str, np.ndarray | SourceImage, int]]:
-        first: tuple[Path, tuple[int, int]] | None = None
-        for i in idx:
-            entry = entries[int(i)]
-            data = read_file_bytes(entry.path)
-            image = decode_image(data, where=os.fspath(entry.path), max_pixels=max_pixels)
-            size = (image.shape[1], image.shape[0])
-            if first is None:
-                first = (entry.path, size)
-            elif resize is None and size != first[1]:
-                raise NrrError(entry.path, f"image is {size[0]}x{size[1]}, but {first[0]} is {first[1][0]}x{first[1][1]}: "
-                                           "the images of one set must share a size; pass --resize N to make every "
-                                           "image NxN (shorter side scaled to N, centre cut)")
-            yield f"{prefix}_{int(i):07d}", SourceImage(image, data) if image_format == "source" else image, entry.label
 
-    return write_shards(
-        samples(), out_dir, classes, shard_size=shard_size, prefix=prefix, gzip=gzip,
-        image_format=image_format, mode=mode, overwrite=overwrite, total=len(idx), progress=progress,
-        resize=resize,
-    )
-
+def _folder_samples(keys: list[str], entries: list[FolderEntry], results: Iterator[FileResult],
+                    resize: int | None) -> Iterator[SampleIn]:
+    """Samples of the files, in order; a file that failed to read or decode, or whose size differs from the
+    first's (without ``resize``), fails here at its turn."""
+    first: tuple[Path, tuple[int, int]] | None = None
+    for key, entry, result in zip(keys, entries, results, strict=True):
+        if isinstance(result, Failure):
+            raise result.error()
+        size, item = result
+        if first is None:
+            first = (entry.path, size)
+        elif resize is None and size != first[1]:
+            raise NrrError(entry.path, f"image is {size[0]}x{size[1]}, but {first[0]} is {first[1][0]}x{first[1][1]}: "
+                                       "the images of one set must share a size; pass --resize N to make every "
+                                       "image NxN (shorter side scaled to N, centre cut)")
+        yield key, item, entry.label

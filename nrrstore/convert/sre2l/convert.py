@@ -60,7 +60,7 @@ from nrrstore.format.writer import check_output_dir, staged_store
 from nrrstore.limits import MAX_WORKERS
 from nrrstore.progress import Progress
 from nrrstore.replay.recipe import AugRecipe
-from nrrstore.sources.prepare import MODES as IMAGE_MODES
+from nrrstore.sources.encode import MODES as IMAGE_MODES
 from nrrstore.sources.shards import load_class_names
 
 WORK_PREFIX = ".convert-"

@@ -20,8 +20,8 @@ from nrrstore.convert.sre2l.folder import LabelFolder
 from nrrstore.errors import NrrError, path_text
 from nrrstore.format.writer import StoreWriter
 from nrrstore.progress import Progress
+from nrrstore.sources.encode import convert_mode
 from nrrstore.sources.imagefolder import list_imagefolder, read_image_file
-from nrrstore.sources.prepare import convert_mode
 from nrrstore.sources.shards import is_remote, iter_samples, read_class_names, resolve_shards
 
 IMAGENET_NORMALIZATION = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
