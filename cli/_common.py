@@ -108,8 +108,8 @@ def _stop_on_signals() -> Callable[[], None]:
             return
         raise Terminated(signum)
 
-    try:
-        old = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+    try:  # an inherited "ignore" stays (`nohup nrrstore ...` must survive the terminal's hang-up)
+        old = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     except ValueError:  # not the main thread (an embedding application): leave signals alone
         return lambda: None
 

@@ -62,6 +62,27 @@ def test_choice_types_match_the_library() -> None:
         assert sorted(get_args(alias)) == sorted(values), (alias, values)
 
 
+# Options whose absence switches something off (no chart, no checkpoint, no cut, no check): they have no
+# default value to show. Any other option shows its default, as click's `[default: ...]` or in its text.
+OPT_IN = {"--grid", "--teacher", "--checkpoint", "--train", "--full-acc", "--plot", "--order-file", "--classes",
+          "--epochs", "--per-class", "--limit", "--resize", "--limit-per-class", "--val", "--cache-dir"}
+
+
+def test_every_default_shows() -> None:
+    """U2 (issue 17): a default only in prose elsewhere, or nowhere, fails."""
+    hidden = []
+    for path, cmd in COMMANDS:
+        for p in cmd.params:
+            if p.param_type_name != "option" or p.name == "help" or getattr(p, "is_flag", False):
+                continue
+            said = "default" in (p.help or "").lower()
+            if p.default is None and not p.required and not said and p.opts[0] not in OPT_IN:
+                hidden.append(f"{' '.join(path)} {p.opts[0]}")
+            elif p.default is not None and not p.show_default and not said:
+                hidden.append(f"{' '.join(path)} {p.opts[0]} (default {p.default!r} not shown)")
+    assert hidden == []
+
+
 @pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=" ".join)
 def test_fixed_choices_are_listed_in_help(path: list[str]) -> None:
     cmd = {tuple(p): c for p, c in COMMANDS}[tuple(path)]

@@ -27,6 +27,13 @@ def _stop_when(proc: subprocess.Popen, ready: Path, sig: int) -> tuple[int, str]
     return proc.returncode, err
 
 
+def _default_dispositions() -> None:
+    """`nohup` (or a shell's background job) hands its children SIGHUP (SIGINT) ignored, and nrrstore keeps an
+    inherited "ignore", as every Unix command should; a terminal's command gets the default actions."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("sig", "code", "line"), [(signal.SIGTERM, 143, "nrrstore: terminated"),
                                                    (signal.SIGHUP, 129, "nrrstore: hung up")])
 def test_stopped_teacher_training_leaves_nothing(tmp_path: Path, sig: int, code: int, line: str) -> None:
@@ -34,10 +41,30 @@ def test_stopped_teacher_training_leaves_nothing(tmp_path: Path, sig: int, code:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*CLI, "teacher", "train", "--in", str(ROOT / "data/fashion-mnist/train"), "--epochs", "50",
                              "--out", str(out)], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=_default_dispositions)  # noqa: PLW1509
     rc, err = _stop_when(proc, tmp_path / ".lock-t.pt", sig)
     assert rc == code and err.strip().splitlines()[-1] == line, err
     assert sorted(os.listdir(tmp_path)) == []  # no checkpoint, no temporary, no lock file
+
+
+def test_nohup_keeps_a_command_alive_through_a_hang_up(tmp_path: Path) -> None:
+    """An inherited SIGHUP "ignore" (`nohup nrrstore teacher train ... &`) is kept: the hang-up does nothing."""
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen([*CLI, "teacher", "train", "--in", str(ROOT / "data/fashion-mnist/train"), "--epochs", "50",
+                             "--out", str(tmp_path / "t.pt")], cwd=tmp_path, stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=nohup)  # noqa: PLW1509
+    deadline = time.monotonic() + 60
+    while not (tmp_path / ".lock-t.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1.5)
+    assert proc.poll() is None, proc.communicate()[1]
+    rc, err = _stop_when(proc, tmp_path / ".lock-t.pt", signal.SIGTERM)
+    assert rc == 143 and err.strip().splitlines()[-1] == "nrrstore: terminated", err
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_stopped_distill_leaves_nothing_before_its_first_class(tmp_path: Path) -> None:

@@ -82,6 +82,19 @@ def test_resume_gives_the_uninterrupted_result(store: Path, tmp_path: Path) -> N
         train_student(store, VAL, epochs=4, labels="dbr", checkpoint=ckpt, resume=True, lr=2e-3, **SMALL)
 
 
+@pytest.mark.parametrize("labels", ["dbr", "kd"])
+def test_same_store_seed_and_options_give_the_same_top1(store: Path, labels: str) -> None:
+    """Students are reproducible run to run on one machine at a fixed thread count (README, "Reproducible
+    numbers"): the same store, seed and options give the same weights, losses and top-1, bit for bit."""
+    runs = [train_student(store, VAL, epochs=3, labels=labels, lr=3e-3, seed=7, **SMALL) for _ in range(2)]
+    assert runs[0]["top1"] == runs[1]["top1"] and runs[0]["val_loss"] == runs[1]["val_loss"]
+    assert [h["loss"] for h in runs[0]["history"]] == [h["loss"] for h in runs[1]["history"]]
+    for a, b in zip(runs[0]["model"].state_dict().values(), runs[1]["model"].state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    other = train_student(store, VAL, epochs=3, labels=labels, lr=3e-3, seed=8, **SMALL)
+    assert [h["loss"] for h in other["history"]] != [h["loss"] for h in runs[0]["history"]]  # the seed matters
+
+
 def test_student_errors(store: Path, tmp_path: Path) -> None:
     with pytest.raises(NrrError, match="beyond the 4 stored"):
         train_student(store, VAL, epochs=5, labels="dbr", **SMALL)

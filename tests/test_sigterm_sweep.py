@@ -1,0 +1,145 @@
+"""U5 (issue 17): SIGTERM at 10 points across prepare, distill, relabel, convert, import, evaluate and
+train-student leaves nothing behind but the command's own resume state, and each rerun's output is
+byte-identical to an uninterrupted run's.
+
+Each case builds its inputs, runs the command to the end (the reference), then builds the same inputs again in
+the same folder and sends SIGTERM a set time after the command took its output lock, then reruns it. The stop
+must exit 143 with `nrrstore: terminated` as its last line and leave no lock or temporary file, except the
+resume state a resumable command keeps on purpose (`.tmp-OUT`, `.work-OUT`, `.convert-OUT`, a `--work` or
+`--checkpoint`); after the rerun the folder must hold the reference's files with the same bytes. Where the stop
+lands within a command depends on the machine's speed: whatever it hits, the invariants must hold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests._bad_inputs import snapshot
+from tests._builders import make_fixture, write_fmnist_store, write_imagefolder, write_rded
+from tests._teacher import one_thread
+from tests.conftest import FMNIST_SUBSET, ROOT
+
+pytestmark = pytest.mark.slow
+TEACHER = str(ROOT / "data" / "teachers" / "convnet3bn-fmnist.pt")
+TRAIN, TEST = str(FMNIST_SUBSET / "train"), str(FMNIST_SUBSET / "test")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SOURCE_DATE_EPOCH": "1700000000"}
+
+
+def _labelled_store(w: Path) -> None:
+    from nrrstore.labels.relabel import relabel
+    from nrrstore.models import load_teacher
+    from nrrstore.replay.recipe import AugRecipe
+
+    with one_thread():
+        write_fmnist_store(w / "s", per_class=5, shard_size=25)
+        relabel(w / "s", load_teacher(TEACHER), 30, AugRecipe(size=28, group_size=25), batch_size=50)
+
+
+@dataclass
+class Case:
+    setup: Callable[[Path], object]  # builds the inputs in a folder
+    args: list[str]
+    lock: str  # the output whose lock shows the command has started its work
+    delay: float  # seconds after the lock appears
+    json: bool = False  # compare stdout's JSON (minus timings) too: the output of evaluate and train-student
+
+
+CASES = {
+    "prepare-imagefolder": Case(lambda w: write_imagefolder(w / "folders", 150),
+                                ["prepare", "imagefolder", "folders", "--out", "shards", "--shard-size", "50"],
+                                "shards", 0.3),
+    "distill-cidd": Case(lambda w: None, ["distill", "--in", TRAIN, "--ipc", "10", "--teacher", TEACHER,
+                                          "--iterations", "40", "--relabel-epochs", "10", "--out", "d"], "d", 0.5),
+    "distill-nrr": Case(lambda w: None, ["distill", "--in", TRAIN, "--ipc", "10", "--teacher", TEACHER,
+                                         "--iterations", "40", "--relabel-epochs", "10", "--out", "d"], "d", 4.0),
+    "distill-relabel": Case(lambda w: None, ["distill", "--in", TRAIN, "--ipc", "3", "--teacher", TEACHER,
+                                             "--iterations", "5", "--relabel-epochs", "400", "--out", "d"], "d", 4.0),
+    "relabel-early": Case(lambda w: write_fmnist_store(w / "s", per_class=20, shard_size=50),
+                          ["relabel", "s", "--teacher", TEACHER, "--epochs", "200", "--labels", "dbr,topk:2,full"],
+                          "s", 0.5),
+    "relabel-late": Case(lambda w: write_fmnist_store(w / "s", per_class=20, shard_size=50),
+                         ["relabel", "s", "--teacher", TEACHER, "--epochs", "200", "--labels", "dbr,topk:2,full"],
+                         "s", 3.0),
+    "convert-softlabels": Case(lambda w: make_fixture(w / "fx", ["cutmix"] * 40, per_class=3, batch=6),
+                               ["convert-softlabels", "fx/labels", "--images", "fx/images", "--out", "s",
+                                "--epochs-per-file", "10"], "s", 1.0),
+    "import-rded": Case(lambda w: write_rded(w / "r", list(range(10)), ipc=10),
+                        ["import", "rded", "r", "--out", "s", "--teacher", TEACHER, "--epochs", "300"], "s", 1.0),
+    "evaluate": Case(_labelled_store, ["evaluate", "s", "--val", TEST, "--labels", "dbr", "--seeds", "2", "--epochs",
+                                       "30", "--batch-size", "10", "--work", "ev", "--json"], "ev", 2.0, json=True),
+    "train-student": Case(_labelled_store, ["train-student", "s", "--val", TEST, "--epochs", "30", "--batch-size",
+                                            "10", "--checkpoint", "ck.pt", "--resume", "--json"], "ck.pt", 2.0,
+                          json=True),
+}
+CLI = [sys.executable, "-m", "nrrstore_cli.main"]
+TIMINGS = {"seconds", "cells_resumed", "resumed_from", "history"}  # wall times, and where a run picked up
+
+
+def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *cmd], check=False, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=900)
+
+
+def _stable(out: str) -> object:
+    def strip(v: object) -> object:
+        if isinstance(v, dict):
+            return {k: strip(x) for k, x in v.items() if k not in TIMINGS}
+        return [strip(x) for x in v] if isinstance(v, list) else v
+    return strip(json.loads(out))
+
+
+def _locks_and_temporaries(folder: Path, resume: set[str]) -> list[str]:
+    return [str(p.relative_to(folder)) for p in folder.rglob("*")
+            if (p.name.startswith((".lock-", ".tmp-", ".import-")) and p.name not in resume)
+            and not any(part in resume for part in p.relative_to(folder).parts[:-1])]
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_sigterm_leaves_nothing_and_the_rerun_is_identical(name: str, tmp_path: Path, monkeypatch) -> None:
+    case = CASES[name]
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", ENV["SOURCE_DATE_EPOCH"])  # inputs built here are reproducible too
+    w = tmp_path / "w"  # one folder for both runs: manifests record their inputs' absolute paths
+    w.mkdir()
+    case.setup(w)
+    full = _run(case.args, w)
+    assert full.returncode == 0, full.stderr
+    kept = {"ev", "ck.pt"} if case.json else set()  # resume state that records wall times: compared by its JSON
+
+    def outputs() -> dict[str, str]:
+        return {k: v for k, v in snapshot(w).items() if k.split("/")[0] not in kept}
+    reference = outputs()
+    shutil.rmtree(w)
+    w.mkdir()
+    case.setup(w)
+    before = snapshot(w)
+    proc = subprocess.Popen([*CLI, *case.args], cwd=w, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    lock = w / f".lock-{Path(case.lock).name}"
+    deadline = time.monotonic() + 120
+    while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(case.delay)
+    assert proc.poll() is None, f"{name} ended before it could be stopped: give it more work"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "nrrstore: terminated", err[-2000:]
+    out = Path(case.args[case.args.index("--out") + 1]).name if "--out" in case.args else case.lock
+    resume = {f".tmp-{out}", f".work-{out}", f".convert-{out}", "ev", "ck.pt"}  # what a rerun picks up
+    assert _locks_and_temporaries(w, resume) == [], err[-2000:]
+    left = {k for k in snapshot(w) if k not in before}
+    assert all(k.split("/")[0] in resume or k.split("/")[0] == out for k in left), sorted(left)
+    again = _run(case.args, w)
+    assert again.returncode == 0, again.stderr
+    if case.json:
+        assert _stable(again.stdout) == _stable(full.stdout)
+    assert outputs() == reference
