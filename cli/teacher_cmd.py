@@ -69,7 +69,8 @@ def eval_cmd(
     from nrrstore.models.checkpoint import load_teacher
     from nrrstore.train.teacher_job import eval_teacher
 
-    result = eval_teacher(load_teacher(teacher, device=device), inputs, device=device)
+    with ProgressBar() as bar:
+        result = eval_teacher(load_teacher(teacher, device=device), inputs, device=device, progress=bar)
     if json_out:
         print_json(result)
     else:

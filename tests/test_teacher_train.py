@@ -115,3 +115,18 @@ def test_bad_inputs() -> None:
         train_classifier(model, lambda epoch: [])
     with pytest.raises(NrrError, match="no batches"):
         evaluate(model, [])
+
+
+def test_teacher_eval_reports_progress_per_batch() -> None:
+    """`teacher eval` shows a bar (issue 17, U3): every batch moves it, to the image count of the shards."""
+    from nrrstore.models import load_teacher
+    from nrrstore.train.teacher_job import eval_teacher
+    from tests._teacher import teacher_path
+    from tests.conftest import FMNIST_SUBSET
+
+    calls: list[tuple[str, int, int | None]] = []
+    r = eval_teacher(load_teacher(teacher_path()), FMNIST_SUBSET / "test", batch_size=128,
+                     progress=lambda task, done, total: calls.append((task, done, total)))
+    assert r["images"] == 1000 and calls[0] == ("teacher eval (images)", 0, 1000)
+    assert [c[1] for c in calls] == [0, *range(128, 1000, 128), 1000] and calls[-1][2] == 1000
+    assert r == eval_teacher(load_teacher(teacher_path()), FMNIST_SUBSET / "test", batch_size=128)

@@ -15,14 +15,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nrrstore.errors import NrrError
+from nrrstore.progress import Progress
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
-             device: str | torch.device | None = None) -> dict[str, Any]:
+             device: str | torch.device | None = None, progress: Progress | None = None,
+             task: str = "evaluate (images)", total: int | None = None) -> dict[str, Any]:
     """``{"top1", "n", "loss"}`` over ``batches`` of (inputs, labels); the model's train/eval mode is restored.
 
-    ``device``: where the batches go (default: where the model's weights are).
+    ``device``: where the batches go (default: where the model's weights are). ``progress`` is told the images
+    done after every batch (``task``, of ``total`` when known): a held-out pass can take a minute.
     """
     if device is None:
         param = next(iter(model.parameters()), None)
@@ -30,6 +33,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
+    if progress is not None:
+        progress(task, 0, total)
     try:
         for x, y in batches:
             x, y = x.to(device), y.to(device, dtype=torch.long)
@@ -37,6 +42,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
             loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += y.numel()
+            if progress is not None:
+                progress(task, n, total)
     finally:
         model.train(was_training)
     if n == 0:

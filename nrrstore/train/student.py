@@ -187,7 +187,7 @@ def train_student(
         if few and k == 0:  # after every refusing check, the first data read included
             warnings.warn(few, NrrWarning, stacklevel=3)
         run.step(batch)
-    result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev)
+    result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev, progress, "test on --val (images)")
     if history:
         history[-1]["top1"] = result["top1"]
     return {
