@@ -347,7 +347,10 @@ def _cell_progress(progress: Progress, task: str, n: int, cell_steps: int, cells
     """A student's steps under its cell's name, and all cells' steps under "evaluate (student steps)": the
     overall bar then moves every step with a rate and the time left (cells before ``n`` count as done)."""
 
-    def report(_task: str, done: int, total: int | None) -> None:
+    def report(student_task: str, done: int, total: int | None) -> None:
+        if student_task != "train student":  # its test pass counts images, not steps: a bar of its own
+            progress(f"{task}: {student_task}", done, total)
+            return
         progress(task, done, total)
         progress("evaluate (student steps)", n * cell_steps + done, cells * cell_steps)
 

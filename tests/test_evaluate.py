@@ -35,9 +35,14 @@ def small_store(tmp_path_factory, teacher, fmnist_train_shards) -> Path:
 @pytest.mark.slow
 def test_every_cell_and_a_faithful_baseline(small_store, teacher, fmnist_train_shards, fmnist_test_shards,
                                             tmp_path, single_thread) -> None:
+    calls: list[tuple[str, int, int | None]] = []
     r = evaluate_store(small_store, fmnist_test_shards, tmp_path / "work", train=fmnist_train_shards,
-                       teacher=teacher, seeds=2, protocol=PROTO, full_acc=0.9)
+                       teacher=teacher, seeds=2, protocol=PROTO, full_acc=0.9,
+                       progress=lambda task, done, total: calls.append((task, done, total)))
     assert r["labels"] == ["dbr", "kd", "onehot"]
+    overall = [(done, total) for task, done, total in calls if task == "evaluate (student steps)"]
+    assert [d for d, _ in overall] == sorted(d for d, _ in overall) and overall[-1][0] == overall[-1][1]
+    assert any(task == "store dbr seed 0: test on --val (images)" for task, _, _ in calls)  # a bar of its own
     assert {(c["images"], c["labels"], c["seed"]) for c in r["cells"]} == {
         (i, k, s) for i in ("store", "random") for k in ("dbr", "kd", "onehot") for s in (0, 1)}
     for images in ("store", "random"):
