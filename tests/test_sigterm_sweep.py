@@ -71,7 +71,7 @@ CASES = {
     "relabel-late": Case(lambda w: write_fmnist_store(w / "s", per_class=20, shard_size=50),
                          ["relabel", "s", "--teacher", TEACHER, "--epochs", "200", "--labels", "dbr,topk:2,full"],
                          "s", 3.0),
-    "convert-softlabels": Case(lambda w: make_fixture(w / "fx", ["cutmix"] * 40, per_class=3, batch=6),
+    "convert-softlabels": Case(lambda w: make_fixture(w / "fx", ["cutmix"] * 120, per_class=3, batch=6),
                                ["convert-softlabels", "fx/labels", "--images", "fx/images", "--out", "s",
                                 "--epochs-per-file", "10"], "s", 1.0),
     "import-rded": Case(lambda w: write_rded(w / "r", list(range(10)), ipc=10),
@@ -83,7 +83,7 @@ CASES = {
                           json=True),
 }
 CLI = [sys.executable, "-m", "nrrstore_cli.main"]
-TIMINGS = {"seconds", "cells_resumed", "resumed_from", "history"}  # wall times, and where a run picked up
+TIMINGS = {"seconds", "cells_resumed", "resumed_at_epoch", "history"}  # wall times, and where a run picked up
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
