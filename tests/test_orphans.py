@@ -15,29 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests._builders import make_fixture
+from tests._procs import alive, children
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_killed_convert_leaves_no_worker_and_reruns_identically(tmp_path: Path) -> None:
@@ -49,7 +30,7 @@ def test_killed_convert_leaves_no_worker_and_reruns_identically(tmp_path: Path) 
     workers: list[int] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        workers = [p for p in _children(proc.pid) if _alive(p)]
+        workers = [p for p in children(proc.pid) if alive(p)]
         if len(workers) >= 2:
             break
         time.sleep(0.05)
@@ -59,9 +40,9 @@ def test_killed_convert_leaves_no_worker_and_reruns_identically(tmp_path: Path) 
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in workers):
+    while time.monotonic() < deadline and any(alive(p) for p in workers):
         time.sleep(0.1)
-    assert not any(_alive(p) for p in workers), "pool workers outlived their killed parent"
+    assert not any(alive(p) for p in workers), "pool workers outlived their killed parent"
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert rerun.returncode == 0, rerun.stderr
     clean = subprocess.run([*cmd[:-6], "--out", str(tmp_path / "t"), *cmd[-4:]], env=env, capture_output=True,

@@ -24,6 +24,7 @@ from nrrstore.errors import NrrError
 from nrrstore.sources import prepare_idx, prepare_imagefolder, workers
 from nrrstore_cli import prepare_cmd
 from tests._builders import make_app, write_imagefolder
+from tests._procs import alive, children
 from tests._real import fmnist, photo_crops
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,25 +190,6 @@ def test_cli_corrupt_file_with_workers_is_one_line(tmp_path: Path, fm_folder: Pa
 
 
 # -- stopping -------------------------------------------------------------------------------------------
-def _children(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.add(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _ctrl_c_default() -> None:
     """A job started in the background by a shell without job control inherits SIGINT ignored (so does a test
     run started that way); a terminal's Ctrl-C reaches a foreground command with the default action."""
@@ -231,9 +213,9 @@ def test_a_stop_ends_the_workers_and_leaves_nothing(tmp_path: Path, fm_folder: P
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=_ctrl_c_default)  # noqa: PLW1509 (single-threaded here)
     deadline = time.monotonic() + 60
-    while len(_children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while len(children(proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    kids = _children(proc.pid)
+    kids = children(proc.pid)
     assert proc.poll() is None and len(kids) >= 2, "the workers never started"
     time.sleep(0.3)
     os.killpg(proc.pid, sig)
@@ -241,6 +223,6 @@ def test_a_stop_ends_the_workers_and_leaves_nothing(tmp_path: Path, fm_folder: P
     assert proc.returncode == code and err.strip().splitlines() == [line], err[-2000:]
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
     deadline = time.monotonic() + 10
-    while any(_alive(k) for k in kids) and time.monotonic() < deadline:
+    while any(alive(k) for k in kids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(k) for k in kids)
+    assert not any(alive(k) for k in kids)
