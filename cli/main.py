@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import typer
 
 from nrrstore import __version__
@@ -58,7 +60,12 @@ except (ImportError, MemoryError) as _exc:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    finally:
+        # Nothing is collected after this: the interpreter's own collections at exit walk torch's ~340k
+        # objects and kept a finished command alive 1.5 s after its last bar (4 s on a busy machine).
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def train_student(
     resume: bool = False,
     arch_kwargs: dict[str, Any] | None = None,
     eval_every: int = 0,
-    eval_batch_size: int = 500,
+    eval_batch_size: int = 100,
     progress: Progress | None = None,
     overwrite: bool = False,
     checkpoint_every_s: float = 0.0,
@@ -150,6 +150,8 @@ def train_student(
     at least that many seconds after the last write (and after the last epoch): small students run
     hundreds of sub-second epochs, and a write per epoch would cost more than the training.
     Fewer than `MIN_STEPS_PER_EPOCH` optimizer steps per epoch and `MIN_TOTAL_STEPS` in all warn.
+    The held-out pass reports every ``eval_batch_size`` images: 500 took 4-7 s on a busy 2-core machine,
+    over the 5 s a progress bar may stay still; 100 costs nothing measurable in throughput.
     """
     st = open_store(store)
     m = st.manifest
