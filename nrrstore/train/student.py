@@ -144,14 +144,12 @@ def train_student(
 
     Returns plain data: ``top1``, ``val_loss``, ``val_images``, ``history`` (per epoch: mean loss and
     its parts, lr at the epoch's end, seconds, and top-1 when ``eval_every`` divides the epoch
-    number), ``steps``, and the arguments. ``model`` (the trained module) is returned too.
-    An existing ``checkpoint`` is continued with ``resume``, replaced with ``overwrite``, else refused.
-    It is written after every epoch, or with ``checkpoint_every_s > 0`` after the first epoch that ends
-    at least that many seconds after the last write (and after the last epoch): small students run
-    hundreds of sub-second epochs, and a write per epoch would cost more than the training.
-    Fewer than `MIN_STEPS_PER_EPOCH` optimizer steps per epoch and `MIN_TOTAL_STEPS` in all warn.
-    The held-out pass reports every ``eval_batch_size`` images: 500 took 4-7 s on a busy 2-core machine,
-    over the 5 s a progress bar may stay still; 100 costs nothing measurable in throughput.
+    number), ``steps``, and the arguments; ``model`` too. An existing ``checkpoint`` is continued with
+    ``resume``, replaced with ``overwrite``, else refused. It is written after every epoch, or with
+    ``checkpoint_every_s > 0`` after the first epoch that ends at least that many seconds after the last
+    write (and after the last epoch): small students run hundreds of sub-second epochs, and a write per
+    epoch would cost more. Fewer than `MIN_STEPS_PER_EPOCH` steps per epoch, `MIN_TOTAL_STEPS` in all warn.
+    The held-out pass reports every ``eval_batch_size`` images (500 took 7 s on a busy 2-core machine).
     """
     st = open_store(store)
     m = st.manifest
