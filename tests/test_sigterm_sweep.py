@@ -2,8 +2,8 @@
 train-student leaves nothing behind but the command's own resume state, and each rerun's output is
 byte-identical to an uninterrupted run's.
 
-Each case builds its inputs, runs the command to the end (the reference), then builds the same inputs again in
-the same folder and sends SIGTERM a set time after the command took its output lock, then reruns it. The stop
+Each case builds its inputs, runs the command to the end (the reference; cases that differ only in where they
+stop share one), then builds the same inputs again in the same folder and sends SIGTERM a set time after the command took its output lock, then reruns it. The stop
 must exit 143 with `nrrstore: terminated` as its last line and leave no lock or temporary file, except the
 resume state a resumable command keeps on purpose (`.tmp-OUT`, `.work-OUT`, `.convert-OUT`, a `--work` or
 `--checkpoint`); after the rerun the folder must hold the reference's files with the same bytes. Where the stop
@@ -104,20 +104,31 @@ def _locks_and_temporaries(folder: Path, resume: set[str]) -> list[str]:
             and not any(part in resume for part in p.relative_to(folder).parts[:-1])]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_sigterm_leaves_nothing_and_the_rerun_is_identical(name: str, tmp_path: Path, monkeypatch) -> None:
+# Cases with the same inputs and arguments (stopped at different points) share one uninterrupted reference run,
+# made in one folder per group (manifests record absolute paths); xdist keeps a group on one worker.
+GROUPS = {"distill-cidd": "distill", "distill-nrr": "distill", "relabel-early": "relabel", "relabel-late": "relabel"}
+_REFERENCES: dict[str, tuple[dict[str, str], str]] = {}
+assert all(CASES[a].args == CASES[b].args for a in GROUPS for b in GROUPS if GROUPS[a] == GROUPS[b])
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(GROUPS.get(n, n))) for n in CASES])
+def test_sigterm_leaves_nothing_and_the_rerun_is_identical(name: str, tmp_path_factory, monkeypatch) -> None:
     case = CASES[name]
     monkeypatch.setenv("SOURCE_DATE_EPOCH", ENV["SOURCE_DATE_EPOCH"])  # inputs built here are reproducible too
-    w = tmp_path / "w"  # one folder for both runs: manifests record their inputs' absolute paths
-    w.mkdir()
-    case.setup(w)
-    full = _run(case.args, w)
-    assert full.returncode == 0, full.stderr
+    group = GROUPS.get(name, name)
+    w = tmp_path_factory.getbasetemp() / f"sweep-{group}" / "w"  # one folder for all runs of the group
     kept = {"ev", "ck.pt"} if case.json else set()  # resume state that records wall times: compared by its JSON
 
     def outputs() -> dict[str, str]:
         return {k: v for k, v in snapshot(w).items() if k.split("/")[0] not in kept}
-    reference = outputs()
+    if group not in _REFERENCES:
+        shutil.rmtree(w, ignore_errors=True)
+        w.mkdir(parents=True)
+        case.setup(w)
+        full = _run(case.args, w)
+        assert full.returncode == 0, full.stderr
+        _REFERENCES[group] = outputs(), full.stdout
+    reference, full_stdout = _REFERENCES[group]
     shutil.rmtree(w)
     w.mkdir()
     case.setup(w)
@@ -141,5 +152,5 @@ def test_sigterm_leaves_nothing_and_the_rerun_is_identical(name: str, tmp_path: 
     again = _run(case.args, w)
     assert again.returncode == 0, again.stderr
     if case.json:
-        assert _stable(again.stdout) == _stable(full.stdout)
+        assert _stable(again.stdout) == _stable(full_stdout)
     assert outputs() == reference
