@@ -3,7 +3,8 @@ train-student leaves nothing behind but the command's own resume state, and each
 byte-identical to an uninterrupted run's.
 
 Each case builds its inputs, runs the command to the end (the reference; cases that differ only in where they
-stop share one), then builds the same inputs again in the same folder and sends SIGTERM a set time after the command took its output lock, then reruns it. The stop
+stop share one), then builds the same inputs again in the same folder and sends SIGTERM a set time after the
+command took its output lock, then reruns it. The stop
 must exit 143 with `nrrstore: terminated` as its last line and leave no lock or temporary file, except the
 resume state a resumable command keeps on purpose (`.tmp-OUT`, `.work-OUT`, `.convert-OUT`, a `--work` or
 `--checkpoint`); after the rerun the folder must hold the reference's files with the same bytes. Where the stop
