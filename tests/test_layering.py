@@ -1,7 +1,8 @@
 """The layers (issue 16, A1): no module imports from a layer above its own, and packages of one layer form no
 cycle. Function-level (lazy) imports count too: they are still dependencies, only deferred.
 
-    base (errors, progress, units, devices, ranks, limits) < format < sampling / models / sources < replay
+    base (errors, progress, units, devices, ranks, limits, processes, ordered_pool) < format
+    < sampling / models / sources < replay
     < labels / distill / train < evaluation / convert / inspect < cli
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[set[str]] = [
-    {"errors", "progress", "units", "devices", "ranks", "limits", "processes"},
+    {"errors", "progress", "units", "devices", "ranks", "limits", "processes", "ordered_pool"},
     {"format"},
     {"sampling", "models", "sources"},
     {"replay"},

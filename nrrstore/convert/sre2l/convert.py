@@ -57,7 +57,7 @@ from nrrstore.format.softlabels import create_store_softlabels, softlabels_secti
 from nrrstore.format.update import update_store
 from nrrstore.format.workstate import load_state, save_state
 from nrrstore.format.writer import check_output_dir, staged_store
-from nrrstore.limits import MAX_WORKERS
+from nrrstore.ordered_pool import check_workers
 from nrrstore.progress import Progress
 from nrrstore.replay.recipe import AugRecipe
 from nrrstore.sources.encode import MODES as IMAGE_MODES
@@ -183,10 +183,8 @@ def _check_options(temperature: Any, precision: str, mode: str, epochs_per_file:
             raise NrrError(None, f"{name} must be a positive integer, got {v!r}")
     if quant_max is not None:
         quant_max = quant.check_max(quant_max)
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise NrrError(None, f"workers must be a non-negative integer, got {workers!r}")
-    if workers is not None and workers > MAX_WORKERS:
-        raise NrrError(None, f"--workers {workers} is more than {MAX_WORKERS} worker processes")
+    if workers is not None:
+        check_workers(workers)
     return quant_max
 
 
