@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from nrrstore.errors import NrrError
 from nrrstore.sources import iter_samples, prepare_idx, prepare_imagefolder, resolve_shards
-from nrrstore.sources.batches import shard_batches
+from nrrstore.sources.batches import estimate_normalization, shard_batches
 from nrrstore.sources.prepare import select_indices
 from nrrstore.train.teacher_job import train_teacher
 from nrrstore_cli.main import app
@@ -102,3 +102,19 @@ def test_crop_pad_batches_are_padded_windows_and_seeded(tmp_path: Path) -> None:
     with pytest.raises(NrrError, match="--crop-pad"):
         train_teacher(tmp_path / "s", "convnet3", tmp_path / "t.pt", crop_pad=32)
     assert not (tmp_path / "t.pt").exists()
+
+
+def test_normalization_is_estimated_over_every_class_of_a_class_ordered_source(tmp_path: Path) -> None:
+    """A teacher's mean and std come from images spread over the whole source: the first ones of a class-ordered
+    source (CIFAR-10's parts are) would be one or two classes."""
+    prepare_imagefolder(CIFAR_MINI, tmp_path / "s", image_format="source")  # 12 per class, in class order
+    samples = list(iter_samples(tmp_path / "s"))
+    chosen = samples[::12]  # limit 10 of 120: every 12th, the first image of each class
+    assert sorted(s.label for s in chosen) == list(range(10))
+    pixels = np.concatenate([s.image.reshape(-1, 3) / 255.0 for s in chosen])
+    got = estimate_normalization(tmp_path / "s", limit=10)
+    assert got["mean"] == pytest.approx(pixels.mean(0).tolist(), abs=1e-6)
+    assert got["std"] == pytest.approx(pixels.std(0).tolist(), abs=1e-6)
+    every = estimate_normalization(tmp_path / "s", limit=1000)  # the limit above the count: all of them
+    everything = np.concatenate([s.image.reshape(-1, 3) / 255.0 for s in samples])
+    assert every["mean"] == pytest.approx(everything.mean(0).tolist(), abs=1e-6)

@@ -25,13 +25,15 @@ def to_tensor01(images: Sequence[np.ndarray]) -> torch.Tensor:
 
 
 def estimate_normalization(spec: Any, limit: int = 10000, keys: Collection[str] | None = None) -> dict[str, list[float]]:
-    """Per-channel mean and std of the first ``limit`` images (of ``keys`` if given): what the teacher is fed."""
+    """Per-channel mean and std of ``limit`` images (of ``keys`` if given) spread evenly over the source: what
+    the teacher is fed. Evenly, not the first ones: sources are often in class order (CIFAR-10's first 10,000
+    training images are two and a half classes, sky-blue airplanes first)."""
+    candidates = [key for key, _ in iter_labels(spec) if keys is None or key in keys]  # no image decoded
+    chosen = set(candidates) if len(candidates) <= limit else \
+        {candidates[i * len(candidates) // limit] for i in range(limit)}
     total = sq = None
     n = 0
-    wanted = None if keys is None else (lambda label, key: key in keys)
-    for i, s in enumerate(same_shape(iter_samples(spec, want_key=wanted))):
-        if i >= limit:
-            break
+    for s in same_shape(iter_samples(spec, want_key=lambda label, key: key in chosen)):
         x = s.image.astype(np.float64) / 255.0
         x = x.reshape(-1, 1 if x.ndim == 2 else x.shape[2])
         total = x.sum(0) if total is None else total + x.sum(0)
