@@ -64,7 +64,12 @@ def report(cells: dict[str, dict[str, dict[int, float]]], full: float | None, ip
             "metrics": metrics(sets, full, "dbr"),
         }
         lines += [f"### {images} vs random real, IPC {ipc}, {student} students", "```",
-                  format_table(result).replace("distilled store", f"{images} images".ljust(15)), "```"]
+                  format_table(result).replace("distilled store", f"{images} images".ljust(15))]
+        counts = {f"{images if name == 'store' else name} {k}": len(per[k]) for name, per in sets.items()
+                  for k in kinds if k in per}
+        if len(set(counts.values())) > 1:  # a std over fewer seeds than the title says must not pass unnoticed
+            lines.append("seeds per cell: " + ", ".join(f"{key} {n}" for key, n in counts.items()))
+        lines.append("```")
         if plots is not None:
             name = f"issue14-c10-ipc{ipc}-{student}-{images}.png"
             plot_result(result, plots / name, overwrite=True)

@@ -30,13 +30,16 @@ chain() {
   fi
   # test part, IPC 50: DBR with the chosen objective (5x the student cost of IPC 10), first seed
   .venv/bin/python $T --ipc 50 --seeds 1 --labels dbr $p --variants random-l1 rded-l1 nrr-now-l1
-  # cross-architecture: the same IPC-10 stores, ResNet-18 students (ImageNet stem: cheap at 32 px); as run, seed 0
-  # only (--seeds 1), one process, after the IPC-50 runs were lost
+  # cross-architecture: the same IPC-10 stores, ResNet-18 students (ImageNet stem: cheap at 32 px); as run,
+  # seed 0 in one session, seeds 1 and 2 in a later one (stores rebuilt byte for byte by distill --seed s)
   .venv/bin/python $T --ipc 10 --seeds 3 --labels dbr $p --variants random-l1 rded-l1 nrr-now-l1 --student resnet18
   .venv/bin/python $T --ipc 10 --seeds 3 --labels onehot $p --variants random rded nrr --student resnet18
-  # IPC 50: one-hot (C2's check at 50), then the other seeds of DBR
-  .venv/bin/python $T --ipc 50 --seeds 1 --labels onehot $p --variants random rded nrr
+  # IPC 50: the other seeds of DBR, then one-hot and KD (C3 at IPC 50). As run, NRR-DD's one-hot and KD have
+  # seeds 0 and 1 (its seed-2 store, about an hour of NRR on one core, was not rebuilt for them); random and
+  # RDED all three seeds (seed 0 in one session, 1 and 2 in the next)
   .venv/bin/python $T --ipc 50 --seeds 3 --labels dbr $p --variants random-l1 rded-l1 nrr-now-l1
+  .venv/bin/python $T --ipc 50 --seeds 2 --labels onehot kd $p --variants nrr
+  .venv/bin/python $T --ipc 50 --seeds 3 --labels onehot kd $p --variants random rded
 }
 chain 0 & a=$!
 chain 1 & b=$!
