@@ -48,6 +48,14 @@ def _ms(values: list[float]) -> dict[str, Any]:
             "n": len(values)}
 
 
+def dbr_share(per: dict[str, dict[int, float]]) -> list[float]:
+    """C3's figure per seed that has all three students: (DBR - one-hot) / (KD - one-hot), the part of KD's gain
+    over one-hot labels that two numbers per view keep. Paired by seed, since the three share one store."""
+    seeds = sorted(set(per.get("dbr", {})) & set(per.get("onehot", {})) & set(per.get("kd", {})))
+    return [(per["dbr"][s] - per["onehot"][s]) / (per["kd"][s] - per["onehot"][s]) for s in seeds
+            if per["kd"][s] != per["onehot"][s]]
+
+
 def report(cells: dict[str, dict[str, dict[int, float]]], full: float | None, ipc: int, student: str,
            plots: Path | None) -> list[str]:
     lines = []
@@ -69,6 +77,12 @@ def report(cells: dict[str, dict[str, dict[int, float]]], full: float | None, ip
                   for k in kinds if k in per}
         if len(set(counts.values())) > 1:  # a std over fewer seeds than the title says must not pass unnoticed
             lines.append("seeds per cell: " + ", ".join(f"{key} {n}" for key, n in counts.items()))
+        for name, per in ((images, cells[images]), ("random", cells["random"])):
+            shares = [100 * x for x in dbr_share(per)]
+            if shares:
+                sd = f" +- {statistics.stdev(shares):.1f}" if len(shares) > 1 else ""
+                lines.append(f"DBR keeps {statistics.fmean(shares):.1f}{sd}% of the KD gain over one-hot on {name} "
+                             f"images ({len(shares)} seed(s): " + ", ".join(f"{x:.1f}" for x in shares) + ")")
         lines.append("```")
         if plots is not None:
             name = f"issue14-c10-ipc{ipc}-{student}-{images}.png"
