@@ -7,7 +7,7 @@ to the study as ``--val``, here the test part); DBR cells are the ``*-l1`` varia
 norm since v0.3), one-hot and KD cells the plain ones. ``--full`` is the JSON of the full-data ConvNet-3
 student (`teacher train --json`: its ``val_top1``), which HLR and LRS need.
 
-    python benchmarks/c10_report.py --work runs/final-c10 --full runs/final-c10/full-convnet3-e12.json \\
+    python benchmarks/c10_report.py --work runs/final-c10 --full runs/final-c10/full-convnet3-e8.json \\
         --plots benchmarks/results
 """
 

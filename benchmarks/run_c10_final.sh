@@ -34,12 +34,12 @@ chain() {
   # seed 0 in one session, seeds 1 and 2 in a later one (stores rebuilt byte for byte by distill --seed s)
   .venv/bin/python $T --ipc 10 --seeds 3 --labels dbr $p --variants random-l1 rded-l1 nrr-now-l1 --student resnet18
   .venv/bin/python $T --ipc 10 --seeds 3 --labels onehot $p --variants random rded nrr --student resnet18
-  # IPC 50: the other seeds of DBR, then one-hot and KD (C3 at IPC 50). As run, NRR-DD's one-hot and KD have
-  # seeds 0 and 1 (its seed-2 store, about an hour of NRR on one core, was not rebuilt for them); random and
-  # RDED all three seeds (seed 0 in one session, 1 and 2 in the next)
+  # IPC 50: the other seeds of DBR, then one-hot and KD (C3 at IPC 50). As run, over three sessions: random
+  # and RDED's one-hot and KD seed 0 in one, seeds 1 and 2 in the next; NRR-DD's seeds 0 and 1 in one, seed 2
+  # in a later one from its store rebuilt by distill --seed 2 at 2 threads (the original had 1: the same
+  # selection, pixels a few levels apart), whose DBR student was trained again into another --work
   .venv/bin/python $T --ipc 50 --seeds 3 --labels dbr $p --variants random-l1 rded-l1 nrr-now-l1
-  .venv/bin/python $T --ipc 50 --seeds 2 --labels onehot kd $p --variants nrr
-  .venv/bin/python $T --ipc 50 --seeds 3 --labels onehot kd $p --variants random rded
+  .venv/bin/python $T --ipc 50 --seeds 3 --labels onehot kd $p --variants random rded nrr
 }
 chain 0 & a=$!
 chain 1 & b=$!

@@ -30,8 +30,10 @@ def test_dbr_share_pairs_seeds_and_skips_incomplete_ones(c10_report) -> None:
 def test_report_reproduces_the_ipc50_figures_from_the_shipped_cells(c10_report, tmp_path: Path) -> None:
     (tmp_path / "cells").symlink_to(CELLS, target_is_directory=True)
     cells = c10_report.load_cells(tmp_path, 50, "convnet3")
-    assert {len(cells[s]["dbr"]) for s in ("random", "rded", "nrr")} == {3}
+    assert {len(cells[s][k]) for s in ("random", "rded", "nrr") for k in ("dbr", "onehot", "kd")} == {3}
     text = "\n".join(c10_report.report(cells, None, 50, "convnet3", None))
     assert "59.53 +- 0.06" in text and "59.69 +- 0.64" in text and "53.85 +- 0.48" in text
     assert "DBR keeps 61.5 +- 5.7% of the KD gain over one-hot on random images (3 seed(s)" in text
+    assert "48.29 +- 1.19" in text and "59.54 +- 0.94" in text and "seeds per cell" not in text
+    assert "DBR keeps 49.3 +- 5.1% of the KD gain over one-hot on nrr images (3 seed(s): 52.5, 52.0, 43.4)" in text
     assert "DBR keeps 62.9 +- 1.6% of the KD gain over one-hot on rded images (3 seed(s)" in text
