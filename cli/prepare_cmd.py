@@ -21,6 +21,12 @@ _SKIP = typer.Option(0, "--skip", min=0, help="Skip the first N images (file ord
 _SKIP_PER_CLASS = typer.Option(0, "--skip-per-class", min=0, help="Skip the first N images of each class (file "
                               "order); with --per-class, carves disjoint balanced parts, e.g. 0-3999 (--per-class "
                               "4000), 4000-4499 (--skip-per-class 4000 --per-class 500).")
+_LAST_PER_CLASS = typer.Option(None, "--last-per-class", min=1, help="Keep only the last N images of each class "
+                               "(file order; applied before --skip-per-class and --per-class).")
+_DROP_LAST_PER_CLASS = typer.Option(0, "--drop-last-per-class", min=0, help="Drop the last N images of each class "
+                                    "first. Held-out parts of equal size from unequal classes: test --last-per-class "
+                                    "150; validation --drop-last-per-class 150 --last-per-class 100; train "
+                                    "--drop-last-per-class 250.")
 _PREFIX = typer.Option(None, "--prefix", help="Shard and key prefix: PREFIX-000000.tar, PREFIX_0000000 (default: "
                        "from the input's name: train-images-idx3-ubyte.gz -> train, t10k-... -> test).")
 _RESIZE = typer.Option(None, "--resize", min=1, help="Make every image NxN: shorter side scaled to N, centre cut "
@@ -54,6 +60,8 @@ def idx(
     limit: int | None = _LIMIT,
     skip: int = _SKIP,
     skip_per_class: int = _SKIP_PER_CLASS,
+    last_per_class: int | None = _LAST_PER_CLASS,
+    drop_last_per_class: int = _DROP_LAST_PER_CLASS,
     prefix: str | None = _PREFIX,
     gzip: bool = _GZIP,
     image_format: ShardImageFormat = _FORMAT,
@@ -70,6 +78,7 @@ def idx(
             images, labels, out, class_names=names, per_class=per_class, limit=limit, shard_size=shard_size,
             prefix=prefix, gzip=gzip, image_format=image_format, mode=mode, overwrite=overwrite, progress=bar,
             skip=skip, resize=resize, skip_per_class=skip_per_class, workers=workers,
+            last_per_class=last_per_class, drop_last_per_class=drop_last_per_class,
         )
     summary["source"] = {"images": str(images), "labels": str(labels)}
     _report(summary, as_json)
@@ -83,6 +92,8 @@ def imagefolder(
     limit: int | None = _LIMIT,
     skip: int = _SKIP,
     skip_per_class: int = _SKIP_PER_CLASS,
+    last_per_class: int | None = _LAST_PER_CLASS,
+    drop_last_per_class: int = _DROP_LAST_PER_CLASS,
     prefix: str = typer.Option("train", "--prefix", help="Shard and key prefix: PREFIX-000000.tar, "
                                          "PREFIX_0000000."),
     gzip: bool = _GZIP,
@@ -99,6 +110,7 @@ def imagefolder(
             root, out, per_class=per_class, limit=limit, shard_size=shard_size, prefix=prefix, gzip=gzip,
             image_format=image_format, mode=mode, overwrite=overwrite, progress=bar, skip=skip, resize=resize,
             skip_per_class=skip_per_class, workers=workers,
+            last_per_class=last_per_class, drop_last_per_class=drop_last_per_class,
         )
     summary["source"] = {"root": str(root)}
     _report(summary, as_json)

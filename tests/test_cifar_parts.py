@@ -39,6 +39,20 @@ def test_per_class_parts_are_disjoint_balanced_and_cover_everything() -> None:
         select_indices(labels, skip_per_class=4)
 
 
+def test_parts_from_each_class_end_are_equal_for_unequal_classes() -> None:
+    # Class 0 has 5 images, class 1 has 3 (Imagenette's classes hold 858 to 993): the held-out parts come
+    # from each class's end, so they are equal in size and the train part takes what is left.
+    labels = np.array([0, 1, 0, 0, 1, 0, 1, 0], dtype=np.int64)
+    test = select_indices(labels, last_per_class=1)
+    val = select_indices(labels, drop_last_per_class=1, last_per_class=1)
+    train = select_indices(labels, drop_last_per_class=2)
+    assert test.tolist() == [6, 7] and val.tolist() == [4, 5] and train.tolist() == [0, 1, 2, 3]
+    assert sorted(np.concatenate([train, val, test]).tolist()) == list(range(8))
+    assert select_indices(labels, drop_last_per_class=2, per_class=1).tolist() == [0, 1]  # then the usual rules
+    with pytest.raises(NrrError, match="leaves none"):
+        select_indices(labels, drop_last_per_class=5)
+
+
 def test_cifar_parts_from_the_cli_keep_jpeg_bytes(tmp_path: Path) -> None:
     runner = CliRunner()
     parts = {"train": ["--per-class", "8"], "val": ["--skip-per-class", "8", "--per-class", "2"],
@@ -69,8 +83,13 @@ def test_source_format_is_deterministic_and_refuses_what_it_cannot_keep(tmp_path
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     png = prepare_imagefolder(CIFAR_MINI, tmp_path / "png", per_class=3)
     assert a["bytes"] < png["bytes"]
-    with pytest.raises(NrrError, match="cannot take --resize or --mode"):
-        prepare_imagefolder(CIFAR_MINI, tmp_path / "c", image_format="source", resize=16)
+    # A pass-through: --mode and --resize that change nothing keep the files' bytes...
+    same = prepare_imagefolder(CIFAR_MINI, tmp_path / "same", image_format="source", per_class=3, mode="RGB", resize=32)
+    assert [s["sha256"] for s in same["shards"]] == [s["sha256"] for s in a["shards"]]
+    # ...and ones that change the pixels encode them once, in the file's own format (JPEG here).
+    prepare_imagefolder(CIFAR_MINI, tmp_path / "c", image_format="source", per_class=3, resize=16)
+    assert {s.image.shape for s in iter_samples(tmp_path / "c")} == {(16, 16, 3)}
+    assert all(name.endswith(".jpg") for name in _member_names(tmp_path / "c"))
     with pytest.raises(NrrError, match="IDX files hold raw pixels"):
         prepare_idx(np.zeros((2, 4, 4), np.uint8), np.zeros(2), tmp_path / "d", image_format="source")
     # A file that cannot be kept as it is (a palette PNG) is named, and nothing is left behind.
@@ -118,3 +137,13 @@ def test_normalization_is_estimated_over_every_class_of_a_class_ordered_source(t
     every = estimate_normalization(tmp_path / "s", limit=1000)  # the limit above the count: all of them
     everything = np.concatenate([s.image.reshape(-1, 3) / 255.0 for s in samples])
     assert every["mean"] == pytest.approx(everything.mean(0).tolist(), abs=1e-6)
+
+
+def _member_names(folder: Path) -> list[str]:
+    import tarfile
+
+    names: list[str] = []
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            names += [m.name for m in tar.getmembers() if not m.name.endswith(".cls")]
+    return names

@@ -65,7 +65,8 @@ def test_choice_types_match_the_library() -> None:
 # Options whose absence switches something off (no chart, no checkpoint, no cut, no check): they have no
 # default value to show. Any other option shows its default, as click's `[default: ...]` or in its text.
 OPT_IN = {"--grid", "--teacher", "--checkpoint", "--train", "--full-acc", "--plot", "--order-file", "--classes",
-          "--epochs", "--per-class", "--limit", "--resize", "--limit-per-class", "--val", "--cache-dir"}
+          "--epochs", "--per-class", "--limit", "--resize", "--limit-per-class", "--val", "--cache-dir",
+          "--last-per-class", "--crop-scale"}
 
 
 def test_every_default_shows() -> None:

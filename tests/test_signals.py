@@ -44,7 +44,8 @@ def test_stopped_teacher_training_leaves_nothing(tmp_path: Path, sig: int, code:
                             text=True, env=env, preexec_fn=_default_dispositions)  # noqa: PLW1509
     rc, err = _stop_when(proc, tmp_path / ".lock-t.pt", sig)
     assert rc == code and err.strip().splitlines()[-1] == line, err
-    assert sorted(os.listdir(tmp_path)) == []  # no checkpoint, no temporary, no lock file
+    # No checkpoint, no temporary, no lock file: at most the state of the epochs that ended, for --resume.
+    assert set(os.listdir(tmp_path)) <= {".t.pt.resume"}
 
 
 def test_nohup_keeps_a_command_alive_through_a_hang_up(tmp_path: Path) -> None:

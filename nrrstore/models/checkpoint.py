@@ -108,8 +108,10 @@ def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_teacher(path: str | os.PathLike[str], model: nn.Module, meta: Mapping[str, Any]) -> None:
+def save_teacher(path: str | os.PathLike[str], model: nn.Module, meta: Mapping[str, Any], *, half: bool = False) -> None:
     """Write `model`'s weights with `meta` (the keys of the layout above except format/version/state_dict).
+
+    ``half`` stores floating-point tensors as fp16 (half the bytes; loading casts them back to the model's fp32).
 
     The state dict is checked against `meta["arch"]` first, so every file written here loads back.
     Atomic: written under a temporary name in the same folder, then renamed.
@@ -131,7 +133,9 @@ def save_teacher(path: str | os.PathLike[str], model: nn.Module, meta: Mapping[s
         if bad:
             raise NrrError(path, f"teacher metadata '{key}' holds {bad}; "
                                  "only plain numbers, strings, lists and dicts load safely")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     reference = _build(path, record)
     problem = _mismatch(reference, state)
     if problem:

@@ -8,7 +8,7 @@ buffer, so memory does not grow with the dataset and the same seed gives the sam
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,9 @@ import torch
 
 from nrrstore.errors import NrrError
 from nrrstore.sources.shards import Sample, iter_labels, iter_samples, resolve_shards
+
+ImageBatch = Callable[[Sequence[np.ndarray], int], torch.Tensor]
+"""uint8 images of one batch and the position of its first in the epoch -> float [N,C,S,S] in [0, 1]."""
 
 
 def to_tensor01(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -88,16 +91,19 @@ def _random_crops(x: torch.Tensor, pad: int, rng: random.Random) -> torch.Tensor
 
 def shard_batches(spec: Any, batch_size: int, mean: Sequence[float], std: Sequence[float], *, epoch: int = 0,
                   seed: int = 0, shuffle: bool = True, buffer: int = 10000, flip: bool = False,
-                  crop_pad: int = 0, num_classes: int | None = None,
-                  keys: Collection[str] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                  crop_pad: int = 0, num_classes: int | None = None, keys: Collection[str] | None = None,
+                  to_float: ImageBatch | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Normalized batches ``(x [B,C,H,W], y [B])``; shuffled per (seed, epoch) when ``shuffle``.
 
     ``crop_pad`` > 0: the CIFAR recipe's random crop, i.e. pad each image by that many black pixels per
     side and cut a random window of the original size (torchvision's ``RandomCrop(size, padding=p)``).
-    ``keys``: use only these samples (e.g. `first_per_class`); the others are not decoded.
+    ``to_float`` replaces the plain conversion of each batch's uint8 images to [0, 1] floats (the ImageNet
+    recipe's random-resized crops: `nrrstore.train.teacher_crops`). ``keys``: use only these samples (e.g. `first_per_class`); the
+    others are not decoded.
     """
     if crop_pad < 0:
         raise NrrError(None, f"crop padding must be at least 0, got {crop_pad}")
+    done = 0
     rng = random.Random(seed * 1_000_003 + epoch)
     urls = resolve_shards(spec)
     if shuffle:
@@ -109,9 +115,11 @@ def shard_batches(spec: Any, batch_size: int, mean: Sequence[float], std: Sequen
     out: list[tuple[np.ndarray, int]] = []
 
     def emit() -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_tensor01([o[0] for o in out])
+        nonlocal done
+        x = (to_float or (lambda images, first: to_tensor01(images)))([o[0] for o in out], done)
         if crop_pad:
             x = _random_crops(x, crop_pad, rng)
+        done += len(out)
         if flip:
             flips = torch.tensor([rng.random() < 0.5 for _ in out])
             x[flips] = x[flips].flip(-1)

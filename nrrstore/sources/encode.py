@@ -109,9 +109,17 @@ def stored_bytes(pixels: np.ndarray, source: bytes | None, image_format: str, ke
 
 def encode_sample(item: np.ndarray | SourceImage, key: str, image_format: str, mode: str,
                   resize: int | None) -> tuple[str, bytes]:
-    """(extension, bytes) a shard stores for one sample: ``mode``, then ``resize``, then the encode."""
+    """(extension, bytes) a shard stores for one sample: ``mode``, then ``resize``, then the encode.
+
+    With ``source``, --mode and --resize make a pass-through: a file they leave unchanged (already RGB,
+    already ``resize`` square) keeps its bytes; one they change is encoded once, in its own format (a JPEG
+    as JPEG), so a mixed grey/RGB folder of 224 px JPEGs costs one lossy encode only for its grey files."""
     source = item.data if isinstance(item, SourceImage) else None
-    pixels = convert_mode(np.asarray(item.pixels if isinstance(item, SourceImage) else item), mode)
-    if resize is not None:
+    original = np.asarray(item.pixels if isinstance(item, SourceImage) else item)
+    pixels = convert_mode(original, mode)
+    if resize is not None and pixels.shape[:2] != (resize, resize):
         pixels = resize_square(pixels, resize)
+    if source is not None and pixels is not original:
+        head = probe_image(source)
+        return stored_bytes(pixels, None, head.ext if head is not None else "png", key)
     return stored_bytes(pixels, source, image_format, key)

@@ -132,8 +132,6 @@ def write_shards(
         raise NrrError(None, f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or resize < 1):
         raise NrrError(None, f"resize must be a positive number of pixels, got {resize!r}")
-    if image_format == "source" and (resize is not None or mode != "keep"):
-        raise NrrError(None, "--format source keeps the input files' bytes, so it cannot take --resize or --mode")
     target = Path(os.path.abspath(out_dir))
     if not target.name:
         raise NrrError(out_dir, "cannot write shards into a file system root")
@@ -216,14 +214,23 @@ def _write_remote(samples: Iterable[SampleIn], url: fs.Url, class_names: Sequenc
 
 
 def select_indices(labels: np.ndarray, per_class: int | None = None, limit: int | None = None,
-                   skip: int = 0, skip_per_class: int = 0) -> np.ndarray:
+                   skip: int = 0, skip_per_class: int = 0, *, last_per_class: int | None = None,
+                   drop_last_per_class: int = 0) -> np.ndarray:
     """Indices to keep, in file order: after the first ``skip`` images, images ``skip_per_class`` to
     ``skip_per_class + per_class - 1`` of each class (their rank within the class), then the first
     ``limit``. (``skip`` carves a split off a file: ``--limit 50000`` and ``--skip 50000`` are disjoint;
     ``skip_per_class`` carves per-class parts: ``--per-class 4000``, then ``--skip-per-class 4000
-    --per-class 500``, then ``--skip-per-class 4500`` are disjoint and balanced.)"""
-    if skip < 0 or skip_per_class < 0:
-        raise NrrError(None, f"skip counts must be at least 0, got {skip} and {skip_per_class}")
+    --per-class 500``, then ``--skip-per-class 4500`` are disjoint and balanced.)
+
+    Counted from each class's end, and applied before the rest: ``drop_last_per_class`` drops the last N
+    images of each class, then ``last_per_class`` keeps the last N of what remains. Classes of unequal size
+    (Imagenette: 858 to 993) get equal held-out parts this way: ``last_per_class=150`` (test),
+    ``drop_last_per_class=150, last_per_class=100`` (validation), ``drop_last_per_class=250`` (train)."""
+    if skip < 0 or skip_per_class < 0 or drop_last_per_class < 0:
+        raise NrrError(None, f"skip counts must be at least 0, got {skip}, {skip_per_class} and {drop_last_per_class}")
+    if drop_last_per_class or last_per_class is not None:
+        tail = _tail_indices(labels, last_per_class, drop_last_per_class)
+        return tail[select_indices(labels[tail], per_class, limit, skip, skip_per_class)]
     idx = np.arange(len(labels))
     if skip:
         rest = select_indices(labels[skip:], per_class, limit, skip_per_class=skip_per_class)
@@ -248,6 +255,22 @@ def select_indices(labels: np.ndarray, per_class: int | None = None, limit: int 
             raise NrrError(None, f"limit must be at least 1, got {limit}")
         idx = idx[:limit]
     return idx
+
+
+def _tail_indices(labels: np.ndarray, last: int | None, drop_last: int) -> np.ndarray:
+    """File-order indices left after dropping each class's last ``drop_last`` and keeping its last ``last``."""
+    if last is not None and last < 1:
+        raise NrrError(None, f"last-per-class count must be at least 1, got {last}")
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    from_end = np.searchsorted(sorted_labels, sorted_labels, side="right") - 1 - np.arange(len(labels))
+    keep = from_end >= drop_last
+    if last is not None:
+        keep &= from_end < drop_last + last
+    if not keep.any():
+        raise NrrError(None, f"dropping the last {drop_last} images of each class leaves none "
+                             f"(the largest class has {int(from_end.max()) + 1})")
+    return np.sort(order[keep])
 
 
 def class_names_from_arg(value: str) -> list[str]:
@@ -277,6 +300,9 @@ def prepare_idx(
     resize: int | None = None,
     skip_per_class: int = 0,
     workers: int = 0,
+    *,
+    last_per_class: int | None = None,
+    drop_last_per_class: int = 0,
 ) -> dict[str, Any]:
     """IDX images + labels (paths, or arrays already read) -> shards. Key = ``{prefix}_{source index:07d}``.
 
@@ -304,7 +330,8 @@ def prepare_idx(
         class_names = [str(i) for i in range(top + 1)]
     elif top >= len(class_names):
         raise NrrError(labels_where, f"label {top} found but only {len(class_names)} class names were given")
-    idx = select_indices(labs, per_class, limit, skip, skip_per_class)
+    idx = select_indices(labs, per_class, limit, skip, skip_per_class, last_per_class=last_per_class,
+                         drop_last_per_class=drop_last_per_class)
     keys = [f"{prefix}_{i:07d}" for i in idx]
     with EncodePool(EncodeJob(image_format, mode, resize, MAX_PIXELS), workers) as pool:
         samples = zip(keys, pool.pixels(keys, imgs, idx), (int(labs[i]) for i in idx), strict=True)
@@ -332,6 +359,9 @@ def prepare_imagefolder(
     resize: int | None = None,
     skip_per_class: int = 0,
     workers: int = 0,
+    *,
+    last_per_class: int | None = None,
+    drop_last_per_class: int = 0,
 ) -> dict[str, Any]:
     """``ROOT/<class>/<image>`` -> shards; class names are the folder names in sorted order.
 
@@ -348,7 +378,7 @@ def prepare_imagefolder(
     if isinstance(fs.location(out_dir), Path) and is_inside(Path(out_dir), root):
         raise NrrError(out_dir, f"the output folder may not lie inside the input tree {root}")
     idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit, skip,
-                         skip_per_class)
+                         skip_per_class, last_per_class=last_per_class, drop_last_per_class=drop_last_per_class)
     chosen = [entries[int(i)] for i in idx]
     keys = [f"{prefix}_{int(i):07d}" for i in idx]
     with EncodePool(EncodeJob(image_format, mode, resize, max_pixels), workers) as pool:

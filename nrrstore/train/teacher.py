@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sized
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +23,19 @@ from nrrstore.progress import StepProgress
 
 Batches = Callable[[int], Iterable[tuple[Tensor, Tensor]]]
 OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class Fit:
+    """How `train_classifier` runs beyond the optimizer: the loss's label smoothing, the memory format
+    (channels_last: 1.27x images/s for a ResNet-18 at 128 px on this AVX2 CPU, benchmarks/train_speed.py),
+    and resumability. ``on_epoch(state)`` receives, after every epoch, a plain state (``epoch`` done,
+    ``step``, ``model``, ``optimizer``, ``train_loss``, ``train_top1``) that ``resume`` takes back."""
+
+    label_smoothing: float = 0.0
+    channels_last: bool = False
+    resume: dict[str, Any] | None = None
+    on_epoch: Callable[[dict[str, Any]], None] | None = None
 
 
 def train_classifier(
@@ -38,6 +52,7 @@ def train_classifier(
     momentum: float = 0.9,
     warmup: float = 0.05,
     steps_per_epoch: int | None = None,
+    fit: Fit | None = None,
 ) -> dict[str, Any]:
     """Train `model` in place with cross-entropy; returns a plain-data training record.
 
@@ -46,7 +61,10 @@ def train_classifier(
     steps) and then follows a cosine to 0; the step count is `steps_per_epoch`, else `len()` of the first
     epoch's batches. If neither is known the cosine is applied per epoch and there is no warm-up.
     Deterministic for a given seed and batch sequence; the global RNG state is restored afterwards.
+    ``fit`` adds label smoothing, channels_last, and resumability (a state at every epoch's end, and a run
+    that continues from one gives the same weights as one that never stopped).
     """
+    fit = fit or Fit()
     if optimizer not in OPTIMIZERS:
         raise NrrError(None, f"unknown optimizer '{optimizer}'; known: {', '.join(OPTIMIZERS)}")
     if epochs < 1 or lr <= 0 or not 0 <= warmup < 1:
@@ -56,8 +74,15 @@ def train_classifier(
     with torch.random.fork_rng(devices=fork):
         torch.manual_seed(seed)
         model.to(dev).train()
+        if fit.channels_last:
+            model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch accepts it; its stubs do not
         opt = _optimizer(model, optimizer, lr, weight_decay, momentum)
-        record = _run(model, batches, epochs, lr, warmup, steps_per_epoch, opt, dev, progress)
+        if fit.resume is not None:
+            model.load_state_dict(fit.resume["model"])
+            opt.load_state_dict(fit.resume["optimizer"])
+        record = _run(model, batches, epochs, lr, warmup, steps_per_epoch, opt, dev, progress, fit)
+        if fit.channels_last:
+            model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     record.update(optimizer=optimizer, lr=lr, weight_decay=weight_decay, seed=seed, epochs=epochs)
     if optimizer == "sgd":
         record["momentum"] = momentum
@@ -90,29 +115,31 @@ def _run(
     opt: torch.optim.Optimizer,
     dev: torch.device,
     progress: StepProgress | None,
+    fit: Fit,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    total: int | None = None
-    warmup_steps = 0
-    step = 0
-    losses: list[float] = []
-    top1: list[float] = []
-    for epoch in range(epochs):
+    state = fit.resume or {}
+    first = int(state.get("epoch", 0))
+    step = int(state.get("step", 0))
+    losses: list[float] = list(state.get("train_loss", []))
+    top1: list[float] = list(state.get("train_top1", []))
+    total: int | None = None if steps_per_epoch is None else steps_per_epoch * epochs
+    warmup_steps = 0 if total is None else round(warmup * total)
+    fmt = torch.channels_last if fit.channels_last else torch.contiguous_format
+    for epoch in range(first, epochs):
         epoch_batches = batches(epoch)
-        if epoch == 0:
-            per_epoch = steps_per_epoch if steps_per_epoch is not None else (
-                len(epoch_batches) if isinstance(epoch_batches, Sized) else None)
-            if per_epoch is not None:
-                total = per_epoch * epochs
-                warmup_steps = round(warmup * total)
+        if total is None and epoch == first and isinstance(epoch_batches, Sized):
+            total = len(epoch_batches) * epochs
+            warmup_steps = round(warmup * total)
         loss_sum, correct, seen = torch.zeros((), device=dev), torch.zeros((), device=dev, dtype=torch.long), 0
         for x, y in epoch_batches:
             rate = _lr_at(step, total, lr, warmup_steps) if total else _lr_at(epoch, epochs, lr, 0)
             for group in opt.param_groups:
                 group["lr"] = rate
-            x, y = x.to(dev, non_blocking=True), y.to(dev, dtype=torch.long, non_blocking=True)
+            x = x.to(dev, non_blocking=True).contiguous(memory_format=fmt)
+            y = y.to(dev, dtype=torch.long, non_blocking=True)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=fit.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -129,5 +156,8 @@ def _run(
             raise NrrError(None, f"training diverged in epoch {epoch} (loss {mean_loss}); lower the learning rate")
         losses.append(mean_loss)
         top1.append(float(correct) / seen)
+        if fit.on_epoch is not None:
+            fit.on_epoch({"epoch": epoch + 1, "step": step, "model": model.state_dict(),
+                          "optimizer": opt.state_dict(), "train_loss": losses, "train_top1": top1})
     return {"steps": step, "warmup_steps": warmup_steps, "train_loss": losses, "train_top1": top1,
-            "seconds": round(time.perf_counter() - start, 3)}
+            "seconds": round(time.perf_counter() - start, 3), "resumed_at_epoch": first}
