@@ -50,7 +50,7 @@ def test_import_rded_refuses_to_write_inside_its_input(tmp_path: Path) -> None:
         (tree / f"{c:05d}" / f"class{c:05d}_id00000.jpg").write_bytes(data)
     before = sorted(p.relative_to(tree) for p in tree.rglob("*"))
     res = CliRunner().invoke(app, ["import", "rded", str(tree), "--out", str(tree / "store")])
-    assert res.exit_code == 1 and "may not lie inside the input folder" in res.stderr, res.output
+    assert res.exit_code == 1 and "lies inside the input folder" in res.stderr, res.output
     assert sorted(p.relative_to(tree) for p in tree.rglob("*")) == before  # the input is untouched
     res = CliRunner().invoke(app, ["import", "rded", str(tree), "--out", str(tmp_path / "store")])
     assert res.exit_code == 0, res.output

@@ -26,10 +26,9 @@ from typing import Any
 import numpy as np
 
 from nrrstore.errors import NrrError, os_errors_name
-from nrrstore.format.atomic import is_inside
 from nrrstore.format.distances import read_epoch_labels
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import StagedFolder, check_output_folder, local_output
+from nrrstore.format.outputs import StagedFolder, check_not_inside, check_output_folder, local_output
 from nrrstore.format.parquet import RowGroupFile
 from nrrstore.format.reader import Store
 from nrrstore.format.tables import EXPLICIT_COLUMNS
@@ -70,9 +69,9 @@ def export_imagefolder(
     t0 = time.perf_counter()
     st = Store(store)
     out = local_output(out)
+    if isinstance(st.path, Path):
+        check_not_inside(out, {"STORE": st.path}, "--to")
     _check_target(out, overwrite)
-    if isinstance(st.path, Path) and is_inside(out, st.path):
-        raise NrrError(out, "the export may not lie inside the store")
     with output_lock(out), os_errors_name(out):
         return _export(st, out, csv, numbered, overwrite, progress, t0)
 

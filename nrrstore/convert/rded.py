@@ -24,10 +24,9 @@ from typing import Any
 from nrrstore.convert.passthrough import AsIs, NotAsIs, read_file
 from nrrstore.errors import NrrError, os_errors_name, path_text, staged_as
 from nrrstore.format import fs
-from nrrstore.format.atomic import is_inside
 from nrrstore.format.keys import image_key
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import local_output
+from nrrstore.format.outputs import check_not_inside, local_output
 from nrrstore.format.writer import StoreWriter, check_output_dir, staged_store
 from nrrstore.progress import Progress
 from nrrstore.sources.encode import MODES as IMAGE_MODES
@@ -121,8 +120,8 @@ def import_rded(
     if epochs is not None and teacher is None:
         raise NrrError(None, "epochs given without a teacher: relabelling needs --teacher")
     root = Path(syn_data)
-    if isinstance(fs.location(out), Path) and is_inside(Path(out), root):
-        raise NrrError(out, f"the output may not lie inside the input folder {root} (the next import would read it)")
+    if isinstance(fs.location(out), Path):
+        check_not_inside(out, {"SYN_DATA": root}, "--out")
     folder_names, images = list_rded(root)
     names = _class_names(root, folder_names, images, classes)
     if teacher is not None:

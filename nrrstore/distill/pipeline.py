@@ -169,7 +169,7 @@ def distill(
     if isinstance(loc, fs.Url):
         return _distill_remote(inputs, teacher, loc, cfg, overwrite, progress, after_class)
     out = loc
-    check_not_inside(out, [inputs])
+    check_not_inside(out, {"--in": inputs}, "--out")
     urls = resolve_shards(inputs)
     rank, world = dist_info()
     names = read_class_names(inputs)

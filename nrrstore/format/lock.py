@@ -13,7 +13,9 @@ On systems without ``fcntl`` (Windows) locking is skipped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,11 +68,20 @@ def output_lock(target: str | os.PathLike[str]) -> Iterator[None]:
 def _acquire(path: Path, target: str | os.PathLike[str]) -> int:
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a link: a planted `.lock-x -> victim` would have us write our pid into the victim.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except FileNotFoundError:
             raise NrrError(target, f"parent folder {Path(target).parent} does not exist") from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NrrError(path, "the lock file is a symbolic link, which nrrstore never makes; remove it "
+                                     "if you trust this folder") from None
             raise NrrError(target, os_problem(exc)) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:  # a FIFO, a device, or a hard link to another file
+            os.close(fd)
+            raise NrrError(path, "the lock file is not a plain file of its own (a link or a special file), "
+                                 "which nrrstore never makes; remove it if you trust this folder")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -71,18 +71,32 @@ def check_output_file(path: str | os.PathLike[str], overwrite: bool, *,
         raise NrrError(p, "already exists (use --overwrite to replace it)")
 
 
-def check_not_inside(path: str | os.PathLike[str], inputs: Sequence[Any], option: str = "") -> None:
-    """Refuse an output at or inside one of the local input folders ``inputs`` (shard folders, a store, a
-    validation set): writing there would change the input for this run's readers and for the next run.
-    Entries that are not local folders (URLs, patterns, lists of files) are skipped."""
+def check_not_inside(path: str | os.PathLike[str], inputs: Sequence[Any] | Mapping[str, Any], option: str = "") -> None:
+    """Refuse an output that equals, lies inside, or contains one of the local ``inputs`` (shard folders, a
+    store, a validation set, an image tree, a file): writing there would change the input for this run's
+    readers and the next run's, and ``--overwrite`` of an output holding an input would delete the input.
+    Links and ``..`` are resolved first. ``inputs`` may map option names to paths, which the error then names
+    (``--out ... and --in ... overlap``). Entries that are not local paths (URLs, patterns, lists) are skipped."""
     p = Path(path)
-    for root in inputs:
+    out = p.resolve()
+    named = inputs.items() if isinstance(inputs, Mapping) else ((None, root) for root in inputs)
+    for name, root in named:
         if root is None or not isinstance(root, (str, os.PathLike)):
             continue
         loc = fs.location(root)
-        if isinstance(loc, Path) and loc.is_dir() and (p.resolve() == loc.resolve() or is_inside(p, loc)):
-            what = f"{option} " if option else ""
-            raise NrrError(p, f"the {what}output may not lie inside the input folder {root}")
+        if not isinstance(loc, Path) or not loc.exists():
+            continue
+        src = loc.resolve()
+        if out == src or (loc.is_dir() and is_inside(out, src)):
+            problem = "lies inside"
+        elif is_inside(src, out):
+            problem = "contains"
+        else:
+            continue
+        what = f"the {option} output" if option else "the output"
+        kind = "store" if name == "STORE" else "folder" if loc.is_dir() else "file"
+        given = f" ({name})" if name else ""
+        raise NrrError(p, f"{what} {problem} the input {kind} {root}{given}: an output may not overlap an input")
 
 
 def check_output_folder(path: str | os.PathLike[str], overwrite: bool, *, marker: str, kind: str) -> None:

@@ -25,11 +25,11 @@ import numpy as np
 
 from nrrstore.errors import NrrError, os_errors_name
 from nrrstore.format import fs, remote
-from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256, is_inside
+from nrrstore.format.atomic import atomic_open, atomic_write_bytes, file_sha256
 from nrrstore.format.images import MAX_PIXELS
 from nrrstore.format.keys import check_key
 from nrrstore.format.lock import output_lock
-from nrrstore.format.outputs import StagedFolder, check_output_folder
+from nrrstore.format.outputs import StagedFolder, check_not_inside, check_output_folder
 from nrrstore.format.tario import TarShardWriter
 from nrrstore.progress import Progress
 from nrrstore.sources.encode import IMAGE_FORMATS as _IMAGE_FORMATS
@@ -314,6 +314,8 @@ def prepare_idx(
     prefix = default_prefix(images) if prefix is None else prefix
     if image_format == "source":
         raise NrrError(None, "--format source keeps image files' bytes; IDX files hold raw pixels: use png, webp or jpg")
+    if isinstance(fs.location(out_dir), Path):
+        check_not_inside(out_dir, {"IMAGES": images, "LABELS": labels}, "--out")
     _check_target(out_dir, overwrite)
     if isinstance(images, np.ndarray) or isinstance(labels, np.ndarray):
         imgs, labs = np.asarray(images), np.asarray(labels).astype(np.int64)
@@ -372,11 +374,11 @@ def prepare_imagefolder(
     are the same, and so is the error a bad file gives.
     """
     check_workers(workers)
-    _check_target(out_dir, overwrite)
     root = Path(root)
+    if isinstance(fs.location(out_dir), Path):
+        check_not_inside(out_dir, {"ROOT": root}, "--out")
+    _check_target(out_dir, overwrite)
     classes, entries = list_imagefolder(root)
-    if isinstance(fs.location(out_dir), Path) and is_inside(Path(out_dir), root):
-        raise NrrError(out_dir, f"the output folder may not lie inside the input tree {root}")
     idx = select_indices(np.array([e.label for e in entries], dtype=np.int64), per_class, limit, skip,
                          skip_per_class, last_per_class=last_per_class, drop_last_per_class=drop_last_per_class)
     chosen = [entries[int(i)] for i in idx]

@@ -108,7 +108,9 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
             progress("teacher train (images)", epoch * n + min(n, within * batch_size), n * epochs)
 
         def keep(epoch_state: dict[str, Any]) -> None:
-            if val is not None and epoch_state["epoch"] < epochs:  # the last epoch's is the final report below
+            if epoch_state["epoch"] == epochs:  # the checkpoint follows; the previous epoch's state stays till then
+                return
+            if val is not None:
                 val_history.append(validate()["top1"])
             save_torch_atomic({"format": RESUME_FORMAT, "config": config, "normalization": norm,
                                "val_top1_per_epoch": val_history, **epoch_state}, resume_path(out))

@@ -34,7 +34,7 @@ from nrrstore.convert.sre2l.rows import EpochWork
 from nrrstore.convert.sre2l.unpickle import load_batch
 from nrrstore.errors import NrrError, os_errors_name, os_problem, staged_as
 from nrrstore.format import fs, quant
-from nrrstore.format.atomic import file_sha256, is_inside
+from nrrstore.format.atomic import file_sha256
 from nrrstore.format.codecs import (
     Codec,
     codecs_section,
@@ -52,6 +52,7 @@ from nrrstore.format.distances import (
 )
 from nrrstore.format.layout import CODECS_DIR, LABELS_DIR, distance_path, is_store
 from nrrstore.format.lock import output_lock
+from nrrstore.format.outputs import check_not_inside
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import create_store_softlabels, softlabels_section
 from nrrstore.format.update import update_store
@@ -159,9 +160,7 @@ def _check_inputs_and_output(folder: LabelFolder, src: ImageSource, images: Path
                              batch: int, num_classes: int) -> None:
     """The output outside both inputs and free to write; the images as many, and of as many classes, as the
     label files describe."""
-    for inside in (folder.root, images):
-        if inside.exists() and is_inside(out, inside):
-            raise NrrError(out, f"the output may not lie inside the input folder {inside}")
+    check_not_inside(out, {"LABELS": folder.root, "--images": images}, "--out")
     check_output_dir(out, overwrite)
     if src.count is not None:
         _check_count(src.count, folder, batch, images)
