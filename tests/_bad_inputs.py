@@ -812,7 +812,7 @@ CASES: list[Case] = [
     c("input-d-lock-hardlink", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher,
                                                 "--out", w / "s"],
       lambda e, w, x: [w / ".lock-s", "not a plain file of its own"],
-      setup=lambda e, w, x: (text(w / "victim.txt", "important\n"), os.link(w / "victim.txt", w / ".lock-s"))),
+      setup=lambda e, w, x: (w / ".lock-s").hardlink_to(text(w / "victim.txt", "important\n"))),
     c("input-ts-val-disagree", lambda e, w, x: ["train-student", e.store, "--val", w / "v", "--epochs", 1],
       lambda e, w, x: [x.shard, "labels disagree"],
       setup=lambda e, w, x: setattr(x, "shard", disagreeing_shards(e, w / "v"))),
