@@ -359,6 +359,27 @@ def check_label_mode(value: str | None) -> str | None:
         raise typer.BadParameter(f"'{value}' is not one of " + ", ".join(f"'{m}'" for m in LABEL_MODES)) from None
 
 
+def check_label_modes(value: str | None) -> str | None:
+    """``evaluate --labels``: a comma-separated list of label modes, each known and named once (exit 2 otherwise)."""
+    if value is None:
+        return None
+    from nrrstore.errors import NrrError
+    from nrrstore.format.codecs import LABEL_MODES, label_mode
+
+    modes: list[str] = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        try:
+            mode = label_mode(part)
+        except NrrError:
+            raise typer.BadParameter(f"'{part}' is not one of " + ", ".join(f"'{m}'" for m in LABEL_MODES)) from None
+        if mode in modes:
+            raise typer.BadParameter(f"'{part}' is named twice")
+        modes.append(mode)
+    if not modes:
+        raise typer.BadParameter("no label kind given")
+    return ",".join(modes)
+
+
 def check_codecs(value: str | None) -> str | None:
     """``relabel --labels``: a comma-separated codec list, refused as a usage error when one is unknown."""
     if value is None:

@@ -9,7 +9,16 @@ import typer
 from nrrstore.format import fs
 from nrrstore.limits import MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
-from nrrstore_cli._common import CodecFill, CodecLoss, DbrNorm, ProgressBar, example, handle_errors, print_json
+from nrrstore_cli._common import (
+    CodecFill,
+    CodecLoss,
+    DbrNorm,
+    ProgressBar,
+    check_label_modes,
+    example,
+    handle_errors,
+    print_json,
+)
 
 
 @handle_errors
@@ -22,8 +31,8 @@ def evaluate_cmd(
                                           "(default: the path the store records)."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Students per cell."),
     epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
-    labels: str | None = typer.Option(None, "--labels", help="Comma-separated label kinds: dbr, kd, onehot, "
-                                         "topk:K, dbrc:K (default: all the store has)."),
+    labels: str | None = typer.Option(None, "--labels", callback=check_label_modes, help="Comma-separated label "
+                                         "kinds: dbr, kd, onehot, topk:K, dbrc:K (default: all the store has)."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Student batch size (default: "
                                              "RDED's rule, 10/50/100 at IPC 1/10/50)."),

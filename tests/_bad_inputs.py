@@ -214,6 +214,26 @@ def disagreeing_shards(e: Inputs, dst: Path) -> Path:
     return shard
 
 
+def _evaluate_labels(value: str) -> Args:
+    return lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--labels", value, "--work", w / "ev"]
+
+
+def fullwidth_label(e: Inputs, dst: Path) -> Path:
+    """The small shards with the first ``.cls`` written in a fullwidth digit (Python's int() reads it)."""
+    copy(e.small_shards, dst)
+    shard = dst / "test-000000.tar"
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    i = next(i for i, (m, _) in enumerate(members) if m.name.endswith(".cls"))
+    data = "\uff13".encode()
+    members[i][0].size = len(data)
+    members[i] = (members[i][0], data)
+    with tarfile.open(shard, "w") as tar:
+        for m, payload in members:
+            tar.addfile(m, io.BytesIO(payload))
+    return shard
+
+
 def edited_teacher(e: Inputs, dst: Path, change: Callable[[dict], None]) -> Path:
     """A copy of the teacher checkpoint with ``change`` applied to its dict."""
     obj = torch.load(e.teacher, map_location="cpu", weights_only=True)
@@ -480,7 +500,16 @@ CASES: list[Case] = [
     c("ev-missing-val", lambda e, w, x: ["evaluate", e.store, "--val", w / "no", "--work", w / "ev"],
       lambda e, w, x: [w / "no"]),
     c("ev-bad-labels", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--labels", "soft", "--work", w / "ev"],
-      ["label kind", "soft"]),
+      ["--labels", "soft"], code=2),
+    # Issue 31: label names are parsed strictly (ASCII, lower case, each once), as usage errors naming --labels.
+    *[c(f"ev-labels-{name}", _evaluate_labels(value), ["--labels", bad], code=2)
+      for name, value, bad in (("k0", "dbr,topk:0", "topk:0"), ("twice", "dbr,dbr", "named twice"),
+                               ("upper", "TOPK:2", "TOPK:2"), ("fullwidth", "topk:\uff12", "topk:\uff12"),
+                               ("kd-twice", "full,kd", "named twice"))],
+    c("r-codec-twice", lambda e, w, x: ["relabel", e.store, "--teacher", e.teacher, "--labels", "dbr,topk:2,topk:2"],
+      ["--labels", "named twice"], code=2),
+    c("tt-cls-fullwidth-digit", lambda e, w, x: ["teacher", "train", IN, w / "v", "--out", w / "t.pt"],
+      lambda e, w, x: [x.shard, "not an integer"], setup=lambda e, w, x: setattr(x, "shard", fullwidth_label(e, w / "v"))),
     c("ev-missing-kd", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--labels", "kd", "--work", w / "ev"],
       lambda e, w, x: [e.store, "--full-softlabels"]),
     c("ev-full-acc", lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--full-acc", 93, "--work", w / "ev"],

@@ -47,10 +47,13 @@ def labelled(tmp_path_factory, teacher) -> Path:
 
 
 def test_parse() -> None:
-    assert parse_codec("topk:2") == Codec("topk", 2) and parse_codec(" DBRC:0 ") == Codec("dbrc", 0)
-    assert [c.name for c in parse_codecs("dbr,topk:2,dbr", 10)] == ["dbr", "topk:2"]
+    assert parse_codec("topk:2") == Codec("topk", 2) and parse_codec(" dbrc:0 ") == Codec("dbrc", 0)
+    assert [c.name for c in parse_codecs("dbr,topk:2", 10)] == ["dbr", "topk:2"]
+    # Strict (issue 31): upper case, fullwidth digits and a codec named twice are refused, not guessed at.
     for bad, why in [("top2", "unknown"), ("topk", "needs a class count"), ("dbr:2", "takes no"),
-                     ("topk:0", "1..10"), ("topk:11", "1..10"), ("dbrc:10", "0..9"), ("", "no label codec")]:
+                     ("topk:0", "1..10"), ("topk:11", "1..10"), ("dbrc:10", "0..9"), ("", "no label codec"),
+                     ("DBRC:0", "unknown"), ("topk:\uff12", "unknown"), ("dbr,topk:2,dbr", "named twice"),
+                     ("topk:2,topk:2:fp16", "named twice")]:
         with pytest.raises(NrrError, match=why):
             parse_codecs(bad, 10)
     assert [id_dtype(c) for c in (10, 256, 257, 1000, 70000)] == [np.uint8, np.uint8, np.uint16, np.uint16, np.uint32]

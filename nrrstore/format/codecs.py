@@ -43,7 +43,7 @@ MAX_K = 64
 VALUE_BYTES = 2  # float16 probabilities / distances
 CODE_MAX = 20.0
 """The int8 codes' scale in nats: ``1 + d`` within 0.6% up to 20 nats (p down to 2e-9); larger distances clip."""
-_SPEC = re.compile(r"^(dbr|full|topk|dbrc)(?::(\d+))?(?::(int8|fp16))?$")
+_SPEC = re.compile(r"^(dbr|full|topk|dbrc)(?::([0-9]+))?(?::(int8|fp16))?$")  # ASCII digits, lower case only
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,9 @@ def id_dtype(num_classes: int) -> np.dtype[Any]:
 
 def parse_codec(text: str, num_classes: int | None = None) -> Codec:
     """``"topk:2"`` -> ``Codec("topk", 2)``, ``"dbrc:4:int8"`` -> ``Codec("dbrc", 4, int8=True)``; refuses
-    unknown names and K outside 1..min(C, 64) (0..min(C - 1, 64) for dbrc)."""
-    m = _SPEC.match(str(text).strip().lower())
+    unknown names and K outside 1..min(C, 64) (0..min(C - 1, 64) for dbrc). Strict: ``TOPK:2`` or a
+    fullwidth digit is refused, not guessed at (a name is what the manifest records and readers compare)."""
+    m = _SPEC.match(str(text).strip())
     if not m:
         raise NrrError(None, f"unknown label codec {text!r}; use dbr, full, topk:K or dbrc:K, optionally "
                              "followed by :int8 (e.g. topk:2, dbrc:4:int8)")
@@ -131,14 +132,16 @@ def parse_codec(text: str, num_classes: int | None = None) -> Codec:
 
 
 def parse_codecs(text: str | Sequence[str], num_classes: int | None = None) -> list[Codec]:
-    """A comma-separated list (or a list of such strings) of codecs, in order, duplicates dropped."""
+    """A comma-separated list (or a list of such strings) of codecs, in order; a codec named twice is refused
+    (``dbr,dbr`` is a typo more often than an intent)."""
     items = [text] if isinstance(text, str) else list(text)
     out: list[Codec] = []
     for part in (p for item in items for p in str(item).split(",")):
         if part.strip():
             c = parse_codec(part, num_classes)
-            if c not in out:
-                out.append(c)
+            if c in out:
+                raise NrrError(None, f"label codec {part.strip()!r} is named twice")
+            out.append(c)
     if not out:
         raise NrrError(None, "no label codec given; use e.g. dbr or dbr,topk:2")
     return out
@@ -158,7 +161,7 @@ LABEL_MODES = ("dbr", "kd", "onehot", "topk:K", "dbrc:K")
 
 def label_mode(labels: str, num_classes: int | None = None) -> str:
     """The canonical name of a label mode (``full`` is ``kd``; codecs as `parse_codec` spells them)."""
-    text = str(labels).strip().lower()
+    text = str(labels).strip()  # strict, as codec names: "KD" or "TOPK:2" is refused, not guessed at
     if text in ("onehot", "kd", "dbr"):
         return text
     if text == "full":

@@ -214,7 +214,7 @@ def _parse_label(members: dict[str, bytes], shard: str, key: str) -> tuple[int, 
     found: list[tuple[str, int]] = []
     if "cls" in members:
         text = members["cls"].decode("utf-8", errors="replace").strip()
-        if not re.fullmatch(r"[+-]?\d+", text):
+        if not re.fullmatch(r"[+-]?[0-9]+", text):  # ASCII digits, as JSON's integers: int() also takes "３"
             shown = text if len(text) <= 40 else text[:40] + "..."
             raise NrrError(shard, f"sample {key!r}: label {shown!r} in {key}.cls is not an integer")
         found.append((f"{key}.cls", int(text)))
