@@ -214,6 +214,16 @@ def disagreeing_shards(e: Inputs, dst: Path) -> Path:
     return shard
 
 
+def _loud_classifier(ckpt: dict) -> None:
+    """Logits a million times larger: cross-entropies of ~1e6, finite in fp32, infinite in fp16."""
+    ckpt["state_dict"]["classifier.weight"] *= 1e6
+    ckpt["state_dict"]["classifier.bias"] *= 1e6
+
+
+def _nan_classifier(ckpt: dict) -> None:
+    ckpt["state_dict"]["classifier.weight"][0, 0] = float("nan")
+
+
 def _evaluate_labels(value: str) -> Args:
     return lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--labels", value, "--work", w / "ev"]
 
@@ -506,6 +516,13 @@ CASES: list[Case] = [
       for name, value, bad in (("k0", "dbr,topk:0", "topk:0"), ("twice", "dbr,dbr", "named twice"),
                                ("upper", "TOPK:2", "TOPK:2"), ("fullwidth", "topk:\uff12", "topk:\uff12"),
                                ("kd-twice", "full,kd", "named twice"))],
+    # Issue 31: a teacher whose cross-entropies overflow fp16 (finite in fp32) must not replace good labels.
+    c("r-fp16-overflow", lambda e, w, x: ["relabel", w / "s", "--teacher", w / "t.pt", "--epochs", 1, "--overwrite"],
+      lambda e, w, x: ["does not fit fp16", "--precision fp32"],
+      setup=lambda e, w, x: (copy(e.store, w / "s"), edited_teacher(e, w / "t.pt", _loud_classifier))),
+    c("d-nan-teacher", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--mipc", 2, "--teacher", w / "t.pt",
+                                        "--out", w / "s"],
+      lambda e, w, x: [w / "t.pt", "not finite"], setup=lambda e, w, x: edited_teacher(e, w / "t.pt", _nan_classifier)),
     c("r-codec-twice", lambda e, w, x: ["relabel", e.store, "--teacher", e.teacher, "--labels", "dbr,topk:2,topk:2"],
       ["--labels", "named twice"], code=2),
     c("tt-cls-fullwidth-digit", lambda e, w, x: ["teacher", "train", IN, w / "v", "--out", w / "t.pt"],

@@ -289,6 +289,9 @@ def discover(
             pick = ce_all.view(b, k).numpy().argmin(1)  # first minimum
             chosen = torch.as_tensor(rows * k + pick)
             patches, ce, conf, ok = all_patches[chosen.to(dev)], ce_all[chosen], conf_all[chosen], ok_all[chosen]
+    if not (torch.isfinite(ce).all() and (ratios is None or np.isfinite(ratios).all())):
+        raise NrrError(teacher.spec, "the teacher's outputs are not finite (NaN or infinite weights or outputs?); "
+                                     "nothing was selected")
     ce_l, conf_l, ok_l = ce.tolist(), conf.tolist(), ok.tolist()
     found = [
         Candidate(

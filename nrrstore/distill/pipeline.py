@@ -170,6 +170,8 @@ def distill(
         return _distill_remote(inputs, teacher, loc, cfg, overwrite, progress, after_class)
     out = loc
     check_not_inside(out, {"--in": inputs}, "--out")
+    if not all(bool(torch.isfinite(t).all()) for t in teacher.model.state_dict().values() if t.is_floating_point()):
+        raise NrrError(teacher.spec, "the teacher's weights are not finite (NaN or infinite); nothing was distilled")
     urls = resolve_shards(inputs)
     rank, world = dist_info()
     names = read_class_names(inputs)

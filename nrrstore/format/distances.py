@@ -103,7 +103,13 @@ class DistanceFile(CommitOrAbort):
     def _encode(self, d_org: np.ndarray, d_aug: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.precision != "int8":
             dtype = np.float16 if self.precision == "fp16" else np.float32
-            return d_org.astype(dtype), d_aug.astype(dtype)
+            out = d_org.astype(dtype), d_aug.astype(dtype)
+            if not (np.isfinite(out[0]).all() and np.isfinite(out[1]).all()):  # after the cast: fp16 ends at 65504
+                top = float(max(np.max(d_org), np.max(d_aug)))
+                raise NrrError(self._file.path, f"a cross-entropy of {top:.4g} does not fit {self.precision} "
+                                                f"(largest {float(np.finfo(dtype).max):.6g}); nothing was written: "
+                                                "use --precision fp32, or check the teacher")
+            return out
         if self.quant_max is None:
             self.quant_max = quant.choose_max(np.concatenate([d_org, d_aug]))
         qmax = self.quant_max

@@ -92,6 +92,9 @@ class CamModel:
         bias = self._linear.bias
         predicted = pooled + (bias[cls].to(pooled.dtype) if bias is not None else 0.0)
         actual = logits.gather(1, cls[:, None])[:, 0].to(pooled.dtype)
+        if not (torch.isfinite(actual).all() and torch.isfinite(predicted).all()):
+            raise NrrError(None, f"{type(self.model).__name__}: the teacher's outputs are not finite (NaN or "
+                                 "infinite weights or inputs?)")
         scale = 1.0 + float(actual.abs().max()) if actual.numel() else 1.0
         if not torch.allclose(predicted, actual, rtol=1e-3, atol=1e-3 * scale):
             raise NrrError(None, f"{type(self.model).__name__}: the head is not global pooling/flatten + linear "
