@@ -8,7 +8,7 @@ import typer
 
 from nrrstore.errors import NrrError
 from nrrstore.format.outputs import local_output
-from nrrstore.limits import MAX_WORKERS
+from nrrstore.limits import MAX_EPOCHS, MAX_WORKERS
 from nrrstore_cli._common import (
     Amp,
     ColourMode,
@@ -68,7 +68,7 @@ def convert_softlabels_cmd(
     classes: str | None = typer.Option(None, "--classes", help="Class names file (one per line, or JSON) instead of the folder names."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
     workers: int | None = typer.Option(None, "--workers", min=0, max=MAX_WORKERS, help="Processes converting epochs in parallel (default: one per CPU up to 4 for large folders; 0: none)."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Convert only the first N epochs (they must be "
+    epochs: int | None = typer.Option(None, "--epochs", min=1, max=MAX_EPOCHS, help="Convert only the first N epochs (they must be "
                                          "complete): for a label folder still being written."),
     teacher: str | None = typer.Option(None, "--teacher", help="The teacher that made the labels: replay a sample "
                                           "of views and refuse labels that do not describe them (wrong seed, size or "
@@ -127,7 +127,7 @@ def import_rded_cmd(
                              "RDED writes RGB even for grey data."),
     shard_size: int = typer.Option(1024, "--shard-size", min=1, help="Images per store shard."),
     teacher: str | None = typer.Option(None, "--teacher", "-t", help="Relabel right after import with this teacher checkpoint."),
-    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs to relabel (default 300 with --teacher)."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, max=MAX_EPOCHS, help="Epochs to relabel (default 300 with --teacher; at most 100,000)."),
     precision: Precision = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
     seed: int | None = typer.Option(None, "--seed", min=0, help="Augmentation seed for relabelling (default 0)."),
@@ -170,7 +170,7 @@ def size_report_cmd(
     store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     classes: int = typer.Option(1000, "--classes", min=1, help="Classes of the extrapolation (ImageNet-1K: 1000)."),
     ipc: list[int] = _IPC,
-    epochs: int = typer.Option(300, "--epochs", min=1, help="Epochs of the extrapolation (and of a store without labels)."),
+    epochs: int = typer.Option(300, "--epochs", min=1, max=MAX_EPOCHS, help="Epochs of the extrapolation (and of a store without labels; 1-100,000)."),
     topk: int = typer.Option(10, "--topk", min=1, help="k of the FKD-style top-k scheme."),
     plot: str | None = typer.Option(None, "--plot", help="Also draw a bar chart (log scale): .png, .pdf or .svg "
                                        "(needs matplotlib: pip install 'nrrstore[plots]')."),

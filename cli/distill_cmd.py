@@ -8,6 +8,7 @@ import typer
 
 from nrrstore.distill.presets import NRR_CIDD, NRR_REFINE, default_text
 from nrrstore.errors import NrrError
+from nrrstore.limits import MAX_EPOCHS, MAX_ITERATIONS
 from nrrstore_cli._common import (
     Amp,
     CamScore,
@@ -48,7 +49,7 @@ def distill_cmd(
     sources: Sources | None = typer.Option(None, "--sources", help=f"Which mipc real images per class: random (seeded sample) or first (shard order) ({DEFAULTS['sources']})."),
     eps: float | None = typer.Option(None, "--eps", help=f"NRR CAM threshold: mask = max(0, eps - CAM) ({DEFAULTS['eps']})."),
     lr: float | None = typer.Option(None, "--lr", help=f"NRR step size ({DEFAULTS['lr']} with adam)."),
-    iterations: int | None = typer.Option(None, "--iterations", min=0, help=f"NRR steps ({DEFAULTS['iterations']})."),
+    iterations: int | None = typer.Option(None, "--iterations", min=0, max=MAX_ITERATIONS, help=f"NRR steps, at most 1,000,000 ({DEFAULTS['iterations']})."),
     alpha_bn: float | None = typer.Option(None, "--alpha-bn", help=f"Weight of the BN-statistics loss ({DEFAULTS['alpha_bn']}; rded and random do not refine)."),
     optimizer: NrrOptimizer | None = typer.Option(None, "--optimizer", help=f"adam (mask on the update) or sgd (plain masked gradient descent) ({DEFAULTS['optimizer']})."),
     no_refine: bool = typer.Option(False, "--no-refine", help="Skip NRR (RDED-style images)."),
@@ -57,7 +58,7 @@ def distill_cmd(
     quality: int | None = typer.Option(None, "--quality", min=1, max=100, help="Quality for jpg (default 90 at >= 128 "
                                           "px, 95 if jpg is asked below) / lossy webp."),
     save_cams: bool = typer.Option(False, "--save-cams", help="Also store each image's CAM (cams.zarr) for inspect --grid."),
-    relabel_epochs: int = typer.Option(300, "--relabel-epochs", min=0, help="Then compute DBR distances for this many student epochs (0: skip)."),
+    relabel_epochs: int = typer.Option(300, "--relabel-epochs", min=0, max=MAX_EPOCHS, help="Then compute DBR distances for this many student epochs (0: skip; at most 100,000)."),
     precision: Precision = typer.Option("fp16", "--precision", help="DBR distance precision: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (zarr) for the KD baseline."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random draw (crops, selection, augmentation)."),

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from nrrstore.format import fs
-from nrrstore.limits import MAX_WORKERS
+from nrrstore.limits import MAX_EPOCHS, MAX_SEEDS, MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import (
     CodecFill,
@@ -29,8 +29,8 @@ def evaluate_cmd(
                                         "baseline at the same IPC."),
     teacher: str | None = typer.Option(None, "--teacher", help="The store's teacher, to relabel the baseline "
                                           "(default: the path the store records)."),
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Students per cell."),
-    epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
+    seeds: int = typer.Option(3, "--seeds", min=1, max=MAX_SEEDS, help="Students per cell (1-1,000)."),
+    epochs: int = typer.Option(300, "--epochs", min=1, max=MAX_EPOCHS, help="Student epochs (1-100,000)."),
     labels: str | None = typer.Option(None, "--labels", callback=check_label_modes, help="Comma-separated label "
                                          "kinds: dbr, kd, onehot, topk:K, dbrc:K (default: all the store has)."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),

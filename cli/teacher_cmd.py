@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from nrrstore.limits import MAX_EPOCHS
 from nrrstore_cli._common import Norm, ProgressBar, TeacherOptimizer, example, handle_errors, print_json
 
 
@@ -26,7 +27,7 @@ def train_cmd(
     inputs: str = typer.Option(..., "--in", help="Training shards (folder, brace pattern, list file, URL)."),
     arch: str = typer.Option("convnet3", "--arch", help="convnet3..convnet6, resnet18, resnet18_cifar, or a spec "
                              "such as torchvision:NAME, timm:NAME or package.module:factory."),
-    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the training images."),
+    epochs: int = typer.Option(1, "--epochs", min=1, max=MAX_EPOCHS, help="Passes over the training images (1-100,000)."),
     out: str = typer.Option(..., "--out", help="Checkpoint file to write (atomically; an existing one needs "
                              "--overwrite)."),
     batch_size: int = typer.Option(128, "--batch-size", min=1, help="Images per optimizer step."),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from nrrstore.format.distances import DEFAULT_EPOCHS_PER_FILE
-from nrrstore.limits import MAX_WORKERS
+from nrrstore.limits import MAX_EPOCHS, MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import (
     Amp,
@@ -36,7 +36,7 @@ _CACHE_SIZE = typer.Option(None, "--cache-size", metavar="SIZE", help="Cap of --
 def relabel_cmd(
     store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     teacher: str = typer.Option(..., "--teacher", "-t", help="Teacher checkpoint file (nrrstore format)."),
-    epochs: int = typer.Option(300, "--epochs", min=1, help="Training epochs to label (one view per image each)."),
+    epochs: int = typer.Option(300, "--epochs", min=1, max=MAX_EPOCHS, help="Training epochs to label (one view per image each; 1-100,000)."),
     precision: Precision = typer.Option("fp16", "--precision", help="Distance storage: fp16, fp32 or int8."),
     full_softlabels: bool = typer.Option(False, "--full-softlabels", help="Also store full soft labels (KD baseline)."),
     codecs: str = typer.Option("dbr", "--labels", callback=check_codecs, help="Label codecs to write in one teacher pass, comma-separated: "
@@ -95,7 +95,7 @@ def train_student_cmd(
     store: str = typer.Argument(..., help="The store: a folder or an s3://, gs:// or http(s):// URL.", metavar="STORE"),
     val: str = typer.Option(..., "--val", help="Held-out real images: shard folder, pattern, list or URL."),
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
-    epochs: int = typer.Option(300, "--epochs", min=1, help="Student epochs."),
+    epochs: int = typer.Option(300, "--epochs", min=1, max=MAX_EPOCHS, help="Student epochs (1-100,000)."),
     labels: str = typer.Option("dbr", "--labels", callback=check_label_mode, help="dbr (the two distances), kd (full soft labels), onehot, or a "
                                "codec the store holds: topk:K, dbrc:K (KD on the distribution it implies)."),
     alpha_dbr: float = typer.Option(STUDENT["alpha_dbr"], "--alpha-dbr", min=0.0, help="Weight of L_dbr."),
