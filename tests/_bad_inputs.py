@@ -224,6 +224,10 @@ def _nan_classifier(ckpt: dict) -> None:
     ckpt["state_dict"]["classifier.weight"][0, 0] = float("nan")
 
 
+def _escape_distances(doc: dict) -> None:
+    doc["labels"]["distances"]["files"][0]["path"] = "../other/labels/distances-e0000-e0001.parquet"
+
+
 def _evaluate_labels(value: str) -> Args:
     return lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--labels", value, "--work", w / "ev"]
 
@@ -779,6 +783,22 @@ CASES: list[Case] = [
     c("bound-if-skip-neg", lambda e, w, x: ["prepare", "imagefolder", e.folder, "--out", w / "o", "--skip", -1],
       ["--skip"], code=2),
     # -- verify checks meaning: values no teacher produces, a manifest edited without its digest --------------
+    # Issue 31 (R7): a manifest whose label paths leave the store, with the digest recomputed, is refused by
+    # every reader and by verify (it trained on another store's labels).
+    c("meaning-ts-distances-escape", lambda e, w, x: ["train-student", w / "s", "--val", e.shards, "--epochs", 1],
+      lambda e, w, x: [w / "s/manifest.json", "../other/labels/distances-e0000-e0001.parquet", "leaves the store"],
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"),
+                  lambda e, w, x: edit_manifest(w / "s", _escape_distances, redigest=True))),
+    c("meaning-v-distances-escape", lambda e, w, x: ["verify", w / "s"],
+      lambda e, w, x: [w / "s/manifest.json", "leaves the store"],
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"),
+                  lambda e, w, x: edit_manifest(w / "s", _escape_distances, redigest=True))),
+    c("meaning-ts-codec-path-escape", lambda e, w, x: ["train-student", w / "s", "--val", e.shards, "--epochs", 1],
+      lambda e, w, x: [w / "s/manifest.json", "leaves the store"],
+      setup=steps(lambda e, w, x: copy(e.store, w / "s"), lambda e, w, x: edit_manifest(
+          w / "s", lambda d: d["labels"]["codecs"]["dbr"]["fields"].update(ids={"path": "labels/../../cod/ids",
+                                                                                "dtype": "uint8"}),
+          redigest=True))),
     c("meaning-ex-nan", lambda e, w, x: ["export", w / "s", w / "o"], lambda e, w, x: [x.file, "non-finite"],
       setup=steps(lambda e, w, x: copy(e.store, w / "s"),
                   lambda e, w, x: setattr(x, "file", damage_distances(w / "s", "d_org", float("nan"))))),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -150,10 +151,27 @@ class Manifest:
             raise NrrError(where, f"malformed manifest: {type(exc).__name__}: {exc}") from None
         if len(m.per_class) != m.num_classes or sum(m.per_class) != m.num_images:
             raise NrrError(where, "malformed manifest: per-class counts do not add up to num_images")
-        for f in m.files:
-            if f.path.startswith("/") or ".." in f.path.split("/"):
-                raise NrrError(where, f"malformed manifest: file path {f.path!r} leaves the store")
+        for path in (*(f.path for f in m.files), *m.shards, *_named_paths(d.get("labels"))):
+            if not _inside_store(path):
+                raise NrrError(where, f"malformed manifest: path {path!r} leaves the store (paths are relative, "
+                                      "normalised and inside it)")
         return m
+
+
+def _named_paths(section: Any) -> list[Any]:
+    """Every ``"path"`` value in a manifest section, at any depth (distance files, soft labels, codec fields...)."""
+    if isinstance(section, dict):
+        return [v for k, v in section.items() if k == "path"] + \
+               [p for k, v in section.items() if k != "path" for p in _named_paths(v)]
+    if isinstance(section, list):
+        return [p for v in section for p in _named_paths(v)]
+    return []
+
+
+def _inside_store(path: Any) -> bool:
+    """A relative, normalised, ``/``-separated path with no ``..``: it cannot name a file outside the store."""
+    return (isinstance(path, str) and path != "" and not path.startswith("/") and "\\" not in path
+            and posixpath.normpath(path) == path and ".." not in path.split("/"))
 
 
 def manifest_digest(doc: dict[str, Any]) -> str:
