@@ -228,6 +228,16 @@ def _escape_distances(doc: dict) -> None:
     doc["labels"]["distances"]["files"][0]["path"] = "../other/labels/distances-e0000-e0001.parquet"
 
 
+def _downgrade(doc: dict) -> None:
+    doc.pop(DIGEST_KEY)
+    doc["format_version"] = "1.0"
+
+
+def _on_store(cmd: list[Any]) -> Args:
+    """``cmd`` run on the case's copied store ``w/s`` (with the shared held-out shards for students)."""
+    return lambda e, w, x: [cmd[0], w / "s", *(["--val", e.shards] if cmd[0] == "train-student" else []), *cmd[1:]]
+
+
 def _evaluate_labels(value: str) -> Args:
     return lambda e, w, x: ["evaluate", e.store, "--val", e.shards, "--labels", value, "--work", w / "ev"]
 
@@ -799,6 +809,10 @@ CASES: list[Case] = [
           w / "s", lambda d: d["labels"]["codecs"]["dbr"]["fields"].update(ids={"path": "labels/../../cod/ids",
                                                                                 "dtype": "uint8"}),
           redigest=True))),
+    # Issue 31: "1.0" declared, the digest dropped, 1.2's labels.codecs kept: a downgrade that skipped the checks.
+    *[c(f"meaning-{cmd[0][:2]}-downgrade", _on_store(cmd), lambda e, w, x: [w / "s/manifest.json", "downgrade"],
+        setup=steps(lambda e, w, x: copy(e.store, w / "s"), lambda e, w, x: edit_manifest(w / "s", _downgrade, False)))
+      for cmd in (["verify"], ["train-student", "--epochs", 1])],
     c("meaning-ex-nan", lambda e, w, x: ["export", w / "s", w / "o"], lambda e, w, x: [x.file, "non-finite"],
       setup=steps(lambda e, w, x: copy(e.store, w / "s"),
                   lambda e, w, x: setattr(x, "file", damage_distances(w / "s", "d_org", float("nan"))))),

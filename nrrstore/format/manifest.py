@@ -126,6 +126,10 @@ class Manifest:
             problem = digest_problem(d)
             if problem:
                 raise NrrError(where, problem)
+        newer = newer_sections(d)
+        if newer:
+            raise NrrError(where, f"manifest declares format {d.get('format_version')} but holds {', '.join(newer)} "
+                                  "of a later version: it was edited to look older (a downgrade skips checks)")
         try:
             ds, im = d["dataset"], d["dataset"]["image"]
             classes = [c["name"] for c in sorted(ds["classes"], key=lambda c: c["index"])]
@@ -156,6 +160,22 @@ class Manifest:
                 raise NrrError(where, f"malformed manifest: path {path!r} leaves the store (paths are relative, "
                                       "normalised and inside it)")
         return m
+
+
+_SINCE = {"labels.codecs": (1, 2), "labels.codecs_prior": (1, 2), "manifest_sha256": (1, 1)}
+"""Manifest keys and the format version that introduced them (FORMAT.md's version table)."""
+
+
+def newer_sections(d: dict[str, Any]) -> list[str]:
+    """The keys of ``d`` that its declared ``format_version`` predates (1.2's codecs in a "1.0" manifest...)."""
+    try:
+        declared = tuple(int(x) for x in str(d.get("format_version", "")).split(".")[:2])
+    except ValueError:
+        return []
+    labels = d.get("labels") if isinstance(d.get("labels"), dict) else {}
+    present = {"labels.codecs": "codecs" in labels, "labels.codecs_prior": "codecs_prior" in labels,
+               "manifest_sha256": DIGEST_KEY in d}
+    return [key for key, since in _SINCE.items() if present[key] and declared < since]
 
 
 def _named_paths(section: Any) -> list[Any]:
