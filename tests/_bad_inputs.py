@@ -233,7 +233,7 @@ def _downgrade(doc: dict) -> None:
     doc["format_version"] = "1.0"
 
 
-def _on_store(cmd: list[Any]) -> Args:
+def _on_store(cmd: list[str]) -> Args:
     """``cmd`` run on the case's copied store ``w/s`` (with the shared held-out shards for students)."""
     return lambda e, w, x: [cmd[0], w / "s", *(["--val", e.shards] if cmd[0] == "train-student" else []), *cmd[1:]]
 
@@ -812,7 +812,7 @@ CASES: list[Case] = [
     # Issue 31: "1.0" declared, the digest dropped, 1.2's labels.codecs kept: a downgrade that skipped the checks.
     *[c(f"meaning-{cmd[0][:2]}-downgrade", _on_store(cmd), lambda e, w, x: [w / "s/manifest.json", "downgrade"],
         setup=steps(lambda e, w, x: copy(e.store, w / "s"), lambda e, w, x: edit_manifest(w / "s", _downgrade, False)))
-      for cmd in (["verify"], ["train-student", "--epochs", 1])],
+      for cmd in (["verify"], ["train-student", "--epochs", "1"])],
     c("meaning-ex-nan", lambda e, w, x: ["export", w / "s", w / "o"], lambda e, w, x: [x.file, "non-finite"],
       setup=steps(lambda e, w, x: copy(e.store, w / "s"),
                   lambda e, w, x: setattr(x, "file", damage_distances(w / "s", "d_org", float("nan"))))),

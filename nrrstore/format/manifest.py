@@ -172,7 +172,8 @@ def newer_sections(d: dict[str, Any]) -> list[str]:
         declared = tuple(int(x) for x in str(d.get("format_version", "")).split(".")[:2])
     except ValueError:
         return []
-    labels = d.get("labels") if isinstance(d.get("labels"), dict) else {}
+    found = d.get("labels")
+    labels: dict[str, Any] = found if isinstance(found, dict) else {}
     present = {"labels.codecs": "codecs" in labels, "labels.codecs_prior": "codecs_prior" in labels,
                "manifest_sha256": DIGEST_KEY in d}
     return [key for key, since in _SINCE.items() if present[key] and declared < since]
