@@ -98,8 +98,8 @@ def shard_batches(spec: Any, batch_size: int, mean: Sequence[float], std: Sequen
     ``crop_pad`` > 0: the CIFAR recipe's random crop, i.e. pad each image by that many black pixels per
     side and cut a random window of the original size (torchvision's ``RandomCrop(size, padding=p)``).
     ``to_float`` replaces the plain conversion of each batch's uint8 images to [0, 1] floats (the ImageNet
-    recipe's random-resized crops: `nrrstore.train.teacher_crops`). ``keys``: use only these samples (e.g. `first_per_class`); the
-    others are not decoded.
+    recipe's random-resized crops: `nrrstore.train.teacher_crops`). ``keys``: use only these samples (e.g.
+    `first_per_class`); the others are not decoded.
     """
     if crop_pad < 0:
         raise NrrError(None, f"crop padding must be at least 0, got {crop_pad}")
