@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pickle
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nrrstore.devices import resolve_device
-from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name, os_problem
+from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
 from nrrstore.format.atomic import is_inside
 from nrrstore.format.codecs import read_prior
 from nrrstore.format.layout import LABEL_FILE_KINDS
@@ -52,6 +51,7 @@ from nrrstore.train.accuracy import evaluate
 from nrrstore.train.defaults import CODEC_FILLS, CODEC_LOSSES, STUDENT
 from nrrstore.train.loader import label_mode, make_loader, open_store, to_chw
 from nrrstore.train.losses import DBR_NORMS, codec_match_loss, codec_target, dbr_loss, kd_loss, sce_loss
+from nrrstore.train.saved_state import changed_keys, why_unreadable
 
 CHECKPOINT_FORMAT = "nrrstore-student"
 #: A student with fewer than this many optimizer steps per epoch AND fewer than `MIN_TOTAL_STEPS` in all
@@ -394,34 +394,17 @@ def _save_checkpoint(path: Path, args: dict[str, Any], model: nn.Module, opt: to
     save_torch_atomic(record, path)
 
 
-def _why_unreadable(path: Path, exc: BaseException) -> str:
-    """What is wrong with a checkpoint torch cannot load, in words (torch's own messages run to pages)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as e:
-        return os_problem(e)
-    if not head:
-        return "empty file"
-    if head[:2] != b"PK":
-        return "not a torch zip archive: another file, or not written by nrrstore"
-    if isinstance(exc, pickle.UnpicklingError) and "weights_only" in str(exc):
-        return "it holds objects other than tensors and plain data, which are never unpickled"
-    return f"truncated or damaged archive ({type(exc).__name__})"
-
-
 def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,
                      opt: torch.optim.Optimizer) -> tuple[int, list[dict[str, Any]]]:
     try:
         rec = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types (corrupt zip, refused globals...)
-        raise NrrError(path, f"not a readable student checkpoint ({_why_unreadable(path, exc)}); --overwrite "
+        raise NrrError(path, f"not a readable student checkpoint ({why_unreadable(path, exc)}); --overwrite "
                              "starts the student afresh (or delete the file)") from None
     if not isinstance(rec, dict) or rec.get("format") != CHECKPOINT_FORMAT:
         raise NrrError(path, "not an nrrstore student checkpoint")
     if rec.get("args") != args:
-        prior = rec.get("args") or {}
-        diff = sorted(k for k in set(prior) | set(args) if prior.get(k) != args.get(k))
+        diff = changed_keys(args, rec.get("args"))
         raise ResumeMismatchError(path, f"checkpoint was made with other arguments or labels ({', '.join(diff)} "
                                         "differ); use the same ones, or another checkpoint path")
     model.load_state_dict(rec["model"])

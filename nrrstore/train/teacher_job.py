@@ -22,6 +22,7 @@ from nrrstore.models.registry import build_model
 from nrrstore.sources.batches import estimate_normalization, first_per_class, shard_batches
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.accuracy import evaluate
+from nrrstore.train.saved_state import changed_keys, why_unreadable
 from nrrstore.train.teacher import OPTIMIZERS, Fit, train_classifier
 from nrrstore.train.teacher_crops import check_crop_scale, crops_for_epoch
 
@@ -183,13 +184,12 @@ def _read_resume(out: str | os.PathLike[str], config: dict[str, Any], resume: bo
                              "or delete the file to start again")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets one line
-        raise NrrError(path, f"unreadable resume state ({type(e).__name__}); delete it to start again") from None
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types (corrupt zip, refused globals...)
+        raise NrrError(path, f"unreadable resume state ({why_unreadable(path, e)}); delete it to start again") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise NrrError(path, "not a teacher-training resume state; delete it to start again")
     if state.get("config") != config:
-        theirs = state.get("config") or {}
-        diff = sorted(k for k in set(config) | set(theirs) if config.get(k) != theirs.get(k))
+        diff = changed_keys(config, state.get("config"))
         raise NrrError(path, f"the interrupted run used other settings ({', '.join(diff)}); rerun with its "
                              "settings, or delete the file to start again")
     return state
