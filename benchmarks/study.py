@@ -163,6 +163,14 @@ V.update({
     "c-rded-nrr-it50": ("rded", {}, {**REFINE, "iterations": 50}, {}),
     "c-rded-nrr-bn.01": ("rded", {}, {**REFINE, "alpha_bn": 0.01}, {}),
 })
+# Imagenette at 128 px (issue 27): factor 2 by the size. "c-paper-f2" is NRR-DD as the paper describes it; the
+# "i-" rows flip one choice of it (high confidence = RDED's choice among the high-CAM half; no refinement) or of
+# the nrr preset (high confidence).
+V.update({
+    "i-paper-high": ("nrr", {**PAPER_CIDD, "factor": 2, "select": "high"}, PAPER_NRR, {}),
+    "i-paper-noref": ("nrr", {**PAPER_CIDD, "factor": 2}, {**PAPER_NRR, "refine": False}, {}),
+    "i-high": ("nrr", {"select": "high"}, {}, {}),
+})
 # The student's DBR objective on the presets' images as they are now (issue 14's choice of the students' default).
 # Not "c-" rows, so they share the stores of "random", "rded" and "nrr".
 V.update({

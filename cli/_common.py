@@ -58,6 +58,11 @@ Norm = Literal["group", "instance", "batch", "none"]  # nrrstore.models.convnet.
 CodecFill = Literal["prior", "uniform"]  # nrrstore.train.defaults.CODEC_FILLS
 CodecLoss = Literal["kd", "match"]  # nrrstore.train.defaults.CODEC_LOSSES
 DbrNorm = Literal["l2", "l1", "smooth_l1"]  # nrrstore.train.losses.DBR_NORMS
+StudentProtocolName = Literal["nrrstore", "rded"]  # nrrstore.train.defaults.PROTOCOLS
+PROTOCOL_OPTION = typer.Option("nrrstore", "--protocol", help="nrrstore, or rded: RDED's evaluation (BatchNorm "
+                               "ConvNets, KL at T 20 without T^2 on kd labels, AdamW cosine to half, best of the last "
+                               "20% reported beside the last epoch).")
+"""train-student's and evaluate's --protocol."""
 MixMode = Literal["cutmix", "mixup", "none"]  # nrrstore.replay.recipe.MIX_MODES
 SoftLabelFormat = Literal["sre2l"]  # the formats convert-softlabels reads
 
@@ -391,3 +396,13 @@ def check_codecs(value: str | None) -> str | None:
         return ",".join(c.name for c in parse_codecs(value))
     except NrrError as exc:
         raise typer.BadParameter(str(exc).split(": ", 1)[-1]) from None
+
+
+def parse_pair(text: str, option: str) -> tuple[float, float]:
+    """``"LOW,HIGH"`` -> (low, high); a usage error naming ``option`` otherwise."""
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise typer.BadParameter(f"{option} expects LOW,HIGH (two numbers), got {text!r}") from None
+    return low, high

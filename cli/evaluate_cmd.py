@@ -10,10 +10,12 @@ from nrrstore.format import fs
 from nrrstore.limits import MAX_EPOCHS, MAX_SEEDS, MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import (
+    PROTOCOL_OPTION,
     CodecFill,
     CodecLoss,
     DbrNorm,
     ProgressBar,
+    StudentProtocolName,
     check_label_modes,
     example,
     handle_errors,
@@ -36,10 +38,12 @@ def evaluate_cmd(
     arch: str = typer.Option("convnet3", "--arch", help="Student architecture."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Student batch size (default: "
                                              "RDED's rule, 10/50/100 at IPC 1/10/50)."),
-    lr: float = typer.Option(STUDENT["lr"], "--lr", help="AdamW learning rate."),
+    lr: float | None = typer.Option(None, "--lr", min=1e-12, help="AdamW learning rate (default: 0.001)."),
     alpha_dbr: float = typer.Option(STUDENT["alpha_dbr"], "--alpha-dbr", help="Weight of L_dbr."),
     dbr_norm: DbrNorm = typer.Option(STUDENT["dbr_norm"], "--dbr-norm", help="L_dbr norm (l1: chosen on validation data, README)."),
-    kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", help="KD temperature."),
+    kd_temperature: float | None = typer.Option(None, "--kd-temperature", min=1e-6, help="KD temperature "
+                                                "(default: 4, under --protocol rded 20)."),
+    protocol: StudentProtocolName = PROTOCOL_OPTION,
     codec_fill: CodecFill = typer.Option(STUDENT["codec_fill"], "--codec-fill", help="Where a codec's unstored mass "
                                          "goes: prior (the store's class prior) or uniform."),
     codec_loss: CodecLoss = typer.Option(STUDENT["codec_loss"], "--codec-loss", help="A codec student's objective: "
@@ -74,7 +78,7 @@ def evaluate_cmd(
     kinds = [k.strip() for k in labels.split(",") if k.strip()] if labels else None
     protocol = StudentProtocol(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, alpha_dbr=alpha_dbr,
                                dbr_norm=dbr_norm, kd_temperature=kd_temperature,
-                               codec_fill=codec_fill, codec_loss=codec_loss)
+                               codec_fill=codec_fill, codec_loss=codec_loss, protocol=protocol)
     work_dir = work if work is not None else default_work(store)
     cache = shard_cache(cache_dir, cache_size)  # without --cache-dir: $NRRSTORE_CACHE_DIR, else no cache
     with ProgressBar() as bar:

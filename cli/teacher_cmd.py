@@ -5,17 +5,7 @@ from __future__ import annotations
 import typer
 
 from nrrstore.limits import MAX_EPOCHS
-from nrrstore_cli._common import Norm, ProgressBar, TeacherOptimizer, example, handle_errors, print_json
-
-
-def parse_pair(text: str, option: str) -> tuple[float, float]:
-    """``"LOW,HIGH"`` -> (low, high); a usage error naming ``option`` otherwise."""
-    parts = text.split(",")
-    try:
-        low, high = (float(p) for p in parts)
-    except ValueError:
-        raise typer.BadParameter(f"{option} expects LOW,HIGH (two numbers), got {text!r}") from None
-    return low, high
+from nrrstore_cli._common import Norm, ProgressBar, TeacherOptimizer, example, handle_errors, parse_pair, print_json
 
 teacher_app = typer.Typer(help="Train or evaluate a teacher classifier on shards.", no_args_is_help=True,
                           rich_markup_mode=None)

@@ -8,6 +8,7 @@ from nrrstore.format.distances import DEFAULT_EPOCHS_PER_FILE
 from nrrstore.limits import MAX_EPOCHS, MAX_WORKERS
 from nrrstore.train.defaults import STUDENT
 from nrrstore_cli._common import (
+    PROTOCOL_OPTION,
     Amp,
     CodecFill,
     CodecLoss,
@@ -15,10 +16,12 @@ from nrrstore_cli._common import (
     MixMode,
     Precision,
     ProgressBar,
+    StudentProtocolName,
     check_codecs,
     check_label_mode,
     example,
     handle_errors,
+    parse_pair,
     print_json,
 )
 
@@ -44,6 +47,9 @@ def relabel_cmd(
     seed: int | None = typer.Option(None, "--seed", min=0, help="Augmentation seed (default: the store's, else 0)."),
     group_size: int | None = typer.Option(None, "--group-size", min=1, help="Partner group size (default: the store's, else 64)."),
     mix: MixMode | None = typer.Option(None, "--mix", help="cutmix, mixup or none (default: the store's, else cutmix)."),
+    scale: str | None = typer.Option(None, "--scale", metavar="LOW,HIGH", help="Random-resized-crop area range "
+                                     "of the views (default: the store's, else 0.08,1; RDED's evaluation: "
+                                     "1/factor,1)."),
     explicit: bool = typer.Option(False, "--explicit", help="Store each view's parameters as columns (explicit mode)."),
     quant_max: float | None = typer.Option(None, "--quant-max", help="int8 scale in nats (default: from epoch 0)."),
     epochs_per_file: int = typer.Option(DEFAULT_EPOCHS_PER_FILE, "--epochs-per-file", min=1, help="Epochs per Parquet file (the resume unit)."),
@@ -68,7 +74,8 @@ def relabel_cmd(
     st = Store(store)
     amp_dtype(amp, device)  # refuse a bad --device/--amp before loading anything
     t = load_teacher(teacher, device)
-    recipe = default_recipe(st, t, seed=seed, group_size=group_size, mix=mix)
+    recipe = default_recipe(st, t, seed=seed, group_size=group_size, mix=mix,
+                            scale=parse_pair(scale, "--scale") if scale else None)
     with ProgressBar() as bar:
         summary = relabel(st, t, epochs, recipe, precision, full_softlabels, mode="explicit" if explicit else "seeded",
                           epochs_per_file=epochs_per_file, batch_size=batch_size, quant_max=quant_max,
@@ -100,15 +107,19 @@ def train_student_cmd(
                                "codec the store holds: topk:K, dbrc:K (KD on the distribution it implies)."),
     alpha_dbr: float = typer.Option(STUDENT["alpha_dbr"], "--alpha-dbr", min=0.0, help="Weight of L_dbr."),
     dbr_norm: DbrNorm = typer.Option(STUDENT["dbr_norm"], "--dbr-norm", help="L_dbr norm (l1: chosen on validation data, README)."),
-    kd_temperature: float = typer.Option(STUDENT["kd_temperature"], "--kd-temperature", min=1e-6, help="KD temperature (kd and codecs)."),
+    kd_temperature: float | None = typer.Option(None, "--kd-temperature", min=1e-6, help="KD temperature (kd and "
+                                                "codecs; default: 4, under --protocol rded 20)."),
     codec_fill: CodecFill = typer.Option(STUDENT["codec_fill"], "--codec-fill", help="Where a codec's unstored mass "
                                          "goes: prior (the store's class prior) or uniform."),
     codec_loss: CodecLoss = typer.Option(STUDENT["codec_loss"], "--codec-loss", help="A codec student's objective: "
                                          "kd (on the implied distribution) or match (DBR's, every stored distance)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Default: RDED's rule (10/50/100 "
                                              "at IPC 1/10/50 for 10 classes)."),
-    lr: float = typer.Option(STUDENT["lr"], "--lr", min=1e-12, help="AdamW learning rate (cosine to 0)."),
-    weight_decay: float = typer.Option(STUDENT["weight_decay"], "--weight-decay", min=0.0, help="AdamW weight decay."),
+    lr: float | None = typer.Option(None, "--lr", min=1e-12, help="AdamW learning rate (default: 0.001; cosine "
+                                    "to 0, under --protocol rded to half)."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", min=0.0, help="AdamW weight decay "
+                                              "(default: 0.01)."),
+    protocol: StudentProtocolName = PROTOCOL_OPTION,
     seed: int = typer.Option(0, "--seed", min=0, help="Student initialisation seed."),
     checkpoint: str | None = typer.Option(None, "--checkpoint", help="Checkpoint file, written after every epoch."),
     resume: bool = typer.Option(False, "--resume", help="Continue from --checkpoint if it exists."),
@@ -132,13 +143,16 @@ def train_student_cmd(
                                weight_decay=weight_decay, alpha_dbr=alpha_dbr, dbr_norm=dbr_norm,
                                kd_temperature=kd_temperature, codec_fill=codec_fill, codec_loss=codec_loss,
                                seed=seed, device=device, workers=workers, cycle=cycle, checkpoint=checkpoint,
-                               resume=resume, eval_every=eval_every, progress=bar, overwrite=overwrite)
+                               resume=resume, eval_every=eval_every, progress=bar, overwrite=overwrite,
+                               protocol=protocol)
     summary = summary_without_model(result)
     if as_json:
         print_json(summary)
         return
-    print(f"{arch} on {store} ({labels} labels, {epochs} epochs): top-1 {summary['top1'] * 100:.2f}% "
-          f"on {summary['val_images']} held-out images")
+    print(f"{arch} on {store} ({labels} labels, {epochs} epochs, {protocol} protocol): top-1 "
+          f"{summary['top1'] * 100:.2f}% on {summary['val_images']} held-out images")
+    if "top1_best_last20" in summary:
+        print(f"  best of the tests in the last 20% of epochs (RDED's figure): {summary['top1_best_last20'] * 100:.2f}%")
 
 
 def register(app: typer.Typer) -> None:

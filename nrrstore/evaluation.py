@@ -40,7 +40,7 @@ from nrrstore.format.shard_cache import ShardCache
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
-from nrrstore.train.defaults import STUDENT
+from nrrstore.train.defaults import PROTOCOLS, STUDENT, protocol_values
 
 LABEL_KINDS = ("dbr", "kd", "onehot", "topk:K", "dbrc:K")
 LRS_WEIGHT = 0.5
@@ -51,22 +51,36 @@ CHECKPOINT_EVERY_S = 30.0
 
 @dataclass(frozen=True)
 class StudentProtocol:
-    """How every student of an evaluation is trained (identical for the store and the baseline)."""
+    """How every student of an evaluation is trained (identical for the store and the baseline).
+
+    ``protocol`` "rded" is RDED's evaluation (`nrrstore.train.defaults.PROTOCOLS`); ``lr``, ``weight_decay``
+    and ``kd_temperature`` left as None take the protocol's values."""
 
     arch: str = "convnet3"
     epochs: int = STUDENT["epochs"]
     batch_size: int | None = None  # None: RDED's rule (see `nrrstore.train.student.default_batch_size`)
-    lr: float = STUDENT["lr"]
-    weight_decay: float = STUDENT["weight_decay"]
+    lr: float | None = None
+    weight_decay: float | None = None
     alpha_dbr: float = STUDENT["alpha_dbr"]
     dbr_norm: str = STUDENT["dbr_norm"]
-    kd_temperature: float = STUDENT["kd_temperature"]
+    kd_temperature: float | None = None
     codec_fill: str = STUDENT["codec_fill"]
     codec_loss: str = STUDENT["codec_loss"]
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "nrrstore"
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise NrrError(None, f"unknown student protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+        for key, value in protocol_values(self.protocol).items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if d["protocol"] == "nrrstore":  # the work folders of evaluations made before protocols still resume
+            del d["protocol"]
+        return d
 
 
 def available_labels(store: Store) -> list[str]:
@@ -293,6 +307,7 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
     proto = {**protocol.to_dict(), "store_files": store_fingerprint(st), "train": None if train is None else str(train),
              "val": str(val)}
     results: dict[str, dict[str, dict[int, float]]] = {}
+    best: dict[str, dict[str, dict[int, float]]] = {}  # RDED's reported figure, under its protocol
     records: list[dict[str, Any]] = []
     done_before = 0
     train_seconds = 0.0
@@ -314,10 +329,11 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
                               codec_loss=protocol.codec_loss, seed=seed,
                               device=device, workers=workers,
                               checkpoint=ckpt, resume=True, checkpoint_every_s=CHECKPOINT_EVERY_S,
-                              arch_kwargs=protocol.arch_kwargs,
+                              arch_kwargs=protocol.arch_kwargs, protocol=protocol.protocol,
                               progress=_cell_progress(progress, f"{images} {kind} seed {seed}", n, cell_steps,
                                                       len(plan)) if progress else None)
             rec = {"images": images, "labels": kind, "seed": seed, "top1": r["top1"], "val_loss": r["val_loss"],
+                   **({"top1_best_last20": r["top1_best_last20"]} if "top1_best_last20" in r else {}),
                    "val_images": r["val_images"], "store": str(path), "batch_size": r["batch_size"],
                    "seconds": round(sum(h.get("seconds", 0.0) for h in r["history"]), 3), "protocol": proto}
             atomic_write_bytes(cell_file, json.dumps(rec, indent=2, sort_keys=True).encode())
@@ -327,18 +343,23 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
             done_before += 1
         records.append(rec)
         results.setdefault(images, {}).setdefault(kind, {})[seed] = rec["top1"]
+        if "top1_best_last20" in rec:
+            best.setdefault(images, {}).setdefault(kind, {})[seed] = rec["top1_best_last20"]
         if progress:
             progress("evaluate cells", n + 1, len(plan))
 
     table = {images: {kind: _mean_std([by_seed[s] for s in sorted(by_seed)]) for kind, by_seed in per.items()}
              for images, per in results.items()}
     main = next(k for k in ("dbr", "kd", "onehot") if k in kinds)
+    extra = {"table_best_last20": {images: {kind: _mean_std([by_seed[s] for s in sorted(by_seed)])
+                                            for kind, by_seed in per.items()} for images, per in best.items()}} \
+        if best else {}
     return {
         "label_bytes": label_bytes(st),
         "store": str(st.path), "val": str(val), "train": None if train is None else str(train),
         "ipc": store_ipc(st), "num_classes": m.num_classes, "images": m.num_images,
         "labels": kinds, "seeds": seeds, "protocol": proto, "device": device,
-        "table": table, "metrics": metrics(results, full_acc, main), "cells": records,
+        "table": table, **extra, "metrics": metrics(results, full_acc, main), "cells": records,
         "cells_resumed": done_before, "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -400,12 +421,17 @@ def format_table(result: dict[str, Any]) -> str:
     """A readable table: top-1 mean +- std per image set and label kind, then the metrics."""
     kinds = result["labels"]
     names = {"store": "distilled store", "random": "random real (same IPC)"}
-    lines = [(f"students: {result['protocol']['arch']}, {result['protocol']['epochs']} epochs, "
-              f"{result['seeds']} seed(s); top-1 % on {result['val']} (IPC {result['ipc']})"),
+    proto = result["protocol"]
+    lines = [(f"students: {proto['arch']}, {proto['epochs']} epochs, {result['seeds']} seed(s), "
+              f"{proto.get('protocol', 'nrrstore')} protocol; top-1 % on {result['val']} (IPC {result['ipc']})"),
              f"{'images':26}" + "".join(f"{k:>16}" for k in kinds)]
-    for images, per in result["table"].items():
+    rows = [(names.get(images, images) + ", last epoch" * ("table_best_last20" in result), per)
+            for images, per in result["table"].items()]
+    rows += [(f"{names.get(images, images)}, best of last 20%", per)
+             for images, per in result.get("table_best_last20", {}).items()]
+    for name, per in rows:
         cells = [f"{per[k]['mean'] * 100:6.2f} +- {per[k]['std'] * 100:4.2f}" if k in per else "-" for k in kinds]
-        lines.append(f"{names.get(images, images):26}" + "".join(f"{c:>16}" for c in cells))
+        lines.append(f"{name:26}" + "".join(f"{c:>16}" for c in cells))
     mt = result["metrics"]
     for kind in kinds:
         if f"ior_{kind}" in mt:

@@ -16,6 +16,24 @@ STUDENT: dict[str, Any] = {
     "epochs": 300, "lr": 1e-3, "weight_decay": 0.01, "alpha_dbr": 1.0, "dbr_norm": "l1", "kd_temperature": 4.0,
     "codec_fill": "prior", "codec_loss": "match",
 }
+PROTOCOLS = ("nrrstore", "rded")
+"""How a student is trained and reported. ``nrrstore``: the recipe above, the last epoch's top-1. ``rded``: RDED's
+evaluation (LINs-lab/RDED, validation/main.py and argument.py) from stored full soft labels: BatchNorm ConvNets,
+KL at T = 20 with no T**2 factor, AdamW with a per-epoch cosine that only decays to half, and the best top-1 of
+the evaluations every 10 epochs in the last 20% (reported beside the last epoch's)."""
+RDED_PROTOCOL: dict[str, Any] = {
+    "lr": 1e-3, "weight_decay": 0.01, "kd_temperature": 20.0, "convnet_norm": "batch", "lr_floor": 0.5,
+    "eval_after": 0.8, "eval_every": 10,
+}
+
+
+def protocol_values(protocol: str) -> dict[str, Any]:
+    """The learning rate, weight decay and KD temperature a protocol trains with unless told otherwise."""
+    if protocol == "rded":
+        return {k: RDED_PROTOCOL[k] for k in ("lr", "weight_decay", "kd_temperature")}
+    return {k: STUDENT[k] for k in ("lr", "weight_decay", "kd_temperature")}
+
+
 CODEC_FILLS = ("prior", "uniform")
 CODEC_LOSSES = ("kd", "match")
 """A codec student's objective: KD on the distribution the codec implies, or DBR's L_sce + L_dbr with every stored

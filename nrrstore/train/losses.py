@@ -112,8 +112,10 @@ def kd_loss(
     teacher: torch.Tensor,
     T: float = 1.0,
     from_logits: bool = True,
+    t_squared: bool = True,
 ) -> torch.Tensor:
-    """``KL(teacher || student) * T**2`` at temperature T, averaged over the batch.
+    """``KL(teacher || student) * T**2`` at temperature T, averaged over the batch (without the ``T**2``
+    gradient-scale factor when ``t_squared`` is False, as RDED's evaluation computes it).
 
     ``teacher`` holds logits, or probabilities when ``from_logits`` is False (then they are
     tempered as ``softmax(log p / T)``, the same as tempering the logits that produced them).
@@ -124,7 +126,7 @@ def kd_loss(
     log_t = F.log_softmax(t_logits / T, dim=-1)
     log_s = F.log_softmax(student_logits.float() / T, dim=-1)
     kl = F.kl_div(log_s, log_t.detach(), reduction="batchmean", log_target=True)
-    return kl * (T * T)
+    return kl * (T * T) if t_squared else kl
 
 
 def dbr_objective(

@@ -48,7 +48,7 @@ from nrrstore.progress import Progress
 from nrrstore.replay.recipe import store_recipe
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.accuracy import evaluate
-from nrrstore.train.defaults import CODEC_FILLS, CODEC_LOSSES, STUDENT
+from nrrstore.train.defaults import CODEC_FILLS, CODEC_LOSSES, PROTOCOLS, RDED_PROTOCOL, STUDENT, protocol_values
 from nrrstore.train.loader import label_mode, make_loader, open_store, to_chw
 from nrrstore.train.losses import DBR_NORMS, codec_match_loss, codec_target, dbr_loss, kd_loss, sce_loss
 from nrrstore.train.saved_state import changed_keys, why_unreadable
@@ -121,11 +121,11 @@ def train_student(
     epochs: int = STUDENT["epochs"],
     labels: str = "dbr",
     batch_size: int | None = None,
-    lr: float = STUDENT["lr"],
-    weight_decay: float = STUDENT["weight_decay"],
+    lr: float | None = None,
+    weight_decay: float | None = None,
     alpha_dbr: float = STUDENT["alpha_dbr"],
     dbr_norm: str = STUDENT["dbr_norm"],
-    kd_temperature: float = STUDENT["kd_temperature"],
+    kd_temperature: float | None = None,
     codec_fill: str = STUDENT["codec_fill"], codec_loss: str = STUDENT["codec_loss"],  # label codecs (issue 15)
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -139,6 +139,7 @@ def train_student(
     progress: Progress | None = None,
     overwrite: bool = False,
     checkpoint_every_s: float = 0.0,
+    protocol: str = "nrrstore",
 ) -> dict[str, Any]:
     """Train ``arch`` from scratch on ``store`` and report top-1 on the real images of ``val_spec``.
 
@@ -150,11 +151,21 @@ def train_student(
     write (and after the last epoch): small students run hundreds of sub-second epochs, and a write per
     epoch would cost more. Fewer than `MIN_STEPS_PER_EPOCH` steps per epoch, `MIN_TOTAL_STEPS` in all warn.
     The held-out pass reports every ``eval_batch_size`` images (500 took 7 s on a busy 2-core machine).
+
+    ``protocol`` "rded" trains and reports as RDED's evaluation does (`nrrstore.train.defaults.PROTOCOLS`):
+    ``lr``, ``weight_decay`` and ``kd_temperature`` left as None take the protocol's values, ConvNets get
+    BatchNorm unless ``arch_kwargs`` names a norm, and the result adds ``top1_best_last20``.
     """
+    if protocol not in PROTOCOLS:
+        raise NrrError(None, f"unknown student protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    given = {"lr": lr, "weight_decay": weight_decay, "kd_temperature": kd_temperature}
+    values = {**protocol_values(protocol), **{k: v for k, v in given.items() if v is not None}}
+    lr, weight_decay, kd_temperature = values["lr"], values["weight_decay"], values["kd_temperature"]
     st = open_store(store)
     m = st.manifest
     labels = label_mode(labels, m.num_classes)
     _check_args(dbr_norm, epochs, lr, weight_decay, alpha_dbr, kd_temperature)
+    arch_kwargs = _protocol_arch_kwargs(protocol, arch, labels, arch_kwargs)
     batch_size = int(batch_size) if batch_size else default_batch_size(m.num_images, m.num_classes)
     recipe = store_recipe(m, st.manifest_path)
     _check_val(val_spec, st)
@@ -164,7 +175,7 @@ def train_student(
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
         "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay), "alpha_dbr": float(alpha_dbr),
         "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature), "seed": int(seed), "cycle": bool(cycle),
-        **_codec_args(labels, codec_fill, codec_loss)}
+        **_codec_args(labels, codec_fill, codec_loss), **({"protocol": protocol} if protocol != "nrrstore" else {})}
     dev = resolve_device(device)
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -190,10 +201,43 @@ def train_student(
     result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev, progress, "test on --val (images)")
     if history:
         history[-1]["top1"] = result["top1"]
+    extra = {"protocol": protocol}
+    if protocol == "rded":
+        extra["top1_best_last20"] = max(h["top1"] for h in history if "top1" in h and _rded_eval_epoch(
+            int(h["epoch"]), epochs))
     return {
-        "top1": result["top1"], "val_loss": result["loss"], "val_images": result["n"], "history": history,
+        **extra, "top1": result["top1"], "val_loss": result["loss"], "val_images": result["n"], "history": history,
         "steps": run.total_steps, "resumed_at_epoch": start_epoch, "store": str(st.path), **args, "model": model,
     }
+
+
+def _protocol_arch_kwargs(protocol: str, arch: str, labels: str,
+                          arch_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """RDED's students learn from full soft labels, and its ConvNets use BatchNorm (``net_norm="batch"``)."""
+    kw = dict(arch_kwargs or {})
+    if protocol != "rded":
+        return kw
+    if labels != "kd":
+        raise NrrError(None, f"the rded protocol trains on full soft labels: use labels kd, not {labels} (add them "
+                             "with `nrrstore relabel STORE --teacher T.pt --full-softlabels --overwrite`)")
+    if arch.startswith("convnet") and "norm" not in kw:
+        kw["norm"] = RDED_PROTOCOL["convnet_norm"]
+    return kw
+
+
+def _rded_eval_epoch(epoch: int, epochs: int) -> bool:
+    """RDED tests every 10th epoch and the last, and keeps only those after 80% of training. The last epoch
+    always counts here (RDED's code would report 0 for a run of 5 epochs or fewer)."""
+    every, after = RDED_PROTOCOL["eval_every"], RDED_PROTOCOL["eval_after"]
+    return epoch == epochs - 1 or (epoch % every == every - 1 and epoch > epochs * after)
+
+
+def lr_factor(protocol: str, epoch: int, global_step: int, total_steps: int, epochs: int) -> float:
+    """The learning rate's multiplier: a per-step cosine to 0 (nrrstore), or RDED's per-epoch cosine over twice
+    the epochs, which ends at half the base rate."""
+    if protocol == "rded":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs / 2.0))
+    return 0.5 * (1.0 + math.cos(math.pi * global_step / total_steps))
 
 
 def _codec_args(labels: str, codec_fill: str, codec_loss: str) -> dict[str, Any]:
@@ -272,7 +316,8 @@ class _Run:
         a = self.args
         epoch, step = batch["epoch"], batch["step"]
         global_step = epoch * self.steps_per_epoch + step
-        rate = a["lr"] * 0.5 * (1.0 + math.cos(math.pi * global_step / self.total_steps))
+        rate = a["lr"] * lr_factor(a.get("protocol", "nrrstore"), epoch, global_step, self.total_steps,
+                                   int(a["epochs"]))
         for group in self.opt.param_groups:
             group["lr"] = rate
         parts = _loss(self.model, batch, a, self.dev, self.prior)
@@ -295,7 +340,8 @@ class _Run:
                                  "lower the learning rate")
         record.update(epoch=epoch, lr=rate, seconds=round(time.perf_counter() - self.t_epoch, 3))
         epochs = int(self.args["epochs"])
-        if self.eval_every and (epoch + 1) % self.eval_every == 0 and epoch + 1 < epochs:
+        rded = self.args.get("protocol") == "rded" and _rded_eval_epoch(epoch, epochs)
+        if (rded or self.eval_every and (epoch + 1) % self.eval_every == 0) and epoch + 1 < epochs:
             record["top1"] = self.evaluate_now()
         self.history.append(record)
         now = time.perf_counter()
@@ -313,7 +359,7 @@ def _loss(model: nn.Module, batch: dict[str, Any], a: dict[str, Any], dev: torch
     y, y2, lam = (batch[k].to(dev) for k in ("y", "y_partner", "lam"))
     logits = model(x)
     if labels == "kd":
-        kd = kd_loss(logits, batch["soft"].to(dev), T=T, from_logits=False)
+        kd = kd_loss(logits, batch["soft"].to(dev), T=T, from_logits=False, t_squared=a.get("protocol") != "rded")
         return {"loss": kd, "kd": kd}
     if ":" in labels:  # a label codec: KD on the distribution it implies (nrrstore.train.losses.codec_target)
         kind = labels.split(":")[0]
