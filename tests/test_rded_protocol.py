@@ -18,7 +18,7 @@ from nrrstore.format.reader import Store
 from nrrstore.labels.relabel import relabel
 from nrrstore.models import load_teacher
 from nrrstore.replay.recipe import AugRecipe
-from nrrstore.train.losses import kd_loss
+from nrrstore.train.losses import FP16_PROB_FLOOR, kd_loss
 from nrrstore.train.student import lr_factor, train_student
 from nrrstore_cli import train_cmd
 from tests._builders import make_app, write_fmnist_store
@@ -155,3 +155,17 @@ def test_evaluate_under_rded_protocol_names_it_and_both_figures(store: Path, tmp
     assert cell["top1_best_last20"] == cell["top1"]  # 3 epochs: the last is the only test
     assert r["table_best_last20"]["store"]["kd"]["mean"] == cell["top1"]
     assert "best of last 20%" in format_table(r)
+
+
+def test_fp16_soft_labels_keep_their_small_classes_at_high_temperature() -> None:
+    """A class whose probability underflows fp16 (the store's soft-label dtype) is tempered from 2**-25, not
+    from float32's tiny: at T = 20 the loss then stays near the exact one instead of growing sevenfold."""
+    z = torch.tensor([[12.0, 0.0, -6.0, -8.0, 3.0]])  # the last three round to 0 in fp16 probabilities
+    p16 = torch.softmax(z, 1).half().float()
+    assert int((p16 == 0).sum()) == 2
+    student = torch.zeros(1, 5)
+    exact = kd_loss(student, z, T=20, t_squared=False)
+    floored = kd_loss(student, p16, T=20, from_logits=False, t_squared=False, prob_floor=FP16_PROB_FLOOR)
+    tiny = kd_loss(student, p16, T=20, from_logits=False, t_squared=False)
+    assert abs(float(floored - exact)) < 0.2 * float(exact)
+    assert abs(float(tiny - exact)) > 5 * float(exact)

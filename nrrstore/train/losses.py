@@ -107,22 +107,31 @@ def sce_loss(
     return distances(logits, y, y_partner, lam)[1].mean()
 
 
+FP16_PROB_FLOOR = 2.0**-25
+"""Half fp16's smallest subnormal: the largest probability that rounds to 0 in fp16."""
+
+
 def kd_loss(
     student_logits: torch.Tensor,
     teacher: torch.Tensor,
     T: float = 1.0,
     from_logits: bool = True,
     t_squared: bool = True,
+    prob_floor: float = torch.finfo(torch.float32).tiny,
 ) -> torch.Tensor:
     """``KL(teacher || student) * T**2`` at temperature T, averaged over the batch (without the ``T**2``
     gradient-scale factor when ``t_squared`` is False, as RDED's evaluation computes it).
+    ``prob_floor``: the least probability tempered (a zero has no logarithm). Probabilities read from fp16
+    (stored soft labels) pass `FP16_PROB_FLOOR`: a class that underflowed to 0 then keeps a logit near its
+    true one instead of -87, which at T = 20 moved the tempered target by up to 0.2 in total variation
+    (CIFAR-10's teacher, benchmarks/RESULTS.md, issue 27).
 
     ``teacher`` holds logits, or probabilities when ``from_logits`` is False (then they are
     tempered as ``softmax(log p / T)``, the same as tempering the logits that produced them).
     """
     if T <= 0:
         raise NrrError(None, f"KD temperature must be > 0, got {T}")
-    t_logits = teacher.float() if from_logits else torch.log(teacher.float().clamp_min(torch.finfo(torch.float32).tiny))
+    t_logits = teacher.float() if from_logits else torch.log(teacher.float().clamp_min(prob_floor))
     log_t = F.log_softmax(t_logits / T, dim=-1)
     log_s = F.log_softmax(student_logits.float() / T, dim=-1)
     kl = F.kl_div(log_s, log_t.detach(), reduction="batchmean", log_target=True)

@@ -50,7 +50,15 @@ from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.accuracy import evaluate
 from nrrstore.train.defaults import CODEC_FILLS, CODEC_LOSSES, PROTOCOLS, RDED_PROTOCOL, STUDENT, protocol_values
 from nrrstore.train.loader import label_mode, make_loader, open_store, to_chw
-from nrrstore.train.losses import DBR_NORMS, codec_match_loss, codec_target, dbr_loss, kd_loss, sce_loss
+from nrrstore.train.losses import (
+    DBR_NORMS,
+    FP16_PROB_FLOOR,
+    codec_match_loss,
+    codec_target,
+    dbr_loss,
+    kd_loss,
+    sce_loss,
+)
 from nrrstore.train.saved_state import changed_keys, why_unreadable
 
 CHECKPOINT_FORMAT = "nrrstore-student"
@@ -359,7 +367,8 @@ def _loss(model: nn.Module, batch: dict[str, Any], a: dict[str, Any], dev: torch
     y, y2, lam = (batch[k].to(dev) for k in ("y", "y_partner", "lam"))
     logits = model(x)
     if labels == "kd":
-        kd = kd_loss(logits, batch["soft"].to(dev), T=T, from_logits=False, t_squared=a.get("protocol") != "rded")
+        kd = kd_loss(logits, batch["soft"].to(dev), T=T, from_logits=False, t_squared=a.get("protocol") != "rded",
+                     prob_floor=FP16_PROB_FLOOR)  # stored soft labels are fp16
         return {"loss": kd, "kd": kd}
     if ":" in labels:  # a label codec: KD on the distribution it implies (nrrstore.train.losses.codec_target)
         kind = labels.split(":")[0]
