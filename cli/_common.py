@@ -406,3 +406,23 @@ def parse_pair(text: str, option: str) -> tuple[float, float]:
     except ValueError:
         raise typer.BadParameter(f"{option} expects LOW,HIGH (two numbers), got {text!r}") from None
     return low, high
+
+
+def above_zero(value: float | None) -> float | None:
+    """A Typer callback for an option that must be a finite number above 0 (a usage error naming it)."""
+    if value is not None and not 0.0 < value < float("inf"):
+        raise typer.BadParameter(f"must be a finite number above 0, got {value}")
+    return value
+
+
+def check_size(value: str | None) -> str | None:
+    """A Typer callback for a size option (bytes, or e.g. 500MB, 20GiB): a usage error naming it."""
+    from nrrstore.units import parse_bytes
+
+    if value is not None:
+        try:
+            if parse_bytes(value) < 1:
+                raise typer.BadParameter(f"must be at least 1 byte, got {value!r}")
+        except NrrError as exc:
+            raise typer.BadParameter(exc.problem) from None
+    return value

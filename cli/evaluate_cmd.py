@@ -17,6 +17,7 @@ from nrrstore_cli._common import (
     ProgressBar,
     StudentProtocolName,
     check_label_modes,
+    check_size,
     example,
     handle_errors,
     print_json,
@@ -60,7 +61,7 @@ def evaluate_cmd(
     cache_dir: str | None = typer.Option(None, "--cache-dir", metavar="DIR", help="Keep a remote store's shards in "
                                          "this local folder after their first read, so later epochs and students "
                                          "read none remotely (default: $NRRSTORE_CACHE_DIR, else no cache)."),
-    cache_size: str | None = typer.Option(None, "--cache-size", metavar="SIZE", help="Cap of --cache-dir, least "
+    cache_size: str | None = typer.Option(None, "--cache-size", metavar="SIZE", callback=check_size, help="Cap of --cache-dir, least "
                                           "recently used shards evicted first: bytes or e.g. 50GiB (default: "
                                           "$NRRSTORE_CACHE_SIZE, else 20GiB)."),
     json_out: bool = typer.Option(False, "--json", help="Print the full result as JSON on stdout."),

@@ -19,6 +19,7 @@ from nrrstore_cli._common import (
     StudentProtocolName,
     check_codecs,
     check_label_mode,
+    check_size,
     example,
     handle_errors,
     parse_pair,
@@ -32,7 +33,7 @@ _AMP = typer.Option(None, "--amp", help="Run the teacher under autocast: bf16 or
 _CACHE_DIR = typer.Option(None, "--cache-dir", metavar="DIR", help="Keep a remote store's shards in this local folder "
                           "after their first read, so later epochs read none remotely (default: $NRRSTORE_CACHE_DIR, "
                           "else no cache). Processes may share it; local stores are never cached.")
-_CACHE_SIZE = typer.Option(None, "--cache-size", metavar="SIZE", help="Cap of --cache-dir, least recently used shards "
+_CACHE_SIZE = typer.Option(None, "--cache-size", metavar="SIZE", callback=check_size, help="Cap of --cache-dir, least recently used shards "
                            "evicted first: bytes or e.g. 50GiB, 500MB (default: $NRRSTORE_CACHE_SIZE, else 20GiB).")
 
 
