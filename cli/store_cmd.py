@@ -49,13 +49,15 @@ def verify_cmd(
         problems = verify_store(store, progress=bar, decode=not no_decode)
     replay = None
     if teacher is not None and not problems:
-        from nrrstore.labels.replay_check import replay_check, teacher_identity_problems
+        from nrrstore.labels.replay_check import replay_check, teacher_identity_problems, view_size_problem
         from nrrstore.models.checkpoint import load_teacher
 
         model = load_teacher(teacher, device)
-        problems.extend(f"{store}: {p}" for p in teacher_identity_problems(Store(store).manifest, model))
-        replay = replay_check(store, model, sample=sample, device=device)
-        if replay.problem:
+        manifest_now = Store(store).manifest
+        problems.extend(f"{store}: {p}" for p in teacher_identity_problems(manifest_now, model))
+        if view_size_problem(manifest_now, model) is None:  # views of another size cannot be replayed
+            replay = replay_check(store, model, sample=sample, device=device)
+        if replay is not None and replay.problem:
             problems.append(f"{store}: {replay.problem}")
     manifest = Store(store, check_digest=False).manifest
     version = manifest.format_version

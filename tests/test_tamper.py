@@ -191,3 +191,23 @@ def test_replay_runs_the_teacher_under_the_recorded_autocast(tmp_path: Path, tea
     _write_manifest(store, doc, redigest=True)
     report = replay_check(store, teacher, sample=30)
     assert report.problem is not None and "bf16 autocast" in report.problem
+
+
+@pytest.mark.parametrize("edit", ["mean", "size"])
+def test_verify_teacher_compares_normalization_and_input_size(labelled: Path, tmp_path: Path, edit: str) -> None:
+    """A normalization or view size edited with the digest recomputed passes plain verify; verify --teacher compares
+    them with the checkpoint's own and names the difference."""
+    store = _copy(labelled, tmp_path / "s")
+    doc = _manifest(store)
+    if edit == "mean":
+        doc["dataset"]["normalization"] = {"mean": [0.5], "std": [0.25]}  # the test teacher's are FMNIST's
+    else:
+        doc["augmentation"]["size"] = 32
+    _write_manifest(store, doc, redigest=True)
+    assert verify_store(store) == []
+    res = runner.invoke(app, ["verify", str(store), "--teacher", str(teacher_path()), "--sample", "10"])
+    assert res.exit_code == 1, res.output
+    want = "normalization" if edit == "mean" else "views are 32 px and the teacher's input is 28 px"
+    assert want in res.stdout
+    res = runner.invoke(app, ["verify", str(labelled), "--teacher", str(teacher_path()), "--sample", "10"])
+    assert res.exit_code == 0, res.output

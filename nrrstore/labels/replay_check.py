@@ -173,7 +173,38 @@ def teacher_identity_problems(m: Any, teacher: Teacher) -> list[str]:
         ours = teacher.classes[i] if i < len(teacher.classes) else "(none)"
         theirs = m.classes[i] if i < len(m.classes) else "(none)"
         problems.append(f"the teacher's classes differ from the store's (class {i}: {ours!r} vs {theirs!r})")
-    return problems
+    norm = m.normalization
+    if norm and not (_close(norm.get("mean"), teacher.mean) and _close(norm.get("std"), teacher.std)):
+        problems.append(f"the store's normalization (mean {_fmt(norm.get('mean'))}, std {_fmt(norm.get('std'))}) "
+                        f"is not the teacher's (mean {_fmt(teacher.mean)}, std {_fmt(teacher.std)}): students "
+                        "would see its views otherwise normalized than the teacher that labelled them")
+    size_problem = view_size_problem(m, teacher)
+    return problems + ([size_problem] if size_problem else [])
+
+
+def view_size_problem(m: Any, teacher: Teacher) -> str | None:
+    """The store's views are rendered at another size than the teacher's input (no replay can then run)."""
+    size = (m.augmentation or {}).get("size")
+    if size is not None and teacher.image_size and int(size) != int(teacher.image_size):
+        return (f"the store's views are {size} px and the teacher's input is {teacher.image_size} px: its labels "
+                "were made at another size")
+    return None
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal channel statistics (the manifest keeps them as JSON numbers: 1e-6 relative slack)."""
+    try:
+        return len(a) == len(b) and all(abs(float(x) - float(y)) <= 1e-6 * max(1.0, abs(float(y)))
+                                        for x, y in zip(a, b, strict=True))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fmt(values: Any) -> str:
+    try:
+        return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+    except (TypeError, ValueError):
+        return repr(values)
 
 
 def _problem(r: ReplayReport) -> str | None:
