@@ -156,6 +156,14 @@ def check_memory_limit() -> None:
              f"{MIN_ADDRESS_SPACE // 2**20} MiB to load its libraries, and more to work")
 
 
+def _with_kept(stopped: str) -> str:
+    """``terminated`` plus what the stopped job keeps for its rerun (`nrrstore.kept`)."""
+    from nrrstore.kept import kept_text
+
+    text = kept_text()
+    return f"{stopped}; kept {text}: rerun the same command to resume" if text else stopped
+
+
 def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Run a command so that every failure is one line on stderr and a non-zero exit code.
 
@@ -181,9 +189,10 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             where = exc.filename or next((options[k] for k in _OUTPUT_PARAMS if options.get(k) is not None), None)
             fail(f"{path_text(where)}: {os_problem(exc)}" if where is not None else os_problem(exc))
         except Terminated as exc:
-            fail(*_STOP_SIGNALS[signal.Signals(exc.signum)])
+            what, code = _STOP_SIGNALS[signal.Signals(exc.signum)]
+            fail(_with_kept(what), code)
         except KeyboardInterrupt:
-            fail("interrupted", 130)
+            fail(_with_kept("interrupted"), 130)
         except (SystemExit, typer.Exit, typer.Abort, _click.exceptions.ClickException):
             raise
         except Exception as exc:  # a bug: still one line, unless asked for the traceback

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from nrrstore.distill.presets import NRR_CIDD, NRR_REFINE, default_text
-from nrrstore.errors import NrrError
+from nrrstore.errors import LabelsExistError, NrrError
 from nrrstore.limits import MAX_EPOCHS, MAX_ITERATIONS
 from nrrstore_cli._common import (
     Amp,
@@ -109,9 +109,10 @@ def distill_cmd(
                                              full_softlabels=full_softlabels, device=device, amp=amp, progress=bar,
                                              overwrite=overwrite)
             except NrrError as exc:
+                again = " --overwrite" if isinstance(exc, LabelsExistError) else ""
                 raise NrrError(exc.path, f"{exc.problem}; the distilled images are complete in {out}: add the labels "
-                                         f"with `nrrstore relabel {out} --teacher {teacher} --epochs {relabel_epochs}`"
-                                         ) from None
+                                         f"with `nrrstore relabel {out} --teacher {teacher} --epochs {relabel_epochs}"
+                                         f"{again}`") from None
     if json_out:
         print_json(summary)
     elif summary.get("rank", 0) == 0:

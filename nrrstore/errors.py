@@ -39,6 +39,10 @@ class ResumeMismatchError(NrrError):
     """An existing partial output was made with different arguments."""
 
 
+class LabelsExistError(NrrError):
+    """A store already holds labels and the call did not ask to replace them (the fix is ``--overwrite``)."""
+
+
 def path_text(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> str:
     """A file name as text that always prints and encodes: bytes that are not UTF-8 become ``\\xNN``.
 

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nrrstore import kept
 from nrrstore.errors import NrrError, os_errors_name, os_problem
 from nrrstore.format import fs
 from nrrstore.format.atomic import atomic_write_bytes
@@ -338,6 +339,8 @@ def _evaluate_cells(st: Store, val: Any, work: Path, train: Any, base_teacher: T
                    "seconds": round(sum(h.get("seconds", 0.0) for h in r["history"]), 3), "protocol": proto}
             atomic_write_bytes(cell_file, json.dumps(rec, indent=2, sort_keys=True).encode())
             ckpt.unlink(missing_ok=True)  # the cell's result is kept; its student is not needed any more
+            kept.clear(str(ckpt))
+            kept.note(str(work), f"{len(list((work / 'cells').glob('*.json')))} finished cell(s) in {work}")
             train_seconds += rec["seconds"]
         else:
             done_before += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[set[str]] = [
-    {"errors", "progress", "units", "devices", "ranks", "limits", "processes", "ordered_pool"},
+    {"errors", "progress", "units", "devices", "ranks", "limits", "processes", "ordered_pool", "kept"},
     {"format"},
     {"sampling", "models", "sources"},
     {"replay"},

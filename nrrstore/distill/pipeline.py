@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nrrstore import __version__
+from nrrstore import __version__, kept
 from nrrstore.distill.cidd import ClassCandidates, discover, select_and_stitch
 from nrrstore.distill.cidd_config import CiddConfig
 from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
@@ -267,6 +267,7 @@ def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, w
         steps = _nrr_step_progress(progress, len(todo), k) if cfg.nrr.refine else None
         for c in _refine_group(work, chunk, cands, teacher, cfg, cam_model, steps):
             done += 1
+            kept.note(str(work), f"{done} of {len(mine)} finished classes in {work}")
             if progress:
                 progress(step, done, len(mine))
             if after_class:
@@ -279,6 +280,7 @@ def _distill_locked(inputs: Any, urls: list[str], teacher: Teacher, out: Path, w
         manifest = _assemble(out, work, teacher, cfg, classes, urls, overwrite, progress)
         times["assemble_s"] = time.perf_counter() - t0
         shutil.rmtree(work, ignore_errors=True)
+        kept.clear(str(work))
         summary.update(images=manifest.num_images, shards=len(manifest.shards),
                        bytes=sum(f.bytes for f in manifest.files), sources_used=manifest.method["sources_used"])
     barrier(world)

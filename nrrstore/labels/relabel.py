@@ -39,8 +39,9 @@ from typing import Any
 
 import torch
 
+from nrrstore import kept
 from nrrstore.devices import amp_dtype, resolve_device
-from nrrstore.errors import NrrError, NrrWarning
+from nrrstore.errors import LabelsExistError, NrrError, NrrWarning
 from nrrstore.format import fs, quant, remote
 from nrrstore.format.codecs import (
     Codec,
@@ -315,6 +316,7 @@ def _compute(job: TeacherPass, work: Path, state: dict[str, Any], chunks: list[t
             continue
         job.compute_chunk(first, last, state["quant_max"])
         computed += 1
+        kept.note(str(work), f"{resumed + computed} of {len(chunks)} epoch files in {work}")
     barrier(world)
     if rank == 0:
         state["phase"] = "installing"
@@ -340,8 +342,8 @@ def _start(st: Store, work: Path, args: dict[str, Any], quant_max: float | None,
         has_labels = bool(m.labels.get("distances") or m.labels.get("softlabels"))
         if state is None:
             if has_labels and not overwrite:
-                raise NrrError(st.path, "store already has labels (distances or soft labels); pass overwrite=True "
-                                        "(--overwrite) to replace them")
+                raise LabelsExistError(st.path, "store already has labels (distances or soft labels); use --overwrite "
+                                                "to replace them")
             work.mkdir(exist_ok=True)
             state = {"args": args, "quant_max": quant_max, "phase": "computing"}
             save_state(work, state)
@@ -386,6 +388,7 @@ def _finish(st: Store, m: Any, work: Path, chunks: list[tuple[int, int]], args: 
         "method": method,
     })
     shutil.rmtree(work)
+    kept.clear(str(work))
     distance_files = [f for f in updated.files if f.kind == "distances"]
     total_bytes = sum(f.bytes for f in distance_files)
     views = epochs * m.num_images

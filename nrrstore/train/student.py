@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nrrstore import kept
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
 from nrrstore.format.atomic import is_inside
@@ -356,6 +357,7 @@ class _Run:
         if self.ckpt is not None and (self.checkpoint_every_s <= 0 or now - self.last_save >= self.checkpoint_every_s
                                       or epoch + 1 == epochs):
             _save_checkpoint(self.ckpt, self.args, self.model, self.opt, epoch + 1, self.history)
+            kept.note(str(self.ckpt), f"the student checkpoint {self.ckpt} after epoch {epoch + 1} of {epochs}")
             self.last_save = now
         self.sums, self.seen, self.t_epoch = {}, 0, time.perf_counter()
 

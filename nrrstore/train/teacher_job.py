@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from nrrstore import kept
 from nrrstore.errors import NrrError
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_output_file
@@ -115,6 +116,8 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
                 val_history.append(validate()["top1"])
             save_torch_atomic({"format": RESUME_FORMAT, "config": config, "normalization": norm,
                                "val_top1_per_epoch": val_history, **epoch_state}, resume_path(out))
+            kept.note(str(resume_path(out)), f"the state after epoch {epoch_state['epoch']} of {epochs} in "
+                                             f"{resume_path(out)} (rerun with --resume)")
 
         fit = Fit(label_smoothing=recipe.label_smoothing, channels_last=recipe.channels_last, resume=state,
                   on_epoch=keep)
@@ -129,6 +132,7 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
                                                                        if k != "history"}}},
                      half=recipe.half)
         resume_path(out).unlink(missing_ok=True)
+        kept.clear(str(resume_path(out)))
     result["out"] = os.fspath(out)
     return result
 
