@@ -98,3 +98,67 @@ def test_verify_teacher_fails_on_another_teachers_identity(labelled: Path, tmp_p
     assert verify_store(store) == []  # the bytes are all consistent
     res = CliRunner().invoke(app, ["verify", str(store), "--teacher", str(teacher_path()), "--sample", "20"])
     assert res.exit_code == 1 and problem in res.output, res.output
+
+
+@pytest.fixture(scope="module")
+def with_arrays(tmp_path_factory: pytest.TempPathFactory, teacher) -> Path:
+    """Soft labels, a top-2 codec and the class prior beside the distances."""
+    store = tmp_path_factory.mktemp("arrays") / "s"
+    write_fmnist_store(store, per_class=3)
+    relabel(store, teacher, 2, AugRecipe(size=28, group_size=10, seed=5), batch_size=30, full_softlabels=True,
+            codecs=["dbr", "topk:2"])
+    return store
+
+
+def _refresh_checksums(store: Path) -> None:
+    """Make every listed file's size and sha256, and the digest, agree with the bytes now on disk."""
+    doc = json.loads((store / "manifest.json").read_text())
+    for entry in doc["files"]:
+        data = (store / entry["path"]).read_bytes()
+        entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+    doc[DIGEST_KEY] = manifest_digest(doc)
+    (store / "manifest.json").write_text(json.dumps(doc, indent=2))
+
+
+def _edit_array(store: Path, rel: str, change) -> None:
+    import zarr
+
+    arr = zarr.open_array(store / rel, mode="r+")
+    data = np.asarray(arr[...])
+    change(data)
+    arr[...] = data
+    _refresh_checksums(store)
+
+
+def test_a_sound_store_with_label_arrays_has_no_problems(with_arrays: Path) -> None:
+    labels = json.loads((with_arrays / "manifest.json").read_text())["labels"]
+    assert labels.get("softlabels") and labels["codecs"]["topk:2"]["fields"] and labels.get("codecs_prior")
+    assert verify_store(with_arrays) == []
+
+
+@pytest.mark.parametrize("edit, problem", [
+    ("soft-sum", "probabilities sum to"), ("soft-negative", "probabilities outside [0, 1]"),
+    ("ids-twice", "a view names one class twice"), ("ids-range", "class ids outside"),
+    ("probs-sum", "stored probabilities sum to more than 1"), ("prior", "the class prior must be"),
+])
+def test_label_arrays_that_mean_nothing_fail_verify(with_arrays: Path, tmp_path: Path, edit: str,
+                                                    problem: str) -> None:
+    """Every checksum and the digest agree, yet the values are not labels: verify says so in one line per array,
+    and the CLI exits 1."""
+    store = _copy(with_arrays, tmp_path / "s")
+    labels = json.loads((store / "manifest.json").read_text())["labels"]
+    fields = {k: v["path"] for k, v in labels["codecs"]["topk:2"]["fields"].items()}
+    soft, prior = labels["softlabels"]["path"], labels["codecs_prior"]["path"]
+
+    def put(index, value):
+        return lambda a: a.__setitem__(index, value)
+
+    edits = {"soft-sum": (soft, put((0, 0), 0.5)), "soft-negative": (soft, put((1, 2, 0), -0.25)),
+             "ids-twice": (fields["ids"], put((0, 1), 3)), "ids-range": (fields["ids"], put((1, 0, 0), 99)),
+             "probs-sum": (fields["probs"], put((0, 0), 0.9)), "prior": (prior, put(0, 2.0))}
+    rel, change = edits[edit]
+    _edit_array(store, rel, change)
+    problems = verify_store(store)
+    assert len(problems) == 1 and problem in problems[0], problems
+    res = CliRunner().invoke(app, ["verify", str(store)])
+    assert res.exit_code == 1 and problem in res.output

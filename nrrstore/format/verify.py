@@ -7,16 +7,19 @@ described completely in one run (one line per problem).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
+from nrrstore.format.codecs import CodecLabels, read_prior
 from nrrstore.format.distances import file_problems
 from nrrstore.format.keys import check_key
 from nrrstore.format.layout import INDEX_NAME, MANIFEST_NAME
 from nrrstore.format.manifest import digest_problem, read_manifest_doc
 from nrrstore.format.reader import Store
+from nrrstore.format.softlabels import SoftLabels
 from nrrstore.progress import Progress
 
 
@@ -99,7 +102,80 @@ def _verify_files(store: Store, root: fs.Location, progress: Progress | None, de
     # 4. Distance tables: epochs and image ids in range.
     for part in store.distance_files():
         problems.extend(file_problems(store, part))
+
+    # 5. Soft labels, codec arrays and the class prior: what a student would read, value by value.
+    problems.extend(label_array_problems(store, progress))
     return problems
+
+
+ROWS_PER_READ = 4096  # views read at a time: bounds memory at 1000 classes (16 MB of float32)
+SUM_SLACK = 1e-2  # fp16 probabilities of up to 1000 classes sum to 1 within this
+
+
+def label_array_problems(store: Store, progress: Progress | None = None) -> list[str]:
+    """Every stored soft label and codec field, checked for what it must mean: shapes as the manifest says,
+    probabilities finite in [0, 1] (soft labels summing to 1, a codec's stored ones to at most 1), class ids in
+    range and distinct within a view, distances finite and >= 0, the class prior's rows probabilities. A store
+    whose checksums agree can still hold such arrays (a foreign or hand-made file); no student should train on
+    them."""
+    m = store.manifest
+    root, n, c = store.path, m.num_images, m.num_classes
+    labels = m.labels
+    problems: list[str] = []
+    readers: list[tuple[str, int, Any]] = []
+    soft = labels.get("softlabels")
+    try:
+        if soft:
+            arr = SoftLabels(root, soft)
+            if arr.shape[1:] != (n, c):
+                problems.append(f"{arr.path}: soft labels have shape {list(arr.shape)}; the store has {n} images of "
+                                f"{c} classes")
+            else:
+                readers.append(("soft labels", arr.shape[0], lambda e, a, b, arr=arr: {"soft": arr.read(e, a, b)}))
+        for name, section in (labels.get("codecs") or {}).items():
+            if section.get("fields"):
+                codec = CodecLabels(root, name, section, c)
+                readers.append((name, codec.shape[0], codec.read))
+        if labels.get("codecs_prior"):
+            read_prior(root, labels["codecs_prior"], c)
+    except NrrError as exc:
+        return [*problems, exc.message]
+    total = sum(epochs for _, epochs, _ in readers)
+    done = 0
+    for name, epochs, read in readers:
+        for e in range(epochs):
+            for a in range(0, n, ROWS_PER_READ):
+                try:
+                    problem = _view_problem(name, read(e, a, min(n, a + ROWS_PER_READ)))
+                except NrrError as exc:
+                    problem = exc.message
+                if problem:
+                    problems.append(f"{root}: {problem} (epoch {e})" if not problem.startswith(str(root)) else problem)
+                    break
+            done += 1
+            if progress:
+                progress("label arrays (epochs)", done, total)
+            if problems and problems[-1].endswith(f"(epoch {e})"):
+                break  # one line per array is enough to condemn it
+    return problems
+
+
+def _view_problem(name: str, fields: dict[str, np.ndarray]) -> str | None:
+    """The meaning checks that `CodecLabels.read` (ranges) leaves to verify: sums and distinct ids."""
+    soft = fields.get("soft")
+    if soft is not None:
+        if not np.isfinite(soft).all() or soft.min() < 0 or soft.max() > 1.0 + 1e-3:
+            return f"{name}: probabilities outside [0, 1]"
+        sums = soft.sum(axis=1)
+        if np.abs(sums - 1.0).max() > SUM_SLACK:
+            return f"{name}: a view's probabilities sum to {float(sums[np.abs(sums - 1.0).argmax()]):.4f}, not 1"
+    ids = fields.get("ids")
+    if ids is not None and ids.shape[1] > 1 and (np.diff(np.sort(ids, axis=1), axis=1) == 0).any():
+        return f"{name}: a view names one class twice"
+    probs = fields.get("probs")
+    if probs is not None and probs.size and probs.sum(axis=1).max() > 1.0 + SUM_SLACK:
+        return f"{name}: a view's stored probabilities sum to more than 1"
+    return None
 
 
 def _iter_all(store: Store, problems: list[str]):
