@@ -36,13 +36,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nrrstore.distill.pipeline import distill, method_config  # noqa: E402
-from nrrstore.labels.relabel import relabel  # noqa: E402
-from nrrstore.models import load_teacher  # noqa: E402
-from nrrstore.models.checkpoint import Teacher  # noqa: E402
-from nrrstore.models.registry import build_model  # noqa: E402
-from nrrstore.replay.recipe import AugRecipe  # noqa: E402
-from nrrstore.train.student import train_student  # noqa: E402
+from nrrstore.distill.pipeline import distill, method_config
+from nrrstore.labels.relabel import relabel
+from nrrstore.models import load_teacher
+from nrrstore.models.checkpoint import Teacher
+from nrrstore.models.registry import build_model
+from nrrstore.replay.recipe import AugRecipe
+from nrrstore.train.student import train_student
 
 
 def _rate(fn: Any, items: int, repeat: int = 3) -> float:
@@ -71,7 +71,7 @@ def input_grad_floor(t: Teacher, batch: int, size: int) -> float:
 
     def run() -> None:
         loss = F.cross_entropy(model(x), y)
-        (g,) = torch.autograd.grad(loss, x)
+        torch.autograd.grad(loss, x)
 
     return _rate(run, batch)
 
@@ -92,7 +92,8 @@ def train_floor(batch: int, size: int) -> float:
 
 
 def provenance(threads: int) -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
     return {"commit": commit, "torch": torch.__version__, "python": platform.python_version(),
             "device": f"cpu: {platform.processor() or platform.machine()}", "threads": threads,
             "date": datetime.date.today().isoformat()}

@@ -119,6 +119,10 @@ def distill_cmd(
         print(f"{out}: {summary.get('images', '?')} images"
               + (f", DBR distances for {relabel_epochs} epochs" if relabel_epochs else "")
               + f" in {summary.get('total_s', 0):.1f} s")
+        if summary.get("classes_done_before"):
+            print(f"  resumed: {summary['classes_done_before']} of {summary['classes']} classes were already done")
+        if (summary.get("relabel") or {}).get("chunks_resumed"):
+            print(f"  resumed: {summary['relabel']['chunks_resumed']} epoch file(s) of labels were already done")
 
 
 def register(app: typer.Typer) -> None:

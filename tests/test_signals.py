@@ -126,7 +126,30 @@ def test_a_stopped_relabel_says_what_it_kept_and_the_rerun_resumes(tmp_path: Pat
     assert " of 100 epoch files in " in last and last.endswith("rerun the same command to resume"), last
     done = len(list((store / ".relabel").glob("distances-e*.parquet")))
     assert done >= 1
-    rerun = subprocess.run(args, cwd=tmp_path, text=True,
+    rerun = subprocess.run(args, check=False, cwd=tmp_path, text=True,
                            capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed: {done} file(s) were already done" in rerun.stdout, rerun.stdout
+
+
+def test_a_stopped_distill_says_what_it_kept_and_the_rerun_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    args = [*CLI, "distill", "--in", str(ROOT / "data/fashion-mnist/train"), "--ipc", "1", "--teacher",
+            str(ROOT / "data/teachers/convnet3bn-fmnist.pt"), "--out", str(out), "--iterations", "150",
+            "--classes-per-pass", "1", "--relabel-epochs", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    first = tmp_path / ".work-s" / "class-00000.json"  # the handshake: the first class is finished
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "distill ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 143 and last.startswith("nrrstore: terminated; kept "), err
+    assert " of 10 finished classes in " in last and ".work-s" in last, last
+    done = len(list((tmp_path / ".work-s").glob("class-*.json")))
+    rerun = subprocess.run(args, check=False, cwd=tmp_path, text=True, capture_output=True, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed: {done} of 10 classes were already done" in rerun.stdout, rerun.stdout
