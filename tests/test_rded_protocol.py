@@ -140,7 +140,8 @@ def test_cli_relabel_scale_sets_the_views_crop_range(tmp_path: Path) -> None:
         res = runner.invoke(app, [*args, "--scale", "0.5,1", "--full-softlabels", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["augmentation"]["scale"] == [0.5, 1.0]
-    assert Store(path).manifest.augmentation["scale"] == [0.5, 1.0]
+    augmentation = Store(path).manifest.augmentation
+    assert augmentation is not None and augmentation["scale"] == [0.5, 1.0]
     for bad in ("half", "0.5", "0.9,0.5"):
         res = runner.invoke(app, [*args, "--scale", bad, "--overwrite"])
         assert res.exit_code in (1, 2) and "scale" in res.output and "Traceback" not in res.output, (bad, res.output)
