@@ -11,5 +11,6 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device: this check needs a GPU'; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+"$PY" -m pytest -p no:cacheprovider -m gpu tests/test_gpu.py  # the CUDA paths against the CPU (skipped here)
 "$PY" benchmarks/gpu_check.py --device cuda "$@"
 "$PY" benchmarks/gpu_check.py --device cuda --amp bf16 --epochs 1 "$@"

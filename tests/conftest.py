@@ -131,3 +131,17 @@ def http_root(tmp_path):
     server = RangeHTTP(root)
     yield root, server
     server.stop()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` are skipped where torch sees no CUDA device (benchmarks/gpu_check.sh runs them)."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run by benchmarks/gpu_check.sh)")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
