@@ -740,6 +740,16 @@ CASES: list[Case] = [
       ["--batch-size"], code=2),
     c("bound-ts-workers-neg", lambda e, w, x: ["train-student", e.store, "--val", e.shards, "--workers", -2],
       ["--workers"], code=2),
+    # -- --overwrite replaces only what nrrstore wrote: a user's own file kept in an old output stops it --------------
+    c("if-overwrite-foreign", lambda e, w, x: ["prepare", "imagefolder", e.folder, "--out", w / "o", "--overwrite"],
+      lambda e, w, x: [w / "o", "notes.txt", "move them out"],
+      setup=steps(lambda e, w, x: copy(e.shards, w / "o"),
+                  lambda e, w, x: (w / "o" / "notes.txt").write_text("mine"))),
+    c("d-overwrite-foreign", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--mipc", 2, "--teacher", e.teacher,
+                                              "--out", w / "s", "--overwrite"],
+      lambda e, w, x: [w / "s", "images/keep.png", "move them out"],
+      setup=steps(lambda e, w, x: copy(e.plain, w / "s"),
+                  lambda e, w, x: (w / "s" / "images" / "keep.png").write_bytes(b"not ours"))),
     # -- number options: a usage error (exit 2) naming the option as typed, never an internal name ---------------
     c("range-d-eps-neg", lambda e, w, x: ["distill", IN, e.shards, "--ipc", 1, "--teacher", e.teacher, "--eps", -5,
                                           "--out", w / "o"], ["--eps", "0"], code=2),

@@ -113,6 +113,36 @@ def check_output_folder(path: str | os.PathLike[str], overwrite: bool, *, marker
         raise NrrError(p, "already exists and is not empty (use --overwrite to replace it)")
     if not (p / marker).is_file():
         raise NrrError(p, f"refusing to overwrite a non-empty folder that is not {kind} (no {marker})")
+    foreign = foreign_files(p, marker)
+    if foreign:
+        raise NrrError(p, f"holds {len(foreign)} file(s) that {kind} does not list ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); --overwrite replaces only what nrrstore wrote: "
+                          "move them out first")
+
+
+def foreign_files(folder: Path, marker: str) -> list[str]:
+    """Files in an output folder that its marker (a store's manifest, prepared shards' index) does not list, so
+    that ``--overwrite`` never deletes a user's own files kept there. Hidden entries (resume state, locks) are
+    nrrstore's; a marker of another kind, or one that cannot be read, lists nothing to compare with."""
+    import json
+
+    try:
+        doc = json.loads((folder / marker).read_text(encoding="utf-8"))
+        if marker == "manifest.json":
+            owned = {str(f["path"]) for f in doc["files"]}
+        elif marker == "shards.json":
+            owned = {str(sh["name"]) for sh in doc["shards"]} | {"classes.txt"}
+        else:
+            return []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    owned.add(marker)
+    found = []
+    for root, dirs, files in os.walk(folder):
+        rel_root = Path(root).relative_to(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [(rel_root / f).as_posix() for f in files if not f.startswith(".")]
+    return sorted(f for f in found if f not in owned)
 
 
 def install_folder(tmp: Path, final: Path) -> None:
