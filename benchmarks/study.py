@@ -251,7 +251,7 @@ def run_cell(name: str, seed: int, label: str, args: argparse.Namespace, teacher
     student = dict(V[name][3])
     r = train_student(store, args.val, arch=args.student, epochs=args.epochs, labels=label, seed=seed,
                       checkpoint=args.work / "ckpt" / f"{path.stem}.pt", resume=True, cycle=bool(_pruned(args)),
-                      **student)
+                      checkpoint_every_s=120.0, **student)  # a ResNet-18's checkpoint is 134 MB: not every epoch
     rec = {"variant": name, "seed": seed, "labels": label, "ipc": args.ipc, "epochs": args.epochs,
            "student": args.student, "label_epochs": args.label_epochs or args.epochs,
            "top1": r["top1"], "batch_size": r["batch_size"], "spec": [V[name][0], V[name][1], V[name][2], student],
