@@ -19,9 +19,8 @@ R=/tmp/data/cifar10/train
 T=data/teachers/convnet3bn-cifar10.pt
 S="$work/c10-rded-ipc10"
 [ -f "$S/manifest.json" ] || $N distill --in "$work/c10/train" --ipc 10 --teacher $T --method rded --out "$S"
-if ! $N inspect "$S" --json | grep -q '"softlabels"'; then
-  $N relabel "$S" --teacher $T --epochs 300 --scale 1,1 --full-softlabels --overwrite
-fi
+[ -f "$work/relabelled" ] || { $N relabel "$S" --teacher $T --epochs 300 --scale 1,1 --full-softlabels \
+    --overwrite && touch "$work/relabelled"; }
 $N evaluate "$S" --val "$work/c10/test" --labels kd --seeds 3 --arch convnet3 --protocol rded \
     --work "$work/eval-rded" --json > "$work/c10-rded-ipc10.json.tmp"
 mv "$work/c10-rded-ipc10.json.tmp" "$work/c10-rded-ipc10.json"

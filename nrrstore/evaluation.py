@@ -425,16 +425,17 @@ def format_table(result: dict[str, Any]) -> str:
     kinds = result["labels"]
     names = {"store": "distilled store", "random": "random real (same IPC)"}
     proto = result["protocol"]
-    lines = [(f"students: {proto['arch']}, {proto['epochs']} epochs, {result['seeds']} seed(s), "
-              f"{proto.get('protocol', 'nrrstore')} protocol; top-1 % on {result['val']} (IPC {result['ipc']})"),
-             f"{'images':26}" + "".join(f"{k:>16}" for k in kinds)]
     rows = [(names.get(images, images) + ", last epoch" * ("table_best_last20" in result), per)
             for images, per in result["table"].items()]
     rows += [(f"{names.get(images, images)}, best of last 20%", per)
              for images, per in result.get("table_best_last20", {}).items()]
+    width = max([26, *(len(name) + 2 for name, _ in rows)])
+    lines = [(f"students: {proto['arch']}, {proto['epochs']} epochs, {result['seeds']} seed(s), "
+              f"{proto.get('protocol', 'nrrstore')} protocol; top-1 % on {result['val']} (IPC {result['ipc']})"),
+             f"{'images':{width}}" + "".join(f"{k:>16}" for k in kinds)]
     for name, per in rows:
         cells = [f"{per[k]['mean'] * 100:6.2f} +- {per[k]['std'] * 100:4.2f}" if k in per else "-" for k in kinds]
-        lines.append(f"{name:26}" + "".join(f"{c:>16}" for c in cells))
+        lines.append(f"{name:{width}}" + "".join(f"{c:>16}" for c in cells))
     mt = result["metrics"]
     for kind in kinds:
         if f"ior_{kind}" in mt:
