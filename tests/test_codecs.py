@@ -20,6 +20,7 @@ from nrrstore.train.loader import DistilledDataset
 from nrrstore.train.losses import codec_target
 from nrrstore.train.student import train_student
 from tests._builders import write_fmnist_store
+from tests.conftest import FMNIST_SUBSET
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # `teacher` comes from conftest.py
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,3 +268,21 @@ def test_a_missing_chunk_is_refused_not_read_as_zeros(tmp_path: Path, labelled: 
     with pytest.raises(NrrError, match="outside their range|non-finite"):
         for _ in DistilledDataset(bad, 0, 40, "topk:2"):
             pass
+
+
+def test_topk_at_k_equal_c_is_full_soft_label_kd_exactly(tmp_path: Path, teacher) -> None:
+    """Top-k storing every class is the full soft labels: a KD student on it follows the same losses and ends
+    with the same weights as one on the stored soft labels (issue 29: the codec family reaches KD)."""
+    from tests._teacher import one_thread
+
+    store = tmp_path / "s"
+    write_fmnist_store(store, per_class=3, shard_size=16)
+    with one_thread():
+        relabel(store, teacher, 2, AugRecipe(size=28, group_size=10, seed=2), batch_size=30, full_softlabels=True,
+                codecs=["dbr", "topk:10"])
+        runs = [train_student(store, FMNIST_SUBSET / "test", epochs=2, labels=labels, batch_size=10, seed=1,
+                              arch_kwargs={"width": 8}, codec_loss="kd") for labels in ("kd", "topk:10")]
+    for a, b in zip(runs[0]["history"], runs[1]["history"], strict=True):
+        assert a["loss"] == b["loss"], (a, b)
+    wa, wb = runs[0]["model"].state_dict(), runs[1]["model"].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -183,7 +183,7 @@ def codec_target(
     The mass left over goes to the classes the codec says nothing about: in proportion to the view's class
     prior ``lam * prior[y] + (1-lam) * prior[y']`` when ``prior`` ([C, C], the store's
     ``labels.codecs_prior``) is given, else evenly. Known probabilities that sum past 1 (fp16 rounding) are
-    rescaled.
+    rescaled when some class is unknown.
     """
     b = ids.shape[0]
     dev = ids.device
@@ -207,7 +207,9 @@ def codec_target(
         q.scatter_add_(1, y2, p2.view(-1, 1))
         known.scatter_(1, y2, usable.view(-1, 1) | known.gather(1, y2))
     total = q.sum(dim=1, keepdim=True)
-    q = torch.where(total > 1.0, q / total, q)
+    # Rescaled only where a rest must be spread: KD normalizes the tempered target anyway, so a codec that stores
+    # every class (top-k at K = C) gives exactly the stored soft labels' target, bit for bit.
+    q = torch.where((total > 1.0) & (~known).any(dim=1, keepdim=True), q / total, q)
     rest = (1.0 - q.sum(dim=1, keepdim=True)).clamp_min(0.0)
     unknown = (~known).float()
     share = unknown / unknown.sum(dim=1, keepdim=True).clamp_min(1.0)

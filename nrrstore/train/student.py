@@ -386,7 +386,7 @@ def _loss(model: nn.Module, batch: dict[str, Any], a: dict[str, Any], dev: torch
         target = codec_target(kind, logits.shape[1], ids.to(dev), values.to(dev), y, y2, lam,
                               None if d_org is None else d_org.to(dev), None if d_aug is None else d_aug.to(dev),
                               prior)
-        kd = kd_loss(logits, target, T=T, from_logits=False)
+        kd = kd_loss(logits, target, T=T, from_logits=False, prob_floor=FP16_PROB_FLOOR)  # fp16-stored values
         return {"loss": kd, "kd": kd}
     sce = sce_loss(logits, y, y2, lam)
     if labels == "onehot" or alpha_dbr == 0:
