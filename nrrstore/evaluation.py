@@ -430,8 +430,9 @@ def format_table(result: dict[str, Any]) -> str:
     rows += [(f"{names.get(images, images)}, best of last 20%", per)
              for images, per in result.get("table_best_last20", {}).items()]
     width = max([26, *(len(name) + 2 for name, _ in rows)])
-    lines = [(f"students: {proto['arch']}, {proto['epochs']} epochs, {result['seeds']} seed(s), "
-              f"{proto.get('protocol', 'nrrstore')} protocol; top-1 % on {result['val']} (IPC {result['ipc']})"),
+    named = f", {proto['protocol']} protocol" if proto.get("protocol") else ""  # RDED's is named; ours is the default
+    lines = [(f"students: {proto['arch']}, {proto['epochs']} epochs, {result['seeds']} seed(s){named}; "
+              f"top-1 % on {result['val']} (IPC {result['ipc']})"),
              f"{'images':{width}}" + "".join(f"{k:>16}" for k in kinds)]
     for name, per in rows:
         cells = [f"{per[k]['mean'] * 100:6.2f} +- {per[k]['std'] * 100:4.2f}" if k in per else "-" for k in kinds]

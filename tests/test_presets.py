@@ -88,14 +88,16 @@ def test_student_defaults_have_one_source() -> None:
     import inspect
 
     from nrrstore.evaluation import StudentProtocol
-    from nrrstore.train.defaults import STUDENT
+    from nrrstore.train.defaults import STUDENT, protocol_values
     from nrrstore.train.losses import dbr_loss
     from nrrstore.train.student import train_student
 
     sig = inspect.signature(train_student).parameters
     proto = StudentProtocol()
+    resolved = protocol_values("nrrstore")  # lr, weight decay and temperature: None, resolved by the protocol
     for key, value in STUDENT.items():
-        assert sig[key].default == value and getattr(proto, key) == value, key
+        default = resolved[key] if sig[key].default is None and key in resolved else sig[key].default
+        assert default == value and getattr(proto, key) == value, key
     assert inspect.signature(dbr_loss).parameters["norm"].default == STUDENT["dbr_norm"]
     for cmd in (["train-student"], ["evaluate"]):
         res = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"}, terminal_width=200)

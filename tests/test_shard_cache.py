@@ -183,8 +183,9 @@ def test_sizes_and_bad_caches_are_one_line(stores, tmp_path: Path) -> None:
         ShardCache("s3://bucket/cache")
     res = CliRunner().invoke(make_app(train_cmd), ["train-student", str(stores["a"]), "--val", str(FMNIST_SUBSET / "test"),
                                                    "--labels", "onehot", "--cache-size", "lots"])
-    assert res.exit_code == 1 and res.stderr.strip() == "nrrstore: cache size 'lots' is not a size (e.g. 500MB, " \
-        "20GiB or a number of bytes)", res.output
+    # a usage error naming the option (exit 2), before any work
+    assert res.exit_code == 2 and "--cache-size" in res.output and "'lots' is not a size (e.g. 500MB" in res.output, \
+        res.output
 
 
 # -- (d) processes sharing an entry --------------------------------------------------------------------
@@ -287,4 +288,4 @@ def test_evaluate_hands_the_cache_to_its_students(tmp_path: Path, monkeypatch: p
     last = seen[2]
     assert res.exit_code == 1 and last is not None and (last.root, last.max_bytes) == (tmp_path / "e", 10**9)
     res = CliRunner().invoke(app, ["evaluate", "s3://b/st", "--val", str(tmp_path), "--cache-size", "big"])
-    assert res.exit_code == 1 and "cache size 'big' is not a size" in res.stderr and len(seen) == 3
+    assert res.exit_code == 2 and "'big' is not a size" in res.output and len(seen) == 3

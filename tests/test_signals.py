@@ -135,7 +135,7 @@ def test_a_stopped_relabel_says_what_it_kept_and_the_rerun_resumes(tmp_path: Pat
 def test_a_stopped_distill_says_what_it_kept_and_the_rerun_resumes(tmp_path: Path) -> None:
     out = tmp_path / "s"
     args = [*CLI, "distill", "--in", str(ROOT / "data/fashion-mnist/train"), "--ipc", "1", "--teacher",
-            str(ROOT / "data/teachers/convnet3bn-fmnist.pt"), "--out", str(out), "--iterations", "150",
+            str(ROOT / "data/teachers/convnet3bn-fmnist.pt"), "--out", str(out), "--iterations", "400",
             "--classes-per-pass", "1", "--relabel-epochs", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)

@@ -152,24 +152,15 @@ def train_student(
 ) -> dict[str, Any]:
     """Train ``arch`` from scratch on ``store`` and report top-1 on the real images of ``val_spec``.
 
-    Returns plain data: ``top1``, ``val_loss``, ``val_images``, ``history`` (per epoch: mean loss and
-    its parts, lr at the epoch's end, seconds, and top-1 when ``eval_every`` divides the epoch
-    number), ``steps``, and the arguments; ``model`` too. An existing ``checkpoint`` is continued with
-    ``resume``, replaced with ``overwrite``, else refused. It is written after every epoch, or with
-    ``checkpoint_every_s > 0`` after the first epoch that ends at least that many seconds after the last
-    write (and after the last epoch): small students run hundreds of sub-second epochs, and a write per
-    epoch would cost more. Fewer than `MIN_STEPS_PER_EPOCH` steps per epoch, `MIN_TOTAL_STEPS` in all warn.
-    The held-out pass reports every ``eval_batch_size`` images (500 took 7 s on a busy 2-core machine).
-
-    ``protocol`` "rded" trains and reports as RDED's evaluation does (`nrrstore.train.defaults.PROTOCOLS`):
-    ``lr``, ``weight_decay`` and ``kd_temperature`` left as None take the protocol's values, ConvNets get
-    BatchNorm unless ``arch_kwargs`` names a norm, and the result adds ``top1_best_last20``.
+    Returns plain data: ``top1``, ``val_loss``, ``val_images``, ``history`` (per epoch: mean loss and its parts,
+    lr at the epoch's end, seconds, and top-1 when ``eval_every`` divides the epoch number), ``steps``, and the
+    arguments; ``model`` too. An existing ``checkpoint`` is continued with ``resume``, replaced with ``overwrite``,
+    else refused. It is written after every epoch, or with ``checkpoint_every_s > 0`` after the first epoch that
+    ends that long after the last write (and after the last): small students run hundreds of sub-second epochs.
+    Fewer than `MIN_STEPS_PER_EPOCH` steps per epoch, `MIN_TOTAL_STEPS` in all warn. The held-out pass reports
+    every ``eval_batch_size`` images. ``protocol``: see `_protocol_values`.
     """
-    if protocol not in PROTOCOLS:
-        raise NrrError(None, f"unknown student protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    given = {"lr": lr, "weight_decay": weight_decay, "kd_temperature": kd_temperature}
-    values = {**protocol_values(protocol), **{k: v for k, v in given.items() if v is not None}}
-    lr, weight_decay, kd_temperature = values["lr"], values["weight_decay"], values["kd_temperature"]
+    lr, weight_decay, kd_temperature = _protocol_values(protocol, lr, weight_decay, kd_temperature)
     st = open_store(store)
     m = st.manifest
     labels = label_mode(labels, m.num_classes)
@@ -179,8 +170,8 @@ def train_student(
     recipe = store_recipe(m, st.manifest_path)
     _check_val(val_spec, st)
     args = {  # what a checkpoint must have been made with to be resumed
-        "store_index_sha256": m.index_sha256,
-        "labels_files": sorted(f.sha256 for f in m.files if f.kind in LABEL_FILE_KINDS),
+        "store_index_sha256": m.index_sha256, "labels_files": sorted(f.sha256 for f in m.files
+                                                                     if f.kind in LABEL_FILE_KINDS),
         "arch": arch, "arch_kwargs": dict(arch_kwargs or {}), "epochs": epochs, "labels": labels,
         "batch_size": batch_size, "lr": float(lr), "weight_decay": float(weight_decay), "alpha_dbr": float(alpha_dbr),
         "dbr_norm": dbr_norm, "kd_temperature": float(kd_temperature), "seed": int(seed), "cycle": bool(cycle),
@@ -192,10 +183,8 @@ def train_student(
     if ckpt is not None and isinstance(st.path, Path) and is_inside(ckpt, st.path):
         raise NrrError(ckpt, f"the checkpoint may not lie inside the store {st.path} (it would no longer verify)")
     start_epoch, history = _resume(ckpt, resume, overwrite, args, model, opt)
-    loader = None
-    if start_epoch < epochs:
-        loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, device=dev, cycle=cycle,
-                             num_epochs=epochs - start_epoch)
+    loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, device=dev, cycle=cycle,
+                         num_epochs=epochs - start_epoch) if start_epoch < epochs else None
     few = few_steps_warning(m.num_images, batch_size, epochs)  # given once the first batch has been read
     run = _Run(model=model, opt=opt, args=args, dev=dev, history=history, ckpt=ckpt,
                checkpoint_every_s=checkpoint_every_s, steps_per_epoch=math.ceil(m.num_images / batch_size),
@@ -210,14 +199,30 @@ def train_student(
     result = evaluate(model, val_batches(val_spec, st, eval_batch_size), dev, progress, "test on --val (images)")
     if history:
         history[-1]["top1"] = result["top1"]
-    extra = {"protocol": protocol}
-    if protocol == "rded":
-        extra["top1_best_last20"] = max(h["top1"] for h in history if "top1" in h and _rded_eval_epoch(
-            int(h["epoch"]), epochs))
     return {
-        **extra, "top1": result["top1"], "val_loss": result["loss"], "val_images": result["n"], "history": history,
+        **_protocol_result(protocol, history, epochs), "top1": result["top1"], "val_loss": result["loss"], "val_images": result["n"], "history": history,
         "steps": run.total_steps, "resumed_at_epoch": start_epoch, "store": str(st.path), **args, "model": model,
     }
+
+
+def _protocol_values(protocol: str, lr: float | None, weight_decay: float | None,
+                     kd_temperature: float | None) -> tuple[float, float, float]:
+    """``protocol`` "rded" trains and reports as RDED's evaluation does (`nrrstore.train.defaults.PROTOCOLS`):
+    its ConvNets get BatchNorm unless ``arch_kwargs`` names a norm, and the result adds ``top1_best_last20``.
+    Returns the learning rate, weight decay and KD temperature: those given, else the protocol's."""
+    if protocol not in PROTOCOLS:
+        raise NrrError(None, f"unknown student protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    given = {"lr": lr, "weight_decay": weight_decay, "kd_temperature": kd_temperature}
+    v = {**protocol_values(protocol), **{k: x for k, x in given.items() if x is not None}}
+    return v["lr"], v["weight_decay"], v["kd_temperature"]
+
+
+def _protocol_result(protocol: str, history: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
+    """The protocol's name, and under RDED's its reported figure: the best of its tests in the last 20%."""
+    if protocol != "rded":
+        return {"protocol": protocol}
+    tested = [h["top1"] for h in history if "top1" in h and _rded_eval_epoch(int(h["epoch"]), epochs)]
+    return {"protocol": protocol, "top1_best_last20": max(tested)}
 
 
 def _protocol_arch_kwargs(protocol: str, arch: str, labels: str,

@@ -46,6 +46,18 @@ def _shape_and_classes(spec: Any) -> tuple[int, int, int, list[str]]:
 RESUME_FORMAT = "nrrstore-teacher-resume"
 
 
+def _save_resume(out: str | os.PathLike[str], state: dict[str, Any], epochs: int) -> None:
+    """Keep an epoch's state for ``--resume``, and say so should the run be stopped (`nrrstore.kept`)."""
+    save_torch_atomic(state, resume_path(out))
+    kept.note(str(resume_path(out)), f"the state after epoch {state['epoch']} of {epochs} in {resume_path(out)} "
+                                     "(rerun with --resume)")
+
+
+def _drop_resume(out: str | os.PathLike[str]) -> None:
+    resume_path(out).unlink(missing_ok=True)
+    kept.clear(str(resume_path(out)))
+
+
 def resume_path(out: str | os.PathLike[str]) -> Path:
     """Where an unfinished `train_teacher` keeps its state: ``.<name>.resume`` beside the checkpoint."""
     p = Path(os.path.abspath(out))
@@ -114,10 +126,8 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
                 return
             if val is not None:
                 val_history.append(validate()["top1"])
-            save_torch_atomic({"format": RESUME_FORMAT, "config": config, "normalization": norm,
-                               "val_top1_per_epoch": val_history, **epoch_state}, resume_path(out))
-            kept.note(str(resume_path(out)), f"the state after epoch {epoch_state['epoch']} of {epochs} in "
-                                             f"{resume_path(out)} (rerun with --resume)")
+            _save_resume(out, {"format": RESUME_FORMAT, "config": config, "normalization": norm,
+                               "val_top1_per_epoch": val_history, **epoch_state}, epochs)
 
         fit = Fit(label_smoothing=recipe.label_smoothing, channels_last=recipe.channels_last, resume=state,
                   on_epoch=keep)
@@ -131,8 +141,7 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
                                         "train": {**result, "record": {k: v for k, v in record.items()
                                                                        if k != "history"}}},
                      half=recipe.half)
-        resume_path(out).unlink(missing_ok=True)
-        kept.clear(str(resume_path(out)))
+        _drop_resume(out)
     result["out"] = os.fspath(out)
     return result
 
