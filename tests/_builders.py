@@ -37,6 +37,21 @@ def write_fmnist_store(path: Path, per_class: int = 6, shard_size: int = 16, **k
 
 
 # -- loader batches -----------------------------------------------------------------------------------
+def labelled_fmnist_store(path: Path, epochs: int) -> Path:
+    """100 real images (10 per class) relabelled by the test teacher for ``epochs`` epochs: fp16 distances and
+    soft labels, the store the student tests train on (one thread)."""
+    from nrrstore.labels.relabel import relabel
+    from nrrstore.models import load_teacher
+    from nrrstore.replay.recipe import AugRecipe
+    from tests._teacher import one_thread, teacher_path
+
+    with one_thread():
+        write_fmnist_store(path, per_class=10, shard_size=50)
+        relabel(path, load_teacher(teacher_path()), epochs, AugRecipe(size=28, group_size=25), full_softlabels=True,
+                batch_size=50)
+    return path
+
+
 def _same(a: list[dict], b: list[dict]) -> bool:
     if len(a) != len(b):
         return False

@@ -15,13 +15,10 @@ from typer.testing import CliRunner
 from nrrstore.errors import NrrError
 from nrrstore.evaluation import StudentProtocol, evaluate_store, format_table
 from nrrstore.format.reader import Store
-from nrrstore.labels.relabel import relabel
-from nrrstore.models import load_teacher
-from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.losses import FP16_PROB_FLOOR, kd_loss
 from nrrstore.train.student import lr_factor, train_student
 from nrrstore_cli import train_cmd
-from tests._builders import make_app, write_fmnist_store
+from tests._builders import labelled_fmnist_store, make_app, write_fmnist_store
 from tests._teacher import one_thread, teacher_path
 from tests.conftest import FMNIST_SUBSET
 
@@ -31,12 +28,7 @@ VAL = FMNIST_SUBSET / "test"
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """100 real images (10 per class) with 10 epochs of soft labels, as RDED's protocol needs."""
-    path = tmp_path_factory.mktemp("rded") / "s"
-    with one_thread():
-        write_fmnist_store(path, per_class=10, shard_size=50)
-        relabel(path, load_teacher(teacher_path()), 10, AugRecipe(size=28, group_size=25), full_softlabels=True,
-                batch_size=50)
-    return path
+    return labelled_fmnist_store(tmp_path_factory.mktemp("rded") / "s", 10)
 
 
 def test_kd_without_t_squared_is_rded_kl() -> None:

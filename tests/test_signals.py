@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,15 @@ from tests.conftest import ROOT
 CLI = [sys.executable, "-m", "nrrstore_cli.main"]
 
 
+def _wait_for(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float = 60) -> None:
+    """The handshake: return once ``ready()`` holds, the process ended, or ``timeout`` seconds passed."""
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _stop_when(proc: subprocess.Popen, ready: Path, sig: int) -> tuple[int, str]:
-    deadline = time.monotonic() + 60
-    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_for(proc, ready.exists)
     time.sleep(1.0)  # well inside the work, not at its start
     assert proc.poll() is None, "the command ended before it could be stopped"
     proc.send_signal(sig)
@@ -113,11 +119,7 @@ def test_a_stopped_relabel_says_what_it_kept_and_the_rerun_resumes(tmp_path: Pat
             "100", "--epochs-per-file", "1"]
     proc = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:  # the handshake: a finished epoch file
-        if any((store / ".relabel").glob("distances-e*.parquet")):
-            break
-        time.sleep(0.02)
+    _wait_for(proc, lambda: any((store / ".relabel").glob("distances-e*.parquet")), 120)  # a finished epoch file
     assert proc.poll() is None, "relabel ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -139,10 +141,7 @@ def test_a_stopped_distill_says_what_it_kept_and_the_rerun_resumes(tmp_path: Pat
             "--classes-per-pass", "1", "--relabel-epochs", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    first = tmp_path / ".work-s" / "class-00000.json"  # the handshake: the first class is finished
-    deadline = time.monotonic() + 120
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    _wait_for(proc, (tmp_path / ".work-s" / "class-00000.json").exists, 120)  # the first class is finished
     assert proc.poll() is None, "distill ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

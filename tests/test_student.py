@@ -13,12 +13,9 @@ from typer.testing import CliRunner
 from nrrstore.errors import NrrError, ResumeMismatchError
 from nrrstore.format.reader import Store
 from nrrstore.format.verify import verify_store
-from nrrstore.labels.relabel import relabel
-from nrrstore.models import load_teacher
-from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.student import train_student
 from nrrstore_cli import train_cmd
-from tests._builders import make_app, write_fmnist_store
+from tests._builders import labelled_fmnist_store, make_app, write_fmnist_store
 from tests._teacher import one_thread, teacher_path
 from tests.conftest import FMNIST_SUBSET
 
@@ -35,12 +32,7 @@ def _single_thread():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     """100 real images (10 per class) with 4 epochs of fp16 distances and soft labels."""
-    path = tmp_path_factory.mktemp("student") / "s"
-    with one_thread():
-        write_fmnist_store(path, per_class=10, shard_size=50)
-        relabel(path, load_teacher(teacher_path()), 4, AugRecipe(size=28, group_size=25), full_softlabels=True,
-                batch_size=50)
-    return path
+    return labelled_fmnist_store(tmp_path_factory.mktemp("student") / "s", 4)
 
 
 @pytest.mark.parametrize("labels", ["dbr", "kd", "onehot"])

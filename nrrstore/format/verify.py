@@ -141,23 +141,32 @@ def label_array_problems(store: Store, progress: Progress | None = None) -> list
     except NrrError as exc:
         return [*problems, exc.message]
     total = sum(epochs for _, epochs, _ in readers)
-    done = 0
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        if progress:
+            progress("label arrays (epochs)", done[0], total)
+
     for name, epochs, read in readers:
-        for e in range(epochs):
-            for a in range(0, n, ROWS_PER_READ):
-                try:
-                    problem = _view_problem(name, read(e, a, min(n, a + ROWS_PER_READ)))
-                except NrrError as exc:
-                    problem = exc.message
-                if problem:
-                    problems.append(f"{root}: {problem} (epoch {e})" if not problem.startswith(str(root)) else problem)
-                    break
-            done += 1
-            if progress:
-                progress("label arrays (epochs)", done, total)
-            if problems and problems[-1].endswith(f"(epoch {e})"):
-                break  # one line per array is enough to condemn it
+        problem = _array_problem(root, name, epochs, n, read, tick)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def _array_problem(root: Any, name: str, epochs: int, n: int, read: Any, tick: Any) -> str | None:
+    """The first problem of one label array, read ``ROWS_PER_READ`` views at a time: one line condemns it."""
+    for e in range(epochs):
+        for a in range(0, n, ROWS_PER_READ):
+            try:
+                problem = _view_problem(name, read(e, a, min(n, a + ROWS_PER_READ)))
+            except NrrError as exc:
+                return exc.message
+            if problem:
+                return f"{root}: {problem} (epoch {e})"
+        tick()
+    return None
 
 
 def _view_problem(name: str, fields: dict[str, np.ndarray]) -> str | None:
