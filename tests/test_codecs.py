@@ -19,7 +19,7 @@ from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.loader import DistilledDataset
 from nrrstore.train.losses import codec_target
 from nrrstore.train.student import train_student
-from tests._builders import write_fmnist_store
+from tests._builders import forge_checksums, write_fmnist_store
 from tests.conftest import FMNIST_SUBSET
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # `teacher` comes from conftest.py
@@ -156,6 +156,10 @@ def test_corrupt_codec_values_are_one_line(tmp_path: Path, labelled: Path) -> No
     shutil.copytree(labelled, bad)
     arr = zarr.open_array(_path(bad, "topk:2", "ids"), mode="r+")
     arr[0, 0, 0] = 200  # a class id the store does not have (the manifest's checksum no longer matches either)
+    with pytest.raises(NrrError, match="differs from the sha256 the manifest records"):
+        DistilledDataset(bad, 0, 20, "topk:2")  # edited in place: refused before anything is read
+    assert any("ids.zarr" in p for p in verify_store(bad))
+    forge_checksums(bad)  # the edit declared: the codec reader's own value checks must catch it
     with pytest.raises(NrrError, match=r"topk:2: class ids outside 0\.\.9 in epoch 0"):
         for _ in DistilledDataset(bad, 0, 20, "topk:2"):
             pass
@@ -262,6 +266,9 @@ def test_a_missing_chunk_is_refused_not_read_as_zeros(tmp_path: Path, labelled: 
     for codec, field in (("full", ""), ("topk:2", "probs")):
         chunk = next(p for p in sorted(_path(bad, codec, field).rglob("*")) if p.is_file() and p.name != "zarr.json")
         chunk.unlink()
+    with pytest.raises(NrrError, match="missing, though the manifest lists it"):
+        DistilledDataset(bad, 0, 40, "topk:2")
+    forge_checksums(bad)  # the chunks unlisted too: the readers must still not read zeros
     with pytest.raises(NrrError, match="missing"):
         for _ in DistilledDataset(bad, 0, 40, "kd"):
             pass

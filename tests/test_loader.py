@@ -167,8 +167,8 @@ def test_reading_an_epoch_touches_only_its_row_groups(stores, tmp_path: Path) ->
         start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
         data[start:start + col.total_compressed_size] = b"\xff" * col.total_compressed_size
     path.write_bytes(bytes(data))
-    with pytest.raises(NrrError, match="changed since this store's manifest was read"):
-        _batches(store, epoch=1)  # readers check what they read against the manifest first
+    with pytest.raises(NrrError, match="differs from the sha256 the manifest records"):
+        _batches(store, epoch=1)  # the loader checks every file against the manifest first
     _declare(store, "labels/distances-e0000-e0001.parquet")  # the edit declared: the row-group reads are tested
     good = _batches(stores["dbr"], epoch=1)
     assert _same(_batches(store, epoch=1), good)
@@ -220,8 +220,8 @@ def test_damaged_distance_tables(stores, tmp_path: Path) -> None:
     with pq.ParquetWriter(path, pf.schema_arrow) as w:
         for t in groups:
             w.write_table(t.set_column(1, pf.schema_arrow.field("image"), pa.array(t.column("image").to_numpy()[::-1].copy())))
-    with pytest.raises(NrrError, match="changed since this store's manifest was read"):
-        _batches(store, epoch=1)  # undeclared: the pin refuses it before its content is read
+    with pytest.raises(NrrError, match="differs from the sha256 the manifest records"):
+        _batches(store, epoch=1)  # undeclared: the checksum pass refuses it before its content is read
     _declare(store, rel)
     with pytest.raises(NrrError, match="image ids do not match"):
         _batches(store, epoch=1)
@@ -239,6 +239,9 @@ def test_damaged_distance_tables(stores, tmp_path: Path) -> None:
     # a truncated image shard
     shard = store / "images/shard-000001.tar"
     shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(NrrError, match="differs from the sha256 the manifest records"):
+        _batches(store, epoch=2, labels="onehot")
+    _declare(store, "images/shard-000001.tar")  # declared: the shard reader's own check must catch it
     with pytest.raises(NrrError, match="truncated shard"):
         _batches(store, epoch=2, labels="onehot")
 

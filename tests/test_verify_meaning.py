@@ -19,7 +19,7 @@ from nrrstore.format.verify import verify_store
 from nrrstore.labels.relabel import relabel
 from nrrstore.replay.recipe import AugRecipe
 from nrrstore_cli.main import app
-from tests._builders import write_fmnist_store
+from tests._builders import forge_checksums, write_fmnist_store
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +110,6 @@ def with_arrays(tmp_path_factory: pytest.TempPathFactory, teacher) -> Path:
     return store
 
 
-def _refresh_checksums(store: Path) -> None:
-    """Make every listed file's size and sha256, and the digest, agree with the bytes now on disk."""
-    doc = json.loads((store / "manifest.json").read_text())
-    for entry in doc["files"]:
-        data = (store / entry["path"]).read_bytes()
-        entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-    doc[DIGEST_KEY] = manifest_digest(doc)
-    (store / "manifest.json").write_text(json.dumps(doc, indent=2))
-
-
 def _edit_array(store: Path, rel: str, change) -> None:
     import zarr
 
@@ -127,7 +117,7 @@ def _edit_array(store: Path, rel: str, change) -> None:
     data = np.asarray(arr[...])
     change(data)
     arr[...] = data
-    _refresh_checksums(store)
+    forge_checksums(store)
 
 
 def test_a_sound_store_with_label_arrays_has_no_problems(with_arrays: Path) -> None:

@@ -46,6 +46,10 @@ _CHANGED = ("changed since this store's manifest was read (its size or checksum 
             "edited meanwhile?); open the store again to read the new version")
 
 
+_CHECKED: set[tuple[str, str, int, int]] = set()
+"""File versions (path, sha256, size, mtime) whose bytes this process has hashed and found as listed."""
+
+
 class Store:
     """A finished store: a local folder or a URL (``path`` is a `Path` or an `fs.Url`).
 
@@ -65,6 +69,35 @@ class Store:
         other = copy.copy(self)
         other.cache = cache if isinstance(self.path, fs.Url) else None
         return other
+
+    def check_checksums(self, progress: Any = None, under: tuple[str, ...] = ()) -> int:
+        """Compare every listed file of a local store with the sha256 its manifest records, before a training job
+        reads it: a file edited in place after the store was written (same size, old checksum in the manifest)
+        is refused in one line instead of being trained on. Each file version (path, size, mtime) is hashed once
+        per process, so the students of one evaluation pay once; returns the bytes hashed now. ``under``: only the
+        files whose paths start with one of these (relabel checks the images it reads, not the labels it replaces).
+        Remote stores are read through their own transfer checks and are not hashed here (that would download
+        every file twice)."""
+        if not isinstance(self.path, Path):
+            return 0
+        hashed = 0
+        files = [f for f in self.manifest.files if not under or f.path.startswith(under)]
+        for i, f in enumerate(files):
+            p = self.path / f.path
+            try:
+                st = p.stat()
+            except OSError:
+                raise NrrError(p, "missing, though the manifest lists it (run `nrrstore verify`)") from None
+            key = (str(p), f.sha256, st.st_size, st.st_mtime_ns)
+            if key not in _CHECKED:
+                if st.st_size != f.bytes or fs.sha256(p) != f.sha256:
+                    raise NrrError(p, "differs from the sha256 the manifest records: the file changed after the "
+                                      "store was written (run `nrrstore verify`); nothing was trained on it")
+                _CHECKED.add(key)
+                hashed += f.bytes
+            if progress is not None:
+                progress("check store files (sha256)", i + 1, len(files))
+        return hashed
 
     # -- facts ------------------------------------------------------------------------------------
     @property

@@ -112,12 +112,13 @@ ROWS_PER_READ = 4096  # views read at a time: bounds memory at 1000 classes (16 
 SUM_SLACK = 1e-2  # fp16 probabilities of up to 1000 classes sum to 1 within this
 
 
-def label_array_problems(store: Store, progress: Progress | None = None) -> list[str]:
+def label_array_problems(store: Store, progress: Progress | None = None,
+                         only: set[str] | None = None) -> list[str]:
     """Every stored soft label and codec field, checked for what it must mean: shapes as the manifest says,
     probabilities finite in [0, 1] (soft labels summing to 1, a codec's stored ones to at most 1), class ids in
     range and distinct within a view, distances finite and >= 0, the class prior's rows probabilities. A store
     whose checksums agree can still hold such arrays (a foreign or hand-made file); no student should train on
-    them."""
+    them. ``only``: check just these arrays ("soft labels" and codec names; the loader checks what it reads)."""
     m = store.manifest
     root, n, c = store.path, m.num_images, m.num_classes
     labels = m.labels
@@ -125,18 +126,19 @@ def label_array_problems(store: Store, progress: Progress | None = None) -> list
     readers: list[tuple[str, int, Any]] = []
     soft = labels.get("softlabels")
     try:
-        if soft:
+        if soft and (only is None or "soft labels" in only):
             arr = SoftLabels(root, soft)
             if arr.shape[1:] != (n, c):
                 problems.append(f"{arr.path}: soft labels have shape {list(arr.shape)}; the store has {n} images of "
                                 f"{c} classes")
             else:
                 readers.append(("soft labels", arr.shape[0], lambda e, a, b, arr=arr: {"soft": arr.read(e, a, b)}))
-        for name, section in (labels.get("codecs") or {}).items():
+        codecs = {k: v for k, v in (labels.get("codecs") or {}).items() if only is None or k in only}
+        for name, section in codecs.items():
             if section.get("fields"):
                 codec = CodecLabels(root, name, section, c)
                 readers.append((name, codec.shape[0], codec.read))
-        if labels.get("codecs_prior"):
+        if labels.get("codecs_prior") and (only is None or codecs):
             read_prior(root, labels["codecs_prior"], c)
     except NrrError as exc:
         return [*problems, exc.message]

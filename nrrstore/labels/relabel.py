@@ -56,6 +56,7 @@ from nrrstore.format.distances import (
     DEFAULT_EPOCHS_PER_FILE,
     check_mode,
     check_precision,
+    distance_files_bytes,
     distances_section,
     epoch_chunks,
     install_chunks,
@@ -193,6 +194,7 @@ def relabel(
     dev = resolve_device(device)
     amp_dt = amp_dtype(amp, dev)
     st = open_store(store)
+    st.check_checksums(under=("images/", "index"))  # labels are never written for images edited in place
     m = st.manifest
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, dev)
@@ -258,7 +260,7 @@ def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: i
                                      f"{m.image.channels}{hint}")
     if recipe is not None and seed is not None and recipe.seed != seed:
         raise NrrError(None, f"seed {seed} contradicts the recipe's seed {recipe.seed}; give one of them")
-    _check_disk(st, epochs, precision, full_softlabels, codecs or [])
+    _check_disk(st, epochs, precision, full_softlabels, codecs or [], epochs_per_file, mode == "explicit")
     recipe = recipe or default_recipe(st, teacher, seed=seed)
     if recipe.size != teacher.image_size:
         raise NrrError(teacher.spec, f"views are {recipe.size} px (augmentation size) but the teacher takes "
@@ -266,25 +268,25 @@ def _check_inputs(st: Store, teacher: Teacher, recipe: AugRecipe | None, seed: i
     return recipe, quant_max
 
 
-VALUE_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-"""Half the raw bytes of one view's two stored distances: a lower bound of what relabel writes per view, even
-after compression (distances are close to random bits in their low half)."""
-
-
-def _check_disk(st: Store, epochs: int, precision: str, full_softlabels: bool, codecs: list[Codec]) -> None:
+def _check_disk(st: Store, epochs: int, precision: str, full_softlabels: bool, codecs: list[Codec],
+                per_file: int, explicit: bool) -> None:
     """Refuse before any work a job whose labels cannot fit on the store's disk (see `check_labels_fit`)."""
     m = st.manifest
     if isinstance(st.path, Path):
         extra = sum(c.raw_bytes_per_view(m.num_classes, 0) / 2 for c in codecs if c.has_arrays)
         check_labels_fit(st.path, m.num_images, m.num_classes, epochs, precision, full_softlabels,
-                         extra_per_view=extra)
+                         extra_per_view=extra, per_file=per_file, explicit=explicit)
 
 
 def check_labels_fit(where: Path, images: int, classes: int, epochs: int, precision: str, full_softlabels: bool,
-                     option: str = "--epochs", extra_per_view: float = 0.0) -> None:
-    """Refuse labels that cannot fit on the disk holding ``where`` (a lower bound of their size), so a mistyped
-    ``option`` ends in one line, not in a full disk or an exhausted memory hours later."""
-    need = int(epochs * images * (VALUE_BYTES[precision] + (classes if full_softlabels else 0) + extra_per_view))
+                     option: str = "--epochs", extra_per_view: float = 0.0, *,
+                     per_file: int = DEFAULT_EPOCHS_PER_FILE, explicit: bool = False) -> None:
+    """Refuse labels that cannot fit on the disk holding ``where``, so a mistyped ``option`` ends in one line, not
+    in a full disk or an exhausted memory hours later. The distance files are sized as a probe of them measures
+    (`distance_files_bytes`: 8 B per view at 100 images, 22 B at 20, 3.6 B at 50,000); soft labels and codec
+    arrays by half their raw bytes (``extra_per_view``), a lower bound after compression."""
+    arrays = epochs * images * ((classes if full_softlabels else 0) + extra_per_view)
+    need = distance_files_bytes(images, epochs, per_file, precision, explicit) + int(arrays)
     try:
         free = shutil.disk_usage(where).free
     except OSError:

@@ -42,6 +42,7 @@ from nrrstore.format.manifest import Manifest
 from nrrstore.format.reader import Store
 from nrrstore.format.shard_cache import shard_cache
 from nrrstore.format.softlabels import SoftLabels
+from nrrstore.format.verify import label_array_problems
 from nrrstore.ranks import resolve_rank
 from nrrstore.replay.recipe import store_recipe
 from nrrstore.replay.stream import BatchAssembler, ViewStream, assemble, pin_default
@@ -67,6 +68,25 @@ def to_chw(pixels: np.ndarray) -> torch.Tensor:
     """uint8 HxW / HxWx3 array -> uint8 [C, H, W] tensor (owning its memory)."""
     t = torch.from_numpy(np.array(pixels, dtype=np.uint8, copy=True))
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
+
+
+_MEANING_CHECKED: set[tuple[str, str, str]] = set()
+"""Label arrays (store, manifest digest, names) this process has read through for their meaning."""
+
+
+def _check_label_meaning(st: Store, names: set[str], codec: str) -> None:
+    """Read the label arrays a student will train on through ``verify``'s meaning checks, once per process: their
+    checksums may agree (a forged manifest, a foreign array) while the values are no labels (ids out of range or
+    repeated, probabilities that sum past 1, NaN). What verify rejects, nobody trains on."""
+    if codec:
+        names = names | {codec}
+    key = (str(st.path), _label_identity(st.manifest), ",".join(sorted(names)))
+    if not names or key in _MEANING_CHECKED:
+        return
+    problems = label_array_problems(st, only=names)
+    if problems:
+        raise NrrError(None, f"{problems[0]} (nothing was trained on it; `nrrstore verify` lists every problem)")
+    _MEANING_CHECKED.add(key)
 
 
 class DistilledDataset(ViewStream, IterableDataset):
@@ -110,6 +130,7 @@ class DistilledDataset(ViewStream, IterableDataset):
         cache_bytes: int | str | None = None,
     ) -> None:
         st = open_store(store)
+        st.check_checksums()  # a file edited in place is refused here, not trained on (once per process)
         if cache_dir is not None or st.cache is None:
             cache = shard_cache(cache_dir, cache_bytes)
             if cache is not None:
@@ -141,6 +162,7 @@ class DistilledDataset(ViewStream, IterableDataset):
             stored.append(int(self._soft_section["shape"][0]))
         if self._codec_section:
             stored.append(int(self._codec_section["shape"][0]))
+        _check_label_meaning(st, {"soft labels"} if self.want_soft else set(), labels if self._codec_section else "")
         self.stored_epochs = min(stored) if stored else 0
         self.needs_stored = labels != "onehot" or self.want_soft or explicit
         self.num_classes = m.num_classes
