@@ -124,3 +124,27 @@ def test_an_absurd_worker_count_is_a_usage_error(cmd: list[str]) -> None:
     assert res.exit_code == 2 and "--workers" in res.output and "64" in res.output, res.output
     with pytest.raises(NrrError, match="more than 64"):
         W.worker_count(100000)
+
+
+def test_the_disk_check_sizes_distance_files_as_written(labelled: Path, teacher, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's size of the distance files is what relabel then writes, to within a disk block per file; a
+    disk with room for the payload (4 B per view) but not for the files is refused before any work."""
+    import shutil
+
+    from nrrstore.format.distances import DISK_BLOCK, distance_files_bytes
+    from nrrstore.format.reader import Store
+
+    store = tmp_path / "s"
+    shutil.copytree(labelled, store)
+    relabel(store, teacher, 30, RECIPE, batch_size=40, overwrite=True, epochs_per_file=10)
+    m = Store(store).manifest
+    files = [f for f in m.files if f.kind == "distances"]
+    written = sum(-(-f.bytes // DISK_BLOCK) * DISK_BLOCK for f in files)
+    predicted = distance_files_bytes(m.num_images, 30, 10, "fp16")
+    assert len(files) == 3 and abs(predicted - written) <= DISK_BLOCK * len(files), (predicted, written)
+    assert predicted > 4 * m.num_images * 30  # the payload alone would pass a disk this small
+    free = 4 * m.num_images * 30 + 1
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
+    with pytest.raises(NrrError, match=r"30 epochs of 40 images need at least .* free; use fewer --epochs"):
+        relabel(store, teacher, 30, RECIPE, overwrite=True, epochs_per_file=10)

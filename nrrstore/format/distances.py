@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, unless_out_of_memory
 from nrrstore.format import fs, quant
 from nrrstore.format.atomic import CommitOrAbort
 from nrrstore.format.layout import distance_file_name, distance_path
@@ -67,6 +67,48 @@ def parquet_options(precision: str) -> dict[str, Any]:
     if precision != "fp16":
         enc.update(d_org="BYTE_STREAM_SPLIT", d_aug="BYTE_STREAM_SPLIT")
     return {"write_statistics": ["epoch"], "use_dictionary": False, "column_encoding": enc}
+
+
+DISK_BLOCK = 4096
+"""A file occupies whole blocks of the disk (what `du` counts): the disk check rounds each file up to one."""
+
+
+def distance_files_bytes(num_images: int, epochs: int, per_file: int, precision: str, explicit: bool = False) -> int:
+    """Disk bytes of the distance files of ``epochs`` epochs of ``num_images`` images, measured, not assumed: a
+    probe of one and of two epochs of plausible values (teacher cross-entropies around 1 nat) is written with the
+    real schema and encodings to memory; its per-epoch growth and fixed part (footer, metadata) extrapolate each
+    file, rounded up to whole disk blocks. Small stores pay mostly for the fixed part (22 B per view at 20 images)."""
+    schema = distance_schema(precision, explicit)
+    rng = np.random.default_rng(0)
+    n = int(num_images)
+
+    def column(field: pa.Field, epoch: int) -> np.ndarray:
+        kind = field.type.to_pandas_dtype()
+        if field.name == "epoch":
+            return np.full(n, epoch, np.int32)
+        if field.name == "image":
+            return np.arange(n, dtype=np.int32)
+        if np.issubdtype(kind, np.floating):
+            return rng.exponential(1.0, n).astype(kind)
+        info = np.iinfo(kind)
+        return rng.integers(max(info.min, 0), min(info.max, 255), n, endpoint=True).astype(kind)
+
+    def size(groups: int) -> int:
+        sink = pa.BufferOutputStream()
+        with pq.ParquetWriter(sink, schema, compression="zstd", store_schema=False,
+                              **parquet_options(precision)) as w:
+            for e in range(groups):
+                w.write_table(pa.table({f.name: column(f, e) for f in schema}, schema=schema), row_group_size=n)
+        return len(sink.getvalue())
+
+    one, two = size(1), size(2)
+    per_epoch, fixed = two - one, max(0, 2 * one - two)
+
+    def on_disk(file_epochs: int) -> int:
+        return -(-(fixed + per_epoch * file_epochs) // DISK_BLOCK) * DISK_BLOCK
+
+    full, rest = divmod(int(epochs), int(per_file))  # closed form: --epochs may be mistyped as 10^9
+    return full * on_disk(per_file) + (on_disk(rest) if rest else 0)
 
 
 # -- writing ------------------------------------------------------------------------------------------
@@ -172,6 +214,7 @@ def read_epoch_table(source: Any, where: str | os.PathLike[str], epoch: int,
             raise NrrError(where, f"epoch {epoch} missing from the distance table")
         return pf.read_row_groups(groups, columns=columns)
     except (pa.ArrowException, OSError) as exc:
+        unless_out_of_memory(exc)
         raise NrrError(where, f"unreadable distance table: {exc}") from None
 
 
@@ -248,6 +291,7 @@ def file_problems(store: Store, part: Mapping[str, Any]) -> list[str]:
     try:
         t = pq.read_table(store._table_source(part["path"]), columns=["epoch", "image", "d_org", "d_aug"])
     except (pa.ArrowException, OSError, KeyError) as exc:
+        unless_out_of_memory(exc)
         return [f"{where}: unreadable distance table: {exc}"]
     problems = [f"{where}: {p}" for p in value_problems(t, precision, section, where)[0]]
     img, ep = t.column("image").to_numpy(), t.column("epoch").to_numpy()
