@@ -6,12 +6,14 @@ on stderr and exit code 1 (2 for usage errors such as an unknown option), never 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import re
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -32,7 +34,7 @@ from rich.text import Text
 from typer import _click
 from typer.core import TyperArgument, TyperGroup
 
-from nrrstore.errors import NrrError, NrrWarning, os_problem, path_text
+from nrrstore.errors import NrrError, NrrWarning, is_out_of_memory, os_problem, path_text
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
@@ -75,7 +77,10 @@ _OUTPUT_PARAMS = ("out", "checkpoint", "grid", "plot", "work", "store")
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print one line ``nrrstore: message`` on stderr and exit with ``code``."""
-    print(f"nrrstore: {' '.join(message.split())}", file=sys.stderr)
+    try:
+        print(f"nrrstore: {' '.join(message.split())}", file=sys.stderr)
+    except MemoryError:  # the line itself could not be made: say the least that is true
+        os.write(2, b"nrrstore: out of memory\n")
     raise SystemExit(code)
 
 
@@ -117,15 +122,94 @@ def _stop_on_signals() -> Callable[[], None]:
         old = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
     except ValueError:  # not the main thread (an embedding application): leave signals alone
         return lambda: None
+    unwatch = _watch_stuck()
 
     def restore() -> None:
+        unwatch()
         for sig, previous in old.items():
             signal.signal(sig, previous)
 
     return restore
 
 
-MEMORY_HINT = "raise the memory limit (ulimit -v, or the container's) or use a smaller --batch-size or fewer --workers"
+STUCK_GRACE_S = 10.0
+"""How long a stop signal may wait for the main thread before the process ends without its cleanup."""
+_WATCHING = [False]
+
+
+def _no_wakeup_in_child() -> None:
+    if _WATCHING[0]:
+        with contextlib.suppress(ValueError):  # forked from another thread: no wakeup fd to clear
+            signal.set_wakeup_fd(-1)
+        _WATCHING[0] = False
+
+
+def _watch_stuck() -> Callable[[], None]:
+    """End the process when a stop signal is not handled within `STUCK_GRACE_S`. Python runs signal handlers
+    between bytecodes only: a main thread blocked inside a C library (a Parquet read deadlocked by a failed
+    allocation under a memory cap, a thread pool waiting on a dead worker) would ignore SIGTERM forever. The
+    interpreter's C handler writes each signal's number to a wakeup pipe; a thread reads it and, if the command
+    has not finished by then, prints the stop line and exits with the signal's code. Returns the function that
+    stops watching (forked children never watch: their signals are their own)."""
+    codes = {**{int(k): v for k, v in _STOP_SIGNALS.items()}, int(signal.SIGINT): ("interrupted", 130)}
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        previous = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:
+        os.close(r)
+        os.close(w)
+        return lambda: None
+    if not _WATCHING[0] and not getattr(_watch_stuck, "registered", False):
+        os.register_at_fork(after_in_child=_no_wakeup_in_child)
+        _watch_stuck.registered = True  # type: ignore[attr-defined]
+    _WATCHING[0] = True
+    done = threading.Event()
+
+    def watch() -> None:
+        with os.fdopen(r, "rb", buffering=0) as pipe:  # closed when the watch ends
+            while not done.is_set():
+                data = pipe.read(64)
+                stops = [codes[b] for b in data or b"" if b in codes]
+                if not data or (stops and done.wait(STUCK_GRACE_S)):
+                    return
+                if stops:
+                    what, code = stops[0]
+                    os.write(2, f"nrrstore: {what} (stuck in a library call for {STUCK_GRACE_S:.0f} s; stopped "
+                                "without its cleanup)\n".encode())
+                    os._exit(code)
+
+    def unwatch() -> None:
+        done.set()
+        _WATCHING[0] = False
+        with contextlib.suppress(ValueError):
+            signal.set_wakeup_fd(previous)
+        os.close(w)  # the reading thread sees the end of the pipe and returns (it closes nothing else)
+
+    try:
+        threading.Thread(target=watch, name="nrrstore-stop-watch", daemon=True).start()
+    except RuntimeError:  # no memory for one more thread: the command runs unwatched (and will say why it ends)
+        unwatch()
+        os.close(r)
+        return lambda: None
+    return unwatch
+
+
+_MEMORY_OPTIONS = {"batch_size": "--batch-size", "nrr_batch_size": "--nrr-batch-size", "workers": "--workers",
+                   "cache_size": "--cache-size", "mipc": "--mipc", "size": "--size", "resize": "--resize",
+                   "crop_size": "--crop-size"}
+"""The command parameters that set how much memory a job holds at once (--epochs and --seeds do not: plans are
+lazy and bounded)."""
+
+
+def memory_hint(options: dict[str, Any]) -> str:
+    """What to change after running out of memory: the size options this command has, with the values it ran
+    with, so the line names the one to lower (not options the command lacks)."""
+    named = [f"{flag} (was {options[k]})" if options[k] is not None else f"{flag}"
+             for k, flag in _MEMORY_OPTIONS.items() if k in options]
+    if not named:
+        return "raise the memory limit (ulimit -v, or the container's)"
+    return f"raise the memory limit (ulimit -v, or the container's) or lower {', '.join(named)}"
 MIN_ADDRESS_SPACE = 256 * 2**20
 """Below this address-space limit numpy and pyarrow cannot even be loaded (their libraries map more)."""
 
@@ -138,8 +222,7 @@ def out_of_memory(exc: BaseException) -> str | None:
         return "out of memory"
     if isinstance(exc, ImportError) and ("failed to map segment" in text or "cannot allocate memory" in text.lower()):
         return f"out of memory while loading a library ({text.split(':')[0]})"
-    if isinstance(exc, RuntimeError) and any(s in text.lower() for s in ("can't allocate memory", "cannot allocate memory",
-                                                                        "out of memory")):
+    if is_out_of_memory(exc):
         wanted = re.search(r"allocate (\d+) bytes", text)
         return "out of memory" + (f" (an allocation of {int(wanted.group(1)):,} bytes failed)" if wanted else "")
     return None
@@ -185,6 +268,8 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
         except BrokenPipeError:
             raise  # stdout closed by a pager or `head`: not an error of ours (handled in OneLineErrors)
         except OSError as exc:
+            if is_out_of_memory(exc):  # ENOMEM from mmap or a library: not a problem of the file it names
+                fail(f"out of memory; {memory_hint(kwargs)}")
             options: dict[str, Any] = kwargs  # the command's parameters (output paths: str or Path)
             where = exc.filename or next((options[k] for k in _OUTPUT_PARAMS if options.get(k) is not None), None)
             fail(f"{path_text(where)}: {os_problem(exc)}" if where is not None else os_problem(exc))
@@ -197,7 +282,11 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
             raise
         except Exception as exc:  # a bug: still one line, unless asked for the traceback
             if out_of_memory(exc):
-                fail(f"{out_of_memory(exc)}; {MEMORY_HINT}")
+                try:
+                    line = f"{out_of_memory(exc)}; {memory_hint(kwargs)}"
+                except MemoryError:
+                    line = "out of memory"
+                fail(line)
             if os.environ.get(TRACEBACK_ENV) == "1":
                 raise
             fail(f"internal error: {type(exc).__name__}: {exc} (rerun with {TRACEBACK_ENV}=1 for the traceback, "
@@ -233,6 +322,10 @@ class OneLineErrors(TyperGroup):
         except BrokenPipeError:
             _quiet_stdout()
             sys.exit(1)
+        except (MemoryError, ImportError) as exc:  # while parsing the options (typer imports pydantic then)
+            if not out_of_memory(exc):
+                raise
+            fail(f"{out_of_memory(exc)}; {memory_hint({})}")
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -304,6 +397,11 @@ class RateColumn(ProgressColumn):
         return Text("" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
 
 
+PROGRESS_LOG_ENV = "NRRSTORE_PROGRESS_LOG"
+"""A file to which every progress update is appended as one JSON line (task, done, total), written as it happens:
+for job dashboards and for tests that stop a command at a known point of its work, not after a sleep."""
+
+
 class ProgressBar:
     """A rich progress bar on stderr exposed as a ``progress(task, done, total)`` callback.
 
@@ -319,11 +417,15 @@ class ProgressBar:
             disable=not (err_console.is_terminal if enabled is None else enabled),
         )
         self._tasks: dict[str, Any] = {}
+        log = os.environ.get(PROGRESS_LOG_ENV)
+        self._log = open(log, "a", encoding="utf-8", buffering=1) if log else None  # noqa: SIM115 - closed in __exit__
 
     def __call__(self, task: str, done: int, total: int | None = None) -> None:
         if task not in self._tasks:
             self._tasks[task] = self._progress.add_task(task, total=total)
         self._progress.update(self._tasks[task], completed=done, total=total)
+        if self._log is not None:
+            self._log.write(json.dumps({"task": task, "done": int(done), "total": total}) + "\n")
 
     def __enter__(self) -> Self:
         self._progress.__enter__()
@@ -333,6 +435,8 @@ class ProgressBar:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._progress.__exit__(exc_type, exc, tb)
+        if self._log is not None:
+            self._log.close()
 
 
 # One example per command, shown at the end of its --help (and run by tests/test_cli_help.py's README check).

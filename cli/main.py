@@ -52,11 +52,11 @@ def _register() -> None:
 try:
     _register()  # imports the command modules (pyarrow, numpy): the first place memory can run out
 except (ImportError, MemoryError) as _exc:
-    from nrrstore_cli._common import MEMORY_HINT, fail, out_of_memory
+    from nrrstore_cli._common import fail, memory_hint, out_of_memory
 
     if not out_of_memory(_exc):
         raise
-    fail(f"{out_of_memory(_exc)}; {MEMORY_HINT}")
+    fail(f"{out_of_memory(_exc)}; {memory_hint({})}")
 
 
 def main() -> None:

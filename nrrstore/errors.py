@@ -27,6 +27,30 @@ class NrrError(Exception):
         return f"{self.path}: {self.problem}" if self.path else self.problem
 
 
+_MEMORY_TEXT = ("cannot allocate memory", "can't allocate memory", "out of memory", "malloc of size",
+                "std::bad_alloc", "failed to launch worker thread", "can't start new thread")
+"""How libraries word memory running out; a thread that cannot start is the same shortage (its stack)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the machine's memory running out, whatever library raised it (pyarrow's "malloc of size
+    64 failed", torch's allocator, zarr wrapping a MemoryError): such a failure says nothing of the file being
+    read, so readers must not report it as a corrupt or unreadable file."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError) or any(t in str(seen).lower() for t in _MEMORY_TEXT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def unless_out_of_memory(exc: BaseException) -> None:
+    """Re-raise ``exc`` when it is memory running out (see `is_out_of_memory`): call it first in a broad ``except``
+    that turns a library's failure into "unreadable file"."""
+    if is_out_of_memory(exc):
+        raise exc
+
+
 class NrrWarning(UserWarning):
     """Something the user should know that does not stop the job (the CLI prints it as one line)."""
 

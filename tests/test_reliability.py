@@ -401,3 +401,27 @@ def test_a_memory_cap_is_one_line(tmp_path) -> None:
         "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
         "allocate 200704000 bytes. Error code 12 (Cannot allocate memory)")))
     assert out_of_memory(RuntimeError("shape mismatch")) is None
+
+
+def test_out_of_memory_names_the_commands_own_size_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """Memory running out inside a command names the size options that command has, with the values it ran with
+    (issue 31: a line that blamed --batch-size/--workers for what --epochs caused, or options a command lacks)."""
+    from nrrstore_cli._common import handle_errors
+
+    @handle_errors
+    def student(store: str, batch_size: int = 256, workers: int | None = None, cache_size: str | None = None) -> None:
+        raise MemoryError
+
+    @handle_errors
+    def inspect(store: str) -> None:
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4096 bytes")
+
+    for run in (lambda: student(store="s", batch_size=512, workers=None, cache_size="2G"), lambda: inspect(store="s")):
+        with pytest.raises(SystemExit) as stop:
+            run()
+        assert stop.value.code == 1
+    first, second = capsys.readouterr().err.strip().splitlines()
+    assert first == ("nrrstore: out of memory; raise the memory limit (ulimit -v, or the container's) or lower "
+                     "--batch-size (was 512), --workers, --cache-size (was 2G)")
+    assert second == ("nrrstore: out of memory (an allocation of 4,096 bytes failed); raise the memory limit "
+                      "(ulimit -v, or the container's)")

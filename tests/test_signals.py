@@ -152,3 +152,38 @@ def test_a_stopped_distill_says_what_it_kept_and_the_rerun_resumes(tmp_path: Pat
     rerun = subprocess.run(args, check=False, cwd=tmp_path, text=True, capture_output=True, env=env)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resumed: {done} of 10 classes were already done" in rerun.stdout, rerun.stdout
+
+
+STUCK = """
+import ctypes, sys
+from nrrstore_cli._common import handle_errors
+
+@handle_errors
+def stuck(ready: str) -> None:
+    libc = ctypes.CDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # zeroed: glibc's PTHREAD_MUTEX_INITIALIZER
+    libc.pthread_mutex_lock(mutex)
+    open(ready, "w").close()
+    libc.pthread_mutex_lock(mutex)  # a deadlock inside C, as a Parquet read under a memory cap can end in
+
+stuck(ready=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), [(signal.SIGTERM, 143, "nrrstore: terminated"),
+                                                   (signal.SIGHUP, 129, "nrrstore: hung up")])
+def test_a_command_stuck_in_a_library_call_still_stops(tmp_path: Path, sig: int, code: int, line: str) -> None:
+    """Python runs signal handlers between bytecodes only, so a main thread blocked in C never sees SIGTERM; the
+    stop watch ends the process once the grace period has passed, with the stop line and the signal's code."""
+    from nrrstore_cli._common import STUCK_GRACE_S
+
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", STUCK, str(ready)], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_dispositions)  # noqa: PLW1509
+    _wait_for(proc, ready.exists)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=STUCK_GRACE_S + 120)
+    assert proc.returncode == code, err
+    expected = f"{line} (stuck in a library call for {STUCK_GRACE_S:.0f} s; stopped without its cleanup)"
+    assert err.strip().splitlines() == [expected], err

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, unless_out_of_memory
 from nrrstore.format import fs, quant
 from nrrstore.format.layout import CODECS_DIR, SOFTLABELS_PATH, codecs_dir
 from nrrstore.format.softlabels import create_label_array, open_label_array
@@ -341,6 +341,7 @@ class CodecLabels:
             try:
                 block = np.asarray(arr[int(epoch), int(start):int(stop), :])
             except Exception as exc:  # noqa: BLE001 - any zarr, codec or storage failure is one NrrError
+                unless_out_of_memory(exc)
                 raise NrrError(self.root / self.fields[field], f"cannot read {self.name} labels of epoch {epoch}: "
                                                                f"{type(exc).__name__}: {exc}") from None
             if field == "codes":  # 8-bit codes of -log p: back to what the fp16 codec stores

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, unless_out_of_memory
 from nrrstore.format.atomic import stream_sha256
 
 #: scheme -> (module fsspec needs for it, the nrrstore extra that installs it; None: a base dependency).
@@ -149,6 +149,7 @@ def remote_errors(url: str) -> Iterator[None]:
         raise NrrError(url, f"access denied ({_detail(exc)}); check the credentials and the bucket's "
                             "permissions") from None
     except Exception as exc:  # noqa: BLE001 - botocore, aiohttp, gcsfs: each has its own error types
+        unless_out_of_memory(exc)
         raise NrrError(url, f"remote request failed: {type(exc).__name__}: {_detail(exc)}") from None
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, unless_out_of_memory
 from nrrstore.format.parquet import as_table, write_table
 from nrrstore.format.tables import INDEX_SCHEMA
 
@@ -50,6 +50,7 @@ def read_index(source: Any, where: str | os.PathLike[str], num_classes: int) -> 
     except FileNotFoundError:
         raise NrrError(where, "missing index") from None
     except (pa.ArrowException, OSError) as exc:
+        unless_out_of_memory(exc)
         raise NrrError(where, f"unreadable index: {exc}") from None
     if not table.schema.equals(INDEX_SCHEMA):
         raise NrrError(where, "index columns do not match the format's schema")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, unless_out_of_memory
 from nrrstore.format import fs
 from nrrstore.format.layout import SOFTLABELS_PATH, softlabels_path
 
@@ -51,6 +51,7 @@ def open_label_array(path: fs.Location, what: str) -> Any:
     try:
         return zarr.open_array(fs.zarr_source(path), mode="r")
     except Exception as exc:  # noqa: BLE001 - zarr raises several unrelated types for a missing/corrupt array
+        unless_out_of_memory(exc)
         raise NrrError(path, f"unreadable {what} array: {type(exc).__name__}: {exc}") from None
 
 
@@ -101,6 +102,7 @@ class SoftLabels:
         try:
             block = self._arr[int(epoch), int(start):int(stop), :]
         except Exception as exc:  # noqa: BLE001 - as above: any zarr, codec or storage failure is one NrrError
+            unless_out_of_memory(exc)
             raise NrrError(self.path, f"cannot read soft labels of epoch {epoch}: {type(exc).__name__}: {exc}") from None
         out = np.asarray(block, dtype=np.float32)
         if np.isnan(out).any():

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from nrrstore.devices import resolve_device
-from nrrstore.errors import FormatVersionError, NrrError, os_errors_name
+from nrrstore.errors import FormatVersionError, NrrError, os_errors_name, unless_out_of_memory
 from nrrstore.format.atomic import atomic_write_bytes, file_sha256
 from nrrstore.models.registry import ARCHS, build_model, is_builtin, is_external_spec
 
@@ -293,6 +293,7 @@ def _read_torch(path: str) -> tuple[Any, str]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle.UnpicklingError for refused globals; other types for corrupt files
+        unless_out_of_memory(e)
         raise NrrError(path, f"not a safe checkpoint: {_short_reason(e)}") from None
     return obj, hashlib.sha256(data).hexdigest()
 

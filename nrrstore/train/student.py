@@ -36,7 +36,7 @@ from torch import nn
 
 from nrrstore import kept
 from nrrstore.devices import resolve_device
-from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name
+from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name, unless_out_of_memory
 from nrrstore.format.atomic import is_inside
 from nrrstore.format.codecs import read_prior
 from nrrstore.format.layout import LABEL_FILE_KINDS
@@ -461,6 +461,7 @@ def _load_checkpoint(path: Path, args: dict[str, Any], model: nn.Module,
     try:
         rec = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types (corrupt zip, refused globals...)
+        unless_out_of_memory(exc)
         raise NrrError(path, f"not a readable student checkpoint ({why_unreadable(path, exc)}); --overwrite "
                              "starts the student afresh (or delete the file)") from None
     if not isinstance(rec, dict) or rec.get("format") != CHECKPOINT_FORMAT:

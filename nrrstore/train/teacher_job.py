@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from nrrstore import kept
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, unless_out_of_memory
 from nrrstore.format.lock import output_lock
 from nrrstore.format.outputs import check_output_file
 from nrrstore.models.checkpoint import Teacher, save_teacher, save_torch_atomic
@@ -198,6 +198,7 @@ def _read_resume(out: str | os.PathLike[str], config: dict[str, Any], resume: bo
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types (corrupt zip, refused globals...)
+        unless_out_of_memory(e)
         raise NrrError(path, f"unreadable resume state ({why_unreadable(path, e)}); delete it to start again") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
         raise NrrError(path, "not a teacher-training resume state; delete it to start again")

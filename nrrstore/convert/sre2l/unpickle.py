@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nrrstore.errors import NrrError
+from nrrstore.errors import NrrError, unless_out_of_memory
 
 
 def _int_dtype(*args: Any) -> np.dtype:
@@ -57,6 +57,7 @@ def safe_torch_load(path: str | os.PathLike[str]) -> Any:
     except (MemoryError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable or refused files
+        unless_out_of_memory(exc)
         text = str(exc)
         found = re.search(r"GLOBAL (\S+)", text) or re.search(r"unrecognized function (.+?)(?: which|$)", text, re.MULTILINE)
         if found:
