@@ -20,11 +20,8 @@ the stage at the same thread count:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +32,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _provenance import provenance  # benchmarks/ is on sys.path when a script runs
 
 from nrrstore.distill.pipeline import distill, method_config
 from nrrstore.labels.relabel import relabel
@@ -89,14 +88,6 @@ def train_floor(batch: int, size: int) -> float:
         opt.step()
 
     return _rate(run, batch)
-
-
-def provenance(threads: int) -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    return {"commit": commit, "torch": torch.__version__, "python": platform.python_version(),
-            "device": f"cpu: {platform.processor() or platform.machine()}", "threads": threads,
-            "date": datetime.date.today().isoformat()}
 
 
 def main() -> None:

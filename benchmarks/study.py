@@ -32,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _provenance import provenance  # benchmarks/ is on sys.path when a script runs
+
 from nrrstore.distill.pipeline import distill, method_config
 from nrrstore.format.atomic import atomic_write_bytes
 from nrrstore.format.codecs import label_mode
@@ -255,7 +257,7 @@ def run_cell(name: str, seed: int, label: str, args: argparse.Namespace, teacher
     rec = {"variant": name, "seed": seed, "labels": label, "ipc": args.ipc, "epochs": args.epochs,
            "student": args.student, "label_epochs": args.label_epochs or args.epochs,
            "top1": r["top1"], "batch_size": r["batch_size"], "spec": [V[name][0], V[name][1], V[name][2], student],
-           "seconds": round(time.perf_counter() - t0, 1)}
+           "seconds": round(time.perf_counter() - t0, 1), "provenance": provenance()}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(rec, indent=2, sort_keys=True).encode())
     (args.work / "ckpt" / f"{path.stem}.pt").unlink(missing_ok=True)
