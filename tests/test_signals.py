@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from nrrstore_cli._common import PROGRESS_LOG_ENV
 from tests.conftest import ROOT
 
 CLI = [sys.executable, "-m", "nrrstore_cli.main"]
@@ -24,9 +25,22 @@ def _wait_for(proc: subprocess.Popen, ready: Callable[[], bool], timeout: float 
         time.sleep(0.02)
 
 
-def _stop_when(proc: subprocess.Popen, ready: Path, sig: int) -> tuple[int, str]:
-    _wait_for(proc, ready.exists)
-    time.sleep(1.0)  # well inside the work, not at its start
+def _progress(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A progress log outside the command's folder, and the environment that makes the command write it."""
+    log = tmp_path.parent / f"{tmp_path.name}-progress.jsonl"
+    return log, {**os.environ, "OMP_NUM_THREADS": "1", PROGRESS_LOG_ENV: str(log)}
+
+
+def _updates(log: Path, task: str) -> int:
+    """How many progress updates of tasks starting with ``task`` the command has written."""
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text().splitlines() if line.startswith(f'{{"task": "{task}'))
+
+
+def _stop_when(proc: subprocess.Popen, log: Path, task: str, sig: int, updates: int = 3) -> tuple[int, str]:
+    """The handshake: stop once the command has reported ``updates`` steps of ``task`` (well inside the work)."""
+    _wait_for(proc, lambda: _updates(log, task) >= updates, 600)
     assert proc.poll() is None, "the command ended before it could be stopped"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -44,11 +58,11 @@ def _default_dispositions() -> None:
                                                    (signal.SIGHUP, 129, "nrrstore: hung up")])
 def test_stopped_teacher_training_leaves_nothing(tmp_path: Path, sig: int, code: int, line: str) -> None:
     out = tmp_path / "t.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log, env = _progress(tmp_path)
     proc = subprocess.Popen([*CLI, "teacher", "train", "--in", str(ROOT / "data/fashion-mnist/train"), "--epochs", "50",
                              "--out", str(out)], cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=env, preexec_fn=_default_dispositions)  # noqa: PLW1509
-    rc, err = _stop_when(proc, tmp_path / ".lock-t.pt", sig)
+    rc, err = _stop_when(proc, log, "teacher train", sig)
     last = err.strip().splitlines()[-1]
     assert rc == code and last.startswith(line), err
     # No checkpoint, no temporary, no lock file: at most the state of the epochs that ended, for --resume.
@@ -64,17 +78,16 @@ def test_nohup_keeps_a_command_alive_through_a_hang_up(tmp_path: Path) -> None:
     def nohup() -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
+    log, env = _progress(tmp_path)
     proc = subprocess.Popen([*CLI, "teacher", "train", "--in", str(ROOT / "data/fashion-mnist/train"), "--epochs", "50",
                              "--out", str(tmp_path / "t.pt")], cwd=tmp_path, stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            preexec_fn=nohup)  # noqa: PLW1509
-    deadline = time.monotonic() + 60
-    while not (tmp_path / ".lock-t.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+                            stdout=subprocess.PIPE, text=True, env=env, preexec_fn=nohup)  # noqa: PLW1509
+    _wait_for(proc, lambda: _updates(log, "teacher train") >= 1, 600)
     proc.send_signal(signal.SIGHUP)
-    time.sleep(1.5)
-    assert proc.poll() is None, proc.communicate()[1]
-    rc, err = _stop_when(proc, tmp_path / ".lock-t.pt", signal.SIGTERM)
+    before = _updates(log, "teacher train")  # the signal is delivered by now: later updates came after it
+    _wait_for(proc, lambda: _updates(log, "teacher train") >= before + 3, 600)
+    assert proc.poll() is None, proc.communicate()[1]  # it kept training after the hang-up
+    rc, err = _stop_when(proc, log, "teacher train", signal.SIGTERM, before + 4)
     assert rc == 143 and err.strip().splitlines()[-1].startswith("nrrstore: terminated"), err
     assert set(os.listdir(tmp_path)) <= {".t.pt.resume"}
 
@@ -84,9 +97,8 @@ def test_stopped_distill_leaves_nothing_before_its_first_class(tmp_path: Path) -
     proc = subprocess.Popen([*CLI, "distill", "--in", str(ROOT / "data/fashion-mnist/train"), "--ipc", "10",
                              "--teacher", str(ROOT / "data/teachers/convnet3bn-fmnist.pt"), "--out", str(out),
                              "--iterations", "100000", "--classes-per-pass", "10"], cwd=tmp_path,
-                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    rc, err = _stop_when(proc, tmp_path / ".lock-s", signal.SIGTERM)
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=_progress(tmp_path)[1])
+    rc, err = _stop_when(proc, _progress(tmp_path)[0], "NRR (image steps)", signal.SIGTERM, 2)
     assert rc == 143 and err.strip().splitlines()[-1] == "nrrstore: terminated", err
     assert sorted(os.listdir(tmp_path)) == []
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from nrrstore_cli._common import PROGRESS_LOG_ENV
 from tests._bad_inputs import snapshot
 from tests._builders import make_fixture, write_fmnist_store, write_imagefolder, write_rded
 from tests._teacher import one_thread
@@ -52,36 +53,41 @@ class Case:
     setup: Callable[[Path], object]  # builds the inputs in a folder
     args: list[str]
     lock: str  # the output whose lock shows the command has started its work
-    delay: float  # seconds after the lock appears
+    stop_at: tuple[str, float]  # stop once a progress task starting so has done this share of its total
     json: bool = False  # compare stdout's JSON (minus timings) too: the output of evaluate and train-student
 
 
 CASES = {
     "prepare-imagefolder": Case(lambda w: write_imagefolder(w / "folders", 150),
                                 ["prepare", "imagefolder", "folders", "--out", "shards", "--shard-size", "50"],
-                                "shards", 0.3),
+                                "shards", ("write shards", 0.2)),
     "distill-cidd": Case(lambda w: None, ["distill", "--in", TRAIN, "--ipc", "10", "--teacher", TEACHER,
-                                          "--iterations", "40", "--relabel-epochs", "10", "--out", "d"], "d", 0.5),
+                                          "--iterations", "40", "--relabel-epochs", "10", "--out", "d"], "d",
+                        ("CIDD", 0.3)),
     "distill-nrr": Case(lambda w: None, ["distill", "--in", TRAIN, "--ipc", "10", "--teacher", TEACHER,
-                                         "--iterations", "40", "--relabel-epochs", "10", "--out", "d"], "d", 4.0),
+                                         "--iterations", "40", "--relabel-epochs", "10", "--out", "d"], "d",
+                       ("NRR (image steps)", 0.3)),
     "distill-relabel": Case(lambda w: None, ["distill", "--in", TRAIN, "--ipc", "3", "--teacher", TEACHER,
-                                             "--iterations", "5", "--relabel-epochs", "400", "--out", "d"], "d", 4.0),
+                                             "--iterations", "5", "--relabel-epochs", "400", "--out", "d"], "d",
+                           ("relabel views", 0.2)),
     "relabel-early": Case(lambda w: write_fmnist_store(w / "s", per_class=20, shard_size=50),
                           ["relabel", "s", "--teacher", TEACHER, "--epochs", "100", "--labels", "dbr,topk:2,full"],
-                          "s", 0.5),
+                          "s", ("relabel views", 0.05)),
     "relabel-late": Case(lambda w: write_fmnist_store(w / "s", per_class=20, shard_size=50),
                          ["relabel", "s", "--teacher", TEACHER, "--epochs", "100", "--labels", "dbr,topk:2,full"],
-                         "s", 3.0),
+                         "s", ("relabel views", 0.6)),
     "convert-softlabels": Case(lambda w: make_fixture(w / "fx", ["cutmix"] * 120, per_class=3, batch=6),
                                ["convert-softlabels", "fx/labels", "--images", "fx/images", "--out", "s",
-                                "--epochs-per-file", "10"], "s", 1.0),
+                                "--epochs-per-file", "10"], "s", ("convert label files", 0.3)),
     "import-rded": Case(lambda w: write_rded(w / "r", list(range(10)), ipc=10),
-                        ["import", "rded", "r", "--out", "s", "--teacher", TEACHER, "--epochs", "100"], "s", 1.0),
+                        ["import", "rded", "r", "--out", "s", "--teacher", TEACHER, "--epochs", "100"], "s",
+                        ("relabel views", 0.3)),
     "evaluate": Case(_labelled_store, ["evaluate", "s", "--val", TEST, "--labels", "dbr", "--seeds", "2", "--epochs",
-                                       "30", "--batch-size", "10", "--work", "ev", "--json"], "ev", 2.0, json=True),
+                                       "30", "--batch-size", "10", "--work", "ev", "--json"], "ev",
+                     ("evaluate (student steps)", 0.6), json=True),  # one cell kept, the second half-trained
     "train-student": Case(_labelled_store, ["train-student", "s", "--val", TEST, "--epochs", "30", "--batch-size",
-                                            "10", "--checkpoint", "ck.pt", "--resume", "--json"], "ck.pt", 2.0,
-                          json=True),
+                                            "10", "--checkpoint", "ck.pt", "--resume", "--json"], "ck.pt",
+                          ("train student", 0.4), json=True),
 }
 CLI = [sys.executable, "-m", "nrrstore_cli.main"]
 TIMINGS = {"seconds", "cells_resumed", "resumed_at_epoch", "history"}  # wall times, and where a run picked up
@@ -97,6 +103,20 @@ def _stable(out: str) -> object:
             return {k: strip(x) for k, x in v.items() if k not in TIMINGS}
         return [strip(x) for x in v] if isinstance(v, list) else v
     return strip(json.loads(out))
+
+
+def _reached(log: Path, task: str, share: float) -> bool:
+    """Whether the progress log shows a task starting with ``task`` that has done ``share`` of its total."""
+    if not log.exists():
+        return False
+    for line in log.read_text().splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:  # the line being written
+            continue
+        if e["task"].startswith(task) and e["total"] and e["done"] >= share * e["total"]:
+            return True
+    return False
 
 
 def _locks_and_temporaries(folder: Path, resume: set[str]) -> list[str]:
@@ -134,13 +154,14 @@ def test_sigterm_leaves_nothing_and_the_rerun_is_identical(name: str, tmp_path_f
     w.mkdir()
     case.setup(w)
     before = snapshot(w)
-    proc = subprocess.Popen([*CLI, *case.args], cwd=w, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    log = w.parent / f"progress-{name}.jsonl"  # the handshake: the command's own progress, not a sleep
+    log.unlink(missing_ok=True)
+    proc = subprocess.Popen([*CLI, *case.args], cwd=w, env={**ENV, PROGRESS_LOG_ENV: str(log)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = w / f".lock-{Path(case.lock).name}"
-    deadline = time.monotonic() + 120
-    while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+    deadline = time.monotonic() + 600
+    while not (lock.exists() and _reached(log, *case.stop_at)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    time.sleep(case.delay)
     assert proc.poll() is None, f"{name} ended before it could be stopped: give it more work"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
