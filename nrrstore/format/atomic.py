@@ -23,13 +23,34 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f"{TMP_PREFIX}{path.name}")
 
 
+def refuse_link(path: str | os.PathLike[str]) -> None:
+    """A temporary or work file of nrrstore's own must not be a link someone planted (in a shared folder anyone
+    can): following it would write into, or delete, whatever it points at."""
+    if os.path.islink(path):
+        from nrrstore.errors import NrrError
+
+        raise NrrError(path, "a symbolic link stands where nrrstore keeps its own temporary or work files; it is "
+                             "never followed: remove the link")
+
+
+def mkdir_own(path: str | os.PathLike[str], parents: bool = True) -> None:
+    """Create (or reuse, for a resume) a work folder of nrrstore's own, refusing a link in its place."""
+    refuse_link(path)
+    Path(path).mkdir(parents=parents, exist_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """Open ``path`` for binary writing; it appears under its name only if the block completes."""
     path = Path(path)
     tmp = tmp_name(path)
+    refuse_link(tmp)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a killed run's leftover (a link was refused above; unlink never follows one)
+    # Created exclusively and never through a link: a link planted after the check makes this fail, not follow.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     # Not a `with`: closed before the rename below, or by discard(), which also deletes the temporary file.
-    f = open(tmp, "wb")  # noqa: SIM115 - see above
+    f = open(fd, "wb")  # noqa: SIM115 - see above
     try:
         yield f
         f.flush()

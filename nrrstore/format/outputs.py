@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from nrrstore.errors import NrrError
 from nrrstore.format import fs
-from nrrstore.format.atomic import TMP_PREFIX, fsync_dir, is_inside
+from nrrstore.format.atomic import TMP_PREFIX, fsync_dir, is_inside, refuse_link
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
@@ -183,6 +183,7 @@ class StagedFolder:
 
     def create(self) -> Path:
         """An empty staging folder (a killed run's leftover is removed first)."""
+        refuse_link(self.path)
         if self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)

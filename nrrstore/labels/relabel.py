@@ -43,6 +43,7 @@ from nrrstore import kept
 from nrrstore.devices import amp_dtype, resolve_device
 from nrrstore.errors import LabelsExistError, NrrError, NrrWarning
 from nrrstore.format import fs, quant, remote
+from nrrstore.format.atomic import mkdir_own, refuse_link
 from nrrstore.format.codecs import (
     Codec,
     codec_bytes,
@@ -210,6 +211,7 @@ def relabel(
     root = st.path
     assert isinstance(root, Path)  # _store_job relabels a remote store in a local staging folder
     work = root / WORK_DIR
+    refuse_link(work)  # never followed: a planted link would have its target written or deleted
     args = {
         "teacher_sha256": teacher.sha256, "epochs": epochs, "recipe": recipe.to_dict(), "precision": precision,
         "mode": mode, "full_softlabels": bool(full_softlabels), "epochs_per_file": epochs_per_file,
@@ -346,7 +348,7 @@ def _start(st: Store, work: Path, args: dict[str, Any], quant_max: float | None,
             if has_labels and not overwrite:
                 raise LabelsExistError(st.path, "store already has labels (distances or soft labels); use --overwrite "
                                                 "to replace them")
-            work.mkdir(exist_ok=True)
+            mkdir_own(work, parents=False)
             state = {"args": args, "quant_max": quant_max, "phase": "computing"}
             save_state(work, state)
     barrier(world)

@@ -37,7 +37,7 @@ from torch import nn
 from nrrstore import kept
 from nrrstore.devices import resolve_device
 from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError, os_errors_name, unless_out_of_memory
-from nrrstore.format.atomic import is_inside
+from nrrstore.format.atomic import is_inside, refuse_link, tmp_name
 from nrrstore.format.codecs import read_prior
 from nrrstore.format.layout import LABEL_FILE_KINDS
 from nrrstore.format.lock import output_lock
@@ -180,6 +180,8 @@ def train_student(
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     ckpt = local_output(checkpoint) if checkpoint is not None else None
+    if ckpt is not None:
+        refuse_link(tmp_name(ckpt))  # before any work, not at the first checkpoint
     if ckpt is not None and isinstance(st.path, Path) and is_inside(ckpt, st.path):
         raise NrrError(ckpt, f"the checkpoint may not lie inside the store {st.path} (it would no longer verify)")
     start_epoch, history = _resume(ckpt, resume, overwrite, args, model, opt)
