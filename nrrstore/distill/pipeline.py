@@ -34,7 +34,7 @@ from nrrstore.distill.nrr import NrrConfig, refine, to_uint8
 from nrrstore.distill.presets import METHODS, default_image_encoding, preset_values
 from nrrstore.errors import NrrError, NrrWarning, ResumeMismatchError
 from nrrstore.format import fs, remote
-from nrrstore.format.atomic import atomic_open, atomic_write_bytes, mkdir_own, refuse_link
+from nrrstore.format.atomic import atomic_open, atomic_write_bytes, mkdir_own, own_path
 from nrrstore.format.cams import write_cams
 from nrrstore.format.images import effective_quality
 from nrrstore.format.keys import image_key
@@ -188,8 +188,7 @@ def distill(
         return finished
     if rank == 0:
         check_output_dir(out, overwrite)
-    work = work_dir(out)
-    refuse_link(work)  # never followed: a planted link would have its target written or deleted
+    work = own_path(work_dir(out))  # a planted link is refused, never followed
     with output_lock(out) if rank == 0 else contextlib.nullcontext():
         try:
             summary = _distill_locked(inputs, urls, teacher, out, work, cfg, classes, params, rank, world, overwrite,

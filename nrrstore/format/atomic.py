@@ -33,6 +33,12 @@ def refuse_link(path: str | os.PathLike[str]) -> None:
                              "never followed: remove the link")
 
 
+def own_path(path: Path) -> Path:
+    """``path`` after `refuse_link`: the name of a temporary or work folder nrrstore is about to use."""
+    refuse_link(path)
+    return path
+
+
 def mkdir_own(path: str | os.PathLike[str], parents: bool = True) -> None:
     """Create (or reuse, for a resume) a work folder of nrrstore's own, refusing a link in its place."""
     refuse_link(path)

@@ -90,6 +90,8 @@ def distance_files_bytes(num_images: int, epochs: int, per_file: int, precision:
             return np.arange(n, dtype=np.int32)
         if np.issubdtype(kind, np.floating):
             return rng.exponential(1.0, n).astype(kind)
+        if kind is np.bool_ or np.dtype(kind) == np.bool_:
+            return rng.integers(0, 2, n).astype(bool)
         info = np.iinfo(kind)
         return rng.integers(max(info.min, 0), min(info.max, 255), n, endpoint=True).astype(kind)
 

@@ -99,6 +99,11 @@ class Store:
                 progress("check store files (sha256)", i + 1, len(files))
         return hashed
 
+    def checked(self, under: tuple[str, ...] = ()) -> Store:
+        """This store, after `check_checksums` (a job that reads it refuses files edited in place first)."""
+        self.check_checksums(under=under)
+        return self
+
     # -- facts ------------------------------------------------------------------------------------
     @property
     def classes(self) -> list[str]:

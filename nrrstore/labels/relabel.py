@@ -43,7 +43,7 @@ from nrrstore import kept
 from nrrstore.devices import amp_dtype, resolve_device
 from nrrstore.errors import LabelsExistError, NrrError, NrrWarning
 from nrrstore.format import fs, quant, remote
-from nrrstore.format.atomic import mkdir_own, refuse_link
+from nrrstore.format.atomic import mkdir_own, own_path
 from nrrstore.format.codecs import (
     Codec,
     codec_bytes,
@@ -194,8 +194,7 @@ def relabel(
     t0 = time.perf_counter()
     dev = resolve_device(device)
     amp_dt = amp_dtype(amp, dev)
-    st = open_store(store)
-    st.check_checksums(under=("images/", "index"))  # labels are never written for images edited in place
+    st = open_store(store).checked(under=("images/", "index"))  # no labels for images edited in place
     m = st.manifest
     if not isinstance(teacher, Teacher):
         teacher = load_teacher(teacher, dev)
@@ -210,8 +209,7 @@ def relabel(
 
     root = st.path
     assert isinstance(root, Path)  # _store_job relabels a remote store in a local staging folder
-    work = root / WORK_DIR
-    refuse_link(work)  # never followed: a planted link would have its target written or deleted
+    work = own_path(root / WORK_DIR)  # a planted link is refused, never followed
     args = {
         "teacher_sha256": teacher.sha256, "epochs": epochs, "recipe": recipe.to_dict(), "precision": precision,
         "mode": mode, "full_softlabels": bool(full_softlabels), "epochs_per_file": epochs_per_file,

@@ -179,11 +179,7 @@ def train_student(
     dev = resolve_device(device)
     model = build_model(arch, m.num_classes, m.image.channels, recipe.size, seed=seed, **(arch_kwargs or {})).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    ckpt = local_output(checkpoint) if checkpoint is not None else None
-    if ckpt is not None:
-        refuse_link(tmp_name(ckpt))  # before any work, not at the first checkpoint
-    if ckpt is not None and isinstance(st.path, Path) and is_inside(ckpt, st.path):
-        raise NrrError(ckpt, f"the checkpoint may not lie inside the store {st.path} (it would no longer verify)")
+    ckpt = _checkpoint_path(checkpoint, st)
     start_epoch, history = _resume(ckpt, resume, overwrite, args, model, opt)
     loader = make_loader(st, start_epoch, batch_size, labels, workers=workers, device=dev, cycle=cycle,
                          num_epochs=epochs - start_epoch) if start_epoch < epochs else None
@@ -287,6 +283,18 @@ def _check_args(dbr_norm: str, epochs: Any, lr: float, weight_decay: float, alph
         raise NrrError(None, f"epochs must be a positive integer, got {epochs!r}")
     if not (lr > 0 and weight_decay >= 0 and alpha_dbr >= 0 and kd_temperature > 0):
         raise NrrError(None, "need lr > 0, weight_decay >= 0, alpha_dbr >= 0 and kd_temperature > 0")
+
+
+def _checkpoint_path(checkpoint: str | os.PathLike[str] | None, st: Store) -> Path | None:
+    """The local checkpoint path, refused before any work when it lies inside the store (which would no longer
+    verify) or when a link stands where its temporary file goes."""
+    if checkpoint is None:
+        return None
+    ckpt = local_output(checkpoint)
+    refuse_link(tmp_name(ckpt))
+    if isinstance(st.path, Path) and is_inside(ckpt, st.path):
+        raise NrrError(ckpt, f"the checkpoint may not lie inside the store {st.path} (it would no longer verify)")
+    return ckpt
 
 
 def _resume(ckpt: Path | None, resume: bool, overwrite: bool, args: dict[str, Any], model: nn.Module,

@@ -34,7 +34,7 @@ from nrrstore.convert.sre2l.rows import EpochWork
 from nrrstore.convert.sre2l.unpickle import load_batch
 from nrrstore.errors import NrrError, os_errors_name, os_problem, staged_as
 from nrrstore.format import fs, quant
-from nrrstore.format.atomic import file_sha256, mkdir_own, refuse_link
+from nrrstore.format.atomic import file_sha256, mkdir_own, own_path
 from nrrstore.format.codecs import (
     Codec,
     codecs_section,
@@ -133,8 +133,7 @@ def convert_sre2l(
         "mode": mode, "normalization": normalization, "classes": list(src.classes) if src.classes else None,
         "shard_size": shard_size, "codecs": array_codecs,
     }
-    work = out.with_name(f"{WORK_PREFIX}{out.name}")
-    refuse_link(work)  # never followed: a planted link would have its target written or deleted
+    work = own_path(out.with_name(f"{WORK_PREFIX}{out.name}"))  # a planted link is refused, never followed
     with output_lock(out), os_errors_name(out):  # before the work folder: a live converter's state is its own
         state = load_state(work, args, "conversion")
         if state is None:
