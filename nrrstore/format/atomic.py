@@ -53,10 +53,9 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     refuse_link(tmp)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # a killed run's leftover (a link was refused above; unlink never follows one)
-    # Created exclusively and never through a link: a link planted after the check makes this fail, not follow.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     # Not a `with`: closed before the rename below, or by discard(), which also deletes the temporary file.
-    f = open(fd, "wb")  # noqa: SIM115 - see above
+    # Created exclusively and never through a link: a link planted after the check makes this fail, not follow.
+    f = open(tmp, "wb", opener=_exclusive)  # noqa: SIM115 - see above
     try:
         yield f
         f.flush()
@@ -66,6 +65,10 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     except BaseException:
         discard(f, tmp)
         raise
+
+
+def _exclusive(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
 
 
 def discard(f: BinaryIO, tmp: Path) -> None:
