@@ -279,3 +279,26 @@ def forge_checksums(store: Path) -> None:
         entry["bytes"], entry["sha256"] = len(data), hashlib.sha256(data).hexdigest()
     doc[DIGEST_KEY] = manifest_digest(doc)
     (store / "manifest.json").write_text(json.dumps(doc, indent=2))
+
+
+def labelled_arrays_store(path: Path, teacher: Teacher) -> Path:
+    """A small Fashion-MNIST store with every kind of label array: DBR distances, full soft labels, a top-2 codec
+    and its class prior (two epochs)."""
+    from nrrstore.labels.relabel import relabel
+    from nrrstore.replay.recipe import AugRecipe
+
+    write_fmnist_store(path, per_class=3)
+    relabel(path, teacher, 2, AugRecipe(size=28, group_size=10, seed=5), batch_size=30, full_softlabels=True,
+            codecs=["dbr", "topk:2"])
+    return path
+
+
+def forge_array(store: Path, rel: str, change: Any) -> None:
+    """Apply ``change`` (in place, to a numpy copy) to the label array ``rel`` and forge the manifest to agree."""
+    import zarr
+
+    arr = zarr.open_array(store / rel, mode="r+")
+    data = np.asarray(arr[...])
+    change(data)
+    arr[...] = data
+    forge_checksums(store)

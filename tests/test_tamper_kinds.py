@@ -18,49 +18,37 @@ import zarr
 
 from nrrstore.errors import NrrError
 from nrrstore.format.verify import verify_store
-from nrrstore.labels.relabel import relabel
-from nrrstore.replay.recipe import AugRecipe
 from nrrstore.train.student import train_student
 from tests._bad_inputs import _downgrade, _escape_distances, damage_distances, edit_manifest
-from tests._builders import forge_checksums, write_fmnist_store
+from tests._builders import forge_array, labelled_arrays_store
 from tests.conftest import FMNIST_SUBSET
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory, teacher) -> Path:
     """DBR distances, full soft labels, a top-2 codec and its class prior."""
-    out = tmp_path_factory.mktemp("kinds") / "s"
-    write_fmnist_store(out, per_class=3)
-    relabel(out, teacher, 2, AugRecipe(size=28, group_size=10, seed=5), batch_size=30, full_softlabels=True,
-            codecs=["dbr", "topk:2"])
-    return out
+    return labelled_arrays_store(tmp_path_factory.mktemp("kinds") / "s", teacher)
 
 
 def _labels(s: Path) -> dict:
     return json.loads((s / "manifest.json").read_text())["labels"]
 
 
-def _array(s: Path, which: str) -> zarr.Array:
+def _rel(s: Path, which: str) -> str:
     labels = _labels(s)
-    rel = labels["softlabels"]["path"] if which == "soft" else (
-        labels["codecs_prior"]["path"] if which == "prior" else labels["codecs"]["topk:2"]["fields"][which]["path"])
-    return zarr.open_array(s / rel, mode="r+")
+    if which in ("soft", "prior"):
+        return labels["softlabels" if which == "soft" else "codecs_prior"]["path"]
+    return labels["codecs"]["topk:2"]["fields"][which]["path"]
 
 
 def _forged(which: str, index: tuple, value: float) -> Callable[[Path], None]:
-    def edit(s: Path) -> None:
-        arr = _array(s, which)
-        data = np.asarray(arr[...])
-        data[index] = value
-        arr[...] = data
-        forge_checksums(s)
-    return edit
+    return lambda s: forge_array(s, _rel(s, which), lambda a: a.__setitem__(index, value))
 
 
 def _in_place(which: str) -> Callable[[Path], None]:
     """A probability changed with the manifest left as it was (its checksum no longer agrees)."""
     def edit(s: Path) -> None:
-        arr = _array(s, which)
+        arr = zarr.open_array(s / _rel(s, which), mode="r+")
         data = np.asarray(arr[...])
         data[0, 0, 0] = 0.5
         arr[...] = data

@@ -19,7 +19,7 @@ from nrrstore.format.verify import verify_store
 from nrrstore.labels.relabel import relabel
 from nrrstore.replay.recipe import AugRecipe
 from nrrstore_cli.main import app
-from tests._builders import forge_checksums, write_fmnist_store
+from tests._builders import forge_array, labelled_arrays_store, write_fmnist_store
 
 
 @pytest.fixture(scope="module")
@@ -103,21 +103,7 @@ def test_verify_teacher_fails_on_another_teachers_identity(labelled: Path, tmp_p
 @pytest.fixture(scope="module")
 def with_arrays(tmp_path_factory: pytest.TempPathFactory, teacher) -> Path:
     """Soft labels, a top-2 codec and the class prior beside the distances."""
-    store = tmp_path_factory.mktemp("arrays") / "s"
-    write_fmnist_store(store, per_class=3)
-    relabel(store, teacher, 2, AugRecipe(size=28, group_size=10, seed=5), batch_size=30, full_softlabels=True,
-            codecs=["dbr", "topk:2"])
-    return store
-
-
-def _edit_array(store: Path, rel: str, change) -> None:
-    import zarr
-
-    arr = zarr.open_array(store / rel, mode="r+")
-    data = np.asarray(arr[...])
-    change(data)
-    arr[...] = data
-    forge_checksums(store)
+    return labelled_arrays_store(tmp_path_factory.mktemp("arrays") / "s", teacher)
 
 
 def test_a_sound_store_with_label_arrays_has_no_problems(with_arrays: Path) -> None:
@@ -147,7 +133,7 @@ def test_label_arrays_that_mean_nothing_fail_verify(with_arrays: Path, tmp_path:
              "ids-twice": (fields["ids"], put((0, 1), 3)), "ids-range": (fields["ids"], put((1, 0, 0), 99)),
              "probs-sum": (fields["probs"], put((0, 0), 0.9)), "prior": (prior, put(0, 2.0))}
     rel, change = edits[edit]
-    _edit_array(store, rel, change)
+    forge_array(store, rel, change)
     problems = verify_store(store)
     assert len(problems) == 1 and problem in problems[0], problems
     res = CliRunner().invoke(app, ["verify", str(store)])
