@@ -135,6 +135,7 @@ def _stop_on_signals() -> Callable[[], None]:
 STUCK_GRACE_S = 10.0
 """How long a stop signal may wait for the main thread before the process ends without its cleanup."""
 _WATCHING = [False]
+_FORK_HOOK = [False]
 
 
 def _no_wakeup_in_child() -> None:
@@ -160,9 +161,9 @@ def _watch_stuck() -> Callable[[], None]:
         os.close(r)
         os.close(w)
         return lambda: None
-    if not _WATCHING[0] and not getattr(_watch_stuck, "registered", False):
+    if not _FORK_HOOK[0]:  # once per process: hooks cannot be removed
         os.register_at_fork(after_in_child=_no_wakeup_in_child)
-        _watch_stuck.registered = True  # type: ignore[attr-defined]
+        _FORK_HOOK[0] = True
     _WATCHING[0] = True
     done = threading.Event()
 
