@@ -182,7 +182,7 @@ def size_report_cmd(
     from nrrstore.plots import check_chart_output
 
     if plot is not None:
-        check_chart_output(plot, overwrite, inputs=[store])  # format, matplotlib, the file: before the report
+        check_chart_output(plot, overwrite, inputs={"STORE": store})  # format, matplotlib, the file: before the report
     report = size_report(store, classes=classes, ipc=ipc, epochs=epochs, topk=topk)
     if plot is not None:
         report["plot"] = str(plot_report(report, plot, overwrite=overwrite))

@@ -75,7 +75,7 @@ def evaluate_cmd(
     if plot is not None:
         # format, matplotlib, the file (never inside an input: a chart in the store fails its verify): before
         # hours of training, not after
-        check_chart_output(plot, overwrite, inputs=[store, val, *([train] if train else [])])
+        check_chart_output(plot, overwrite, inputs={"STORE": store, "--val": val, "--train": train})
     kinds = [k.strip() for k in labels.split(",") if k.strip()] if labels else None
     protocol = StudentProtocol(arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, alpha_dbr=alpha_dbr,
                                dbr_norm=dbr_norm, kd_temperature=kd_temperature,

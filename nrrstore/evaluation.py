@@ -275,7 +275,7 @@ def evaluate_store(
     local = st.path.resolve() if isinstance(st.path, Path) else None  # a remote store cannot hold the work folder
     if local is not None and (work.resolve() == local or local in work.resolve().parents):
         raise NrrError(work, "the work folder must lie outside the store (evaluate never writes into a store)")
-    check_not_inside(work, [val, train], "--work")
+    check_not_inside(work, {"--val": val, "--train": train}, "--work")
     created = not work.is_dir()
     if created:
         check_parent(work)

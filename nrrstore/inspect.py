@@ -44,7 +44,7 @@ def inspect_path(path: str | os.PathLike[str], grid: str | os.PathLike[str] | No
     """
     if grid is not None:
         output_format(grid, SHEET_FORMATS, "contact sheet")
-        check_output_file(grid, overwrite, inputs=[path])
+        check_output_file(grid, overwrite, inputs={"PATH": path}, option="--grid")
     if names_a_store(path):
         store = Store(path)
         info = store.info()

@@ -75,12 +75,12 @@ def require_matplotlib(path: str | os.PathLike[str] | None = None) -> None:
 
 
 def check_chart_output(path: str | os.PathLike[str], overwrite: bool, *,
-                       inputs: Sequence[str | os.PathLike[str]] = ()) -> str:
+                       inputs: Sequence[Any] | Mapping[str, Any] = ()) -> str:
     """Everything a chart path must pass before any work (its format, matplotlib, the file checks of
     `check_output_file`); returns the format. Commands call it at the door, the writers again."""
     fmt = output_format(path)
     require_matplotlib(path)
-    check_output_file(path, overwrite, inputs=inputs)
+    check_output_file(path, overwrite, inputs=inputs, option="--plot")
     return fmt
 
 
@@ -121,7 +121,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], fmt: str) -> Path:
 
 
 def draw_chart(path: str | os.PathLike[str], overwrite: bool, draw: Callable[[], Figure], *,
-               inputs: Sequence[str | os.PathLike[str]] = ()) -> Path:
+               inputs: Sequence[Any] | Mapping[str, Any] = ()) -> Path:
     """Check ``path``, build the figure with ``draw`` and save it: the one procedure of every chart."""
     fmt = check_chart_output(path, overwrite, inputs=inputs)
     with chart_style():

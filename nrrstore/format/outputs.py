@@ -59,12 +59,13 @@ def check_writable(folder: str | os.PathLike[str], name: str | os.PathLike[str] 
 
 
 def check_output_file(path: str | os.PathLike[str], overwrite: bool, *,
-                      inputs: Sequence[str | os.PathLike[str]] = ()) -> None:
+                      inputs: Sequence[Any] | Mapping[str, Any] = (), option: str = "") -> None:
     """A file output: refuse an existing one unless ``overwrite``, never replace a folder, and never write
-    inside one of ``inputs`` (local folders such as the store read; a file there would corrupt it)."""
+    inside one of ``inputs`` (local folders such as the store read; a file there would corrupt it).
+    ``inputs`` and ``option`` name the options as in `check_not_inside`."""
     p = Path(path)
     check_parent(p)
-    check_not_inside(p, inputs)
+    check_not_inside(p, inputs, option)
     if p.is_dir():
         raise NrrError(p, "is a folder; give a file name")
     if p.exists() and not overwrite:

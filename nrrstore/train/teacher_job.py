@@ -85,7 +85,7 @@ def train_teacher(spec: Any, arch: str, out: str | os.PathLike[str], *, epochs: 
     recorded too); ``recipe.resume`` continues from it, to the same weights as a run that never stopped.
     """
     recipe = recipe or TeacherRecipe()
-    check_output_file(out, overwrite, inputs=[spec, val])
+    check_output_file(out, overwrite, inputs={"--in": spec, "--val": val}, option="--out")
     with output_lock(out):
         size, channels, num_classes, names = _shape_and_classes(spec)
         if optimizer not in OPTIMIZERS:  # before the passes over the data below
