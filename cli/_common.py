@@ -35,6 +35,7 @@ from typer import _click
 from typer.core import TyperArgument, TyperGroup
 
 from nrrstore.errors import NrrError, NrrWarning, is_out_of_memory, os_problem, path_text
+from nrrstore_cli.supervise import RAISE_LIMIT, SUPERVISOR_FD_ENV, address_space_cap
 
 if TYPE_CHECKING:
     from typing_extensions import Self  # typing.Self is Python 3.11+; only type checkers import this
@@ -208,9 +209,17 @@ def memory_hint(options: dict[str, Any]) -> str:
     with, so the line names the one to lower (not options the command lacks)."""
     named = [f"{flag} (was {options[k]})" if options[k] is not None else f"{flag}"
              for k, flag in _MEMORY_OPTIONS.items() if k in options]
-    if not named:
-        return "raise the memory limit (ulimit -v, or the container's)"
-    return f"raise the memory limit (ulimit -v, or the container's) or lower {', '.join(named)}"
+    return f"{RAISE_LIMIT} or lower {', '.join(named)}" if named else RAISE_LIMIT
+
+
+def _tell_supervisor(hint: str) -> None:
+    """Under a memory cap the command runs in a child of `nrrstore_cli.supervise`: send it this command's memory
+    hint, which it prints if a C library kills the command (the parent has not parsed the options)."""
+    fd = os.environ.pop(SUPERVISOR_FD_ENV, None)
+    if fd is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.write(int(fd), hint.encode())
+            os.close(int(fd))
 MIN_ADDRESS_SPACE = 256 * 2**20
 """Below this address-space limit numpy and pyarrow cannot even be loaded (their libraries map more)."""
 
@@ -226,6 +235,9 @@ def out_of_memory(exc: BaseException) -> str | None:
     if is_out_of_memory(exc):
         wanted = re.search(r"allocate (\d+) bytes", text)
         return "out of memory" + (f" (an allocation of {int(wanted.group(1)):,} bytes failed)" if wanted else "")
+    if isinstance(exc, SystemError) and "without exception set" in text and address_space_cap() is not None:
+        # A C extension whose allocation failed and that did not say so (seen under `ulimit -v`, in pyarrow).
+        return "out of memory (a library call failed without saying why, under the memory limit)"
     return None
 
 
@@ -259,6 +271,7 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        _tell_supervisor(memory_hint(kwargs))
         shown = warnings.showwarning
         warnings.showwarning = _show_warning
         restore = _stop_on_signals()
