@@ -325,10 +325,41 @@ def test_workers_give_the_same_batches_and_decode_each_image_once(stores) -> Non
     assert len(list(loader)) == 12 and loader.decoded == N
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_share_one_decode_cache(stores, workers: int) -> None:
+    """Issue 28: decoded groups go to memory that the workers share, so whatever worker a group goes to in a
+    later epoch (item j goes to worker j % workers; the group order changes every epoch) it decodes nothing.
+    With a per-process cache each worker hit about 1/workers of the time."""
+    loader = make_loader(stores["dbr"], 0, 12, "dbr", workers=workers, num_epochs=3)
+    shared = list(loader)
+    assert len(shared) == 12 and loader.decoded == N  # the first epoch decodes each image once, later ones none
+    alone = make_loader(stores["dbr"], 0, 12, "dbr", workers=0, num_epochs=3, cache_mb=0)
+    assert _same(shared, list(alone))  # the same batches as decoding every time
+
+
+def test_the_shared_cache_keeps_the_first_blocks_that_fit(stores, tmp_path) -> None:
+    from nrrstore.replay.stream import ImageBlocks
+
+    store = Store(stores["dbr"])
+    blocks = ImageBlocks(store, 8, cache_mb=1)
+    assert blocks._shared is not None and blocks._shared.count == -(-N // 8)  # the whole store fits in 1 MB
+    first = [blocks.block_pixels(b) for b in range(3)]
+    again = [blocks.block_pixels(b) for b in range(3)]
+    assert blocks.decoded == 24 and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    lru = ImageBlocks(store, 8, cache_mb=1, shared=False)
+    assert all(torch.equal(lru.block_pixels(b), first[b]) for b in range(3))
+    tiny = ImageBlocks(store, 8, cache_mb=0)
+    assert tiny._shared is None  # nothing fits: no region, every block decoded
+    # Nothing lies in /dev/shm: the region has no name (it is reached through its creator's descriptor).
+    from nrrstore.replay.shared_pixels import SHM
+
+    assert not any(p.name.startswith("nrrstore-pixels-") for p in SHM.glob("*"))
+
+
 def test_decode_cache_counts_real_bytes(stores) -> None:
     from nrrstore.replay.stream import BLOCK_OVERHEAD, ImageBlocks
 
-    blocks = ImageBlocks(Store(stores["dbr"]), 8, cache_mb=1)
+    blocks = ImageBlocks(Store(stores["dbr"]), 8, cache_mb=1, shared=False)  # the per-process LRU
     blocks.cap = 3 * (8 * 28 * 28 + BLOCK_OVERHEAD)  # room for three groups of eight 28x28 images
     for b in range(5):
         px = blocks.block_pixels(b)

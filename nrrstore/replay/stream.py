@@ -18,8 +18,10 @@ asynchronous on CUDA), renders all of the item's views in one batched call
 batch, and hands a batch out as soon as its last piece has arrived. Float pixels never cross a
 process boundary.
 
-**Decode cache.** :class:`ImageBlocks` keeps decoded groups as single uint8 tensors in an LRU
-whose cap counts the bytes the tensors really hold.
+**Decode cache.** :class:`ImageBlocks` keeps decoded groups in memory that this process and its
+workers share (:mod:`~nrrstore.replay.shared_pixels`), so a group is decoded once per pass, whichever
+worker gets it in a later epoch; without shared memory, in a per-process LRU whose cap counts the bytes
+the tensors really hold.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from nrrstore.format.reader import Store
 from nrrstore.replay.recipe import AugRecipe, EpochPlan, epoch_plan, view_params_batch
 from nrrstore.replay.render import Renderer, Taps, from_xmajor, to_xmajor, view_taps
 from nrrstore.replay.render_v1 import mix_views, render_view
+from nrrstore.replay.shared_pixels import SharedPixels
 from nrrstore.replay.views import ViewBatch, ViewParams, check_crops
 
 BLOCK_OVERHEAD = 1024
@@ -50,11 +53,13 @@ class ImageBlocks:
     """Decoded images of a store by block of ``block`` consecutive positions, uint8 x-major ``[n, C, W, H]``.
 
     Why blocks: a partner group is consecutive in store order and so in one shard (or two): one
-    ranged read per shard, one allocation per block. The LRU cache holds at most ``cache_mb`` of
-    pixel tensors (per process; workers start with an empty one); ``decoded`` counts decodes.
+    ranged read per shard, one allocation per block. Decoded blocks go to a region of memory that this
+    process and its loader workers share (:mod:`nrrstore.replay.shared_pixels`), as many of the first
+    blocks as fit in ``cache_mb``; where no shared region can be made (or ``shared`` is False), to an LRU
+    of at most ``cache_mb`` of pixel tensors per process. ``decoded`` counts this process's decodes.
     """
 
-    def __init__(self, store: Store, block: int, cache_mb: int = 256) -> None:
+    def __init__(self, store: Store, block: int, cache_mb: int = 256, shared: bool = True) -> None:
         idx = store.index
         n = idx.num_rows
         if not np.array_equal(idx.column("image").to_numpy(), np.arange(n)):
@@ -75,6 +80,11 @@ class ImageBlocks:
         self.cached_bytes = 0
         self.decoded = 0
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        block_bytes = self.block * math.prod(self.shape)
+        fits = min(-(-n // self.block), self.cap // block_bytes)
+        self._shared = SharedPixels.create(fits, self.block, self.shape) if shared else None
+        if self._shared is not None:
+            self.cap = 0  # the shared region is the cache: no second copy per process
 
     def _read(self, shard: int, lo: int, hi: int) -> bytes:
         try:
@@ -109,6 +119,10 @@ class ImageBlocks:
 
     def block_pixels(self, b: int) -> torch.Tensor:
         """The images of block ``b`` (from the cache when there)."""
+        if self._shared is not None and b < self._shared.count:
+            start = b * self.block
+            rows = min(self.block, self.num_images - start)
+            return self._shared.fill(b, rows, lambda: self.decode_positions(np.arange(start, start + rows)))
         hit = self._cache.get(b)
         if hit is not None:
             self._cache.move_to_end(b)
@@ -136,17 +150,23 @@ class ImageBlocks:
         rows = np.flatnonzero(blocks == home)
         out[rows] = home_px[positions[rows] - home * self.block]
         far = np.flatnonzero(blocks != home)
-        cached = np.array([int(b) in self._cache for b in blocks[far]], dtype=bool)
+        cached = np.array([self._holds(int(b)) for b in blocks[far]], dtype=bool)
         for r in far[cached]:
             b = int(blocks[r])
-            out[r] = self._cache[b][positions[r] - b * self.block]
+            out[r] = self.block_pixels(b)[positions[r] - b * self.block]
         todo = far[~cached]
         if todo.size:
             order = np.argsort(positions[todo], kind="stable")
             out[todo[order]] = self.decode_positions(positions[todo][order])
         return out
 
-    def __getstate__(self) -> dict[str, Any]:  # workers start with an empty cache
+    def _holds(self, b: int) -> bool:
+        """Whether block ``b`` is decoded already (in the shared region, or this process's LRU)."""
+        if self._shared is not None and b < self._shared.count:
+            return self._shared.has(b)
+        return b in self._cache
+
+    def __getstate__(self) -> dict[str, Any]:  # workers start with an empty LRU (the shared region goes along)
         return {**self.__dict__, "_cache": OrderedDict(), "cached_bytes": 0, "decoded": 0}
 
 

@@ -102,7 +102,8 @@ class DistilledDataset(ViewStream, IterableDataset):
     ``num_epochs``: iterate epochs ``epoch .. epoch+num_epochs-1`` back to back (one DataLoader,
     and one set of workers, for a whole training run; ``start_step`` counts within the first).
     Every batch carries its ``epoch`` and ``step`` (index among this rank's batches of the epoch).
-    ``cache_mb``: decoded images kept per process (see :class:`~nrrstore.replay.stream.ImageBlocks`).
+    ``cache_mb``: decoded images kept in memory that the workers share (see
+    :class:`~nrrstore.replay.stream.ImageBlocks`): a store that fits is decoded once, in the first epoch.
     ``cache_dir``: a local folder where a remote store's shards are kept after their first read (at most
     ``cache_bytes``, default 20 GiB; a number or ``"50GiB"``), so later epochs read no shard bytes remotely
     (:mod:`nrrstore.format.shard_cache`); default ``$NRRSTORE_CACHE_DIR`` (``$NRRSTORE_CACHE_SIZE``), else
