@@ -6,7 +6,9 @@ Kept apart from :mod:`nrrstore.labels.relabel`, which owns the job around it (ch
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,8 @@ def teacher_distances(teacher: Teacher, images: torch.Tensor, y: torch.Tensor, y
     return d_org, d_aug, logits
 
 
+WRITES_AHEAD = 2
+"""Epochs of labels that may wait for the writer thread (each is N views' labels on the host)."""
 PRIOR = "class prior"
 """The key of an epoch's class-prior sums among its codec fields (see `nrrstore.format.codecs.write_prior`)."""
 Epoch = tuple[int, np.ndarray, np.ndarray, "np.ndarray | None", dict[str, dict[str, np.ndarray]]]
@@ -182,25 +186,45 @@ class TeacherPass:
         return quant.choose_max(np.concatenate([self._epoch0[1], self._epoch0[2]]))
 
     def compute_chunk(self, first: int, last: int, quant_max: float | None) -> None:
+        """Label epochs ``first..last`` into the work folder. One writer thread stores each epoch while the
+        teacher runs the next (Parquet, zarr and their compressors release the GIL), in epoch order, so the
+        bytes are those of writing in line; at most `WRITES_AHEAD` epochs wait for it (bounded memory)."""
         soft_out = self.softlabels() if self.soft else None
         codec_out = self.codec_arrays()
         m = self.st.manifest
         c = m.num_classes
         prior = np.zeros((c, c), np.float64)
+
+        def store(e: int, d_org: np.ndarray, d_aug: np.ndarray, soft: np.ndarray | None,
+                  codecs: dict[str, dict[str, np.ndarray]]) -> None:
+            nonlocal prior
+            if soft_out is not None:
+                soft_out[e] = soft
+            if PRIOR in codecs:
+                prior += codecs.pop(PRIOR)["sums"]
+            for k in self.codecs:
+                for field, values in k.store_values(codecs[k.name]["ids"], codecs[k.name]["values"]).items():
+                    arr = codec_out[k.name][field]
+                    arr[e] = values.astype(arr.dtype)
+            views = epoch_columns(self.recipe, e, self.n, m.image.height, m.image.width) \
+                if self.mode == "explicit" else None
+            table.write_epoch(e, d_org, d_aug, views)
+
         with DistanceFile(self.work / distance_file_name(first, last), self.n, self.precision,
-                          explicit=self.mode == "explicit", quant_max=quant_max) as table:
-            for e, d_org, d_aug, soft, codecs in self.epochs_of(first, last):
-                if soft_out is not None:
-                    soft_out[e] = soft
-                if PRIOR in codecs:
-                    prior += codecs.pop(PRIOR)["sums"]
-                for k in self.codecs:
-                    for field, values in k.store_values(codecs[k.name]["ids"], codecs[k.name]["values"]).items():
-                        arr = codec_out[k.name][field]
-                        arr[e] = values.astype(arr.dtype)
-                views = epoch_columns(self.recipe, e, self.n, m.image.height, m.image.width) \
-                    if self.mode == "explicit" else None
-                table.write_epoch(e, d_org, d_aug, views)
+                          explicit=self.mode == "explicit", quant_max=quant_max) as table, \
+                ThreadPoolExecutor(1, thread_name_prefix="nrrstore-relabel-writer") as writer:
+            pending: deque[Future[None]] = deque()
+            try:
+                for epoch in self.epochs_of(first, last):
+                    while pending and (len(pending) >= WRITES_AHEAD or pending[0].done()):
+                        pending.popleft().result()  # a failed write stops the job here, in one line
+                    pending.append(writer.submit(store, *epoch))
+                while pending:
+                    pending.popleft().result()
+            finally:  # stopped or failed: no write may run on while the table and arrays are closed
+                for f in pending:
+                    f.cancel()
+                wait(pending)
             if self.codecs:  # before the table is complete: a finished chunk always has its prior sums
                 save_prior_chunk(self.work, first, last, prior)
         self.clipped += table.clipped
