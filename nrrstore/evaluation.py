@@ -41,7 +41,7 @@ from nrrstore.format.shard_cache import ShardCache
 from nrrstore.models.checkpoint import Teacher, load_teacher
 from nrrstore.progress import Progress
 from nrrstore.sources.shards import iter_samples, read_class_names
-from nrrstore.train.defaults import PROTOCOLS, STUDENT, protocol_values
+from nrrstore.train.defaults import STUDENT, resolve_protocol
 
 LABEL_KINDS = ("dbr", "kd", "onehot", "topk:K", "dbrc:K")
 LRS_WEIGHT = 0.5
@@ -71,11 +71,9 @@ class StudentProtocol:
     protocol: str = "nrrstore"
 
     def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise NrrError(None, f"unknown student protocol {self.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-        for key, value in protocol_values(self.protocol).items():
-            if getattr(self, key) is None:
-                object.__setattr__(self, key, value)
+        given = {"lr": self.lr, "weight_decay": self.weight_decay, "kd_temperature": self.kd_temperature}
+        for key, value in resolve_protocol(self.protocol, **given).items():
+            object.__setattr__(self, key, value)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

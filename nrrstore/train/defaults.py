@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nrrstore.errors import NrrError
+
 STUDENT: dict[str, Any] = {
     "epochs": 300, "lr": 1e-3, "weight_decay": 0.01, "alpha_dbr": 1.0, "dbr_norm": "l1", "kd_temperature": 4.0,
     "codec_fill": "prior", "codec_loss": "match",
@@ -32,6 +34,14 @@ def protocol_values(protocol: str) -> dict[str, Any]:
     if protocol == "rded":
         return {k: RDED_PROTOCOL[k] for k in ("lr", "weight_decay", "kd_temperature")}
     return {k: STUDENT[k] for k in ("lr", "weight_decay", "kd_temperature")}
+
+
+def resolve_protocol(protocol: str, **given: Any) -> dict[str, Any]:
+    """The learning rate, weight decay and KD temperature to train with: those ``given`` (not None), else the
+    protocol's. The one place both `train_student` and an evaluation's `StudentProtocol` resolve them."""
+    if protocol not in PROTOCOLS:
+        raise NrrError(None, f"unknown student protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    return {**protocol_values(protocol), **{k: v for k, v in given.items() if v is not None}}
 
 
 CODEC_FILLS = ("prior", "uniform")

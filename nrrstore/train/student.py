@@ -49,7 +49,7 @@ from nrrstore.progress import Progress
 from nrrstore.replay.recipe import store_recipe
 from nrrstore.sources.shards import iter_samples, read_class_names
 from nrrstore.train.accuracy import evaluate
-from nrrstore.train.defaults import CODEC_FILLS, CODEC_LOSSES, PROTOCOLS, RDED_PROTOCOL, STUDENT, protocol_values
+from nrrstore.train.defaults import CODEC_FILLS, CODEC_LOSSES, RDED_PROTOCOL, STUDENT, resolve_protocol
 from nrrstore.train.loader import label_mode, make_loader, open_store, to_chw
 from nrrstore.train.losses import (
     DBR_NORMS,
@@ -208,10 +208,7 @@ def _protocol_values(protocol: str, lr: float | None, weight_decay: float | None
     """``protocol`` "rded" trains and reports as RDED's evaluation does (`nrrstore.train.defaults.PROTOCOLS`):
     its ConvNets get BatchNorm unless ``arch_kwargs`` names a norm, and the result adds ``top1_best_last20``.
     Returns the learning rate, weight decay and KD temperature: those given, else the protocol's."""
-    if protocol not in PROTOCOLS:
-        raise NrrError(None, f"unknown student protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    given = {"lr": lr, "weight_decay": weight_decay, "kd_temperature": kd_temperature}
-    v = {**protocol_values(protocol), **{k: x for k, x in given.items() if x is not None}}
+    v = resolve_protocol(protocol, lr=lr, weight_decay=weight_decay, kd_temperature=kd_temperature)
     return v["lr"], v["weight_decay"], v["kd_temperature"]
 
 
