@@ -117,13 +117,21 @@ def _stop_on_signals() -> Callable[[], None]:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        _RESPONDED.set()
         raise Terminated(signum)
+
+    def interrupted(signum: int, frame: Any) -> None:  # Python's own Ctrl-C, telling the stop watch it ran
+        if os.getpid() == owner:
+            _RESPONDED.set()
+        raise KeyboardInterrupt
 
     try:  # an inherited "ignore" stays (`nohup nrrstore ...` must survive the terminal's hang-up)
         old = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            old[signal.SIGINT] = signal.signal(signal.SIGINT, interrupted)
     except ValueError:  # not the main thread (an embedding application): leave signals alone
         return lambda: None
-    unwatch = _watch_stuck()
+    unwatch = _watch_stuck(set(old))
 
     def restore() -> None:
         unwatch()
@@ -135,6 +143,9 @@ def _stop_on_signals() -> Callable[[], None]:
 
 STUCK_GRACE_S = 10.0
 """How long a stop signal may wait for the main thread before the process ends without its cleanup."""
+_RESPONDED = threading.Event()
+"""Set when the main thread runs a stop signal's handler (it is not stuck: its cleanup takes what it takes, on a
+busy machine well over `STUCK_GRACE_S`) or the command ends."""
 _WATCHING = [False]
 _FORK_HOOK = [False]
 
@@ -146,14 +157,18 @@ def _no_wakeup_in_child() -> None:
         _WATCHING[0] = False
 
 
-def _watch_stuck() -> Callable[[], None]:
-    """End the process when a stop signal is not handled within `STUCK_GRACE_S`. Python runs signal handlers
+def _watch_stuck(handled: set[signal.Signals]) -> Callable[[], None]:
+    """End the process when a stop signal (of ``handled``, those whose handlers are ours) is not handled within
+    `STUCK_GRACE_S`. Python runs signal handlers
     between bytecodes only: a main thread blocked inside a C library (a Parquet read deadlocked by a failed
     allocation under a memory cap, a thread pool waiting on a dead worker) would ignore SIGTERM forever. The
     interpreter's C handler writes each signal's number to a wakeup pipe; a thread reads it and, if the command
-    has not finished by then, prints the stop line and exits with the signal's code. Returns the function that
-    stops watching (forked children never watch: their signals are their own)."""
-    codes = {**{int(k): v for k, v in _STOP_SIGNALS.items()}, int(signal.SIGINT): ("interrupted", 130)}
+    has neither run the signal's handler nor finished by then, prints the stop line and exits with the signal's
+    code. Once a handler has run, the main thread is alive and doing its cleanup: the watch ends. Returns the
+    function that stops watching (forked children never watch: their signals are their own)."""
+    named = {**_STOP_SIGNALS, signal.SIGINT: ("interrupted", 130)}
+    codes = {int(sig): named[sig] for sig in handled if sig in named}
+    _RESPONDED.clear()
     r, w = os.pipe()
     os.set_blocking(w, False)
     try:
@@ -173,7 +188,7 @@ def _watch_stuck() -> Callable[[], None]:
             while not done.is_set():
                 data = pipe.read(64)
                 stops = [codes[b] for b in data or b"" if b in codes]
-                if not data or (stops and done.wait(STUCK_GRACE_S)):
+                if not data or (stops and _RESPONDED.wait(STUCK_GRACE_S)):
                     return
                 if stops:
                     what, code = stops[0]
@@ -183,6 +198,7 @@ def _watch_stuck() -> Callable[[], None]:
 
     def unwatch() -> None:
         done.set()
+        _RESPONDED.set()  # wakes a watch waiting on a signal the command outran
         _WATCHING[0] = False
         with contextlib.suppress(ValueError):
             signal.set_wakeup_fd(previous)

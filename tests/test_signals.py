@@ -199,3 +199,40 @@ def test_a_command_stuck_in_a_library_call_still_stops(tmp_path: Path, sig: int,
     assert proc.returncode == code, err
     expected = f"{line} (stuck in a library call for {STUCK_GRACE_S:.0f} s; stopped without its cleanup)"
     assert err.strip().splitlines() == [expected], err
+
+
+SLOW_CLEANUP = """
+import sys, time
+import nrrstore_cli._common as common
+from nrrstore_cli._common import handle_errors
+
+common.STUCK_GRACE_S = 0.2  # far shorter than the cleanup below
+
+@handle_errors
+def slow(ready: str, cleaned: str) -> None:
+    try:
+        open(ready, "w").close()
+        while True:
+            time.sleep(0.01)
+    finally:  # a cleanup that outlasts the grace period, as a stopped distill's on a busy machine did
+        time.sleep(1.0)
+        open(cleaned, "w").close()
+
+slow(ready=sys.argv[1], cleaned=sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), [(signal.SIGTERM, 143, "nrrstore: terminated"),
+                                                   (signal.SIGINT, 130, "nrrstore: interrupted")])
+def test_a_long_cleanup_after_a_stop_is_not_cut_short(tmp_path: Path, sig: int, code: int, line: str) -> None:
+    """The stop watch is for a main thread stuck in C. Once the signal's handler has run, the command is alive and
+    cleaning up, however long that takes on a busy machine (a stopped distill was cut short after 10 s of it)."""
+    ready, cleaned = tmp_path / "ready", tmp_path / "cleaned"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLEANUP, str(ready), str(cleaned)], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_dispositions)  # noqa: PLW1509
+    _wait_for(proc, ready.exists)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code and err.strip().splitlines() == [line], err
+    assert cleaned.exists()  # the cleanup ran to its end
