@@ -111,6 +111,7 @@ def _stop_on_signals() -> Callable[[], None]:
     signal with the default action, so a worker that its pool terminates simply ends.
     """
     owner = os.getpid()
+    stopping = [False]
 
     def handler(signum: int, frame: Any) -> None:
         if os.getpid() != owner:
@@ -118,6 +119,9 @@ def _stop_on_signals() -> Callable[[], None]:
             os.kill(os.getpid(), signum)
             return
         _RESPONDED.set()
+        if stopping[0]:  # a second copy (a whole cgroup signalled, and again through a parent): the cleanup runs on
+            return
+        stopping[0] = True
         raise Terminated(signum)
 
     def interrupted(signum: int, frame: Any) -> None:  # Python's own Ctrl-C, telling the stop watch it ran
@@ -164,7 +168,8 @@ def _watch_stuck(handled: set[signal.Signals]) -> Callable[[], None]:
     allocation under a memory cap, a thread pool waiting on a dead worker) would ignore SIGTERM forever. The
     interpreter's C handler writes each signal's number to a wakeup pipe; a thread reads it and, if the command
     has neither run the signal's handler nor finished by then, prints the stop line and exits with the signal's
-    code. Once a handler has run, the main thread is alive and doing its cleanup: the watch ends. Returns the
+    code. A handler that ran means the main thread is alive and doing its cleanup, however long it takes; each
+    later signal gets a grace period of its own (a cleanup stuck in C is stopped the same way). Returns the
     function that stops watching (forked children never watch: their signals are their own)."""
     named = {**_STOP_SIGNALS, signal.SIGINT: ("interrupted", 130)}
     codes = {int(sig): named[sig] for sig in handled if sig in named}
@@ -188,8 +193,11 @@ def _watch_stuck(handled: set[signal.Signals]) -> Callable[[], None]:
             while not done.is_set():
                 data = pipe.read(64)
                 stops = [codes[b] for b in data or b"" if b in codes]
-                if not data or (stops and _RESPONDED.wait(STUCK_GRACE_S)):
+                if not data:
                     return
+                if stops and _RESPONDED.wait(STUCK_GRACE_S):
+                    _RESPONDED.clear()  # answered: a later signal (a cleanup stuck in C) gets its own grace
+                    continue
                 if stops:
                     what, code = stops[0]
                     os.write(2, f"nrrstore: {what} (stuck in a library call for {STUCK_GRACE_S:.0f} s; stopped "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -39,14 +38,21 @@ terminal. Shown after all when the command ends well, or fails without its own l
 
 _INTERPRETER_NOISE = ("Exception ignored", "MemoryError")
 """Lines the interpreter prints as it shuts down without memory: not the message to quote."""
+HOLD_LIMIT = 64 * 1024
+"""Held-back bytes past which the child is taken to be alive and talking: they are shown, nothing more is held."""
 _CRASHES = {signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS}
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP, signal.SIGCONT, signal.SIGWINCH)
+"""Passed on to the child, which has its own process group: the stop signals, job control, a resized terminal."""
 _STOPPED = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated", signal.SIGHUP: "hung up"}
 _PR_SET_PDEATHSIG = 1
 
 
 def address_space_cap() -> int | None:
-    """The soft address-space limit in bytes, or None when there is none."""
+    """The soft address-space limit in bytes, or None when there is none (or no such limit: not POSIX)."""
+    try:
+        import resource
+    except ImportError:
+        return None
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     return None if soft == resource.RLIM_INFINITY else soft
 
@@ -72,10 +78,14 @@ def _before_exec() -> Callable[[], None]:
     except (OSError, AttributeError):
         prctl = None
 
+    parent = os.getpid()
+
     def run() -> None:
         os.setpgid(0, 0)
         if prctl is not None:
             prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+            if os.getppid() != parent:  # the parent died before the request took effect
+                os._exit(1)
 
     return run
 
@@ -103,31 +113,39 @@ def supervise(command: list[str], cap: int) -> int:
     pending: list[int] = []
 
     def forward(signum: int, frame: FrameType | None) -> None:
-        if child:
-            child[0].send_signal(signum)
-        else:
+        if not child:
             pending.append(signum)
+            return
+        if signum == signal.SIGTSTP:  # Ctrl-Z: stop the command, then ourselves, as a shell expects
+            child[0].send_signal(signal.SIGSTOP)
+            os.kill(os.getpid(), signal.SIGSTOP)
+            return
+        child[0].send_signal(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in _FORWARDED if signal.getsignal(sig) != signal.SIG_IGN}
     try:
-        child.append(subprocess.Popen(command, stderr=err_w, pass_fds=(hint_w,), env=_child_env(hint_w),
-                                      preexec_fn=_before_exec()))  # noqa: PLW1509 - this process has no threads
-        os.close(hint_w)
-        os.close(err_w)
+        try:
+            child.append(subprocess.Popen(command, stderr=err_w, pass_fds=(hint_w,), env=_child_env(hint_w),
+                                          preexec_fn=_before_exec()))  # noqa: PLW1509 - this process has no threads
+        except OSError as exc:  # no memory for a process under the cap, most likely
+            _write(f"nrrstore: cannot start the command under ulimit -v {cap // 2**20} MiB: "
+                   f"{exc.strerror or exc}; {RAISE_LIMIT}\n".encode())
+            return 1
+        finally:
+            os.close(hint_w)
+            os.close(err_w)
         for signum in pending:
-            child[0].send_signal(signum)
+            forward(signum, None)
         held, spoke = _relay(err_r)
         code = child[0].wait()
+        hint = _read_hint(hint_r)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    os.set_blocking(hint_r, False)
-    try:
-        hint = os.read(hint_r, 4096).decode("utf-8", "replace").strip()
-    except BlockingIOError:
-        hint = ""
+        os.close(err_r)
+        os.close(hint_r)
     line = death_line(code, bytes(held), cap, hint or RAISE_LIMIT)
-    status = 1 if code == 127 or -code in _CRASHES else code if code >= 0 else 128 - code
+    status = 1 if code == 127 and held or -code in _CRASHES else code if code >= 0 else 128 - code
     if spoke and status != 0:  # the command said why it failed; what followed is the interpreter's last noise
         return status
     if line is None:
@@ -137,12 +155,23 @@ def supervise(command: list[str], cap: int) -> int:
     return status
 
 
+def _read_hint(fd: int) -> str:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 4096).decode("utf-8", "replace").strip()
+    except BlockingIOError:
+        return ""
+
+
 def _relay(fd: int) -> tuple[bytearray, bool]:
     """Copy the child's stderr to ours until it closes. From the first C library message on, hold the rest back
     but for the command's own ``nrrstore:`` lines. Returns what was held and whether the command spoke."""
-    held, spoke = bytearray(), False
+    held, spoke, passing = bytearray(), False, False
     while chunk := os.read(fd, 65536):
-        start = _library_start(chunk) if not held else 0
+        if len(held) > HOLD_LIMIT:  # the command lives on after that text: it was no last word; show it all
+            _write(held)
+            held, passing = bytearray(), True
+        start = None if passing else _library_start(chunk) if not held else 0
         if start is None:
             _write(chunk)
             spoke = spoke or _says_why(chunk)
@@ -159,7 +188,7 @@ def _relay(fd: int) -> tuple[bytearray, bool]:
 
 def _says_why(text: bytes) -> bool:
     """Whether ``text`` holds one of the command's own lines other than a warning (its reason for ending)."""
-    return any(line.startswith(b"nrrstore:") and not line.startswith(b"nrrstore: warning:")
+    return any(line.startswith(b"nrrstore:") and not line.startswith((b"nrrstore: warning:", b"nrrstore: note:"))
                for line in text.splitlines())
 
 

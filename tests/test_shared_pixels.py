@@ -74,8 +74,29 @@ def test_a_full_dev_shm_gets_a_smaller_region_not_a_sigbus(monkeypatch) -> None:
 
 
 def test_nothing_is_left_in_dev_shm() -> None:
-    before = set(os.listdir(shared_pixels.SHM))
     shared = SharedPixels.create(2, 2, SHAPE)
-    assert shared is not None
+    assert shared is not None and shared._fd is not None
     shared.put(0, _block(3))
-    assert set(os.listdir(shared_pixels.SHM)) == before  # unlinked at creation: a kill -9 leaves nothing either
+    assert os.fstat(shared._fd[1]).st_nlink == 0  # unlinked at creation: a kill -9 leaves nothing either
+
+
+def test_a_reused_descriptor_number_is_never_written(tmp_path) -> None:
+    """Once the creator closes its descriptor, its number may name another file: a process that maps the region
+    later must find that out, not write pixels into that file."""
+    shared = SharedPixels.create(2, 2, SHAPE)
+    assert shared is not None and shared._fd is not None
+    copy = pickle.loads(pickle.dumps(shared))  # as a spawned worker holds it
+    number = shared._fd[1]
+    del shared  # the creator closes the region's descriptor
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"keep")
+    fd = os.open(other, os.O_RDWR)
+    try:
+        if fd != number:
+            os.dup2(fd, number)  # the old number now names another file
+        copy.put(0, _block(3))
+        assert copy.get(0, 2) is None and other.read_bytes() == b"keep"
+    finally:
+        os.close(fd)
+        if fd != number:
+            os.close(number)

@@ -236,3 +236,18 @@ def test_a_long_cleanup_after_a_stop_is_not_cut_short(tmp_path: Path, sig: int, 
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code and err.strip().splitlines() == [line], err
     assert cleaned.exists()  # the cleanup ran to its end
+
+
+def test_a_second_sigterm_does_not_cut_the_cleanup(tmp_path: Path) -> None:
+    """A whole cgroup signalled (systemd, Slurm) and the same signal passed on by a parent: two copies. The
+    second must not interrupt the cleanup the first started."""
+    ready, cleaned = tmp_path / "ready", tmp_path / "cleaned"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLEANUP, str(ready), str(cleaned)], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_dispositions)  # noqa: PLW1509
+    _wait_for(proc, ready.exists)
+    assert proc.poll() is None, proc.communicate()[1]
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines() == ["nrrstore: terminated"], err
+    assert cleaned.exists()

@@ -40,7 +40,9 @@ SEGV = "import ctypes\nctypes.string_at(0)\n"
                  "'std::bad_alloc') under ulimit -v 300 MiB; ")),
     (SEGV, "nrrstore: crashed inside a C library (SIGSEGV) under ulimit -v 300 MiB, most likely out of memory; "),
 ], ids=["glibc-tls", "bad-alloc", "segfault"])
-def test_a_death_inside_a_c_library_is_one_line_with_the_commands_hint(code: str, start: str, capfd) -> None:
+def test_a_death_inside_a_c_library_is_one_line_with_the_commands_hint(code: str, start: str, capfd,
+                                                                      monkeypatch) -> None:
+    monkeypatch.delenv("PYTHONFAULTHANDLER", raising=False)  # the segfault must die silently, as in C
     # The command's last output and the library's message in one write: the line before it is still shown.
     child = "import os\nos.write(2, b'bar 1/3\\n')\n" + SEND_HINT + code.replace("os.write(2, b", "os.write(2, b'bar 2/3\\n' + b")
     rc = supervise([sys.executable, "-c", child], CAP)
@@ -156,3 +158,28 @@ def test_a_crash_after_the_commands_own_line_adds_nothing(capfd) -> None:
     warned = "import os\nos.write(2, b'nrrstore: warning: slow disk\\n'); os.abort()\n"
     assert supervise([sys.executable, "-c", warned], CAP) == 1
     assert capfd.readouterr().err.splitlines()[1].startswith("nrrstore: crashed inside a C library (SIGABRT)")
+
+
+def test_a_command_that_cannot_start_is_one_line(capfd) -> None:
+    assert supervise(["/nonexistent/nrrstore-child"], CAP) == 1
+    err = capfd.readouterr().err
+    assert err.startswith("nrrstore: cannot start the command under ulimit -v 300 MiB: ") and err.count("\n") == 1
+
+
+def test_a_bare_exit_127_keeps_its_code(capfd) -> None:
+    assert supervise([sys.executable, "-c", "import os; os._exit(127)"], CAP) == 127
+    assert capfd.readouterr().err == ""
+
+
+def test_a_command_that_talks_on_after_a_library_message_is_shown_whole(capfd) -> None:
+    """A mid-run message that looks like a library's last words, then more output: not a death, so once more
+    than `HOLD_LIMIT` bytes follow it, everything held is shown and nothing more is held back."""
+    from nrrstore_cli.supervise import HOLD_LIMIT
+
+    talk = ("import os\nos.write(2, b'Exception ignored in: <generator>\\n')\n"
+            f"for i in range({HOLD_LIMIT // 1000 + 20}):\n    os.write(2, b'x' * 999 + b'\\n')\n"
+            "os.write(2, b'bar done\\n')\n")
+    assert supervise([sys.executable, "-c", talk], CAP) == 0
+    err = capfd.readouterr().err
+    assert err.startswith("Exception ignored in: <generator>\n") and err.endswith("bar done\n")
+    assert err.count("x" * 999) == HOLD_LIMIT // 1000 + 20

@@ -21,16 +21,21 @@ decoding it too: each block is decoded once, whatever the timing.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): no shared region, each process keeps its own cache
+    fcntl = None  # type: ignore[assignment]
 
 PAGE = 4096
 SHM = Path("/dev/shm")
@@ -45,86 +50,88 @@ class SharedPixels:
     """``count`` blocks of ``block`` images of ``image_shape`` uint8, shared across fork and pickling.
 
     Create it with :meth:`create` in the process that owns the loader; workers get it with the stream and map it
-    on first use. ``get`` returns a block's pixels (a copy, owned by the caller) or None before any process has
-    decoded it; ``put`` stores them.
+    on first use. ``get`` returns a view of a block's pixels (never write to it) or None before any process has
+    decoded it; ``fill`` decodes a block once for every process.
+
+    Each process reaches the region through one descriptor of its own (opened through the creator's, then
+    checked to be the same file: a descriptor number can be reused once the creator closes it), which it also
+    locks through: closing any other descriptor of the file would drop the process's locks.
     """
 
-    def __init__(self, count: int, block: int, image_shape: tuple[int, ...], fd: int, owner: int) -> None:
+    def __init__(self, count: int, block: int, image_shape: tuple[int, ...], fd: int, identity: tuple[int, int]
+                 ) -> None:
         self.count, self.block, self.image_shape = count, block, tuple(image_shape)
         self.image_bytes = math.prod(self.image_shape)
         self.header = -(-count // PAGE) * PAGE  # the flags, one page-aligned run before the pixels
         self.size = self.header + count * block * self.image_bytes
-        self._fd, self._owner = fd, owner  # the creator closes its descriptor when the object goes
-        self._path = f"/proc/{owner}/fd/{fd}"  # how every process (the creator too) maps the region
+        self._owner, self._identity = os.getpid(), identity
+        self._path = f"/proc/{self._owner}/fd/{fd}"  # how another process finds the region
+        self._fd: tuple[int, int] | None = (self._owner, fd)  # (pid, descriptor) of this process
         self._map: np.ndarray | None = None
         self._unusable = False
-        self._lock: tuple[int, int] | None = None  # (pid, descriptor) this process locks flags through
+        self._seen: set[int] = set()  # blocks whose flag this process has synchronised with (see `get`)
+        self._thread_lock = threading.Lock()  # record locks are per process: threads take turns here
 
     @classmethod
     def create(cls, count: int, block: int, image_shape: tuple[int, ...]) -> SharedPixels | None:
         """A zero-filled region for ``count`` blocks, or None where no shared memory can be made."""
         folder = _memory_folder()
-        if count < 1 or folder is None or not Path(f"/proc/{os.getpid()}/fd").is_dir():
+        if count < 1 or folder is None or fcntl is None or not Path(f"/proc/{os.getpid()}/fd").is_dir():
             return None
         try:
             fd, path = tempfile.mkstemp(prefix="nrrstore-pixels-", dir=folder)
         except OSError:
             return None
         os.unlink(path)  # from now on the descriptor is the only name: nothing can be left behind
+        st = os.fstat(fd)
         while count >= 1:
-            shared = cls(count, block, image_shape, fd, os.getpid())
+            shared = cls(count, block, image_shape, fd, (st.st_dev, st.st_ino))
             try:  # reserved now: a full /dev/shm (64 MB in a default container) must not SIGBUS a write later
                 os.posix_fallocate(fd, 0, shared.size)
                 return shared
             except OSError:
-                shared._fd = -1  # the descriptor stays open for the next, smaller try
+                shared._fd = None  # the descriptor stays open for the next, smaller try
                 os.ftruncate(fd, 0)
                 count //= 2
         os.close(fd)
         return None
 
     def __del__(self) -> None:
-        mine = [fd for pid, fd in [(self._owner, self._fd), self._lock or (0, -1)] if fd >= 0 and pid == os.getpid()]
-        for fd in mine:
+        if self._fd is not None and self._fd[0] == os.getpid():
             with contextlib.suppress(OSError):
-                os.close(fd)
+                os.close(self._fd[1])
 
-    def __getstate__(self) -> dict[str, Any]:  # another process maps the region again, through /proc
-        return {**self.__dict__, "_map": None, "_fd": -1, "_lock": None}
+    def __getstate__(self) -> dict[str, Any]:  # another process opens and maps the region again
+        state = {**self.__dict__, "_map": None, "_fd": None, "_seen": set()}
+        del state["_thread_lock"]
+        return state
 
-    def _lock_fd(self) -> int | None:
-        if self._lock is None or self._lock[0] != os.getpid():  # record locks belong to a process: one fd each
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _thread_lock=threading.Lock())
+
+    def _descriptor(self) -> int | None:
+        """This process's descriptor of the region (a forked worker uses the one it inherited)."""
+        if self._fd is None and not self._unusable:
             try:
-                self._lock = (os.getpid(), os.open(self._path, os.O_RDWR | os.O_CLOEXEC))
+                fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
             except OSError:
+                self._unusable = True  # the creator has gone, or /proc is closed to us: decode without it
                 return None
-        return self._lock[1]
-
-    def fill(self, b: int, rows: int, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Block ``b``'s pixels: stored ones, else ``decode()``'s, stored for every process. One process decodes
-        a block; another that wants it meanwhile waits for it."""
-        got = self.get(b, rows)
-        if got is not None:
-            return got
-        fd = self._lock_fd()
-        if fd is None or self._mapped() is None:
-            return decode()
-        fcntl.lockf(fd, fcntl.LOCK_EX, 1, b)
-        try:
-            got = self.get(b, rows)
-            if got is None:
-                got = decode()
-                self.put(b, got)
-            return got
-        finally:
-            fcntl.lockf(fd, fcntl.LOCK_UN, 1, b)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self._identity or st.st_size != self.size:
+                os.close(fd)  # the creator's number now names another file: never write into it
+                self._unusable = True
+                return None
+            self._fd = (os.getpid(), fd)
+        return None if self._fd is None else self._fd[1]
 
     def _mapped(self) -> np.ndarray | None:
-        if self._map is None and not self._unusable:
-            try:  # a forked worker inherits the creator's mapping; a spawned one maps it here
-                self._map = np.memmap(self._path, dtype=np.uint8, mode="r+", shape=(self.size,))
-            except (OSError, ValueError):
-                self._unusable = True  # the creator has gone, or /proc is closed to us: decode without it
+        if self._map is None:
+            fd = self._descriptor()
+            if fd is None:
+                return None
+            with open(fd, "r+b", closefd=False) as f:  # the mapping outlives the file object, not the descriptor
+                self._map = np.memmap(f, dtype=np.uint8, mode="r+", shape=(self.size,))
         return self._map
 
     def has(self, b: int) -> bool:
@@ -136,19 +143,49 @@ class SharedPixels:
         """Block ``b``'s first ``rows`` images ``[rows, *image_shape]``, or None if no process has stored it.
 
         A view of the shared memory, not a copy (callers index rows out of it, which copies): never write to it.
+        The first time this process sees a block's flag set it takes the block's lock once, which orders its
+        reads after the writer's (x86 keeps the order anyway; ARM does not).
         """
         m = self._mapped()
         if m is None or not m[b]:
             return None
+        if b not in self._seen:
+            fd = self._descriptor()
+            if fd is not None and fcntl is not None:
+                fcntl.lockf(fd, fcntl.LOCK_SH, 1, b)
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, b)
+            self._seen.add(b)
         start = self.header + b * self.block * self.image_bytes
         view = np.frombuffer(m, np.uint8, rows * self.image_bytes, start)
         return torch.from_numpy(view.reshape(rows, *self.image_shape))
 
     def put(self, b: int, pixels: torch.Tensor) -> None:
-        """Store block ``b``'s pixels, then its flag."""
+        """Store block ``b``'s pixels, then its flag (call it holding the block's lock: see `fill`)."""
         m = self._mapped()
         if m is None:
             return
         start = self.header + b * self.block * self.image_bytes
         m[start:start + pixels.numel()] = pixels.numpy().reshape(-1)
         m[b] = 1
+        self._seen.add(b)
+
+    def fill(self, b: int, rows: int, decode: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Block ``b``'s pixels: stored ones, else ``decode()``'s, stored for every process. One process decodes
+        a block; another that wants it meanwhile waits for it."""
+        got = self.get(b, rows)
+        if got is not None:
+            return got
+        fd = self._descriptor()
+        if fd is None or fcntl is None or self._mapped() is None:
+            return decode()
+        with self._thread_lock:
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, b)
+            try:
+                self._seen.add(b)  # holding the lock orders the reads below after any writer's
+                got = self.get(b, rows)
+                if got is None:
+                    got = decode()
+                    self.put(b, got)
+                return got
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, b)
