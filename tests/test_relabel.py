@@ -322,3 +322,17 @@ def test_unreplayable_recipe_version_is_refused(tmp_path: Path, teacher) -> None
                                    "--epochs", "1"])
     assert res.exit_code == 1 and len(res.stderr.strip().splitlines()) == 1
     assert "version 7 cannot be replayed" in res.stderr and "manifest.json" in res.stderr
+
+
+def test_a_killed_writes_temporaries_are_removed_before_resuming(tmp_path: Path) -> None:
+    """zarr writes a chunk to KEY.UUID.partial, then renames it: a kill inside the write (relabel writes on a
+    thread beside the teacher) leaves the temporary, which would be installed with the labels."""
+    from nrrstore.format.workstate import remove_interrupted_writes
+
+    chunk = tmp_path / "softlabels.zarr" / "c" / "2" / "0"
+    chunk.mkdir(parents=True)
+    (chunk / "0").write_bytes(b"done")
+    (chunk / "0.10414d1a79004826b6510a4b84125107.partial").write_bytes(b"half")
+    assert remove_interrupted_writes(tmp_path) == 1
+    assert sorted(p.name for p in chunk.iterdir()) == ["0"]
+    assert remove_interrupted_writes(tmp_path / "absent") == 0

@@ -42,3 +42,17 @@ def load_state(work: Path, args: dict[str, Any], job: str) -> dict[str, Any] | N
 
 def save_state(work: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(work / STATE_NAME, (json.dumps(state, indent=2, sort_keys=True) + "\n").encode())
+
+
+ZARR_PARTIAL = "*.partial"
+"""zarr's temporary name for a chunk being written (``KEY.UUID.partial``), renamed onto KEY when complete."""
+
+
+def remove_interrupted_writes(work: Path) -> int:
+    """Delete the temporaries of chunk writes that a killed job left in ``work``'s zarr arrays (a rerun rewrites
+    those chunks); returns how many. Left in place they would be installed with the labels, files that no
+    manifest lists. Why now: relabel writes on a thread beside the teacher, so a kill can land inside a write."""
+    found = [p for p in work.rglob(ZARR_PARTIAL) if p.is_file() and not p.is_symlink()] if work.is_dir() else []
+    for p in found:
+        p.unlink()
+    return len(found)

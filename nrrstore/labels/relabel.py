@@ -77,7 +77,7 @@ from nrrstore.format.outputs import check_writable
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import install_softlabels, softlabels_section
 from nrrstore.format.update import update_store
-from nrrstore.format.workstate import load_state, save_state
+from nrrstore.format.workstate import load_state, remove_interrupted_writes, save_state
 from nrrstore.format.writer import STORE_KIND, store_object
 from nrrstore.labels.teacher_pass import TeacherPass
 from nrrstore.models.checkpoint import Teacher, class_mapping_warning, load_teacher, teacher_record
@@ -302,6 +302,7 @@ def _compute(job: TeacherPass, work: Path, state: dict[str, Any], chunks: list[t
     """This rank's share of the epoch files, skipping those already written; ``(resumed, computed)``."""
     resumed = computed = 0
     if rank == 0:  # created once, before the ranks write their epochs into them
+        remove_interrupted_writes(work)  # a killed run's half-written chunks: rewritten below
         if job.soft:
             job.softlabels()
         job.codec_arrays()
