@@ -21,8 +21,8 @@ chunk files); a killed job rerun with the same arguments continues with the firs
 and produces byte-identical files. When every chunk is done the files move into ``labels/``, the
 manifest is rewritten by :func:`~nrrstore.format.update.update_store` (last), and the work folder is
 removed, so a finished store holds nothing that ``verify`` does not know about. Memory is bounded
-by one epoch's distances plus a decoded-image cache (``cache_mb``, shared by the decoding processes), whatever the
-number of epochs.
+by three epochs' labels (one being computed, two waiting for the writer thread) plus a decoded-image cache
+(``cache_mb``, shared by the decoding processes), whatever the number of epochs.
 """
 
 from __future__ import annotations

@@ -195,7 +195,19 @@ class TeacherPass:
         c = m.num_classes
         prior = np.zeros((c, c), np.float64)
 
+        failed: list[bool] = []
+
         def store(e: int, d_org: np.ndarray, d_aug: np.ndarray, soft: np.ndarray | None,
+                  codecs: dict[str, dict[str, np.ndarray]]) -> None:
+            if failed:  # an earlier epoch's write failed: the chunk is abandoned, write nothing more
+                return
+            try:
+                write(e, d_org, d_aug, soft, codecs)
+            except BaseException:
+                failed.append(True)
+                raise
+
+        def write(e: int, d_org: np.ndarray, d_aug: np.ndarray, soft: np.ndarray | None,
                   codecs: dict[str, dict[str, np.ndarray]]) -> None:
             nonlocal prior
             if soft_out is not None:
@@ -214,13 +226,20 @@ class TeacherPass:
                           explicit=self.mode == "explicit", quant_max=quant_max) as table, \
                 ThreadPoolExecutor(1, thread_name_prefix="nrrstore-relabel-writer") as writer:
             pending: deque[Future[None]] = deque()
+            if first == 0 and self._epoch0 is not None:  # kept by `choose_quant_max`: written here, before the
+                store(*self._epoch0)  # loader's workers fork (never fork while the writer thread writes)
+                self._epoch0, first_todo = None, 1
+            else:
+                first_todo = first
             try:
-                for epoch in self.epochs_of(first, last):
+                for epoch in self.epochs_of(first_todo, last):
                     while pending and (len(pending) >= WRITES_AHEAD or pending[0].done()):
-                        pending.popleft().result()  # a failed write stops the job here, in one line
+                        pending[0].result()  # a failed write stops the job here, in one line
+                        pending.popleft()  # (only once done: the finally below waits for what is running)
                     pending.append(writer.submit(store, *epoch))
                 while pending:
-                    pending.popleft().result()
+                    pending[0].result()
+                    pending.popleft()
             finally:  # stopped or failed: no write may run on while the table and arrays are closed
                 for f in pending:
                     f.cancel()
