@@ -56,7 +56,7 @@ from nrrstore.format.outputs import check_not_inside
 from nrrstore.format.reader import Store
 from nrrstore.format.softlabels import create_store_softlabels, softlabels_section
 from nrrstore.format.update import update_store
-from nrrstore.format.workstate import load_state, save_state
+from nrrstore.format.workstate import load_state, remove_interrupted_writes, save_state
 from nrrstore.format.writer import check_output_dir, staged_store
 from nrrstore.ordered_pool import check_workers
 from nrrstore.progress import Progress
@@ -209,6 +209,7 @@ def _run(folder: LabelFolder, src: ImageSource, out: Path, work: Path, state: di
     chunks = epoch_chunks(folder.epochs, args["epochs_per_file"])
     resumed = computed = 0
     replay = None
+    remove_interrupted_writes(work)  # a killed run's half-written zarr chunks: their epochs are redone below
     with EpochPool(work_of_epoch, workers) as pool:
         labels = _LabelWriter(folder, st, state, work, pool, progress)
         for k, (a, b) in enumerate(chunks):
