@@ -177,6 +177,7 @@ def _relay(fd: int) -> tuple[bytearray, bool]:
             spoke = spoke or _says_why(chunk)
             continue
         _write(chunk[:start])
+        spoke = spoke or _says_why(chunk[:start])  # the command's line and the noise after it in one read
         for line in chunk[start:].splitlines(keepends=True):
             if line.startswith(b"nrrstore:"):
                 _write(line)

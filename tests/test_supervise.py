@@ -143,6 +143,10 @@ def test_the_interpreters_noise_after_the_commands_own_line_is_dropped(capfd) ->
              "MemoryError\\n')\nsys.exit(1)\n")
     assert supervise([sys.executable, "-c", noisy], CAP) == 1
     assert capfd.readouterr().err == "nrrstore: out of memory; raise the memory limit\n"
+    together = noisy.replace("os.write(2, b'nrrstore: out of memory; raise the memory limit\\n')\n", "").replace(
+        "for _ in range(30):\n    os.write(2, b'", "os.write(2, b'nrrstore: out of memory; raise the memory limit\\n' + 30 * b'")
+    assert supervise([sys.executable, "-c", together], CAP) == 1  # the line and the noise in one read (seen under load)
+    assert capfd.readouterr().err == "nrrstore: out of memory; raise the memory limit\n"
     # The same noise before the command's line: the line still comes through.
     before = noisy.replace("os.write(2, b'nrrstore", "pass  # ").replace("sys.exit(1)", "os.write(2, b'nrrstore: x\\n'); sys.exit(1)")
     assert supervise([sys.executable, "-c", before], CAP) == 1
